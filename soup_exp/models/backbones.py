@@ -1,0 +1,226 @@
+"""Pretrained image backbones from open_clip or timm, behind one registry.
+
+A backbone is the image tower plus the transforms it was trained with. open_clip
+backbones also keep the whole CLIP model and its tokenizer, because the zero-shot head
+is built from the text tower. Every loading failure names the model, the pretrained
+value and the offline fix (point ``model.pretrained`` at a local checkpoint file).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".npz")
+
+
+class BackboneLoadError(RuntimeError):
+    """A backbone could not be created or its pretrained weights could not be loaded."""
+
+
+@dataclass
+class Backbone:
+    image_encoder: nn.Module
+    preprocess_train: Callable
+    preprocess_val: Callable
+    feature_dim: int
+    model_id: str
+    clip_model: nn.Module | None = None
+    tokenizer: Callable | None = None
+    zeroshot_templates: Any = "openai"
+
+
+def _get(cfg: Mapping, key: str, default: Any = None) -> Any:
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def _as_dict(value: Any) -> dict:
+    if value is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(value, DictConfig):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return dict(value)
+
+
+def looks_like_path(pretrained: str) -> bool:
+    """A local checkpoint path, as opposed to a pretrained tag like ``openai``."""
+    return "/" in pretrained or "\\" in pretrained or pretrained.endswith(CHECKPOINT_SUFFIXES)
+
+
+def pretrained_label(pretrained: Any) -> str:
+    """The pretrained part of a model id: the tag, or a local file's name (machine-independent)."""
+    if not pretrained:
+        return "random"
+    if pretrained is True:
+        return "default"
+    text = str(pretrained)
+    return Path(text).name if looks_like_path(text) else text
+
+
+def model_id_for(model_cfg: Mapping) -> str:
+    """``<source>:<name>:<tag or checkpoint file name>``, e.g. ``open_clip:ViT-B-32:openai``."""
+    return f"{_get(model_cfg, 'source', 'open_clip')}:{model_cfg['name']}:{pretrained_label(_get(model_cfg, 'pretrained'))}"
+
+
+def load_error(model_cfg: Mapping, reason: BaseException | str) -> BackboneLoadError:
+    source = _get(model_cfg, "source", "open_clip")
+    name, pretrained = model_cfg["name"], _get(model_cfg, "pretrained")
+    return BackboneLoadError(
+        f"Could not load {source} model '{name}' with pretrained='{pretrained}': {reason}\n"
+        f"Offline? Download the checkpoint on a machine with network access and set "
+        f"model.pretrained=/path/to/checkpoint (a local file for '{name}'); "
+        f"model.cache_dir ({_get(model_cfg, 'cache_dir', 'unset')}) is where tags are cached."
+    )
+
+
+def _check_local_file(model_cfg: Mapping, pretrained: str) -> None:
+    if not Path(pretrained).is_file():
+        raise load_error(model_cfg, f"local checkpoint file not found: {pretrained}")
+
+
+def _feature_dim(encoder: nn.Module, image_size: int | tuple[int, int]) -> int:
+    for attr in ("output_dim", "head_hidden_size", "num_features"):
+        dim = getattr(encoder, attr, None)
+        if isinstance(dim, int) and dim > 0:
+            return dim
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    with torch.no_grad():
+        return int(encoder(torch.zeros(1, 3, *size)).shape[-1])
+
+
+def _open_clip_backbone(model_cfg: Mapping, pretrained: bool) -> Backbone:
+    """Any open_clip model by name, with a pretrained tag or a local checkpoint path.
+
+    For skeletons (``pretrained=False``) the tag's preprocessing and QuickGELU setting are
+    still applied, so the skeleton computes exactly the function the trained weights expect.
+    """
+    import open_clip
+
+    import soup_exp.models  # noqa: F401  (registers the project's model configs)
+
+    name = model_cfg["name"]
+    value = _get(model_cfg, "pretrained")
+    value = None if value in (False, True) else value
+    is_path = value is not None and looks_like_path(str(value))
+    tag_cfg = {} if (value is None or is_path) else open_clip.get_pretrained_cfg(name, str(value))
+    if open_clip.get_model_config(name) is None:
+        raise load_error(model_cfg, f"unknown open_clip architecture (known: {', '.join(open_clip.list_models())})")
+    if pretrained and value is not None and not is_path and not tag_cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise load_error(model_cfg, f"unknown pretrained tag (open_clip knows: {tags or 'none'})")
+    if pretrained and is_path:
+        _check_local_file(model_cfg, str(value))
+
+    quick_gelu = _get(model_cfg, "quick_gelu", tag_cfg.get("quick_gelu", False))
+    kwargs = dict(
+        force_quick_gelu=bool(quick_gelu),
+        image_mean=tag_cfg.get("mean"),
+        image_std=tag_cfg.get("std"),
+        image_interpolation=tag_cfg.get("interpolation"),
+        image_resize_mode=tag_cfg.get("resize_mode"),
+        cache_dir=_get(model_cfg, "cache_dir"),
+        **_as_dict(_get(model_cfg, "kwargs")),
+    )
+    try:
+        model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+            name, pretrained=str(value) if (pretrained and value is not None) else None, **kwargs
+        )
+    except BackboneLoadError:
+        raise
+    except Exception as exc:  # network, hub, checksum, state-dict mismatch
+        raise load_error(model_cfg, exc) from exc
+    tokenizer = open_clip.get_tokenizer(name)
+    if _get(model_cfg, "grad_checkpointing", False):
+        model.set_grad_checkpointing(True)
+    visual = model.visual
+    return Backbone(
+        image_encoder=visual,
+        preprocess_train=preprocess_train,
+        preprocess_val=preprocess_val,
+        feature_dim=_feature_dim(visual, getattr(visual, "image_size", 224)),
+        model_id=model_id_for(model_cfg),
+        clip_model=model,
+        tokenizer=tokenizer,
+        zeroshot_templates=_get(model_cfg, "zeroshot_templates", "openai"),
+    )
+
+
+def _timm_backbone(model_cfg: Mapping, pretrained: bool) -> Backbone:
+    """Any timm image model, features only (``num_classes=0``).
+
+    ``pretrained`` is a tag (``openai`` -> ``<name>.openai``), a local file (loaded through
+    timm's own ``pretrained_cfg_overlay=dict(file=...)``), ``true`` (tag in the name or
+    timm's default) or null (random init).
+    """
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    name = model_cfg["name"]
+    value = _get(model_cfg, "pretrained")
+    kwargs: dict[str, Any] = dict(num_classes=0, **_as_dict(_get(model_cfg, "kwargs")))
+    full_name, load = name, False
+    if value is True:
+        load = True
+    elif value not in (None, False):
+        if looks_like_path(str(value)):
+            load = True
+            if pretrained:
+                _check_local_file(model_cfg, str(value))
+                kwargs["pretrained_cfg_overlay"] = dict(file=str(value))
+        else:
+            full_name, load = f"{name}.{value}", True
+            if not timm.list_pretrained(full_name):
+                raise load_error(model_cfg, f"timm has no pretrained tag '{full_name}'")
+    if _get(model_cfg, "cache_dir") and pretrained and load:
+        kwargs["cache_dir"] = str(_get(model_cfg, "cache_dir"))
+    try:
+        model = timm.create_model(full_name, pretrained=bool(pretrained and load), **kwargs)
+    except Exception as exc:
+        raise load_error(model_cfg, exc) from exc
+    if _get(model_cfg, "grad_checkpointing", False):
+        model.set_grad_checkpointing(True)
+    data_cfg = resolve_data_config(model=model)
+    if "img_size" in kwargs:
+        size = kwargs["img_size"]
+        data_cfg["input_size"] = (3, *((size, size) if isinstance(size, int) else size))
+    return Backbone(
+        image_encoder=model,
+        preprocess_train=create_transform(**data_cfg, is_training=True),
+        preprocess_val=create_transform(**data_cfg, is_training=False),
+        feature_dim=_feature_dim(model, data_cfg["input_size"][1:]),
+        model_id=model_id_for(model_cfg),
+    )
+
+
+BACKBONE_SOURCES: dict[str, Callable[[Mapping, bool], Backbone]] = {
+    "open_clip": _open_clip_backbone,
+    "timm": _timm_backbone,
+}
+
+
+def build_backbone(model_cfg: Mapping, pretrained: bool = True) -> Backbone:
+    """Create the backbone described by a ``conf/model/*.yaml`` config.
+
+    ``pretrained=False`` builds the same architecture and transforms without touching the
+    network or the checkpoint (skeletons for loading ingredients and soups).
+    """
+    source = _get(model_cfg, "source", "open_clip")
+    if source not in BACKBONE_SOURCES:
+        raise ValueError(f"model.source='{source}' is not one of {sorted(BACKBONE_SOURCES)}")
+    backbone = BACKBONE_SOURCES[source](model_cfg, pretrained)
+    log.info("built backbone %s (pretrained weights %s)", backbone.model_id, "loaded" if pretrained else "not loaded")
+    return backbone

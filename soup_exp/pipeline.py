@@ -1,0 +1,156 @@
+"""`soup-exp pipeline`: every stage in order for one experiment (the demo runs this).
+
+Inputs first (the demo's generated data and pretrained start, both cached), then the
+zero-shot model, the LP init and the fine-tuning sweep as a real Hydra multirun (so a
+`launcher=` override sends it to submitit or SLURM exactly as `soup-exp finetune -m`
+would), then soups, evaluation and the report, each composed from its own primary
+config with the same user overrides.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from soup_exp.errors import SoupExpError
+from soup_exp.utils.entry import STAGES, stage_entry
+from soup_exp.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+ZEROSHOT_NAME = "zeroshot"
+LP_NAME = "lp_init"
+
+
+def user_overrides() -> list[str]:
+    """The overrides the user gave this pipeline run (empty outside a Hydra app)."""
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def overrides_for(stage: str, overrides: Sequence[str]) -> list[str]:
+    """Keep the overrides that ``stage``'s config understands.
+
+    The pipeline accepts the union of every stage's keys; e.g. ``recipe.*`` means
+    nothing to the fine-tuning stage and would make its composition fail.
+    """
+    base = compose(config_name=stage, return_hydra_config=True)
+    known = set(base.keys()) | set(base.hydra.runtime.choices.keys()) | {"hydra"}
+    kept = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.split(".", 1)[0].split("/", 1)[0] in known:
+            kept.append(override)
+    return kept
+
+
+def compose_stage(stage: str, overrides: Sequence[str], extra: Sequence[str] = ()) -> DictConfig:
+    return compose(config_name=stage, overrides=[*overrides_for(stage, overrides), *extra])
+
+
+def prepare_inputs(cfg: DictConfig) -> None:
+    """Generate the miniature datasets and the pretrained start when the config asks."""
+    if cfg.data.get("synthetic"):
+        from soup_exp.data.synthetic import ensure_synthetic
+
+        ensure_synthetic(cfg.data)
+    if cfg.model.get("pretrain"):
+        from soup_exp.models.pretrain import ensure_pretrained
+
+        ensure_pretrained(cfg.model, cfg.data.pretrain_captions)
+
+
+def run_finetunes(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    run_finetune = STAGES["finetune"].function()
+    if cfg.model.source == "open_clip":
+        run_finetune(compose_stage("finetune", overrides, [
+            "train.mode=zeroshot", f"sweep.name={ZEROSHOT_NAME}",
+            f"train.output_dir={Path(cfg.out_dir) / ZEROSHOT_NAME}",
+        ]))
+    run_finetune(compose_stage("finetune", overrides, ["train.mode=lp", f"sweep.name={LP_NAME}"]))
+
+    size = int(cfg.pipeline.sweep_size)
+    if size <= 0:
+        return
+    command = [
+        sys.executable, "-m", "soup_exp.finetune", "--multirun",
+        *overrides_for("finetune", overrides),
+        f"sweep={cfg.pipeline.sweep}", f"sweep.index=range({size})",
+        f"train.init_from={Path(cfg.ingredients_dir) / LP_NAME}",
+    ]
+    log.info("fine-tuning sweep of %d runs: %s", size, " ".join(command))
+    if subprocess.run(command).returncode != 0:
+        raise SoupExpError(
+            f"the fine-tuning sweep failed; its logs are under {Path(cfg.out_dir) / 'hydra'}. "
+            "Rerunning the pipeline resumes: finished ingredients are kept."
+        )
+
+
+def _composed(stage: str) -> Callable[[DictConfig, Sequence[str]], Any]:
+    return lambda cfg, overrides: STAGES[stage].function()(compose_stage(stage, overrides))
+
+
+STEPS: dict[str, Callable[[DictConfig, Sequence[str]], Any]] = {
+    "data": lambda cfg, overrides: prepare_inputs(cfg),
+    "finetune": run_finetunes,
+    "soup": _composed("soup"),
+    "evaluate": _composed("evaluate"),
+    "report": _composed("report"),
+}
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, float]:
+    overrides = user_overrides()
+    unknown = [s for s in cfg.pipeline.stages if s not in STEPS]
+    if unknown:
+        raise SoupExpError(f"pipeline.stages: unknown {unknown}; choose from {list(STEPS)}")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    for name in cfg.pipeline.stages:
+        log.info("pipeline: %s", name)
+        t0 = time.perf_counter()
+        STEPS[name](cfg, overrides)
+        timings[name] = round(time.perf_counter() - t0, 1)
+    timings["total"] = round(time.perf_counter() - start, 1)
+    atomic_write_json(Path(cfg.out_dir) / "pipeline.json", {
+        "overrides": overrides, "seconds": timings,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    })
+    print(summary(cfg, timings))
+    return timings
+
+
+def summary(cfg: DictConfig, timings: dict[str, float]) -> str:
+    out = Path(cfg.out_dir)
+    wandb_dir = Path(cfg.logger.dir) / "wandb"
+    runs = sorted(p.name for p in wandb_dir.glob("*run-*")) if wandb_dir.is_dir() else []
+    lines = [
+        "",
+        f"soup-exp pipeline '{cfg.name}' finished in {timings['total']:.0f} s "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in timings.items() if k != 'total')})",
+        f"  ingredients : {cfg.ingredients_dir}",
+        f"  soups       : {cfg.soups_dir}",
+        f"  results     : {cfg.results_file}",
+        f"  report      : {cfg.report_dir}",
+        f"  W&B ({cfg.logger.mode}) : {wandb_dir} ({len(runs)} runs)"
+        + ("; upload with `wandb sync " + str(wandb_dir) + "/offline-run-*`" if cfg.logger.mode == "offline" else ""),
+        f"  everything  : {out}",
+    ]
+    return "\n".join(lines)
+
+
+main = stage_entry("pipeline")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""A W&B run that never kills the experiment.
+
+Tracking is a copy of what the stages already write locally (ingredient.json, soup.json,
+results.jsonl), so any W&B failure (no network, bad key, init timeout, a crashed
+service) is downgraded to one warning and the run continues as a no-op. Offline mode is
+the default because compute nodes often have no network; `wandb sync <run dir>` uploads
+later. The API key is read by wandb from ``WANDB_API_KEY`` only and never from configs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+MODES = ("offline", "online", "disabled")
+SECRET_MARKERS = ("key", "token", "secret", "password")
+REDACTED = "<redacted>"
+
+# Many sweep jobs start runs at once: no console capture, prompts, code or git snapshots.
+_QUIET_ENV = {
+    "WANDB_SILENT": "true",
+    "WANDB_CONSOLE": "off",
+    "WANDB_DISABLE_CODE": "true",
+    "WANDB_DISABLE_GIT": "true",
+}
+
+
+class Run:
+    """One W&B run, or a no-op stand-in (``Run(None)``) when tracking is off or broke.
+
+    Every method swallows W&B errors: the first one is warned about, then the run turns
+    into a no-op so a dead service cannot slow every later call.
+    """
+
+    def __init__(self, wandb_run: Any = None, mode: str = "disabled") -> None:
+        self._run = wandb_run
+        self.mode = mode if wandb_run is not None else "disabled"
+        self._dir = _run_directory(wandb_run) if wandb_run is not None else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._run is not None
+
+    @property
+    def dir(self) -> Path | None:
+        """The run directory (holds ``run-<id>.wandb``), or None when nothing is written."""
+        return self._dir
+
+    @property
+    def id(self) -> str | None:
+        return self._run.id if self._run is not None else None
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        self._call("log", lambda run: run.log(dict(metrics), step=step))
+
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        def _log(run: Any) -> None:
+            import wandb
+
+            run.log({key: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+
+        self._call("log_table", _log)
+
+    def log_image(self, key: str, path: str | os.PathLike, caption: str | None = None) -> None:
+        def _log(run: Any) -> None:
+            import wandb
+
+            run.log({key: wandb.Image(str(path), caption=caption)})
+
+        self._call("log_image", _log)
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        self._call("summary", lambda run: run.summary.update(dict(values)))
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Flush and close; idempotent. Offline runs log the command that uploads them."""
+        run, self._run = self._run, None
+        if run is None:
+            return
+        try:
+            run.finish(exit_code=exit_code)
+        except Exception as err:  # tracking must never fail a stage
+            warnings.warn(f"W&B finish failed ({err!r}); local outputs are unaffected", stacklevel=2)
+            return
+        if self.mode == "offline" and self._dir is not None:
+            log.info("W&B offline run saved to %s (upload with: wandb sync %s)", self._dir, self._dir)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.finish(exit_code=0 if exc_type is None else 1)
+
+    def _call(self, what: str, action: Any) -> None:
+        if self._run is None:
+            return
+        try:
+            action(self._run)
+        except Exception as err:  # tracking must never fail a stage
+            warnings.warn(
+                f"W&B {what} failed ({err!r}); tracking is off for the rest of this run, "
+                "local outputs are unaffected",
+                stacklevel=3,
+            )
+            run, self._run = self._run, None
+            try:
+                run.finish(exit_code=1)
+            except Exception:
+                pass
+
+
+def start_run(
+    cfg: Any,
+    stage: str,
+    name: str,
+    group: str | None = None,
+    job_type: str | None = None,
+) -> Run:
+    """Start the W&B run of one stage job (a fine-tune, a soup stage, an evaluation).
+
+    ``cfg`` is the stage's config; ``cfg.logger`` gives ``mode`` (offline | online |
+    disabled), ``dir``, ``project``, ``entity``, ``group``, ``tags`` and optionally
+    ``init_timeout`` (seconds). The resolved config, secrets removed, is the run's config.
+    Never raises on W&B problems: it warns and returns a no-op run.
+    """
+    logger_cfg = _logger_config(cfg)
+    mode = str(logger_cfg.get("mode") or "offline")
+    if mode not in MODES:
+        from soup_exp.errors import ConfigError
+
+        raise ConfigError(f"logger.mode={mode!r} is not one of {', '.join(MODES)}")
+    if mode == "disabled":
+        return Run(None)
+    if any(marker in str(k).lower() for k in logger_cfg for marker in SECRET_MARKERS):
+        warnings.warn(
+            "the logger config holds a key/token entry; it is ignored: W&B reads its API key "
+            "from the WANDB_API_KEY environment variable only",
+            stacklevel=2,
+        )
+    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        warnings.warn(
+            "logger.mode=online but WANDB_API_KEY is not set; logging offline instead "
+            "(upload later with `wandb sync`)",
+            stacklevel=2,
+        )
+        mode = "offline"
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        return Run(_init_wandb(cfg, logger_cfg, mode, stage, name, group, job_type), mode)
+    except Exception as err:  # tracking must never fail a stage
+        warnings.warn(
+            f"W&B could not start ({err!r}); continuing without tracking, local outputs are "
+            "unaffected",
+            stacklevel=2,
+        )
+        return Run(None)
+
+
+def scrub_secrets(obj: Any, secret_values: Sequence[str] = ()) -> Any:
+    """Drop every entry whose key names a key/token/secret/password; redact any string
+    that contains one of ``secret_values`` (the live API key, wherever it was pasted)."""
+    if isinstance(obj, Mapping):
+        return {
+            k: scrub_secrets(v, secret_values)
+            for k, v in obj.items()
+            if not any(marker in str(k).lower() for marker in SECRET_MARKERS)
+        }
+    if isinstance(obj, list | tuple):
+        return [scrub_secrets(v, secret_values) for v in obj]
+    if isinstance(obj, str) and any(s and s in obj for s in secret_values):
+        return REDACTED
+    return obj
+
+
+def loggable_config(cfg: Any) -> dict[str, Any]:
+    """The resolved config as plain data, with secrets removed (also for saved configs)."""
+    if OmegaConf.is_config(cfg):
+        try:
+            plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        except Exception:  # an unresolvable interpolation must not stop logging
+            plain = OmegaConf.to_container(cfg, resolve=False)
+    elif isinstance(cfg, Mapping):
+        plain = dict(cfg)
+    else:
+        plain = {}
+    api_key = os.environ.get("WANDB_API_KEY", "")
+    return scrub_secrets(plain, [api_key] if len(api_key) >= 8 else [])
+
+
+def _init_wandb(
+    cfg: Any,
+    logger_cfg: Mapping[str, Any],
+    mode: str,
+    stage: str,
+    name: str,
+    group: str | None,
+    job_type: str | None,
+) -> Any:
+    import wandb
+
+    run_dir = Path(logger_cfg.get("dir") or _get(cfg, "out_dir") or ".").expanduser().resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tags = [str(t) for t in (logger_cfg.get("tags") or [])]
+    settings = wandb.Settings(
+        console="off",
+        silent=True,
+        x_disable_stats=True,
+        disable_code=True,
+        disable_git=True,
+        init_timeout=float(logger_cfg.get("init_timeout") or 60),
+    )
+    return wandb.init(
+        mode=mode,
+        dir=str(run_dir),
+        project=logger_cfg.get("project") or "soup-exp",
+        entity=logger_cfg.get("entity") or None,
+        group=group or logger_cfg.get("group") or None,
+        job_type=job_type or stage,
+        name=name,
+        tags=list(dict.fromkeys([*tags, stage])),
+        config={"stage": stage, **loggable_config(cfg)},
+        reinit="create_new",
+        settings=settings,
+    )
+
+
+def _logger_config(cfg: Any) -> dict[str, Any]:
+    logger_cfg = _get(cfg, "logger")
+    if logger_cfg is None:
+        return {}
+    if OmegaConf.is_config(logger_cfg):
+        return OmegaConf.to_container(logger_cfg, resolve=True)  # type: ignore[return-value]
+    return dict(logger_cfg)
+
+
+def _get(cfg: Any, key: str) -> Any:
+    if isinstance(cfg, DictConfig | Mapping):
+        return cfg.get(key)
+    return getattr(cfg, key, None)
+
+
+def _run_directory(wandb_run: Any) -> Path | None:
+    try:
+        return Path(wandb_run.settings.sync_dir).resolve()
+    except Exception:
+        return None

@@ -1,0 +1,87 @@
+"""Every primary config composes, alone and with every experiment overlay."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from soup_exp.cli import available_experiments
+from soup_exp.utils.entry import CONFIG_DIR, STAGES
+
+PRIMARY = list(STAGES)
+
+
+@pytest.mark.parametrize("stage", PRIMARY)
+@pytest.mark.parametrize("experiment", [None, *available_experiments()])
+def test_every_stage_composes_with_every_experiment(stage, experiment):
+    overrides = [] if experiment is None else [f"experiment={experiment}"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=stage, overrides=overrides)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["stage"] == stage
+    assert resolved["out_dir"].endswith(resolved["name"])
+    if experiment is not None:
+        assert resolved["name"] == experiment
+
+
+def test_paths_follow_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SOUP_DATA_DIR", str(tmp_path / "datasets"))
+    monkeypatch.setenv("SOUP_OUTPUT_DIR", str(tmp_path / "runs"))
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["name=x"])
+    assert cfg.data.roots.ImageNet == str(tmp_path / "datasets" / "imagenet")
+    assert cfg.results_file == str(tmp_path / "runs" / "x" / "results.jsonl")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "soup_exp.cli", *args], capture_output=True, text=True)
+
+
+def test_help_lists_stages_and_experiments():
+    result = _cli("--help")
+    assert result.returncode == 0
+    for stage in PRIMARY:
+        assert stage in result.stdout
+    for experiment in available_experiments():
+        assert experiment in result.stdout
+
+
+def test_unknown_stage_is_one_clear_message():
+    result = _cli("bake")
+    assert result.returncode == 2
+    assert "unknown stage 'bake'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_experiment_is_one_clear_message():
+    result = _cli("soup", "experiment=nonexistent")
+    assert result.returncode == 2
+    assert "unknown experiment 'nonexistent'" in result.stderr
+    assert "demo" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_module_entry_point_checks_experiment_too():
+    result = subprocess.run(
+        [sys.executable, "-m", "soup_exp.evaluate", "experiment=nonexistent"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2 and "unknown experiment" in result.stderr
+
+
+def test_output_dir_of_another_experiment_is_refused(tmp_path):
+    from soup_exp.errors import OutputConflictError
+    from soup_exp.utils.experiment import claim_output_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        first = compose(config_name="evaluate", overrides=["name=shared", f"paths.output_dir={tmp_path}"])
+        other = compose(
+            config_name="evaluate",
+            overrides=["name=shared", f"paths.output_dir={tmp_path}", "model=vit_b16"],
+        )
+    claim_output_dir(first)
+    claim_output_dir(first)  # the same experiment may come back (resume)
+    with pytest.raises(OutputConflictError, match="holds a different experiment"):
+        claim_output_dir(other)
