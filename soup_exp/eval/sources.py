@@ -7,9 +7,10 @@ the device, so every source feeds the model bit-identical inputs.
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterator, Sequence
+import collections
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -18,6 +19,8 @@ from soup_exp.data.base import LabeledImages
 from soup_exp.errors import SoupExpError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ImageShapeError(SoupExpError, ValueError):
@@ -98,38 +101,22 @@ class DecodingSource:
         yield from loader
 
 
-def prefetch(batches: Iterator[Batch], depth: int = 3) -> Iterator[Batch]:
-    """Run ``batches`` in a background thread, ``depth`` batches ahead.
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 4, ahead: int = 8) -> Iterator[R]:
+    """``map(fn, items)`` run by ``workers`` threads up to ``ahead`` items in advance,
+    results in order.
 
-    Cache reads are memory copies that release the GIL, so they overlap the model's
-    forward pass instead of adding to it.
+    Cache reads are memory copies that release the GIL, so several readers keep up with
+    a fast GPU and overlap the model's forward pass instead of adding to it.
     """
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
+    pending: collections.deque[Future] = collections.deque()
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="soup-exp-read") as pool:
         try:
-            for item in batches:
-                if stop.is_set():
-                    return
-                slots.put(item)
-            slots.put(done)
-        except BaseException as error:  # re-raised in the consumer
-            slots.put(error)
-
-    worker = threading.Thread(target=produce, daemon=True, name="soup-exp-prefetch")
-    worker.start()
-    try:
-        while (item := slots.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():
-            try:
-                slots.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        worker.join()
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()

@@ -10,6 +10,7 @@ split, so they produce bit-identical model inputs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -54,13 +55,22 @@ class SplitTransform:
         """uint8 (B, 3, H, W) on any device -> normalised float32, exactly as
         ToTensor + Normalize would have produced it."""
         x = images.to(torch.float32).div_(255)
-        mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        std = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        mean, std = _channel_stats(self.mean, self.std, x.device)
         return x.sub_(mean).div_(std)
 
     def __call__(self, image: object) -> torch.Tensor:
         """The full transform on one image (normalised float), for reference and tests."""
         return self.normalize(self.to_uint8(image).unsqueeze(0))[0]
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_stats(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, 1, 1) float32 tensors on ``device``, made once: a per-batch host->device copy
+    of them would synchronise the stream and stall the pipeline."""
+    with torch.inference_mode(False):
+        return tuple(torch.tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1) for v in (mean, std))
 
 
 def _as_list(values: Sequence[float] | torch.Tensor | float, channels: int = 3) -> tuple[float, ...]:

@@ -9,8 +9,7 @@ from pathlib import Path
 import open_clip
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-if MODEL_CONFIG_DIR not in open_clip.factory._MODEL_CONFIG_PATHS:
-    open_clip.add_model_config(MODEL_CONFIG_DIR)
+open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 from soup_exp.models.backbones import (  # noqa: E402
     BACKBONE_SOURCES,

@@ -8,8 +8,9 @@ value and the offline fix (point ``model.pretrained`` at a local checkpoint file
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,8 @@ def load_error(model_cfg: Mapping, reason: BaseException | str) -> BackboneLoadE
         f"Could not load {source} model '{name}' with pretrained='{pretrained}': {reason}\n"
         f"Offline? Download the checkpoint on a machine with network access and set "
         f"model.pretrained=/path/to/checkpoint (a local file for '{name}'); "
-        f"model.cache_dir ({_get(model_cfg, 'cache_dir', 'unset')}) is where tags are cached."
+        f"model.cache_dir ({_get(model_cfg, 'cache_dir', 'unset')}) is where tags are cached; "
+        "HF_HUB_OFFLINE=1 makes offline attempts fail fast instead of retrying."
     )
 
 
@@ -100,6 +102,24 @@ def _feature_dim(encoder: nn.Module, image_size: int | tuple[int, int]) -> int:
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     with torch.no_grad():
         return int(encoder(torch.zeros(1, 3, *size)).shape[-1])
+
+
+class _DropRandomInitWarning(logging.Filter):
+    """open_clip warns 'initialized randomly' for skeletons whose weights are loaded later."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init(active: bool) -> Iterator[None]:
+    root, quiet = logging.getLogger(), _DropRandomInitWarning()
+    if active:
+        root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 def _open_clip_backbone(model_cfg: Mapping, pretrained: bool) -> Backbone:
@@ -136,9 +156,10 @@ def _open_clip_backbone(model_cfg: Mapping, pretrained: bool) -> Backbone:
         **_as_dict(_get(model_cfg, "kwargs")),
     )
     try:
-        model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-            name, pretrained=str(value) if (pretrained and value is not None) else None, **kwargs
-        )
+        with _quiet_random_init(not pretrained):
+            model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+                name, pretrained=str(value) if (pretrained and value is not None) else None, **kwargs
+            )
     except BackboneLoadError:
         raise
     except Exception as exc:  # network, hub, checksum, state-dict mismatch

@@ -53,12 +53,13 @@ def build_classifier(
 
 
 def weights_path(dir_or_file: str | os.PathLike) -> Path:
+    """``<dir>/model.safetensors`` for a run directory, else the file itself (safetensors only)."""
     path = Path(dir_or_file)
     path = path / WEIGHTS_FILE if path.is_dir() else path
-    if path.suffix != ".safetensors":
-        raise ValueError(f"expected a .safetensors weights file or a directory holding {WEIGHTS_FILE}, got {path}")
     if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path} (expected {WEIGHTS_FILE} written by soup-exp)")
+        raise FileNotFoundError(f"no weights at {path} (expected a run directory holding {WEIGHTS_FILE}, or a .safetensors file)")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path} is not a .safetensors file; soup-exp reads weights only as safetensors (never pickles)")
     return path
 
 

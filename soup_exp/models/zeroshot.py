@@ -56,7 +56,7 @@ def zeroshot_head(
             "use train.head_init=lp (a linear probe on frozen features) instead."
         )
     chosen = resolve_templates(backbone.zeroshot_templates if templates is None else templates)
-    first_param = next(model.parameters())
+    original_device = next(model.parameters()).device
     was_training = model.training
     model.to(device).eval()
     try:
@@ -66,7 +66,7 @@ def zeroshot_head(
         )
         logit_scale = model.logit_scale.detach().exp()
     finally:
-        model.to(first_param.device).train(was_training)
+        model.to(original_device).train(was_training)
     head = nn.Linear(weights.shape[0], weights.shape[1])
     with torch.no_grad():
         head.weight.copy_((logit_scale * weights.T).float().cpu())

@@ -19,6 +19,7 @@ from typing import Any, Union
 
 import torch
 
+from soup_exp.errors import SoupExpError
 from soup_exp.utils.io import read_json
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", 
 IngredientLike = Union[str, os.PathLike, Mapping[str, torch.Tensor], "Ingredient"]
 
 
-class IngredientError(ValueError):
+class IngredientError(SoupExpError, ValueError):
     """Ingredients that cannot be souped; the message names the file and the keys."""
 
 
@@ -54,7 +55,7 @@ class NonFiniteWeightsError(IngredientError):
 class TensorSource:
     """Read-only, lazy access to a flat state dict."""
 
-    def keys(self) -> list[str]:
+    def tensor_keys(self) -> list[str]:
         raise NotImplementedError
 
     def spec(self, key: str) -> tuple[torch.dtype, tuple[int, ...]]:
@@ -64,12 +65,12 @@ class TensorSource:
         raise NotImplementedError
 
     def iter_tensors(self, keys: Sequence[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-        for key in keys if keys is not None else self.keys():
+        for key in keys if keys is not None else self.tensor_keys():
             yield key, self.get(key)
 
     def nbytes(self) -> int:
         total = 0
-        for key in self.keys():
+        for key in self.tensor_keys():
             dtype, shape = self.spec(key)
             total += torch.Size(shape).numel() * dtype.itemsize
         return total
@@ -79,7 +80,7 @@ class StateDictSource(TensorSource):
     def __init__(self, state_dict: Mapping[str, torch.Tensor]):
         self._sd = dict(state_dict)
 
-    def keys(self) -> list[str]:
+    def tensor_keys(self) -> list[str]:
         return list(self._sd)
 
     def spec(self, key: str) -> tuple[torch.dtype, tuple[int, ...]]:
@@ -117,9 +118,10 @@ class SafetensorsSource(TensorSource):
                     self._specs[key] = (_SAFETENSORS_DTYPES[sl.get_dtype()], tuple(sl.get_shape()))
         except Exception as e:  # safetensors raises its own error types for bad headers
             raise IngredientError(f"{self.path}: not a readable safetensors file ({e})") from e
-        self._keys.sort(key=lambda k: _data_offset_order(self.path).get(k, 0))
+        offsets = _data_offsets(self.path)
+        self._keys.sort(key=lambda k: offsets.get(k, 0))
 
-    def keys(self) -> list[str]:
+    def tensor_keys(self) -> list[str]:
         return list(self._keys)
 
     def spec(self, key: str) -> tuple[torch.dtype, tuple[int, ...]]:
@@ -139,7 +141,7 @@ class SafetensorsSource(TensorSource):
                 yield key, f.get_tensor(key)
 
 
-def _data_offset_order(path: Path) -> dict[str, int]:
+def _data_offsets(path: Path) -> dict[str, int]:
     """Key -> byte offset in the file, so passes read the file front to back."""
     import json
     import struct
@@ -173,8 +175,8 @@ class Ingredient:
     def where(self) -> str:
         return str(self.path) if self.path is not None else f"in-memory state dict '{self.name}'"
 
-    def keys(self) -> list[str]:
-        return self.source.keys()
+    def tensor_keys(self) -> list[str]:
+        return self.source.tensor_keys()
 
     def spec(self, key: str) -> tuple[torch.dtype, tuple[int, ...]]:
         return self.source.spec(key)
@@ -309,10 +311,10 @@ def validate_ingredients(ingredients: Sequence[Ingredient]) -> None:
     if not ingredients:
         raise EmptyIngredientsError("no ingredients to soup: the ingredient list is empty")
     ref = ingredients[0]
-    ref_keys = ref.keys()
+    ref_keys = ref.tensor_keys()
     ref_set = set(ref_keys)
     for ing in ingredients[1:]:
-        keys = set(ing.keys())
+        keys = set(ing.tensor_keys())
         if keys != ref_set:
             missing, extra = sorted(ref_set - keys), sorted(keys - ref_set)
             raise IngredientMismatchError(
@@ -353,7 +355,7 @@ def _short(value: Any) -> str:
 
 def float_keys(ingredient: Ingredient) -> list[str]:
     """Keys that are averaged; integer/bool buffers are copied from the first ingredient."""
-    return [k for k in ingredient.keys() if ingredient.spec(k)[0].is_floating_point]
+    return [k for k in ingredient.tensor_keys() if ingredient.spec(k)[0].is_floating_point]
 
 
 def load_ingredients(items: IngredientLike | Iterable[IngredientLike], *,

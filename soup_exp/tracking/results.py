@@ -20,7 +20,7 @@ from typing import Any
 
 from soup_exp.errors import SoupExpError
 from soup_exp.utils.hashing import stable_hash
-from soup_exp.utils.io import atomic_write_text
+from soup_exp.utils.io import _json_default, atomic_write_text
 
 HELD_OUT = "ImageNet2p"
 SHIFTS = ("ImageNetV2", "ImageNetSketch", "ImageNetR", "ObjectNet", "ImageNetA")
@@ -221,8 +221,6 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _dump(row: Mapping[str, Any]) -> str:
-    from soup_exp.utils.io import _json_default
-
     return json.dumps(row, default=_json_default) + "\n"
 
 

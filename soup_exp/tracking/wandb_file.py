@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,26 @@ def iter_records(path: str | Path) -> Iterator[Any]:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
         yield record
+
+
+def wait_until_complete(run_dir: str | Path, timeout: float = 15.0) -> bool:
+    """Wait until the run's exit record is on disk; True if it arrived in time.
+
+    ``wandb.finish()`` returns before wandb's core process has flushed the file, so a
+    stage that reads its own run back (or a process that exits at once) waits here.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        try:
+            if any(r.WhichOneof("record_type") == "exit" for r in iter_records(wandb_file(run_dir))):
+                return True
+        except WandbFileError:
+            pass  # not created or header not written yet
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 def read_offline_run(run_dir: str | Path) -> OfflineRun:

@@ -9,6 +9,7 @@ later. The API key is read by wandb from ``WANDB_API_KEY`` only and never from c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -70,6 +71,10 @@ class Run:
         self._call("log_table", _log)
 
     def log_image(self, key: str, path: str | os.PathLike, caption: str | None = None) -> None:
+        if self._run is not None and not Path(path).is_file():
+            warnings.warn(f"W&B image {key!r}: no file at {path}; not logged", stacklevel=2)
+            return
+
         def _log(run: Any) -> None:
             import wandb
 
@@ -91,6 +96,10 @@ class Run:
             warnings.warn(f"W&B finish failed ({err!r}); local outputs are unaffected", stacklevel=2)
             return
         if self.mode == "offline" and self._dir is not None:
+            from soup_exp.tracking.wandb_file import wait_until_complete
+
+            if not wait_until_complete(self._dir):
+                log.warning("W&B run file in %s is still being written", self._dir)
             log.info("W&B offline run saved to %s (upload with: wandb sync %s)", self._dir, self._dir)
 
     def __enter__(self) -> Run:
@@ -111,10 +120,8 @@ class Run:
                 stacklevel=3,
             )
             run, self._run = self._run, None
-            try:
+            with contextlib.suppress(Exception):
                 run.finish(exit_code=1)
-            except Exception:
-                pass
 
 
 def start_run(

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from soup_exp.errors import OutputConflictError, SoupExpError
@@ -59,6 +60,8 @@ def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], Any], claim: bool =
 
     ``claim=False`` for stages that only read an experiment's results (report).
     """
+    if cfg.get("cpu_threads"):
+        torch.set_num_threads(int(cfg.cpu_threads))
     try:
         if claim:
             claim_output_dir(cfg)

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from omegaconf import OmegaConf
 
 
-def register_resolvers() -> None:
+def pad_index(value: Any, width: Any = 3) -> str:
+    """``${soup.pad:${sweep.index},3}`` -> ``007``: sortable sweep member names."""
+    return f"{int(value):0{int(width)}d}"
+
+
+RESOLVERS = {
     # The launch directory, so relative defaults become absolute before jobs move around.
-    if not OmegaConf.has_resolver("soup.cwd"):
-        OmegaConf.register_new_resolver("soup.cwd", lambda: os.getcwd())
+    "soup.cwd": lambda: os.getcwd(),
+    "soup.pad": pad_index,
+}
+
+
+def register_resolvers() -> None:
+    for name, fn in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)

@@ -1,0 +1,45 @@
+"""Check every configured dataset root against the layout its download unpacks to.
+
+    python scripts/check_data.py [--verify] [--datasets ImageNet ObjectNet] [hydra overrides]
+    python scripts/check_data.py paths.data_dir=/data/imagenet-family
+    python scripts/check_data.py data=synthetic          # the demo's generated family
+
+Prints a table (found/missing, class folders, image counts vs the official counts) and
+exits 1 when a dataset is missing or malformed. ``soup-exp evaluate check_data=true``
+runs the same check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from soup_exp.data.checker import check_datasets, render_table
+from soup_exp.errors import SoupExpError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--verify", action="store_true", help="decode every image (slow)")
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        help="names to check (default: ImageNet train + every configured root)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=synthetic")
+    args = parser.parse_args(argv)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name="evaluate", overrides=args.overrides)
+    try:
+        reports = check_datasets(cfg.data, args.datasets, verify=args.verify)
+    except SoupExpError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(render_table(reports))
+    return 1 if any(r.failed for r in reports) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""`soup-exp report`: results files in; table (md/tex/csv), figures (png/pdf) and a W&B
+run out. Also reads the authors' published files, so their table can be rebuilt."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from soup_exp.errors import ConfigError
+from soup_exp.report.figures import (
+    SoupFileError,
+    plot_figure1,
+    plot_greedy_trajectory,
+    plot_learned_coefficients,
+)
+from soup_exp.report.paper import comparison_table
+from soup_exp.report.table import COLUMNS, RENDERERS, Table, build_table, render, to_markdown
+from soup_exp.tracking.results import read_results
+from soup_exp.tracking.wandb_run import start_run
+from soup_exp.utils.io import atomic_write_text, read_json
+
+log = logging.getLogger(__name__)
+
+
+def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
+    """Write the table, the comparison (with ``compare``) and the figures to
+    ``cfg.report_dir``; log them to W&B; print the Markdown table. Returns
+    ``{artefact name: path}`` (e.g. ``table.md``, ``figure1.png``)."""
+    report_dir = Path(str(_get(cfg, "report_dir") or "report")).expanduser()
+    formats = list(_get(cfg, "formats") or RENDERERS)
+    unknown = [f for f in formats if f not in RENDERERS]
+    if unknown:
+        raise ConfigError(f"formats={formats}: unknown {unknown}; expected any of {list(RENDERERS)}")
+    wise_ft = str(_get(cfg, "wise_ft") or "best")
+
+    rows = read_results(_plain(_get(cfg, "results")))
+    soups = _read_soups(_get(cfg, "soups_dir"))
+    rows = _with_ingredient_counts(rows, soups)
+    table = build_table(rows, wise_ft=wise_ft)
+    if not table.rows:
+        warnings.warn("no result row matches a table line (zero-shot, individual, soup, ...)", stacklevel=2)
+
+    outputs: dict[str, Path] = {}
+    outputs.update(_write_table(table, report_dir / "table", formats))
+    compare = _get(cfg, "compare")
+    comparison = comparison_table(table, str(compare), wise_ft=wise_ft) if compare else None
+    if comparison is not None:
+        outputs.update(_write_table(comparison, report_dir / "comparison", formats))
+    outputs.update(_write_figures(rows, soups, report_dir / "figures"))
+
+    _log_to_wandb(cfg, table, comparison, outputs, len(rows))
+    print(to_markdown(table))
+    if comparison is not None:
+        print(to_markdown(comparison))
+    print(f"report written to {report_dir.resolve()}:")
+    for key, path in outputs.items():
+        print(f"  {key}: {path}")
+    return outputs
+
+
+def _write_table(table: Table, base: Path, formats: list[str]) -> dict[str, Path]:
+    written = {}
+    for fmt in formats:
+        path = base.with_name(f"{base.name}.{fmt}")
+        atomic_write_text(path, render(table, fmt))
+        written[path.name] = path
+    return written
+
+
+def _write_figures(rows: list[dict[str, Any]], soups: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
+    paths = list(plot_figure1(rows, out_dir / "figure1"))
+    for soup in soups:
+        name = _safe_name(str(soup.get("name") or soup.get("recipe")))
+        try:
+            if soup.get("history"):
+                paths += plot_greedy_trajectory(soup, out_dir / f"greedy_trajectory_{name}")
+            if str(soup.get("recipe", "")).startswith("learned") and soup.get("coefficients") is not None:
+                paths += plot_learned_coefficients(soup, out_dir / f"coefficients_{name}")
+        except SoupFileError as err:
+            warnings.warn(f"{soup['_path']}: {err}; figure skipped", stacklevel=2)
+    return {path.name: path for path in paths}
+
+
+def _read_soups(soups_dir: Any) -> list[dict[str, Any]]:
+    """Every ``soup.json`` under ``soups_dir`` (one per recipe directory), if it exists."""
+    if not soups_dir:
+        return []
+    root = Path(str(soups_dir)).expanduser()
+    if not root.is_dir():
+        log.info("no soups directory at %s: greedy/learned figures skipped", root)
+        return []
+    soups = []
+    for path in sorted(root.glob("soup.json")) + sorted(root.glob("*/soup.json")):
+        soup = read_json(path)
+        if isinstance(soup, dict):
+            soups.append({**soup, "_path": str(path)})
+    return soups
+
+
+def _with_ingredient_counts(rows: list[dict[str, Any]], soups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fill ``num_ingredients`` from the matching soup.json when the result row lacks it."""
+    counts = {}
+    for soup in soups:
+        members = soup.get("ingredients") or soup.get("members")
+        if soup.get("name") and isinstance(members, list):
+            counts[soup["name"]] = len(members)
+    return [
+        {**r, "num_ingredients": counts[r["name"]]} if r.get("num_ingredients") is None and r["name"] in counts else r
+        for r in rows
+    ]
+
+
+def _log_to_wandb(
+    cfg: Any, table: Table, comparison: Table | None, outputs: dict[str, Path], num_rows: int
+) -> None:
+    name = f"report-{_get(cfg, 'name') or 'results'}"
+    with start_run(cfg, stage="report", name=name) as run:
+        for key, tab in (("results_table", table), ("comparison_table", comparison)):
+            if tab is not None:
+                run.log_table(key, ["method", "model", *(k for k, _ in COLUMNS)], _table_data(tab))
+        for path in outputs.values():
+            if path.suffix == ".png":
+                run.log_image(f"figures/{path.stem}", path)
+        summary = {
+            f"{row.slot}/{key}": value
+            for row in table.rows
+            for key, value in row.values.items()
+            if value is not None
+        }
+        run.summary({**summary, "num_results": num_rows})
+
+
+def _table_data(table: Table) -> list[list[Any]]:
+    return [
+        [row.label, row.model, *(float(c) if (c := table.cell(row, key)) else None for key, _ in COLUMNS)]
+        for row in table.rows
+    ]
+
+
+def _get(cfg: Any, key: str) -> Any:
+    return cfg.get(key) if isinstance(cfg, DictConfig | Mapping) else getattr(cfg, key, None)
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

@@ -1,0 +1,70 @@
+"""Output-space baselines: the logit ensemble and the greedy ensemble.
+
+Both work on cached per-ingredient held-out logits (``load_logits(i)``), holding only a
+running sum and one candidate, and the greedy ensemble uses the very rule of the greedy
+soup (:func:`soup_exp.soups.greedy.run_greedy_rule`) with logits in place of weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from soup_exp.soups.greedy import run_greedy_rule
+
+LoadLogits = Callable[[int], torch.Tensor]
+AccuracyFromLogits = Callable[[torch.Tensor], float]
+
+
+@dataclass
+class EnsembleResult:
+    members: list[int]
+    accuracy: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def mean_logits(indices: Sequence[int], load_logits: LoadLogits) -> torch.Tensor:
+    total = None
+    for i in indices:
+        logits = load_logits(i).float()
+        total = logits.clone() if total is None else total.add_(logits)
+    if total is None:
+        raise ValueError("an ensemble needs at least one member")
+    return total.div_(len(indices))
+
+
+def logit_ensemble(num_members: int, load_logits: LoadLogits, accuracy: AccuracyFromLogits) -> EnsembleResult:
+    """All members, raw logits averaged (then projected and scored by ``accuracy``)."""
+    members = list(range(num_members))
+    return EnsembleResult(members, float(accuracy(mean_logits(members, load_logits))))
+
+
+def greedy_ensemble(
+    names: Sequence[str],
+    scores: Sequence[float],
+    load_logits: LoadLogits,
+    accuracy: AccuracyFromLogits,
+    *,
+    tolerance: float = 0.0,
+    progress: bool = False,
+) -> EnsembleResult:
+    """The greedy-soup rule applied to logit ensembles."""
+    from soup_exp.soups.greedy import greedy_order
+
+    first = greedy_order(names, scores)[0]
+    running = {"sum": load_logits(first).float().clone(), "count": 1}
+
+    def try_candidate(i: int) -> float:
+        candidate = running["sum"] + load_logits(i).float()
+        return float(accuracy(candidate.div_(running["count"] + 1)))
+
+    def accept(i: int) -> None:
+        running["sum"].add_(load_logits(i).float())
+        running["count"] += 1
+
+    state = run_greedy_rule(names, scores, try_candidate, accept, tolerance=tolerance,
+                            progress=progress, desc="greedy ensemble")
+    return EnsembleResult(list(state["chosen"]), float(state["best"]), state["history"])

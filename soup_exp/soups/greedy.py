@@ -1,0 +1,212 @@
+"""Greedy soup (and the greedy rule it shares with the greedy ensemble).
+
+The paper's rule: order ingredients by held-out accuracy (best first; ties by name), start
+from the best, and keep each next candidate only if the held-out accuracy of the average
+strictly improves (by more than ``tolerance``). Memory is the running fp32 sum plus one
+candidate soup; the candidate is re-read (from the page cache) when it is accepted. The
+state (position, chosen, history) is saved atomically after every candidate; the running
+sum is rebuilt from the chosen ingredients on resume, so no weights need to be saved.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from soup_exp.soups.ingredients import Ingredient, IngredientError, IngredientLike, load_ingredients
+from soup_exp.soups.streaming import finalize, weighted_sum
+from soup_exp.utils.hashing import stable_hash
+from soup_exp.utils.io import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+Evaluate = Callable[[dict[str, torch.Tensor]], float]
+
+
+@dataclass
+class GreedyResult:
+    state_dict: dict[str, torch.Tensor] | None
+    chosen: list[int]  # ingredient indices in the order added
+    history: list[dict[str, Any]]  # one entry per candidate, the starting model first
+    accuracy: float  # held-out accuracy of the final soup
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def chosen_names(self) -> list[str]:
+        return [self.names[i] for i in self.chosen]
+
+
+def greedy_order(names: Sequence[str], scores: Sequence[float]) -> list[int]:
+    """Indices by held-out accuracy, best first; ties broken by name."""
+    return sorted(range(len(names)), key=lambda i: (-float(scores[i]), names[i]))
+
+
+def run_greedy_rule(
+    names: Sequence[str],
+    scores: Sequence[float],
+    try_candidate: Callable[[int], float],
+    accept: Callable[[int], None],
+    *,
+    tolerance: float = 0.0,
+    state: dict[str, Any] | None = None,
+    save_state: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+    desc: str = "greedy",
+) -> dict[str, Any]:
+    """The greedy rule over an abstract "soup": ``try_candidate(i)`` scores the current
+    members plus ``i``; ``accept(i)`` adds it. Returns the state (chosen, history, best)."""
+    order = greedy_order(names, scores)
+    if state is None:
+        first = order[0]
+        state = {
+            "position": 1,
+            "chosen": [first],
+            "best": float(scores[first]),
+            "history": [{"step": 0, "index": first, "name": names[first],
+                         "individual_accuracy": float(scores[first]), "accuracy": float(scores[first]),
+                         "accepted": True, "num_ingredients": 1}],
+        }
+        if save_state:
+            save_state(state)
+    with tqdm(total=len(order) - 1, initial=state["position"] - 1, desc=desc,
+              disable=not progress, leave=False) as bar:
+        while state["position"] < len(order):
+            i = order[state["position"]]
+            acc = float(try_candidate(i))
+            accepted = acc > state["best"] + tolerance
+            if accepted:
+                accept(i)
+                state["chosen"].append(i)
+                state["best"] = acc
+            state["history"].append({
+                "step": state["position"], "index": i, "name": names[i],
+                "individual_accuracy": float(scores[i]), "accuracy": acc,
+                "accepted": accepted, "num_ingredients": len(state["chosen"]),
+            })
+            state["position"] += 1
+            if save_state:
+                save_state(state)
+            bar.update(1)
+            bar.set_postfix(best=f"{state['best']:.4f}", kept=len(state["chosen"]))
+    return state
+
+
+def held_out_scores_for(
+    ingredients: Sequence[Ingredient],
+    held_out_scores: Sequence[float] | Mapping[str, float] | None,
+    evaluate: Evaluate | None,
+) -> list[float]:
+    """Scores given, else from ``ingredient.json``, else evaluated (one model at a time)."""
+    scores: list[float] = []
+    for index, ing in enumerate(ingredients):
+        if isinstance(held_out_scores, Mapping):
+            value = held_out_scores.get(ing.name)
+        elif held_out_scores is not None:
+            value = held_out_scores[index]
+        else:
+            value = None
+        if value is None:
+            value = ing.held_out_accuracy
+        if value is None:
+            if evaluate is None:
+                raise IngredientError(f"{ing.where}: no held-out accuracy and no evaluate function")
+            log.info("held-out accuracy of %s missing from its metadata: evaluating it", ing.name)
+            value = evaluate(ing.state_dict())
+        scores.append(float(value))
+    if held_out_scores is not None and not isinstance(held_out_scores, Mapping) \
+            and len(held_out_scores) != len(ingredients):
+        raise IngredientError(f"{len(held_out_scores)} held-out scores for {len(ingredients)} ingredients")
+    return scores
+
+
+def greedy_soup(
+    ingredients: IngredientLike | Iterable[IngredientLike],
+    held_out_scores: Sequence[float] | Mapping[str, float] | None,
+    evaluate: Evaluate,
+    *,
+    tolerance: float = 0.0,
+    state_file: str | Path | None = None,
+    accumulate_dtype: torch.dtype = torch.float32,
+    candidate_buffer: Mapping[str, torch.Tensor] | None = None,
+    progress: bool = False,
+) -> GreedyResult:
+    """The paper's greedy soup; ``evaluate(state_dict) -> held-out accuracy``.
+
+    Candidates are written into ``candidate_buffer`` (allocated once if not given). Pass
+    the evaluation skeleton's ``state_dict()`` and the candidate *is* the model: loading
+    it into the skeleton then copies nothing, and memory is the running sum plus one model.
+
+    With ``state_file`` the run resumes after preemption where it stopped (the file is
+    bound to the ingredient names, scores and tolerance; a different pool starts afresh).
+    """
+    ings = load_ingredients(ingredients)
+    names = [ing.name for ing in ings]
+    scores = held_out_scores_for(ings, held_out_scores, evaluate)
+    fingerprint = stable_hash({"names": names, "scores": scores, "tolerance": tolerance})
+    state = _load_state(state_file, fingerprint)
+    running: dict[str, torch.Tensor] = {}
+    count = [0]  # ingredients in the running sum
+
+    def rebuild(chosen: list[int]) -> None:
+        running.clear()
+        count[0] = len(chosen)
+        running.update(weighted_sum([ings[i] for i in chosen], [1.0] * len(chosen),
+                                    accumulate_dtype=accumulate_dtype, desc="greedy soup: resume"))
+
+    buffer: dict[str, torch.Tensor] = dict(candidate_buffer) if candidate_buffer is not None else {}
+
+    def candidate_soup(i: int, count: int) -> dict[str, torch.Tensor]:
+        """(running sum + candidate) / (count + 1), written into the reused buffer."""
+        for key, tensor in ings[i].tensors():
+            base = running[key]
+            if key not in buffer:
+                buffer[key] = torch.empty_like(tensor)
+            target = buffer[key]
+            if not base.is_floating_point():
+                target.copy_(base)
+            elif target.device == base.device and target.dtype == base.dtype:
+                torch.add(base, tensor, out=target).div_(count + 1)
+            else:
+                target.copy_(base.add(tensor).div_(count + 1))
+        return buffer
+
+    def try_candidate(i: int) -> float:
+        return float(evaluate(candidate_soup(i, count[0])))
+
+    def accept(i: int) -> None:
+        for key, tensor in ings[i].tensors():
+            if running[key].is_floating_point():
+                running[key].add_(tensor)
+        count[0] += 1
+
+    def save(s: dict[str, Any]) -> None:
+        if state_file is not None:
+            atomic_write_json(state_file, {**s, "fingerprint": fingerprint, "names": names})
+
+    if state is None:
+        rebuild([greedy_order(names, scores)[0]])
+    else:
+        log.info("resuming greedy soup from %s: %d/%d candidates done, %d kept",
+                 state_file, state["position"], len(ings), len(state["chosen"]))
+        rebuild(state["chosen"])
+    final = run_greedy_rule(names, scores, try_candidate, accept, tolerance=tolerance,
+                            state=state, save_state=save, progress=progress,
+                            desc="greedy soup")
+    soup = finalize(running, 1.0 / len(final["chosen"]), ings[0])
+    return GreedyResult(soup, list(final["chosen"]), final["history"], float(final["best"]), names)
+
+
+def _load_state(state_file: str | Path | None, fingerprint: str) -> dict[str, Any] | None:
+    if state_file is None or not Path(state_file).is_file():
+        return None
+    state = read_json(state_file)
+    if state.get("fingerprint") != fingerprint:
+        log.warning("%s belongs to another ingredient pool or tolerance: starting afresh", state_file)
+        return None
+    return {k: state[k] for k in ("position", "chosen", "best", "history")}

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from soup_exp.soups import greedy_soup
+
+
+def _evaluate(sd):
+    """Deterministic, non-monotone accuracy-like score of a state dict."""
+    v = torch.cat([t.double().flatten() for t in sd.values()])
+    return float(torch.sigmoid(-(v - 0.3).pow(2).mean() + torch.sin(5 * v).mean()))
+
+
+def _reference_greedy(sds, scores, evaluate):
+    """The authors' loop, with full state dicts in memory."""
+    order = sorted(range(len(sds)), key=lambda i: (-scores[i], str(i)))
+    chosen, best = [order[0]], scores[order[0]]
+    soup = {k: v.clone().double() for k, v in sds[order[0]].items()}
+    for i in order[1:]:
+        n = len(chosen)
+        candidate = {k: soup[k] * (n / (n + 1.0)) + sds[i][k].double() / (n + 1.0) for k in soup}
+        acc = evaluate({k: v.float() for k, v in candidate.items()})
+        if acc > best:
+            chosen.append(i)
+            best, soup = acc, candidate
+    return chosen, soup
+
+
+def _pools(make_sd, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    base = make_sd(100 + seed)
+    sds = [{k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(n)]
+    return sds, [_evaluate(sd) for sd in sds]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_reference(make_sd, seed):
+    sds, scores = _pools(make_sd, 8, seed)
+    ref_chosen, ref_soup = _reference_greedy(sds, scores, _evaluate)
+    # names of in-memory ingredients are state_dict_<i>; ties by name == ties by index here
+    result = greedy_soup(sds, scores, _evaluate)
+    assert result.chosen == ref_chosen
+    for k in ref_soup:
+        torch.testing.assert_close(result.state_dict[k].double(), ref_soup[k], atol=1e-6, rtol=0)
+    assert len(result.history) == len(sds)
+    assert [h["accepted"] for h in result.history].count(True) == len(ref_chosen)
+    assert result.accuracy >= max(scores)
+
+
+def test_ties_by_name_and_tolerance(make_sd):
+    sds = [make_sd(i) for i in range(3)]
+    result = greedy_soup(sds, [0.5, 0.5, 0.5], lambda sd: 0.5)
+    assert result.chosen == [0]  # ties by name; equal accuracy is not an improvement
+    assert [h["index"] for h in result.history] == [0, 1, 2]
+    accs = iter([0.55, 0.7])
+    result = greedy_soup(sds, [0.5, 0.4, 0.3], lambda sd: next(accs), tolerance=0.1)
+    assert result.chosen == [0, 2]
+
+
+def test_scores_from_metadata_or_evaluated(tmp_path, make_sd, make_run):
+    sds, scores = _pools(make_sd, 4, 7)
+    for i, sd in enumerate(sds):
+        extra = {"held_out_accuracy": scores[i]} if i % 2 == 0 else {}
+        make_run(tmp_path, f"m{i}", sd, **extra)
+    result = greedy_soup(tmp_path, None, _evaluate)
+    ref_chosen, _ = _reference_greedy(sds, scores, _evaluate)
+    assert result.chosen == ref_chosen
+
+
+class _Preempted(Exception):
+    pass
+
+
+def test_resume_after_interruption(tmp_path, make_sd):
+    sds, scores = _pools(make_sd, 8, 3)
+    expected = greedy_soup(sds, scores, _evaluate)
+    state = tmp_path / "greedy_state.json"
+    calls = {"n": 0}
+
+    def flaky(sd):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise _Preempted
+        return _evaluate(sd)
+
+    with pytest.raises(_Preempted):
+        greedy_soup(sds, scores, flaky, state_file=state)
+    saved = json.loads(state.read_text())
+    assert saved["position"] == 4
+    seen = []
+
+    def counting(sd):
+        seen.append(1)
+        return _evaluate(sd)
+
+    resumed = greedy_soup(sds, scores, counting, state_file=state)
+    assert len(seen) == len(sds) - saved["position"]
+    assert resumed.chosen == expected.chosen
+    assert resumed.history == expected.history
+    for k in expected.state_dict:
+        torch.testing.assert_close(resumed.state_dict[k], expected.state_dict[k])
+
+
+def test_candidate_written_into_skeleton(make_sd):
+    """With the skeleton's own state dict as buffer, evaluation loads nothing new."""
+    sds, scores = _pools(make_sd, 6, 11)
+
+    class Skeleton(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for k, v in sds[0].items():
+                self.register_parameter(k.replace(".", "_"), torch.nn.Parameter(torch.zeros_like(v)))
+
+    skeleton = Skeleton()
+    own = skeleton.state_dict()
+    buffer = {k: own[k.replace(".", "_")] for k in sds[0]}
+
+    def evaluate(sd):
+        assert all(sd[k].data_ptr() == buffer[k].data_ptr() for k in sd)
+        return _evaluate({k: getattr(skeleton, k.replace(".", "_")).detach() for k in sd})
+
+    shared = greedy_soup(sds, scores, evaluate, candidate_buffer=buffer)
+    plain = greedy_soup(sds, scores, _evaluate)
+    assert shared.chosen == plain.chosen
+    for k in plain.state_dict:
+        torch.testing.assert_close(shared.state_dict[k], plain.state_dict[k])

@@ -1,0 +1,163 @@
+"""The soup stage end to end on a tiny MLP 'classifier' and an in-memory held-out set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+from torch import nn
+
+from soup_exp.soups import stage as stage_module
+from soup_exp.soups.stage import RECIPES, run_soups
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.image_encoder = nn.Sequential(nn.Linear(6, 12), nn.Tanh())
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x):
+        return self.head(self.image_encoder(x))
+
+
+class FakeEvaluator:
+    """The Evaluator methods the soup stage uses, over fixed tensors."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+        self.passes = 0
+
+    def batches(self, name, batch_size, shuffle=False, generator=None):
+        order = torch.randperm(len(self.y), generator=generator) if shuffle else torch.arange(len(self.y))
+        for i in range(0, len(order), batch_size):
+            yield self.x[order[i:i + batch_size]], self.y[order[i:i + batch_size]]
+
+    @torch.no_grad()
+    def logits(self, model, name):
+        self.passes += 1
+        return model(self.x)
+
+    def accuracy_from_logits(self, logits, name):
+        return (logits.argmax(1) == self.y).float().mean().item()
+
+    def heldout_accuracy_fn(self, skeleton, name):
+        def accuracy(sd):
+            skeleton.load_state_dict(sd, strict=True)
+            return self.accuracy_from_logits(self.logits(skeleton, name), name)
+        return accuracy
+
+
+class FakeRun:
+    def __init__(self):
+        self.tables, self.logs, self.summaries = {}, [], {}
+
+    def log(self, metrics, step=None):
+        self.logs.append(metrics)
+
+    def log_table(self, key, columns, rows):
+        self.tables[key] = (columns, rows)
+
+    def summary(self, values):
+        self.summaries.update(values)
+
+    def finish(self):
+        pass
+
+
+def _train(model, x, y, steps, lr, seed):
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (32,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture
+def pool(tmp_path, make_run):
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 6, generator=g) * 1.5
+    y = torch.randint(0, 4, (200,), generator=g)
+    x = centers[y] + torch.randn(200, 6, generator=g)
+    torch.manual_seed(0)
+    zeroshot = Tiny()
+    zs_sd = _train(zeroshot, x, y, 5, 0.1, 99)
+    out = tmp_path / "exp"
+    make_run(out, "zeroshot", zs_sd, kind="zeroshot")
+    evaluator = FakeEvaluator(x, y)
+    for i in range(5):
+        model = Tiny()
+        model.load_state_dict(zs_sd)
+        sd = _train(model, x, y, 10 + 10 * i, 0.05 * (i + 1), i)
+        info = {"held_out_accuracy": evaluator.accuracy_from_logits(model(x).detach(), "h")} if i != 2 else {}
+        make_run(out / "ingredients", f"ft_{i}", sd, **info)
+    (out / "ingredients" / "crashed").mkdir()
+    save_file(sd, str(out / "ingredients" / "crashed" / "model.safetensors"))
+    return out, evaluator
+
+
+def _cfg(out, recipes):
+    return OmegaConf.create({
+        "name": "t", "seed": 0, "progress": False, "out_dir": str(out),
+        "ingredients_dir": str(out / "ingredients"), "soups_dir": str(out / "soups"),
+        "recipe": {"ingredients": str(out / "ingredients"), "recipes": recipes,
+                   "greedy": {"tolerance": 0.0},
+                   "learned": {"lr": 0.05, "epochs": 2, "batch_size": 64, "weight_decay": 0.0},
+                   "wise_ft": {"of": ["greedy"], "alphas": [0.0, 0.5, 1.0]}},
+    })
+
+
+def _patch(monkeypatch, evaluator):
+    monkeypatch.setattr(stage_module.SoupContext, "classes", property(lambda self: None), raising=False)
+    monkeypatch.setattr(stage_module.SoupContext, "_classifier", property(lambda self: self.__dict__.setdefault("_sk", (Tiny(), None))))
+    monkeypatch.setattr(stage_module.SoupContext, "evaluator", property(lambda self: evaluator))
+
+
+def test_all_recipes_then_resume(pool, monkeypatch, caplog):
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    run = FakeRun()
+    with caplog.at_level("INFO"):
+        made = run_soups(_cfg(out, list(RECIPES)), run=run)
+    expected = {"uniform", "greedy", "learned_per_model", "learned_by_layer", "best_individual", "ensemble",
+                "greedy_ensemble", "model_stock"} | {f"wise_ft_greedy_a{a:.2f}" for a in (0.0, 0.5, 1.0)}
+    assert set(made) == expected
+    assert "crashed" in caplog.text  # unfinished run skipped with a note
+    records = {name: json.loads((path / "soup.json").read_text()) for name, path in made.items()}
+    for name, record in records.items():
+        assert record["name"] == name
+        has_weights = (made[name] / "model.safetensors").is_file()
+        assert has_weights == (record["kind"] != "ensemble")
+        assert "ft_0" not in record["ingredients"] or record["base_model"] == "test:tiny"
+    assert records["greedy"]["held_out_accuracy"] >= records["best_individual"]["held_out_accuracy"]
+    assert records["greedy_ensemble"]["held_out_accuracy"] >= records["best_individual"]["held_out_accuracy"]
+    assert len(records["greedy"]["history"]) == 5
+    assert records["ensemble"]["members"] == [f"ft_{i}" for i in range(5)]
+    assert len(records["learned_by_layer"]["coefficients"]) == 4
+    assert isinstance(records["learned_per_model"]["beta"], float)
+    assert "greedy/history" in run.tables and "learned_by_layer/coefficients" in run.tables
+    wise0 = (made["wise_ft_greedy_a0.00"] / "model.safetensors").read_bytes()
+    assert wise0  # alpha 0 is the zero-shot model
+    passes = evaluator.passes
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        again = run_soups(_cfg(out, list(RECIPES)), run=FakeRun())
+    assert again == made
+    assert evaluator.passes == passes  # nothing recomputed
+    assert caplog.text.count("already finished") == len(expected)
+
+
+def test_unknown_recipe(pool):
+    out, _ = pool
+    from soup_exp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown recipe.*'soupe'"):
+        run_soups(_cfg(out, ["uniform", "soupe"]), run=FakeRun())

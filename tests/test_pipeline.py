@@ -1,0 +1,70 @@
+"""The smoke experiment end to end through the real CLI, and its outputs' contracts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+RESULT_KEYS = ["ImageNet2p", "ImageNet", "ImageNetV2", "ImageNetSketch", "ImageNetR",
+               "ObjectNet", "ImageNetA", "avg_shifts"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("smoke")
+    env = {**os.environ, "SOUP_ROOT": str(root), "SOUP_CACHE_DIR": str(root / "cache"),
+           "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env.pop("SOUP_OUTPUT_DIR", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "soup_exp.cli", "pipeline", "experiment=smoke"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
+    return root / "outputs" / "smoke", result
+
+
+@pytest.mark.slow
+def test_smoke_ingredients_follow_the_contract(smoke_run):
+    out, _ = smoke_run
+    runs = sorted(p for p in (out / "ingredients").iterdir() if p.is_dir())
+    assert len(runs) >= 3  # LP init + the sweep
+    for run in runs:
+        meta = json.loads((run / "ingredient.json").read_text())
+        assert meta["name"] == run.name
+        assert meta["kind"] in {"lp", "individual"}
+        assert 0.0 <= meta["held_out_accuracy"] <= 1.0
+        for key in ("base_model", "hparams", "config", "code_version", "classes"):
+            assert key in meta
+        with safe_open(run / "model.safetensors", "pt") as f:
+            assert "head.weight" in f.keys()
+    assert (out / "zeroshot" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_smoke_soups_results_report_and_wandb(smoke_run):
+    out, result = smoke_run
+    for recipe in ("uniform", "greedy", "learned_by_layer", "learned_per_model", "ensemble"):
+        soup = json.loads((out / "soups" / recipe / "soup.json").read_text())
+        assert soup["ingredients"], recipe
+    assert (out / "soups" / "greedy" / "model.safetensors").exists()
+
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    names = {r["name"] for r in rows}
+    assert {"zeroshot", "lp_init"} <= names
+    assert any(r["kind"] == "soup" for r in rows) and any(r["kind"] == "ensemble" for r in rows)
+    for row in rows:
+        for key in RESULT_KEYS:
+            assert 0.0 <= row[key] <= 1.0, (row["name"], key)
+
+    report = out / "report"
+    for suffix in ("md", "tex", "csv"):
+        assert (report / f"table.{suffix}").stat().st_size > 0
+    assert list(report.glob("*.png"))
+    assert list((out / "wandb").glob("offline-run-*"))
+    assert "finished in" in result.stdout

@@ -1,0 +1,158 @@
+"""W&B runs: offline runs can be read back, disabled writes nothing, failures never raise."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from omegaconf import OmegaConf
+
+from soup_exp.errors import ConfigError
+from soup_exp.tracking import wandb_run
+from soup_exp.tracking.wandb_file import WandbFileError, read_offline_run
+from soup_exp.tracking.wandb_run import Run, scrub_secrets, start_run
+
+SECRET = "s3cr3t-api-key-value-0123456789abcdef"
+
+
+def _cfg(tmp_path, mode="offline", **extra):
+    return OmegaConf.create({
+        "name": "exp",
+        "out_dir": str(tmp_path / "out"),
+        "train": {"lr": 1e-5, "hf_token": "tok-should-vanish"},
+        "notes": f"pasted {SECRET} by mistake",
+        "logger": {"mode": mode, "project": "soup-test", "entity": None, "group": "${name}",
+                   "tags": ["t1"], "dir": "${out_dir}", **extra},
+    })
+
+
+def test_offline_run_logs_metrics_tables_and_clean_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    run = start_run(_cfg(tmp_path), stage="finetune", name="job-3", group="sweep-a")
+    assert run.enabled and run.dir is not None and run.dir.is_dir()
+    run.log({"train/loss": 2.0, "lr": 1e-5}, step=0)
+    run.log({"train/loss": 1.5}, step=1)
+    run.log_table("greedy/history", ["candidate", "held_out", "accepted"], [["a", 0.5, True], ["b", 0.4, False]])
+    run.summary({"held_out": 0.81})
+    run.finish()
+    run.finish()  # idempotent
+
+    logged = read_offline_run(run.dir)
+    assert logged.name == "job-3" and logged.group == "sweep-a" and logged.job_type == "finetune"
+    assert set(logged.tags) == {"t1", "finetune"}
+    assert logged.metric("train/loss") == [2.0, 1.5]
+    assert logged.summary["held_out"] == pytest.approx(0.81)
+    assert logged.config["stage"] == "finetune"
+    assert logged.config["train"]["lr"] == pytest.approx(1e-5)
+    assert "hf_token" not in logged.config["train"]
+    assert logged.config["notes"] == wandb_run.REDACTED
+    assert logged.config["logger"]["group"] == "exp"  # resolved
+    tables = list((run.dir / "files" / "media" / "table").rglob("*.table.json"))
+    assert len(tables) == 1
+    for path in run.dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+            assert b"tok-should-vanish" not in path.read_bytes(), path
+
+
+def test_disabled_writes_nothing(tmp_path):
+    run = start_run(_cfg(tmp_path, mode="disabled"), stage="soup", name="uniform")
+    assert not run.enabled and run.dir is None
+    with run:
+        run.log({"a": 1}, step=0)
+        run.log_table("t", ["x"], [[1]])
+        run.log_image("img", tmp_path / "missing.png")
+        run.summary({"b": 2})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_init_failure_warns_and_continues(tmp_path, monkeypatch):
+    import wandb
+
+    def broken_init(**kwargs):
+        raise TimeoutError("no network")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    with pytest.warns(UserWarning, match="could not start"):
+        run = start_run(_cfg(tmp_path), stage="evaluate", name="eval")
+    assert not run.enabled
+    run.log({"a": 1})
+    run.finish()
+
+
+def test_failure_mid_run_turns_run_into_noop():
+    class Flaky:
+        id = "x"
+        settings = None
+        calls = 0
+
+        def log(self, *args, **kwargs):
+            Flaky.calls += 1
+            raise ConnectionError("service died")
+
+        def finish(self, exit_code=0):
+            pass
+
+    run = Run(Flaky(), mode="online")
+    with pytest.warns(UserWarning, match="tracking is off"):
+        run.log({"a": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run.log({"a": 2})
+    assert Flaky.calls == 1 and not run.enabled
+
+
+def test_online_without_api_key_falls_back_to_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    with pytest.warns(UserWarning, match="WANDB_API_KEY is not set"):
+        run = start_run(_cfg(tmp_path, mode="online"), stage="report", name="r")
+    run.finish()
+    assert run.mode == "offline" and run.dir.name.startswith("offline-run-")
+
+
+def test_api_key_in_logger_config_is_ignored(tmp_path):
+    with pytest.warns(UserWarning, match="WANDB_API_KEY environment variable only"):
+        run = start_run(_cfg(tmp_path, api_key="abc12345678"), stage="report", name="r")
+    run.finish()
+    assert "api_key" not in read_offline_run(run.dir).config["logger"]
+
+
+def test_unknown_mode_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="logger.mode"):
+        start_run(_cfg(tmp_path, mode="sometimes"), stage="report", name="r")
+
+
+def test_scrub_secrets_nested():
+    cfg = {"a": {"API_KEY": "x", "Password": "y", "keep": [{"secret_sauce": 1, "v": "has XYZ123 in it"}]},
+           "access_token": "z", "lr": 0.1}
+    assert scrub_secrets(cfg, ["XYZ123"]) == {"a": {"keep": [{"v": wandb_run.REDACTED}]}, "lr": 0.1}
+
+
+def test_reader_handles_records_larger_than_a_block(tmp_path):
+    run = start_run(_cfg(tmp_path), stage="soup", name="big")
+    long_text = "x" * 100_000
+    run.summary({"blob": long_text})
+    for step in range(3):
+        run.log({"acc": step / 10}, step=step)
+    run.finish()
+    logged = read_offline_run(run.dir)
+    assert logged.summary["blob"] == long_text
+    assert logged.metric("acc") == [0.0, 0.1, 0.2]
+
+
+def test_reader_rejects_non_wandb_files(tmp_path):
+    bad = tmp_path / "run-x.wandb"
+    bad.write_bytes(b"not a wandb file")
+    with pytest.raises(WandbFileError, match="header"):
+        read_offline_run(tmp_path)
+    with pytest.raises(WandbFileError, match="no run-"):
+        read_offline_run(tmp_path / "nothing")
+
+
+def test_missing_image_warns_but_keeps_tracking(tmp_path):
+    run = start_run(_cfg(tmp_path), stage="report", name="r")
+    with pytest.warns(UserWarning, match="no file at"):
+        run.log_image("figure", tmp_path / "missing.png")
+    run.log({"still": 1.0}, step=0)
+    run.finish()
+    assert read_offline_run(run.dir).metric("still") == [1.0]
