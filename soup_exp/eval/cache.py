@@ -186,7 +186,10 @@ def _publish(tmp: Path, data: Path, nbytes: int) -> bool:
 
 
 def _human(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**28 else f"{nbytes / 2**20:.1f} MiB"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if nbytes >= scale / 4:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes / 2**10:.1f} KiB"
 
 
 class PreprocessedCache:
@@ -242,6 +245,7 @@ class PreprocessedCache:
                 f"{dataset.name}: the preprocessed cache needs {_human(nbytes)} in {self.dir} but only "
                 f"{_human(free)} is free; point eval.cache.dir elsewhere or set eval.cache.enabled=false"
             )
+        self._remove_abandoned(key)
         log.info("%s: building preprocessed cache %s (%s)", dataset.name, data, _human(nbytes))
         started = time.perf_counter()
         fd, tmp_name = tempfile.mkstemp(prefix=f".{key['entry']}.", suffix=".tmp", dir=self.dir)
@@ -289,8 +293,18 @@ class PreprocessedCache:
                         f"{dataset.name}: images of shape {tuple(images.shape[1:])} after the eval "
                         f"transform, expected {tuple(shape[1:])}; the transform must crop to a fixed size"
                     )
-                out.write(images.numpy().tobytes())
+                out.write(images.numpy().data)
                 bar.update(len(images))
+
+    def _remove_abandoned(self, key: dict, idle_seconds: float = 600) -> None:
+        """Delete temp files of crashed builds of this entry (a live build keeps writing,
+        so its temp file is never idle this long)."""
+        now = time.time()
+        for tmp in self.dir.glob(f".{key['entry']}.*.tmp"):
+            with contextlib.suppress(OSError):
+                if now - tmp.stat().st_mtime > idle_seconds:
+                    log.info("removing abandoned partial cache file %s", tmp)
+                    tmp.unlink()
 
     def _prune_stale(self, key: dict) -> None:
         """Remove entries of the same dataset and transform whose files have changed:

@@ -231,7 +231,7 @@ def _row(entry: ModelEntry, accuracies: Mapping[str, float], fingerprint: str, e
     row["meta"] = {
         "weights": fingerprint,
         "base_model": info.get("base_model"),
-        "eval_transform": evaluator.transform.key,
+        "eval_transform": " ".join(evaluator.transform.key.split()),
         "datasets": {**{k: v for k, v in earlier.items() if k in merged}, **sizes},
     }
     return row
@@ -247,13 +247,26 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
 
 
+def check_data(cfg: DictConfig) -> list[dict]:
+    """``check_data=true``: report every dataset of the suite (layout, class folders, image
+    counts); ``check_data=verify`` also decodes every image. Fails listing broken ones."""
+    from dataclasses import asdict
+
+    from soup_exp.data.checker import check_datasets, raise_on_failure, render_table
+
+    verify = str(cfg.check_data).lower() == "verify"
+    reports = check_datasets(cfg.data, list(cfg.eval.datasets), verify=verify,
+                             num_threads=max(1, int(cfg.get("num_workers") or 1)))
+    print(render_table(reports))
+    raise_on_failure(reports)
+    return [asdict(r) for r in reports]
+
+
 def run_evaluate(cfg: DictConfig) -> list[dict]:
     """Evaluate the selected models (``cfg.models``) and upsert their rows into
     ``cfg.results_file``; returns the rows written this time."""
     if cfg.get("check_data"):
-        from soup_exp.data.checker import check_datasets
-
-        return check_datasets(cfg.data, list(cfg.eval.datasets))
+        return check_data(cfg)
 
     from soup_exp.data.registry import class_space
     from soup_exp.models import build_classifier
@@ -283,16 +296,15 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
     classes = class_space(cfg.data)
     skeleton, backbone = build_classifier(cfg.model, classes.num_classes, pretrained=False)
     evaluator = build_evaluator(cfg, backbone.preprocess_val, classes, datasets)
-    run = start_run(cfg, "evaluate", name=f"{cfg.name}-evaluate")
     rows: list[dict] = []
 
-    def record(entry: ModelEntry, accuracies: Mapping[str, float]) -> None:
-        row = _row(entry, accuracies, fingerprints[entry.name], evaluator, previous.get(entry.name))
-        rows.append(store.upsert(row, config=cfg))
-        log.info("%s: %s", entry.name, ", ".join(f"{k} {100 * v:.2f}" for k, v in accuracies.items()))
-        run.log({f"{entry.name}/{k}": v for k, v in accuracies.items()})
+    with start_run(cfg, "evaluate", name=f"{cfg.name}-evaluate") as run:  # finishes it, failed or not
+        def record(entry: ModelEntry, accuracies: Mapping[str, float]) -> None:
+            row = _row(entry, accuracies, fingerprints[entry.name], evaluator, previous.get(entry.name))
+            rows.append(store.upsert(row, config=cfg))
+            log.info("%s: %s", entry.name, ", ".join(f"{k} {100 * v:.2f}" for k, v in accuracies.items()))
+            run.log({f"{entry.name}/{k}": v for k, v in accuracies.items()})
 
-    try:
         singles = [e for e in todo if not e.ensemble]
         for group in _chunks(singles, models_per_pass):
             models = {e.name: _load(skeleton, e.weights[0]) for e in group}
@@ -306,7 +318,5 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
                          key=lambda k: (k not in ("name", "kind", "recipe"), k))
         run.log_table("results", columns, [[row.get(c) for c in columns] for row in rows])
         run.summary({"models_evaluated": len(rows), "results_file": str(cfg.results_file)})
-    finally:
-        run.finish()
     log.info("wrote %d result rows to %s", len(rows), cfg.results_file)
     return rows

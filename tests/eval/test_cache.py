@@ -38,7 +38,7 @@ def test_first_pass_fills_later_passes_read(suite, monkeypatch, caplog):
     reads = _count_decodes(monkeypatch)
     with caplog.at_level(logging.INFO, logger="soup_exp.eval.cache"):
         first = store.get(dataset, split)
-    assert "building preprocessed cache" in caplog.text and "KiB" not in caplog.text
+    assert "building preprocessed cache" in caplog.text and "(15.0 KiB)" in caplog.text
     assert f"cached {len(dataset)} images" in caplog.text
     decoded_once = len(reads)
     assert decoded_once >= len(dataset)
@@ -199,3 +199,17 @@ def test_ordered_map_stops_early_and_propagates_errors():
 
     with pytest.raises(ValueError, match="bad item 5"):
         list(ordered_map(boom, range(10), workers=2, ahead=3))
+
+
+def test_abandoned_temp_files_are_removed_but_live_ones_kept(suite):
+    dataset = suite["datasets"][0]
+    split = split_transform(eval_transform())
+    store = PreprocessedCache(suite["tmp"] / "cache", progress=False)
+    entry = cache_module.cache_key(dataset, split)["entry"]
+    store.dir.mkdir(parents=True)
+    old, live = store.dir / f".{entry}.old.tmp", store.dir / f".{entry}.live.tmp"
+    old.write_bytes(b"x" * 10)
+    live.write_bytes(b"x" * 10)
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    store.get(dataset, split)
+    assert not old.exists() and live.exists()

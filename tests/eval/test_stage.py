@@ -156,3 +156,25 @@ def test_uncached_stage_matches(experiment):
     row = run_evaluate(cfg)[0]
     assert not (experiment["out"].parent / "cache").exists()
     assert row["ImageNet"] == pytest.approx(_expected(experiment)["ft_0"]["ImageNet"], abs=1e-12)
+
+
+@pytest.mark.parametrize("mode, verify", [(True, False), ("verify", True)])
+def test_check_data_runs_the_checker_instead(experiment, monkeypatch, capsys, mode, verify):
+    from soup_exp.data import checker
+
+    calls = []
+
+    def fake_check(data_cfg, names, verify=False, num_threads=8):
+        calls.append((list(names), verify))
+        return [checker.DatasetReport(n, f"/data/{n}", "ok", images=1) for n in names]
+
+    monkeypatch.setattr(checker, "check_datasets", fake_check)
+    cfg = experiment["cfg"]
+    cfg.check_data = mode
+    reports = run_evaluate(cfg)
+    assert calls == [(SUITE, verify)]
+    assert [r["name"] for r in reports] == SUITE and not os.path.exists(cfg.results_file)
+    assert "| ImageNetA | ok |" in capsys.readouterr().out
+    monkeypatch.setattr(checker, "check_datasets", lambda *a, **k: [checker.DatasetReport("ImageNetA", "/x", "missing", message="no folder /x")])
+    with pytest.raises(checker.DatasetLayoutError, match="no folder /x"):
+        run_evaluate(cfg)

@@ -85,3 +85,12 @@ def test_empty_lists(tmp_path):
 def test_missing_path():
     with pytest.raises(FileNotFoundError, match="does-not-exist"):
         uniform_soup(["/does-not-exist/model.safetensors"])
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_finite_values_found(make_sd, bad, dtype):
+    a, b = make_sd(0, dtype), make_sd(1, dtype)
+    b["image_encoder.ln.weight"][-1] = bad
+    with pytest.raises(NonFiniteWeightsError, match="state_dict_1.*'image_encoder.ln.weight'"):
+        uniform_soup([a, b])
