@@ -15,7 +15,7 @@ from soup_exp.errors import ConfigError
 from soup_exp.report.table import COLUMNS, Table, TableRow, build_table
 from soup_exp.tracking.results import normalise_row, read_results
 
-# Published result files shipped in soup_exp/report/reference/<dir>.
+# Published result files shipped in soup_exp/reference/<dir>.
 PUBLISHED: dict[str, str] = {"paper_vitb32": "model-soups-vitb32"}
 
 # Numbers given only in the paper's text (Table 1 of arXiv 2203.05482), not in the files.
@@ -33,7 +33,7 @@ def reference_dir(name: str) -> Path:
     """The packaged directory of published result files for ``name``."""
     if name not in PUBLISHED:
         raise ConfigError(f"no published results named {name!r}; known: {', '.join(PUBLISHED)}")
-    path = Path(str(resources.files("soup_exp.report").joinpath("reference", PUBLISHED[name])))
+    path = Path(str(resources.files("soup_exp").joinpath("reference", PUBLISHED[name])))
     if not path.is_dir():
         raise ConfigError(f"published results {name!r} are missing from the installation ({path})")
     return path

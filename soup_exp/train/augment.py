@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from PIL import Image, ImageOps
+from timm.data import auto_augment
 from timm.data.auto_augment import rand_augment_transform
 from timm.data.mixup import Mixup
 from torchvision import transforms as T
@@ -14,6 +16,23 @@ from soup_exp.errors import ConfigError
 from soup_exp.train.settings import TrainSettings, validate_aug
 
 _TENSOR_STEPS = (T.ToTensor, T.PILToTensor)
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """timm's posterize, with the 0-bit case (low RandAugment magnitudes) kept working.
+
+    timm maps magnitudes below 2.5 to "keep 0 bits"; Pillow >= 10 rejects that value,
+    older Pillow (the authors' environment) returned a black image. We do the latter.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+for _name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+    auto_augment.NAME_TO_OP[_name] = _posterize
 
 
 def with_randaugment(preprocess: Callable, aug: str | None) -> Callable:

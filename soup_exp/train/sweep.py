@@ -32,7 +32,7 @@ from soup_exp.utils.io import read_json
 
 log = logging.getLogger(__name__)
 
-PACKAGED_HPARAMS = Path(__file__).resolve().parent / "reference" / "hparam_info.json"
+PACKAGED_HPARAMS = Path(__file__).resolve().parents[1] / "reference" / "model-soups-vitb32" / "hparam_info.json"
 
 # authors' key in hparam_info.json -> our train.* key
 PUBLISHED_KEYS = {
