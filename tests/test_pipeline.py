@@ -42,7 +42,8 @@ def test_smoke_ingredients_follow_the_contract(smoke_run):
         for key in ("base_model", "hparams", "config", "code_version", "classes"):
             assert key in meta
         with safe_open(run / "model.safetensors", "pt") as f:
-            assert "head.weight" in f.keys()
+            stored = list(f.keys())
+        assert "head.weight" in stored
     assert (out / "zeroshot" / "model.safetensors").exists()
 
 
@@ -65,6 +66,42 @@ def test_smoke_soups_results_report_and_wandb(smoke_run):
     report = out / "report"
     for suffix in ("md", "tex", "csv"):
         assert (report / f"table.{suffix}").stat().st_size > 0
-    assert list(report.glob("*.png"))
+    assert list(report.rglob("*.png"))
     assert list((out / "wandb").glob("offline-run-*"))
     assert "finished in" in result.stdout
+
+
+@pytest.mark.slow
+def test_smoke_figures_are_real_images(smoke_run):
+    from PIL import Image
+
+    out, _ = smoke_run
+    pngs = sorted((out / "report").rglob("*.png"))
+    assert any(p.name.startswith("figure1") for p in pngs)
+    assert any(p.name.startswith("greedy_trajectory") for p in pngs)
+    for png in pngs:
+        with Image.open(png) as image:
+            assert image.size == (960, 720), png
+            lo, hi = image.convert("L").getextrema()
+            assert hi - lo > 50, f"{png} is blank"
+        assert png.with_suffix(".pdf").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_smoke_logs_an_offline_wandb_run_per_stage(smoke_run):
+    from soup_exp.tracking.wandb_file import read_offline_run
+
+    out, _ = smoke_run
+    runs = [read_offline_run(d) for d in sorted((out / "wandb").glob("offline-run-*"))]
+    by_stage: dict[str, list] = {}
+    for run in runs:
+        by_stage.setdefault(run.job_type, []).append(run)
+    assert set(by_stage) == {"finetune", "soup", "evaluate", "report"}
+    assert all(run.group == "smoke" for run in runs)
+    finetunes = {run.name: run for run in by_stage["finetune"]}
+    assert {"zeroshot", "lp_init"} <= set(finetunes)
+    for run in finetunes.values():
+        assert 0.0 <= run.summary["held_out_accuracy"] <= 1.0
+    assert any(run.history for run in finetunes.values())  # training curves
+    evaluation = by_stage["evaluate"][0]
+    assert 0.0 <= evaluation.summary["lp_init/ImageNet"] <= 1.0

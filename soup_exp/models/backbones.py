@@ -18,12 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from soup_exp.errors import SoupExpError
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".npz")
 
 
-class BackboneLoadError(RuntimeError):
+class BackboneLoadError(SoupExpError, RuntimeError):
     """A backbone could not be created or its pretrained weights could not be loaded."""
 
 

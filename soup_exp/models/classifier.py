@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from soup_exp.errors import SoupExpError
 from soup_exp.models.backbones import Backbone, build_backbone
 
 WEIGHTS_FILE = "model.safetensors"
@@ -34,7 +35,7 @@ class ImageClassifier(nn.Module):
         return self.head(self.features(images))
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(SoupExpError, RuntimeError):
     """A weights file does not fit the classifier described by the model config."""
 
 
