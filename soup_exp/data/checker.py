@@ -1,0 +1,167 @@
+"""Dataset checker: does every configured root hold the tree its download unpacks to?
+
+Runs the readers' own scans, so "the checker is happy" means "the readers will load it".
+Per dataset it reports found/missing, class folders found vs expected, images vs the
+official counts (full class space only) and, when asked, files that do not decode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from soup_exp.data.classes import ClassSpace
+from soup_exp.data.imagenet import IMAGENET_TREE, scan_wnid_folders, split_root
+from soup_exp.data.images import UnreadableImageError, load_image
+from soup_exp.data.layout import DatasetLayoutError, FolderScan
+from soup_exp.data.objectnet import BORDER_CROP, scan_objectnet
+from soup_exp.data.registry import class_space
+from soup_exp.data.shifts import scan_sketch, scan_subset_shift, scan_v2
+
+log = logging.getLogger(__name__)
+
+OFFICIAL_IMAGES = {
+    "ImageNetTrain": 1_281_167,
+    "ImageNet": 50_000,
+    "ImageNetV2": 10_000,
+    "ImageNetSketch": 50_889,
+    "ImageNetR": 30_000,
+    "ImageNetA": 7_500,
+    "ObjectNet": 18_574,  # images in the 113 folders that map to ImageNet classes
+}
+# Evaluation sets read from another dataset's tree.
+ALIASES = {"ImageNet2p": "ImageNetTrain", "ImageNetReal": "ImageNet"}
+ROOT_KEYS = {"ImageNetTrain": "ImageNet"}
+
+Scanner = Callable[[str, ClassSpace], FolderScan]
+SCANNERS: dict[str, Scanner] = {
+    "ImageNetTrain": lambda root, cs: scan_wnid_folders(split_root(root, "train"), cs,
+                                                        dataset="ImageNet", tree=IMAGENET_TREE),
+    "ImageNet": lambda root, cs: scan_wnid_folders(split_root(root, "val"), cs,
+                                                   dataset="ImageNet", tree=IMAGENET_TREE),
+    "ImageNetV2": scan_v2,
+    "ImageNetSketch": scan_sketch,
+    "ImageNetR": lambda root, cs: scan_subset_shift("ImageNetR", root, cs),
+    "ImageNetA": lambda root, cs: scan_subset_shift("ImageNetA", root, cs),
+    "ObjectNet": lambda root, cs: scan_objectnet(root, cs)[2],
+}
+BORDER = {"ObjectNet": BORDER_CROP}
+
+
+@dataclass
+class DatasetReport:
+    """What the checker found for one dataset. ``status``: ok | partial | missing | error."""
+
+    name: str
+    root: str
+    status: str
+    classes_found: int | None = None
+    classes_expected: int | None = None
+    images: int | None = None
+    official_images: int | None = None
+    unreadable: list[str] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("missing", "error")
+
+
+def default_names(data_cfg: Mapping) -> list[str]:
+    roots = data_cfg.get("roots") or {}
+    return ["ImageNetTrain", *[n for n in SCANNERS if n != "ImageNetTrain" and roots.get(ROOT_KEYS.get(n, n))]]
+
+
+def check_datasets(data_cfg: Mapping, names: Sequence[str] | None = None, *, verify: bool = False,
+                   classes: ClassSpace | None = None, num_threads: int = 8) -> list[DatasetReport]:
+    """One report per dataset (``names`` default: every configured root, train included)."""
+    from soup_exp.data.synthetic import maybe_ensure_synthetic
+
+    maybe_ensure_synthetic(data_cfg)
+    classes = classes or class_space(data_cfg)
+    wanted = []
+    for name in names or default_names(data_cfg):
+        name = ALIASES.get(name, name)
+        if name not in SCANNERS:
+            raise DatasetLayoutError(f"check_data: unknown dataset {name!r}; known: {', '.join(SCANNERS)}")
+        if name not in wanted:
+            wanted.append(name)
+    return [_check_one(name, data_cfg, classes, verify, num_threads) for name in wanted]
+
+
+def _check_one(name: str, data_cfg: Mapping, classes: ClassSpace, verify: bool,
+               num_threads: int) -> DatasetReport:
+    root = str((data_cfg.get("roots") or {}).get(ROOT_KEYS.get(name, name)) or "")
+    report = DatasetReport(name=name, root=root, status="ok")
+    if not root or not Path(root).is_dir():
+        report.status = "missing"
+        report.message = f"root {root or '(data.roots.' + name + ' unset)'} not found"
+        return report
+    try:
+        scan = SCANNERS[name](root, classes)
+    except DatasetLayoutError as err:
+        report.status, report.message = "error", str(err)
+        return report
+    report.classes_found, report.classes_expected = scan.num_found, len(scan.expected)
+    report.images = scan.num_images
+    report.official_images = OFFICIAL_IMAGES[name] if classes.is_full else None
+    try:
+        scan.require_complete()
+    except DatasetLayoutError as err:
+        report.status, report.message = "error", str(err)
+    else:
+        if report.official_images is not None and report.images != report.official_images:
+            report.status = "partial"
+            report.message = (f"{report.images:,} images where the official release has "
+                              f"{report.official_images:,}")
+    if verify:
+        report.unreadable = _unreadable([p for v in scan.images.values() for p in v],
+                                        BORDER.get(name, 0), name, num_threads)
+        if report.unreadable:
+            report.status = "error"
+            report.message = (report.message + "; " if report.message else "") + (
+                f"{len(report.unreadable)} unreadable file(s), e.g. {report.unreadable[0]}")
+    return report
+
+
+def _unreadable(paths: list[str], border_crop: int, name: str, num_threads: int) -> list[str]:
+    def bad(path: str) -> str | None:
+        try:
+            load_image(path, border_crop)
+        except UnreadableImageError:
+            return path
+        return None
+
+    with ThreadPoolExecutor(max(num_threads, 1)) as pool:
+        results = list(tqdm(pool.map(bad, paths), total=len(paths), desc=f"decoding {name}",
+                            unit="img", disable=None))
+    return [p for p in results if p]
+
+
+def render_table(reports: Sequence[DatasetReport]) -> str:
+    """A Markdown table of the reports, followed by the messages of those not ok."""
+    lines = ["| dataset | status | class folders | images | official | root |",
+             "|---|---|---|---|---|---|"]
+    for r in reports:
+        folders = "-" if r.classes_expected is None else f"{r.classes_found}/{r.classes_expected}"
+        images = "-" if r.images is None else f"{r.images:,}"
+        official = "-" if r.official_images is None else f"{r.official_images:,}"
+        lines.append(f"| {r.name} | {r.status} | {folders} | {images} | {official} | {r.root} |")
+    notes = [f"{r.name} ({r.status}): {r.message}" for r in reports if r.message]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def raise_on_failure(reports: Sequence[DatasetReport]) -> None:
+    """Raise one DatasetLayoutError listing every missing or broken dataset; warn on partial ones."""
+    for r in reports:
+        if r.status == "partial":
+            log.warning("%s is partial: %s", r.name, r.message)
+    failed = [r for r in reports if r.failed]
+    if failed:
+        raise DatasetLayoutError("dataset check failed:\n" + "\n\n".join(
+            f"{r.name} ({r.status}): {r.message}" for r in failed))

@@ -1,0 +1,94 @@
+"""Dataset registry: result key -> builder of a :class:`LabeledImages` from ``cfg.data``.
+
+Stages never look at layouts; they ask for ``build_eval_dataset(name, cfg.data, classes)``
+and ``build_train_samples(cfg.data, classes)``. With ``data=synthetic`` the miniature
+family is generated on first use, so every stage works from a cold cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from soup_exp.data import heldout
+from soup_exp.data.base import LabeledImages
+from soup_exp.data.classes import ClassSpace
+from soup_exp.data.folders import read_mapped_folders
+from soup_exp.data.imagenet import read_imagenet_real, read_imagenet_val
+from soup_exp.data.layout import DatasetLayoutError
+from soup_exp.data.objectnet import read_objectnet
+from soup_exp.data.shifts import (
+    read_imagenet_a,
+    read_imagenet_r,
+    read_imagenet_sketch,
+    read_imagenet_v2,
+)
+from soup_exp.errors import ConfigError
+
+__all__ = ["EVAL_DATASETS", "DatasetLayoutError", "build_eval_dataset", "build_train_samples",
+           "class_space", "dataset_root"]
+
+EvalBuilder = Callable[[Mapping, ClassSpace], LabeledImages]
+
+
+def dataset_root(data_cfg: Mapping, name: str) -> str:
+    roots = data_cfg.get("roots") or {}
+    root = roots.get(name)
+    if not root:
+        raise ConfigError(f"data.roots.{name} is not set; point it at the {name} folder "
+                          "(see docs/datasets.md)")
+    return str(root)
+
+
+def _rooted(reader: Callable[[str, ClassSpace], LabeledImages], root_key: str) -> EvalBuilder:
+    return lambda data_cfg, classes: reader(dataset_root(data_cfg, root_key), classes)
+
+
+EVAL_DATASETS: dict[str, EvalBuilder] = {
+    "ImageNet2p": heldout.build_heldout,
+    "ImageNet": _rooted(read_imagenet_val, "ImageNet"),
+    "ImageNetV2": _rooted(read_imagenet_v2, "ImageNetV2"),
+    "ImageNetSketch": _rooted(read_imagenet_sketch, "ImageNetSketch"),
+    "ImageNetR": _rooted(read_imagenet_r, "ImageNetR"),
+    "ImageNetA": _rooted(read_imagenet_a, "ImageNetA"),
+    "ObjectNet": _rooted(read_objectnet, "ObjectNet"),
+    "ImageNetReal": _rooted(read_imagenet_real, "ImageNet"),
+}
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+
+
+def class_space(data_cfg: Mapping) -> ClassSpace:
+    """The ClassSpace of ``data.classes`` (null = all 1000)."""
+    return ClassSpace.from_config(_plain(data_cfg.get("classes")))
+
+
+def _prepare(data_cfg: Mapping) -> None:
+    if data_cfg.get("synthetic"):
+        from soup_exp.data.synthetic import ensure_synthetic
+
+        ensure_synthetic(data_cfg)
+
+
+def build_eval_dataset(name: str, data_cfg: Mapping, classes: ClassSpace | None = None) -> LabeledImages:
+    """The evaluation set ``name`` (a result key, or a ``data.folders.<name>`` entry)."""
+    classes = classes or class_space(data_cfg)
+    _prepare(data_cfg)
+    if name in EVAL_DATASETS:
+        return EVAL_DATASETS[name](data_cfg, classes)
+    folders = data_cfg.get("folders") or {}
+    if name in folders:
+        spec = folders[name]
+        return read_mapped_folders(name, spec["root"], _plain(spec.get("mapping")), classes)
+    raise ConfigError(f"unknown evaluation dataset {name!r}; known: "
+                      f"{', '.join([*EVAL_DATASETS, *folders])} (add your own under data.folders)")
+
+
+def build_train_samples(data_cfg: Mapping, classes: ClassSpace | None = None) -> list[tuple[str, int]]:
+    """ImageNet train minus the held-out split: (path, ClassSpace column) pairs."""
+    classes = classes or class_space(data_cfg)
+    _prepare(data_cfg)
+    return heldout.build_train_samples(data_cfg, classes)

@@ -1,0 +1,100 @@
+import csv
+import filecmp
+import json
+import os
+
+import numpy as np
+import pytest
+
+from soup_exp.data.checker import check_datasets
+from soup_exp.data.classes import ClassSpace
+from soup_exp.data.images import load_image
+from soup_exp.data.registry import build_eval_dataset, build_train_samples
+from soup_exp.data.synthetic import SUBDIRS, SyntheticSpec, ensure_synthetic, generate
+
+CLASSES = ["n02883205", "n07753592"]  # bow tie, banana: in R, A and ObjectNet
+
+
+def synthetic_cfg(root, **overrides):
+    syn = {"root": str(root), "seed": 0, "image_size": 16, "train_per_class": 3,
+           "val_per_class": 2, "shift_per_class": 2, "pretrain_per_class": 2, "classes": CLASSES}
+    syn.update(overrides)
+    return {"classes": CLASSES, "synthetic": syn,
+            "roots": {name: str(root / sub) for name, sub in SUBDIRS.items()},
+            "heldout": {"per_class": 2, "seed": 0, "index_file": None, "split_dir": str(root.parent / "splits")}}
+
+
+def tree_files(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path):
+    spec = SyntheticSpec.from_data_cfg(synthetic_cfg(tmp_path / "final"))
+    generate(spec, tmp_path / "a", final_root=tmp_path / "final")
+    generate(spec, tmp_path / "b", final_root=tmp_path / "final")
+    files = tree_files(tmp_path / "a")
+    assert files == tree_files(tmp_path / "b") and len(files) > 40
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", files, shallow=False)
+    assert not mismatch and not errors
+    other = SyntheticSpec.from_data_cfg(synthetic_cfg(tmp_path / "final", seed=1))
+    generate(other, tmp_path / "c", final_root=tmp_path / "final")
+    first = "imagenet/val/n02883205/ILSVRC2012_val_00000001.JPEG"
+    assert (tmp_path / "a" / first).read_bytes() != (tmp_path / "c" / first).read_bytes()
+
+
+def test_real_readers_read_the_generated_family(tmp_path):
+    cfg = synthetic_cfg(tmp_path / "syn")
+    classes = ClassSpace.from_config(CLASSES)
+    sizes = {}
+    for name in ("ImageNet2p", "ImageNet", "ImageNetV2", "ImageNetSketch", "ImageNetR", "ImageNetA", "ObjectNet"):
+        ds = build_eval_dataset(name, cfg, classes)  # generates on first use
+        assert ds.num_targets == 2 and {t for _, t in ds.samples} == {0, 1}
+        sizes[name] = len(ds)
+        img = load_image(ds.samples[0][0], ds.border_crop)
+        assert img.mode == "RGB" and img.size == (16, 16)  # ObjectNet: 20x20 PNG minus border
+    assert sizes == {"ImageNet2p": 4, "ImageNet": 4, "ImageNetV2": 4, "ImageNetSketch": 4,
+                     "ImageNetR": 4, "ImageNetA": 4, "ObjectNet": 4}
+    assert len(build_train_samples(cfg, classes)) == 6  # 3 per class left after 2 held out
+    on = build_eval_dataset("ObjectNet", cfg, classes)
+    assert on.info["folders"] == ["banana", "tie"]
+    assert len(os.listdir(tmp_path / "syn" / "objectnet-1.0" / "images")) == 4  # + 2 unmapped folders
+    reports = check_datasets(cfg)
+    assert [r.status for r in reports] == ["ok"] * 7
+
+
+def test_ensure_reuses_and_regenerates_on_change(tmp_path):
+    cfg = synthetic_cfg(tmp_path / "syn")
+    root = ensure_synthetic(cfg)
+    marker = root / "synthetic.json"
+    assert json.loads(marker.read_text())["seed"] == 0
+    stamp = marker.stat().st_mtime_ns
+    assert ensure_synthetic(cfg) == root and marker.stat().st_mtime_ns == stamp
+    ensure_synthetic(synthetic_cfg(tmp_path / "syn", val_per_class=3))
+    assert len(os.listdir(root / "imagenet" / "val" / CLASSES[0])) == 3
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".syn.") and "lock" not in p.name] == []
+
+
+def test_pretraining_captions_csv(tmp_path):
+    root = ensure_synthetic(synthetic_cfg(tmp_path / "syn"))
+    with open(root / "pretrain" / "captions.csv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert len(rows) == 4 and set(rows[0]) == {"filepath", "title"}
+    assert all(os.path.isfile(r["filepath"]) for r in rows)
+    assert all(("bow tie" in r["title"]) or ("banana" in r["title"]) for r in rows)
+
+
+def test_objectnet_images_carry_a_border(tmp_path):
+    root = ensure_synthetic(synthetic_cfg(tmp_path / "syn"))
+    ds = build_eval_dataset("ObjectNet", synthetic_cfg(tmp_path / "syn"), ClassSpace.from_config(CLASSES))
+    raw = np.asarray(load_image(ds.samples[0][0]))
+    assert raw.shape == (20, 20, 3) and (raw[0] == raw[0, 0]).all() and (raw[:, -1] == raw[0, 0]).all()
+    assert root.name == "syn"
+
+
+def test_spec_validation(tmp_path):
+    from soup_exp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.synthetic is not set"):
+        SyntheticSpec.from_data_cfg({"synthetic": None})
+    with pytest.raises(ConfigError, match="wnids"):
+        SyntheticSpec.from_data_cfg(synthetic_cfg(tmp_path, classes=["banana"]))
