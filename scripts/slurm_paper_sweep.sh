@@ -19,7 +19,7 @@ SLURM=(launcher=slurm "hydra.launcher.partition=${PARTITION}" "hydra.launcher.ac
        "name=${NAME}" model=vit_b32)
 
 # 1. zero-shot baseline and LP init (model_0). Both finish before the fine-tunes start.
-soup-exp finetune -m "${SLURM[@]}" train.mode=zeroshot 'train.output_dir=${out_dir}/zeroshot'
+soup-exp finetune -m "${SLURM[@]}" sweep=zeroshot
 soup-exp finetune -m "${SLURM[@]}" sweep=lp_init
 
 # 2. the 71 fine-tunes: member i draws its hyperparameters from (sweep.seed, i).

@@ -27,8 +27,7 @@ from soup_exp.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-ZEROSHOT_NAME = "zeroshot"
-LP_NAME = "lp_init"
+LP_NAME = "lp_init"  # conf/sweep/lp_init.yaml: the LP init every fine-tune starts from
 
 
 def user_overrides() -> list[str]:
@@ -37,6 +36,10 @@ def user_overrides() -> list[str]:
         return list(HydraConfig.get().overrides.task)
     except ValueError:
         return []
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def overrides_for(stage: str, overrides: Sequence[str]) -> list[str]:
@@ -49,8 +52,7 @@ def overrides_for(stage: str, overrides: Sequence[str]) -> list[str]:
     known = set(base.keys()) | set(base.hydra.runtime.choices.keys()) | {"hydra"}
     kept = []
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key.split(".", 1)[0].split("/", 1)[0] in known:
+        if _override_key(override).split(".", 1)[0].split("/", 1)[0] in known:
             kept.append(override)
     return kept
 
@@ -72,20 +74,24 @@ def prepare_inputs(cfg: DictConfig) -> None:
 
 
 def run_finetunes(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """The zero-shot model, the LP init, then the sweep (``pipeline.sweep``) as a multirun.
+
+    The pipeline picks each job's sweep config itself, so a user's ``sweep=`` choice is
+    dropped; ``sweep.*`` values (e.g. ``sweep.seed``) only reach the random sweep.
+    """
     run_finetune = STAGES["finetune"].function()
+    fixed = [o for o in overrides if not _override_key(o).startswith("sweep")]
     if cfg.model.source == "open_clip":
-        run_finetune(compose_stage("finetune", overrides, [
-            "train.mode=zeroshot", f"sweep.name={ZEROSHOT_NAME}",
-            f"train.output_dir={Path(cfg.out_dir) / ZEROSHOT_NAME}",
-        ]))
-    run_finetune(compose_stage("finetune", overrides, ["train.mode=lp", f"sweep.name={LP_NAME}"]))
+        run_finetune(compose_stage("finetune", fixed, ["sweep=zeroshot"]))
+    run_finetune(compose_stage("finetune", fixed, ["sweep=lp_init"]))
 
     size = int(cfg.pipeline.sweep_size)
     if size <= 0:
         return
+    sweep_values = [o for o in overrides if _override_key(o) != "sweep"]
     command = [
         sys.executable, "-m", "soup_exp.finetune", "--multirun",
-        *overrides_for("finetune", overrides),
+        *overrides_for("finetune", sweep_values),
         f"sweep={cfg.pipeline.sweep}", f"sweep.index=range({size})",
         f"train.init_from={Path(cfg.ingredients_dir) / LP_NAME}",
     ]

@@ -85,3 +85,17 @@ def test_output_dir_of_another_experiment_is_refused(tmp_path):
     claim_output_dir(first)  # the same experiment may come back (resume)
     with pytest.raises(OutputConflictError, match="holds a different experiment"):
         claim_output_dir(other)
+
+
+def test_pipeline_passes_each_stage_only_the_overrides_it_understands():
+    from soup_exp.pipeline import overrides_for
+
+    given = ["experiment=smoke", "recipe.greedy.tolerance=0.1", "pipeline.sweep_size=2",
+             "train.lr=1e-4", "logger=disabled", "+hydra.job.env_set.X=1"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        assert overrides_for("finetune", given) == [
+            "experiment=smoke", "train.lr=1e-4", "logger=disabled", "+hydra.job.env_set.X=1"]
+        assert overrides_for("soup", given) == [
+            "experiment=smoke", "recipe.greedy.tolerance=0.1", "logger=disabled",
+            "+hydra.job.env_set.X=1"]
+        assert "pipeline.sweep_size=2" in overrides_for("pipeline", given)

@@ -49,6 +49,7 @@ class Table:
     columns: tuple[tuple[str, str], ...] = COLUMNS
     caption: str = "Top-1 accuracy (%)"
     meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def row(self, slot: str) -> TableRow | None:
         return next((r for r in self.rows if r.slot == slot), None)
@@ -70,7 +71,37 @@ def build_table(rows: Sequence[Row], wise_ft: str = "best") -> Table:
     if wise_ft not in ("best", "all"):
         raise ConfigError(f"wise_ft={wise_ft!r}: expected 'best' or 'all'")
     selectors = {**SLOTS, "wise_ft": functools.partial(_select_wise_ft, mode=wise_ft)}
-    return Table([_table_row(slot, row) for slot, select in selectors.items() for row in select(rows)])
+    table = Table([_table_row(slot, row) for slot, select in selectors.items() for row in select(rows)])
+    table.notes = findings(table)
+    return table
+
+
+# The paper's headline comparisons as (baseline slot, compared slot): fine-tuning vs
+# zero-shot, soups vs the best single model, the greedy soup vs the costlier ensemble.
+FINDINGS = (
+    ("zeroshot", "best_individual"),
+    ("best_individual", "greedy_soup"),
+    ("best_individual", "uniform_soup"),
+    ("ensemble", "greedy_soup"),
+)
+
+
+def findings(table: Table) -> list[str]:
+    """One line per headline comparison present in the table, in points on held-out
+    (where the soup recipes are selected), ImageNet and Avg shifts."""
+    lines = []
+    for base_slot, claim_slot in FINDINGS:
+        base, claim = table.row(base_slot), table.row(claim_slot)
+        if base is None or claim is None:
+            continue
+        deltas = []
+        for key, label in ((HELD_OUT, "held-out"), ("ImageNet", "ImageNet"), ("avg_shifts", "Avg shifts")):
+            a, b = base.values.get(key), claim.values.get(key)
+            if a is not None and b is not None:
+                deltas.append(f"{label} {100 * (b - a):+.2f}")
+        if deltas:
+            lines.append(f"{claim.label} vs {base.label}: {', '.join(deltas)} points")
+    return lines
 
 
 def to_markdown(table: Table) -> str:
@@ -79,6 +110,8 @@ def to_markdown(table: Table) -> str:
     for row in table.rows:
         cells = [table.cell(row, key) or "–" for key, _ in table.columns]
         lines.append(_md_line([row.label.replace("|", "\\|"), *cells]))
+    if table.notes:
+        lines += ["", *(f"- {note}" for note in table.notes)]
     return "\n".join(lines) + "\n"
 
 

@@ -57,7 +57,9 @@ def test_formats(our_rows):
     assert len(parsed) == len(table.rows)
     assert parsed[4]["method"] == "Greedy soup (2 ingredients)" and parsed[4]["ImageNet"] == "82.00"
     markdown = render(table, "md").splitlines()
-    assert len(markdown) == len(table.rows) + 2 and markdown[1].startswith("| --- | ---: |")
+    assert markdown[1].startswith("| --- | ---: |")
+    assert all(line.startswith("| ") for line in markdown[: len(table.rows) + 2])
+    assert markdown[len(table.rows) + 3:] == [f"- {note}" for note in table.notes]
     with pytest.raises(ConfigError, match="unknown table format"):
         render(table, "xlsx")
 
@@ -71,3 +73,17 @@ def test_missing_values_and_unscored_candidates(our_rows):
         table = build_table(rows)
     assert [r.slot for r in table.rows] == ["model_stock"]  # a single candidate needs no choosing
     assert "| Model stock | – | 50.00 | – |" in to_markdown(table)
+
+
+def test_findings_state_the_headline_comparisons_in_points():
+    rows = [
+        {"name": "zs", "kind": "zeroshot", "ImageNet2p": 0.50, "ImageNet": 0.40, "avg_shifts": 0.30},
+        {"name": "ft_1", "kind": "individual", "ImageNet2p": 0.80, "ImageNet": 0.70, "avg_shifts": 0.40},
+        {"name": "greedy", "kind": "soup", "recipe": "greedy", "ImageNet2p": 0.82, "ImageNet": 0.71,
+         "avg_shifts": 0.45},
+    ]
+    notes = build_table(rows).notes
+    assert notes == [
+        "Best individual on held-out (ft_1) vs Zero-shot: held-out +30.00, ImageNet +30.00, Avg shifts +10.00 points",
+        "Greedy soup vs Best individual on held-out (ft_1): held-out +2.00, ImageNet +1.00, Avg shifts +5.00 points",
+    ]
