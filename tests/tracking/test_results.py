@@ -60,10 +60,8 @@ def test_reads_the_authors_files_with_inferred_kinds():
     assert "model_name" not in rows["model_43"]
 
 
-def test_packaged_reference_matches_shared_copy():
-    shared = reference_dir("paper_vitb32").parents[3] / ".." / "shared" / "reference" / "model-soups-vitb32"
-    if not shared.is_dir():
-        pytest.skip("no shared reference folder next to the checkout")
+def test_packaged_reference_matches_shared_copy(shared_reference):
+    shared = shared_reference / "model-soups-vitb32"
     for path in reference_dir("paper_vitb32").iterdir():
         assert path.read_bytes() == (shared / path.name).read_bytes(), path.name
 

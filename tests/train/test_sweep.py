@@ -9,13 +9,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import soup_exp.train  # noqa: F401  (registers ${soup.pad:...})
 from soup_exp.errors import ConfigError
 from soup_exp.train.settings import train_settings
 from soup_exp.train.sweep import PACKAGED_HPARAMS, apply_sweep, published_hparams, resolve_sweep
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-REFERENCE = Path("/work/shared/reference/model-soups-vitb32/hparam_info.json")
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "model-soups-vitb32" / "hparam_info.json"
 # The ranges of PAPER.md (observed in the authors' hparam_info.json).
 PAPER_RANGES = {"lr": (1e-6, 1e-4), "weight_decay": (8e-5, 0.53), "epochs": (4, 16),
                 "mix": (0.0, 0.876), "label_smoothing": (0.0, 0.226)}
