@@ -21,7 +21,6 @@ place, under a lock, so concurrent jobs never see a half-written tree.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -29,7 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from soup_exp.data.objectnet import (
     read_objectnet_mapping,
 )
 from soup_exp.errors import ConfigError
-from soup_exp.utils.io import atomic_write_json, read_json
+from soup_exp.utils.io import atomic_write_json, file_lock, read_json
 
 log = logging.getLogger(__name__)
 
@@ -220,20 +219,6 @@ def _matches(root: Path, spec: SyntheticSpec) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` so concurrent jobs generate once (POSIX ``flock``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            import fcntl
-
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except (ImportError, OSError):  # no flock (Windows, some network filesystems)
-            pass
-        yield
-
-
 def _check_roots(data_cfg: Mapping, root: Path) -> None:
     roots = data_cfg.get("roots") or {}
     for name, sub in SUBDIRS.items():
@@ -251,7 +236,7 @@ def ensure_synthetic(data_cfg: Mapping) -> Path:
     if _matches(root, spec):
         log.debug("synthetic ImageNet family up to date at %s", root)
         return root
-    with _lock(root.parent / f".{root.name}.lock"):
+    with file_lock(root.parent / f".{root.name}.lock", "waiting for another job generating the data"):
         if _matches(root, spec):
             return root
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))

@@ -18,7 +18,6 @@ Training never reads this cache: its augmentation is random by design.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -37,7 +36,7 @@ from soup_exp.errors import SoupExpError
 from soup_exp.eval.sources import Batch, DecodedImages, DecodingSource, ordered_map
 from soup_exp.eval.transforms import SplitTransform
 from soup_exp.utils.hashing import stable_hash
-from soup_exp.utils.io import atomic_write_json, read_json
+from soup_exp.utils.io import atomic_write_json, file_lock, read_json
 
 log = logging.getLogger(__name__)
 
@@ -140,28 +139,6 @@ def _entry_valid(data: Path, meta_path: Path, key: dict) -> dict | None:
     return meta
 
 
-@contextlib.contextmanager
-def _build_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock so concurrent jobs wait rather than decode twice; where
-    the filesystem refuses locks, correctness still rests on the atomic publish."""
-    try:
-        handle = open(path, "a+")  # noqa: SIM115 - held for the duration of the build
-    except OSError:
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another job to finish the cache entry %s", path.stem)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:
-            pass
-        yield
-    finally:
-        handle.close()
-
-
 def _publish(tmp: Path, data: Path, nbytes: int) -> bool:
     """Give ``tmp`` the final name unless another job got there first; True if ours won.
 
@@ -227,7 +204,7 @@ class PreprocessedCache:
             log.info("%s: reading preprocessed cache %s (%s)", dataset.name, data, _human(meta["bytes"]))
             return CachedImages(data, meta)
         self.dir.mkdir(parents=True, exist_ok=True)
-        with _build_lock(self.dir / f".{key['entry']}.lock"):
+        with file_lock(self.dir / f".{key['entry']}.lock", f"waiting for another job building the cache entry {key['entry']}"):
             meta = _entry_valid(data, meta_path, key)
             if meta is None:
                 meta = self._build(dataset, transform, key, data, meta_path)

@@ -9,7 +9,6 @@ and caches it as a safetensors file that open_clip loads like any local checkpoi
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import math
@@ -25,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from soup_exp.utils.hashing import file_sha256
-from soup_exp.utils.io import atomic_save_safetensors, atomic_write_json, read_json
+from soup_exp.utils.io import atomic_save_safetensors, atomic_write_json, file_lock, read_json
 
 log = logging.getLogger(__name__)
 
@@ -103,20 +102,6 @@ def _lr_at(step: int, total: int, settings: PretrainSettings) -> float:
         return settings.lr * (step + 1) / settings.warmup_steps
     progress = (step - settings.warmup_steps) / max(1, total - settings.warmup_steps)
     return 0.5 * settings.lr * (1 + math.cos(math.pi * progress))
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Inter-process lock so parallel sweep jobs pretrain once, not once each."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        try:
-            import fcntl
-
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - non-POSIX: best effort
-            pass
-        yield
 
 
 def pretrain_clip(
@@ -206,7 +191,7 @@ def ensure_pretrained(
     if spec:
         settings = PretrainSettings.from_config(spec)
         captions_csv = captions_csv or spec.get("captions")
-    with _exclusive(target.with_name(target.name + ".lock")):
+    with file_lock(target.with_name(target.name + ".lock"), "waiting for another job pretraining the model"):
         if target.is_file() and not _is_stale(target, cfg, captions_csv):
             log.info("pretrained start cached at %s", target)
             return target

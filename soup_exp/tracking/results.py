@@ -6,8 +6,6 @@ authors' published ones (``model_name``, no ``kind``), so one report serves both
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import json
 import os
@@ -20,7 +18,7 @@ from typing import Any
 
 from soup_exp.errors import SoupExpError
 from soup_exp.utils.hashing import stable_hash
-from soup_exp.utils.io import _json_default, atomic_write_text
+from soup_exp.utils.io import atomic_write_text, file_lock, json_default
 
 HELD_OUT = "ImageNet2p"
 SHIFTS = ("ImageNetV2", "ImageNetSketch", "ImageNetR", "ObjectNet", "ImageNetA")
@@ -73,7 +71,7 @@ class ResultsStore:
         version, and ``config_hash`` of ``config`` when given).
         """
         stored = with_metadata(normalise_row(row, source=self.path), config)
-        with self._locked():
+        with file_lock(self.lock_path):
             rows = self.rows()
             names = [r["name"] for r in rows]
             if stored["name"] in names:
@@ -91,16 +89,6 @@ class ResultsStore:
 
     def get(self, name: str) -> dict[str, Any] | None:
         return next((r for r in self.rows() if r["name"] == name), None)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def read_results(paths: Any) -> list[dict[str, Any]]:
@@ -221,7 +209,7 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _dump(row: Mapping[str, Any]) -> str:
-    return json.dumps(row, default=_json_default) + "\n"
+    return json.dumps(row, default=json_default) + "\n"
 
 
 def _as_list(paths: Any) -> Iterable[Any]:

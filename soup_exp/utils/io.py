@@ -45,7 +45,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -77,7 +77,7 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, torch.Tensor):
@@ -87,3 +87,29 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, set | tuple):
         return list(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, waiting: str | None = None) -> Iterator[None]:
+    """Exclusive advisory lock (POSIX ``flock``) on ``path`` for the ``with`` block.
+
+    Serialises work that concurrent sweep jobs would otherwise do twice (data
+    generation, pretraining, cache builds) or interleave (results rows). ``waiting`` is
+    logged when another process holds the lock. Where the filesystem refuses locks the
+    block runs unlocked: every writer behind these locks also publishes atomically.
+    """
+    import fcntl
+    import logging
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                logging.getLogger(__name__).info("%s", waiting)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as err:
+            logging.getLogger(__name__).warning("cannot lock %s (%s); continuing unlocked", path, err)
+        yield

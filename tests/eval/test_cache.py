@@ -1,3 +1,4 @@
+import contextlib
 import logging
 import os
 import threading
@@ -104,7 +105,7 @@ def test_racing_jobs_agree_on_one_entry(suite, monkeypatch, with_lock):
     """Two builders at once: with the lock one waits; without it both decode, one publish
     wins and the loser uses the winner's file."""
     if not with_lock:
-        monkeypatch.setattr(cache_module, "_build_lock", lambda path: __import__("contextlib").nullcontext())
+        monkeypatch.setattr(cache_module, "file_lock", lambda path, waiting=None: contextlib.nullcontext())
     dataset = suite["datasets"][0]
     split = split_transform(eval_transform())
     reads = _count_decodes(monkeypatch)
