@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-
 from soup_exp.data import heldout
 from soup_exp.data.base import LabeledImages
 from soup_exp.data.classes import ClassSpace
@@ -25,6 +23,7 @@ from soup_exp.data.shifts import (
     read_imagenet_v2,
 )
 from soup_exp.errors import ConfigError
+from soup_exp.utils.config import to_plain
 
 __all__ = ["EVAL_DATASETS", "DatasetLayoutError", "build_eval_dataset", "build_train_samples",
            "class_space", "dataset_root"]
@@ -57,13 +56,9 @@ EVAL_DATASETS: dict[str, EvalBuilder] = {
 }
 
 
-def _plain(value):
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
-
-
 def class_space(data_cfg: Mapping) -> ClassSpace:
     """The ClassSpace of ``data.classes`` (null = all 1000)."""
-    return ClassSpace.from_config(_plain(data_cfg.get("classes")))
+    return ClassSpace.from_config(to_plain(data_cfg.get("classes")))
 
 
 def _prepare(data_cfg: Mapping) -> None:
@@ -82,7 +77,7 @@ def build_eval_dataset(name: str, data_cfg: Mapping, classes: ClassSpace | None 
     folders = data_cfg.get("folders") or {}
     if name in folders:
         spec = folders[name]
-        return read_mapped_folders(name, spec["root"], _plain(spec.get("mapping")), classes)
+        return read_mapped_folders(name, spec["root"], to_plain(spec.get("mapping")), classes)
     raise ConfigError(f"unknown evaluation dataset {name!r}; known: "
                       f"{', '.join([*EVAL_DATASETS, *folders])} (add your own under data.folders)")
 

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 from soup_exp.errors import ConfigError, SoupExpError
 from soup_exp.eval.evaluator import Evaluator, avg_shifts, build_evaluator
+from soup_exp.utils.config import to_plain
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.utils.io import read_json
 
@@ -243,10 +244,6 @@ def _up_to_date(previous: Mapping | None, fingerprint: str, datasets: Sequence[s
     return all(isinstance(previous.get(name), int | float) for name in datasets)
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
-
-
 def check_data(cfg: DictConfig) -> list[dict]:
     """``check_data=true``: report every dataset of the suite (layout, class folders, image
     counts); ``check_data=verify`` also decodes every image. Fails listing broken ones."""
@@ -280,7 +277,7 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
     store = ResultsStore(cfg.results_file)
     previous = {row["name"]: row for row in store.rows()}
 
-    entries = select_models(discover_models(cfg), _plain(cfg.get("models", "all")))
+    entries = select_models(discover_models(cfg), to_plain(cfg.get("models", "all")))
     if not entries:
         log.warning("no models found under %s, %s or %s; nothing to evaluate",
                     Path(cfg.out_dir) / ZEROSHOT_DIR, cfg.ingredients_dir, cfg.soups_dir)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from soup_exp.errors import SoupExpError
+from soup_exp.utils.config import config_get
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,6 @@ class Backbone:
     clip_model: nn.Module | None = None
     tokenizer: Callable | None = None
     zeroshot_templates: Any = "openai"
-
-
-def _get(cfg: Mapping, key: str, default: Any = None) -> Any:
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def _as_dict(value: Any) -> dict:
@@ -76,17 +72,17 @@ def pretrained_label(pretrained: Any) -> str:
 
 def model_id_for(model_cfg: Mapping) -> str:
     """``<source>:<name>:<tag or checkpoint file name>``, e.g. ``open_clip:ViT-B-32:openai``."""
-    return f"{_get(model_cfg, 'source', 'open_clip')}:{model_cfg['name']}:{pretrained_label(_get(model_cfg, 'pretrained'))}"
+    return f"{config_get(model_cfg, 'source', 'open_clip')}:{model_cfg['name']}:{pretrained_label(config_get(model_cfg, 'pretrained'))}"
 
 
 def load_error(model_cfg: Mapping, reason: BaseException | str) -> BackboneLoadError:
-    source = _get(model_cfg, "source", "open_clip")
-    name, pretrained = model_cfg["name"], _get(model_cfg, "pretrained")
+    source = config_get(model_cfg, "source", "open_clip")
+    name, pretrained = model_cfg["name"], config_get(model_cfg, "pretrained")
     return BackboneLoadError(
         f"Could not load {source} model '{name}' with pretrained='{pretrained}': {reason}\n"
         f"Offline? Download the checkpoint on a machine with network access and set "
         f"model.pretrained=/path/to/checkpoint (a local file for '{name}'); "
-        f"model.cache_dir ({_get(model_cfg, 'cache_dir', 'unset')}) is where tags are cached; "
+        f"model.cache_dir ({config_get(model_cfg, 'cache_dir', 'unset')}) is where tags are cached; "
         "HF_HUB_OFFLINE=1 makes offline attempts fail fast instead of retrying."
     )
 
@@ -135,7 +131,7 @@ def _open_clip_backbone(model_cfg: Mapping, pretrained: bool) -> Backbone:
     import soup_exp.models  # noqa: F401  (registers the project's model configs)
 
     name = model_cfg["name"]
-    value = _get(model_cfg, "pretrained")
+    value = config_get(model_cfg, "pretrained")
     value = None if value in (False, True) else value
     is_path = value is not None and looks_like_path(str(value))
     tag_cfg = {} if (value is None or is_path) else open_clip.get_pretrained_cfg(name, str(value))
@@ -147,15 +143,15 @@ def _open_clip_backbone(model_cfg: Mapping, pretrained: bool) -> Backbone:
     if pretrained and is_path:
         _check_local_file(model_cfg, str(value))
 
-    quick_gelu = _get(model_cfg, "quick_gelu", tag_cfg.get("quick_gelu", False))
+    quick_gelu = config_get(model_cfg, "quick_gelu", tag_cfg.get("quick_gelu", False))
     kwargs = dict(
         force_quick_gelu=bool(quick_gelu),
         image_mean=tag_cfg.get("mean"),
         image_std=tag_cfg.get("std"),
         image_interpolation=tag_cfg.get("interpolation"),
         image_resize_mode=tag_cfg.get("resize_mode"),
-        cache_dir=_get(model_cfg, "cache_dir"),
-        **_as_dict(_get(model_cfg, "kwargs")),
+        cache_dir=config_get(model_cfg, "cache_dir"),
+        **_as_dict(config_get(model_cfg, "kwargs")),
     )
     try:
         with _quiet_random_init(not pretrained):
@@ -167,7 +163,7 @@ def _open_clip_backbone(model_cfg: Mapping, pretrained: bool) -> Backbone:
     except Exception as exc:  # network, hub, checksum, state-dict mismatch
         raise load_error(model_cfg, exc) from exc
     tokenizer = open_clip.get_tokenizer(name)
-    if _get(model_cfg, "grad_checkpointing", False):
+    if config_get(model_cfg, "grad_checkpointing", False):
         model.set_grad_checkpointing(True)
     visual = model.visual
     return Backbone(
@@ -178,7 +174,7 @@ def _open_clip_backbone(model_cfg: Mapping, pretrained: bool) -> Backbone:
         model_id=model_id_for(model_cfg),
         clip_model=model,
         tokenizer=tokenizer,
-        zeroshot_templates=_get(model_cfg, "zeroshot_templates", "openai"),
+        zeroshot_templates=config_get(model_cfg, "zeroshot_templates", "openai"),
     )
 
 
@@ -193,8 +189,8 @@ def _timm_backbone(model_cfg: Mapping, pretrained: bool) -> Backbone:
     from timm.data import create_transform, resolve_data_config
 
     name = model_cfg["name"]
-    value = _get(model_cfg, "pretrained")
-    kwargs: dict[str, Any] = dict(num_classes=0, **_as_dict(_get(model_cfg, "kwargs")))
+    value = config_get(model_cfg, "pretrained")
+    kwargs: dict[str, Any] = dict(num_classes=0, **_as_dict(config_get(model_cfg, "kwargs")))
     full_name, load = name, False
     if value is True:
         load = True
@@ -208,13 +204,13 @@ def _timm_backbone(model_cfg: Mapping, pretrained: bool) -> Backbone:
             full_name, load = f"{name}.{value}", True
             if not timm.list_pretrained(full_name):
                 raise load_error(model_cfg, f"timm has no pretrained tag '{full_name}'")
-    if _get(model_cfg, "cache_dir") and pretrained and load:
-        kwargs["cache_dir"] = str(_get(model_cfg, "cache_dir"))
+    if config_get(model_cfg, "cache_dir") and pretrained and load:
+        kwargs["cache_dir"] = str(config_get(model_cfg, "cache_dir"))
     try:
         model = timm.create_model(full_name, pretrained=bool(pretrained and load), **kwargs)
     except Exception as exc:
         raise load_error(model_cfg, exc) from exc
-    if _get(model_cfg, "grad_checkpointing", False):
+    if config_get(model_cfg, "grad_checkpointing", False):
         model.set_grad_checkpointing(True)
     data_cfg = resolve_data_config(model=model)
     if "img_size" in kwargs:
@@ -241,7 +237,7 @@ def build_backbone(model_cfg: Mapping, pretrained: bool = True) -> Backbone:
     ``pretrained=False`` builds the same architecture and transforms without touching the
     network or the checkpoint (skeletons for loading ingredients and soups).
     """
-    source = _get(model_cfg, "source", "open_clip")
+    source = config_get(model_cfg, "source", "open_clip")
     if source not in BACKBONE_SOURCES:
         raise ValueError(f"model.source='{source}' is not one of {sorted(BACKBONE_SOURCES)}")
     backbone = BACKBONE_SOURCES[source](model_cfg, pretrained)

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from soup_exp.errors import ConfigError
 from soup_exp.report.figures import (
@@ -22,6 +22,7 @@ from soup_exp.report.paper import comparison_table
 from soup_exp.report.table import COLUMNS, RENDERERS, Table, build_table, render, to_markdown
 from soup_exp.tracking.results import read_results
 from soup_exp.tracking.wandb_run import start_run
+from soup_exp.utils.config import config_get, to_plain
 from soup_exp.utils.io import atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
@@ -31,15 +32,15 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     """Write the table, the comparison (with ``compare``) and the figures to
     ``cfg.report_dir``; log them to W&B; print the Markdown table. Returns
     ``{artefact name: path}`` (e.g. ``table.md``, ``figure1.png``)."""
-    report_dir = Path(str(_get(cfg, "report_dir") or "report")).expanduser()
-    formats = list(_get(cfg, "formats") or RENDERERS)
+    report_dir = Path(str(config_get(cfg, "report_dir") or "report")).expanduser()
+    formats = list(config_get(cfg, "formats") or RENDERERS)
     unknown = [f for f in formats if f not in RENDERERS]
     if unknown:
         raise ConfigError(f"formats={formats}: unknown {unknown}; expected any of {list(RENDERERS)}")
-    wise_ft = str(_get(cfg, "wise_ft") or "best")
+    wise_ft = str(config_get(cfg, "wise_ft") or "best")
 
-    rows = read_results(_plain(_get(cfg, "results")))
-    soups = _read_soups(_get(cfg, "soups_dir"))
+    rows = read_results(to_plain(config_get(cfg, "results")))
+    soups = _read_soups(config_get(cfg, "soups_dir"))
     rows = _with_ingredient_counts(rows, soups)
     table = build_table(rows, wise_ft=wise_ft)
     if not table.rows:
@@ -47,7 +48,7 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
 
     outputs: dict[str, Path] = {}
     outputs.update(_write_table(table, report_dir / "table", formats))
-    compare = _get(cfg, "compare")
+    compare = config_get(cfg, "compare")
     comparison = comparison_table(table, str(compare), wise_ft=wise_ft) if compare else None
     if comparison is not None:
         outputs.update(_write_table(comparison, report_dir / "comparison", formats))
@@ -118,7 +119,7 @@ def _with_ingredient_counts(rows: list[dict[str, Any]], soups: list[dict[str, An
 def _log_to_wandb(
     cfg: Any, table: Table, comparison: Table | None, outputs: dict[str, Path], num_rows: int
 ) -> None:
-    name = f"report-{_get(cfg, 'name') or 'results'}"
+    name = f"report-{config_get(cfg, 'name') or 'results'}"
     with start_run(cfg, stage="report", name=name) as run:
         for key, tab in (("results_table", table), ("comparison_table", comparison)):
             if tab is not None:
@@ -140,14 +141,6 @@ def _table_data(table: Table) -> list[list[Any]]:
         [row.label, row.model, *(float(c) if (c := table.cell(row, key)) else None for key, _ in COLUMNS)]
         for row in table.rows
     ]
-
-
-def _get(cfg: Any, key: str) -> Any:
-    return cfg.get(key) if isinstance(cfg, DictConfig | Mapping) else getattr(cfg, key, None)
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def _safe_name(name: str) -> str:

@@ -25,21 +25,13 @@ from soup_exp.soups.model_stock import model_stock
 from soup_exp.soups.outputs import WEIGHTS_FILE, is_finished, soup_record, write_soup
 from soup_exp.soups.uniform import uniform_soup
 from soup_exp.soups.wise_ft import wise_ft
+from soup_exp.utils.config import config_get, to_plain
 from soup_exp.utils.hashing import stable_hash
 
 log = logging.getLogger(__name__)
 
 HELD_OUT = "ImageNet2p"
 ACCUMULATE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        if node is None:
-            return default
-        node = node.get(part) if isinstance(node, Mapping) or hasattr(node, "get") else None
-    return default if node is None else node
 
 
 class SoupContext:
@@ -51,8 +43,8 @@ class SoupContext:
         self.names = [ing.name for ing in ingredients]
         self.soups_dir = Path(cfg.soups_dir)
         self.run = run
-        self.progress = bool(_get(cfg, "progress", True))
-        dtype = str(_get(cfg, "recipe.accumulate_dtype", "float32"))
+        self.progress = bool(config_get(cfg, "progress", True))
+        dtype = str(config_get(cfg, "recipe.accumulate_dtype", "float32"))
         if dtype not in ACCUMULATE_DTYPES:
             raise ConfigError(f"recipe.accumulate_dtype={dtype!r}: use one of {sorted(ACCUMULATE_DTYPES)}")
         self.accumulate_dtype = ACCUMULATE_DTYPES[dtype]
@@ -108,7 +100,7 @@ class SoupContext:
     def _weights_key(self, ing: Ingredient) -> str:
         stat = ing.path.stat() if ing.path is not None else None
         return stable_hash({"path": str(ing.path), "size": stat.st_size if stat else None,
-                            "mtime": stat.st_mtime_ns if stat else None, "data": _plain(_get(self.cfg, "data"))})
+                            "mtime": stat.st_mtime_ns if stat else None, "data": _plain(config_get(self.cfg, "data"))})
 
     @cached_property
     def scores(self) -> list[float]:
@@ -148,7 +140,7 @@ class SoupContext:
         return out
 
     def zeroshot(self) -> Path | None:
-        path = Path(_get(self.cfg, "recipe.zeroshot") or Path(self.cfg.out_dir) / "zeroshot")
+        path = Path(config_get(self.cfg, "recipe.zeroshot") or Path(self.cfg.out_dir) / "zeroshot")
         if (path / WEIGHTS_FILE).is_file() or path.suffix == ".safetensors" and path.is_file():
             return path
         return None
@@ -169,9 +161,7 @@ class SoupContext:
 
 def _plain(node: Any) -> Any:
     try:
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        return to_plain(node)
     except Exception:  # an unresolvable key only weakens the cache key
         return str(node)
 
@@ -192,7 +182,7 @@ def cook_uniform(ctx: SoupContext) -> None:
 def cook_greedy(ctx: SoupContext) -> None:
     if ctx.finished("greedy"):
         return
-    tolerance = float(_get(ctx.cfg, "recipe.greedy.tolerance", 0.0))
+    tolerance = float(config_get(ctx.cfg, "recipe.greedy.tolerance", 0.0))
     evaluate = ctx.heldout_accuracy  # moves the skeleton to the device first
     result = greedy_soup(ctx.ingredients, ctx.scores, evaluate, tolerance=tolerance,
                          state_file=ctx.dir("greedy") / "greedy_state.json",
@@ -213,9 +203,9 @@ def _cook_learned(mode: str) -> Recipe:
     def cook(ctx: SoupContext) -> None:
         if ctx.finished(name):
             return
-        lcfg = _get(ctx.cfg, "recipe.learned", {}) or {}
+        lcfg = config_get(ctx.cfg, "recipe.learned", {}) or {}
         batch_size = int(lcfg.get("batch_size", 256))
-        seed = int(_get(ctx.cfg, "seed", 0))
+        seed = int(config_get(ctx.cfg, "seed", 0))
 
         def batches(epoch: int):
             generator = torch.Generator().manual_seed(seed * 1000 + epoch)
@@ -271,7 +261,7 @@ def cook_ensemble(ctx: SoupContext) -> None:
 def cook_greedy_ensemble(ctx: SoupContext) -> None:
     if ctx.finished("greedy_ensemble"):
         return
-    tolerance = float(_get(ctx.cfg, "recipe.greedy.tolerance", 0.0))
+    tolerance = float(config_get(ctx.cfg, "recipe.greedy.tolerance", 0.0))
     result = greedy_ensemble(ctx.names, ctx.scores, ctx.heldout_logits, ctx.logits_accuracy,
                              tolerance=tolerance, progress=ctx.progress)
     members = [ctx.ingredients[i] for i in result.members]
@@ -293,9 +283,9 @@ def cook_wise_ft(ctx: SoupContext) -> None:
         log.warning("WiSE-FT skipped: no zero-shot model at %s (run `soup-exp finetune` for the "
                     "zero-shot job, or set recipe.zeroshot)", Path(ctx.cfg.out_dir) / "zeroshot")
         return
-    alphas = [float(a) for a in _get(ctx.cfg, "recipe.wise_ft.alphas", [0.5])]
+    alphas = [float(a) for a in config_get(ctx.cfg, "recipe.wise_ft.alphas", [0.5])]
     zs = resolve_ingredients(zeroshot, kinds=None)[0]
-    for of in _get(ctx.cfg, "recipe.wise_ft.of", []) or []:
+    for of in config_get(ctx.cfg, "recipe.wise_ft.of", []) or []:
         todo = [a for a in alphas if not ctx.finished(wise_ft_name(of, a))]
         if not todo:
             continue
@@ -334,11 +324,11 @@ RECIPES: dict[str, Recipe] = {
 
 def run_soups(cfg: Any, run: Any = None) -> dict[str, Path]:
     """Cook ``cfg.recipe.recipes`` in order; returns soup name -> directory."""
-    recipes = list(_get(cfg, "recipe.recipes", []) or [])
+    recipes = list(config_get(cfg, "recipe.recipes", []) or [])
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         raise ConfigError(f"unknown recipe(s) {unknown} in recipe.recipes; available: {', '.join(RECIPES)}")
-    spec = _get(cfg, "recipe.ingredients") or cfg.ingredients_dir
+    spec = config_get(cfg, "recipe.ingredients") or cfg.ingredients_dir
     spec = list(spec) if not isinstance(spec, str) else spec
     ingredients = load_ingredients(spec)
     log.info("souping %d ingredients from %s into %s: %s", len(ingredients), spec, cfg.soups_dir,

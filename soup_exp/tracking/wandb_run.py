@@ -17,7 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
+
+from soup_exp.utils.config import config_get
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +216,7 @@ def _init_wandb(
 ) -> Any:
     import wandb
 
-    run_dir = Path(logger_cfg.get("dir") or _get(cfg, "out_dir") or ".").expanduser().resolve()
+    run_dir = Path(logger_cfg.get("dir") or config_get(cfg, "out_dir") or ".").expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     tags = [str(t) for t in (logger_cfg.get("tags") or [])]
     settings = wandb.Settings(
@@ -241,18 +243,12 @@ def _init_wandb(
 
 
 def _logger_config(cfg: Any) -> dict[str, Any]:
-    logger_cfg = _get(cfg, "logger")
+    logger_cfg = config_get(cfg, "logger")
     if logger_cfg is None:
         return {}
     if OmegaConf.is_config(logger_cfg):
         return OmegaConf.to_container(logger_cfg, resolve=True)  # type: ignore[return-value]
     return dict(logger_cfg)
-
-
-def _get(cfg: Any, key: str) -> Any:
-    if isinstance(cfg, DictConfig | Mapping):
-        return cfg.get(key)
-    return getattr(cfg, key, None)
 
 
 def _run_directory(wandb_run: Any) -> Path | None:

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from soup_exp.errors import ConfigError
+from soup_exp.utils.config import to_plain
 from soup_exp.utils.io import read_json
 
 log = logging.getLogger(__name__)
@@ -130,16 +131,13 @@ def draw_member(space: Mapping[str, Mapping[str, Any]], seed: int, index: int) -
 
 # ---- sweep kinds --------------------------------------------------------------------
 
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
-
 
 def _none(sweep: DictConfig) -> SweepDraw:
     return SweepDraw("none", str(sweep.name), sweep.get("index"), None)
 
 
 def _random(sweep: DictConfig) -> SweepDraw:
-    space = _plain(sweep.get("space")) or {}
+    space = to_plain(sweep.get("space")) or {}
     if not space:
         raise ConfigError("sweep.kind=random needs a non-empty sweep.space")
     index, seed = sweep.get("index"), sweep.get("seed", 0)

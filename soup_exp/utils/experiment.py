@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from soup_exp.errors import OutputConflictError, SoupExpError
+from soup_exp.utils.config import to_plain
 from soup_exp.utils.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def experiment_identity(cfg: DictConfig) -> dict[str, Any]:
     return {
         "name": cfg.name,
         "model": {k: model.get(k) for k in ("source", "name")},
-        "classes": _plain(data.get("classes")),
+        "classes": to_plain(data.get("classes")),
     }
 
 
@@ -71,6 +72,3 @@ def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], Any], claim: bool =
         print(f"soup-exp {cfg.get('stage', '')}: error: {err}", file=sys.stderr)
         sys.exit(2)
 
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
