@@ -31,7 +31,7 @@ from torch import nn
 
 import soup_exp.models  # noqa: F401  (registers the tiny model config with open_clip)
 from soup_exp.data.base import LabeledImages
-from soup_exp.eval.evaluator import Evaluator
+from soup_exp.evaluation.evaluator import Evaluator
 from soup_exp.models.classifier import ImageClassifier
 from soup_exp.utils.runtime import autocast, resolve_device
 

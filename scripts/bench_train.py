@@ -1,7 +1,7 @@
 """Training throughput: the real input pipeline vs the same model fed in-memory tensors.
 
 Real: JPEG files -> the project's image reader -> the backbone's train transform with
-RandAugment -> DataLoader workers -> one optimiser step (``soup_exp.train.loop.Trainer``).
+RandAugment -> DataLoader workers -> one optimiser step (``soup_exp.training.loop.Trainer``).
 Limit: the same ``Trainer`` step on a batch already in device memory. The ratio says how
 much of the accelerator the input pipeline keeps busy (target on a GPU: >= 0.9 for
 ViT-B/32 at batch 256).
@@ -27,13 +27,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from soup_exp.models import ImageClassifier, build_backbone
-from soup_exp.train.augment import with_randaugment
-from soup_exp.train.data import SeededDistributedSampler, TrainImages
-from soup_exp.train.distributed import DistContext
-from soup_exp.train.loop import Schedule, Trainer
-from soup_exp.train.settings import TrainSettings
+from soup_exp.training.augment import with_randaugment
+from soup_exp.training.data import SeededDistributedSampler, TrainImages
+from soup_exp.training.distributed import DistContext
+from soup_exp.training.loop import Schedule, Trainer
+from soup_exp.training.settings import train_settings
+from soup_exp.utils.entry import packaged_config_dir
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF = packaged_config_dir()
 
 
 def write_jpegs(folder: Path, count: int, size: int, seed: int = 0) -> list[tuple[str, int]]:
@@ -83,14 +84,16 @@ def main() -> None:
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    model_cfg = OmegaConf.load(CONF / f"{args.model}.yaml")
+    model_cfg = OmegaConf.load(CONF / "model" / f"{args.model}.yaml")
     model_cfg.pretrained = None
     model_cfg.cache_dir = None
     backbone = build_backbone(model_cfg, pretrained=False)
     model = ImageClassifier(backbone.image_encoder, nn.Linear(backbone.feature_dim, 1000))
     input_size = int(getattr(backbone.image_encoder, "image_size", (224, 224))[0])
-    settings = TrainSettings(output_dir="unused", lr=1e-5, batch_size=args.batch, aug=args.aug,
-                             warmup_steps=0, compile=args.compile)
+    train_cfg = OmegaConf.merge(OmegaConf.load(CONF / "train" / "default.yaml"), {
+        "output_dir": "unused", "lr": 1e-5, "batch_size": args.batch, "aug": args.aug,
+        "warmup_steps": 0, "compile": args.compile})
+    settings = train_settings(train_cfg)
     steps = args.warmup + args.steps
     ctx = DistContext(device=device)
     schedule = Schedule(micro_batch=args.batch, steps_per_epoch=steps, total_steps=steps * 2, warmup=0)

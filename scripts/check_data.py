@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
 from soup_exp.data.checker import check_datasets, render_table
 from soup_exp.errors import SoupExpError
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from soup_exp.utils.entry import packaged_config_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +28,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="names to check (default: ImageNet train + every configured root)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=synthetic")
     args = parser.parse_args(argv)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name="evaluate", overrides=args.overrides)
+    # `--datasets A B key=value` : argparse gives the override to --datasets; it is an override
+    names = [d for d in args.datasets or [] if "=" not in d] or None
+    overrides = [d for d in args.datasets or [] if "=" in d] + args.overrides
+    with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base=None):
+        cfg = compose(config_name="evaluate", overrides=overrides)
     try:
-        reports = check_datasets(cfg.data, args.datasets, verify=args.verify)
+        reports = check_datasets(cfg.data, names, verify=args.verify)
     except SoupExpError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

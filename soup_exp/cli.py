@@ -1,8 +1,7 @@
 """`soup-exp <stage> [hydra overrides]`: one command for every stage.
 
-Each stage is also a module (`python -m soup_exp.<stage>`); this dispatcher only picks
-the module, checks the experiment name early (so a typo gets the list of experiments
-rather than a Hydra traceback) and hands the remaining arguments to Hydra untouched.
+Each stage is also a module (`python -m soup_exp.<stage>`); this dispatcher only picks the
+module and hands the remaining arguments to its Hydra entry point untouched.
 """
 
 from __future__ import annotations
@@ -10,50 +9,27 @@ from __future__ import annotations
 import importlib
 import sys
 
-from soup_exp.utils.entry import CONFIG_DIR, STAGES
+from soup_exp.utils.entry import STAGES, available_options
 
 
 def usage() -> str:
-    lines = ["usage: soup-exp <stage> [hydra overrides]", "", "stages:"]
+    lines = ["usage: soup-exp <stage> [--config-dir DIR] [hydra overrides]", "", "stages:"]
     lines += [f"  {name:<10} {stage.summary}" for name, stage in STAGES.items()]
     lines += [
         "",
-        f"experiments: {', '.join(available_experiments())}",
+        f"experiments: {', '.join(available_options('experiment'))}",
+        f"recipes:     {', '.join(available_options('recipes'))}",
         "",
         "examples:",
         "  soup-exp pipeline experiment=demo",
         "  soup-exp finetune -m sweep=paper_vitb32 'sweep.index=range(71)' launcher=slurm",
+        "  soup-exp soup 'recipes=[uniform,greedy]'",
         "  soup-exp report results=outputs/demo/results.jsonl compare=paper_vitb32",
         "",
-        "`soup-exp <stage> --help` shows that stage's configuration (Hydra).",
+        "`soup-exp <stage> --help` shows that stage's configuration (Hydra); --config-dir adds",
+        "your own configs (experiments, recipes, datasets, models), searched before the packaged ones.",
     ]
     return "\n".join(lines)
-
-
-def available_experiments() -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-
-
-def unknown_experiment(args: list[str]) -> str | None:
-    """The experiment named in the overrides if no config file defines it."""
-    known = set(available_experiments())
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and key.lstrip("+~") == "experiment":
-            for name in value.split(","):
-                if name and name not in known:
-                    return name
-    return None
-
-
-def exit_on_unknown_experiment(args: list[str]) -> None:
-    if (name := unknown_experiment(args)) is not None:
-        print(
-            f"soup-exp: unknown experiment {name!r}; available: {', '.join(available_experiments())} "
-            f"(files in {CONFIG_DIR / 'experiment'})",
-            file=sys.stderr,
-        )
-        sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:

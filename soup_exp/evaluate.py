@@ -1,7 +1,322 @@
-"""`soup-exp evaluate`: evaluate every model of an experiment on the eval suite
-(`check_data=true` only checks the dataset layouts)."""
+"""`soup-exp evaluate`: every model of an experiment on the eval suite -> results.jsonl.
 
+Models are found on disk by their contracts (:mod:`soup_exp.artifacts`): the zero-shot
+model in ``zeroshot_dir``, finished runs under ``ingredients_dir`` and soups under
+``soups_dir``. Weight models are evaluated ``models_per_pass`` at a time (one read of each
+dataset per group); logit ensembles average their members' logits. A model whose row
+already exists for the same weights (path, size, mtime), datasets (files, labels,
+projection) and eval transform is skipped, so an interrupted or repeated evaluation resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from soup_exp.artifacts import (
+    INGREDIENT_FILE,
+    SOUP_FILE,
+    WEIGHTS_FILE,
+    ArtifactError,
+    find_dirs,
+    ingredient_record,
+    is_finished_run,
+    load_weights,
+    run_weights,
+    soup_record,
+)
+from soup_exp.artifacts.results import avg_shifts
+from soup_exp.errors import ConfigError
+from soup_exp.evaluation.evaluator import Evaluator, build_evaluator
+from soup_exp.soups.ingredients import all_finite
+from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
+from soup_exp.utils.hashing import stable_hash
+
+log = logging.getLogger(__name__)
+
+# soup.json fields a result row carries, so the report needs no soup directory
+ROW_FIELDS = ("recipe", "label", "alpha", "interpolated")
+
+
+@dataclass
+class ModelEntry:
+    """One evaluable model: a weights file, or (for an ensemble) its members' files."""
+
+    name: str
+    kind: str
+    path: Path
+    weights: list[Path]
+    info: dict = field(default_factory=dict)
+    ensemble: bool = False
+
+    def fingerprint(self) -> str:
+        """Identity of the weights evaluated: path, size and mtime of each file."""
+        stats = []
+        for p in self.weights:
+            st = os.stat(p)
+            stats.append((str(p.resolve()), st.st_size, st.st_mtime_ns))
+        return stable_hash(stats, length=20)
+
+
+# ---- discovery ----------------------------------------------------------------------
+
+
+def _run_entry(run_dir: Path, default_kind: str) -> ModelEntry:
+    info = ingredient_record(run_dir)
+    return ModelEntry(info["name"], str(info.get("kind") or default_kind), run_dir, [run_weights(run_dir)], info)
+
+
+def discover_ingredients(cfg: Mapping) -> list[ModelEntry]:
+    """Zero-shot model (if present) and finished ingredients, in path order."""
+    entries = []
+    if is_finished_run(Path(cfg["zeroshot_dir"])):
+        entries.append(_run_entry(Path(cfg["zeroshot_dir"]), "zeroshot"))
+    for run_dir in find_dirs(Path(cfg["ingredients_dir"]), INGREDIENT_FILE):
+        entries.append(_run_entry(run_dir, "finetune"))
+    return entries
+
+
+def _resolve_member(member: Any, soup_dir: Path, info: Mapping, known: Mapping[str, ModelEntry]) -> Path:
+    """A member is an ingredient name, an index into ``ingredients``, or a path."""
+    if isinstance(member, int):
+        paths = info.get("ingredient_paths") or []
+        names = info.get("ingredients") or []
+        member = paths[member] if member < len(paths) else names[member] if member < len(names) else member
+    member = str(member)
+    if member in known:
+        return known[member].weights[0]
+    recorded = dict(zip(info.get("ingredients") or [], info.get("ingredient_paths") or [], strict=False))
+    for candidate in (Path(recorded.get(member) or member), soup_dir / member):
+        if candidate.is_dir() and (candidate / WEIGHTS_FILE).is_file():
+            return candidate / WEIGHTS_FILE
+        if candidate.is_file() and candidate.suffix == ".safetensors":
+            return candidate
+    raise ArtifactError(
+        f"{soup_dir / SOUP_FILE}: ensemble member {member!r} is neither a known ingredient "
+        f"({', '.join(sorted(known)) or 'none found'}) nor a path to {WEIGHTS_FILE}"
+    )
+
+
+def discover_soups(cfg: Mapping, known: Mapping[str, ModelEntry]) -> list[ModelEntry]:
+    """Soups (weights) and output-space ensembles (``members``), in name order."""
+    entries = []
+    for soup_dir in find_dirs(Path(cfg["soups_dir"]), SOUP_FILE, recursive=False):
+        info = soup_record(soup_dir)
+        members = info.get("members")
+        if members is not None:
+            weights = [_resolve_member(m, soup_dir, info, known) for m in members]
+            entries.append(ModelEntry(info["name"], str(info.get("kind") or "ensemble"), soup_dir, weights,
+                                      info, ensemble=True))
+        else:
+            entries.append(ModelEntry(info["name"], str(info.get("kind") or "soup"), soup_dir,
+                                      [run_weights(soup_dir, SOUP_FILE)], info))
+    return entries
+
+
+def discover_models(cfg: Mapping) -> list[ModelEntry]:
+    """Every evaluable model of the experiment; names must be unique."""
+    ingredients = discover_ingredients(cfg)
+    known = {e.name: e for e in ingredients}
+    entries = ingredients + discover_soups(cfg, known)
+    seen: dict[str, Path] = {}
+    for entry in entries:
+        if entry.name in seen:
+            raise ArtifactError(
+                f"two models are named {entry.name!r}: {seen[entry.name]} and {entry.path}; "
+                "result rows are keyed by name, rename one"
+            )
+        seen[entry.name] = entry.path
+    return entries
+
+
+def select_models(entries: Sequence[ModelEntry], wanted: Any) -> list[ModelEntry]:
+    """``models=all`` or a list of names (unknown names are an error listing the choices)."""
+    if wanted is None or wanted == "all":
+        return list(entries)
+    names = [wanted] if isinstance(wanted, str) else list(wanted)
+    by_name = {e.name: e for e in entries}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ConfigError(f"models={names}: no model named {unknown}; found: {', '.join(by_name) or 'none'}")
+    return [by_name[n] for n in names]
+
+
+# ---- evaluation ---------------------------------------------------------------------
+
+
+class NonFiniteModelError(ArtifactError):
+    """Weights with NaN or infinite values: evaluating them would record chance accuracy."""
+
+
+def _load(skeleton: torch.nn.Module, weights: Path) -> torch.nn.Module:
+    model = load_weights(copy.deepcopy(skeleton), weights)
+    for key, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not all_finite(tensor):
+            raise NonFiniteModelError(f"{weights}: tensor '{key}' has NaN or infinite values")
+    return model
+
+
+def _chunks(items: Sequence, size: int) -> list[Sequence]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def ensemble_accuracies(
+    evaluator: Evaluator, skeleton: torch.nn.Module, weights: Sequence[Path], models_per_pass: int
+) -> dict[str, float]:
+    """Accuracy of the logit ensemble of ``weights``: raw logits summed over member
+    groups of ``models_per_pass`` (so members need not fit in memory together), averaged,
+    then projected per dataset."""
+    sums: dict[str, torch.Tensor] = {}
+    for group in _chunks(list(weights), models_per_pass):
+        models = {str(i): _load(skeleton, w) for i, w in enumerate(group)}
+        for name in evaluator.names:
+            for logits in evaluator.logits_many(models, name).values():
+                sums[name] = logits.clone() if name not in sums else sums[name].add_(logits)
+        del models
+    accuracies = {name: evaluator.accuracy_from_logits(total / len(weights), name) for name, total in sums.items()}
+    mean_shift = avg_shifts(accuracies)
+    if mean_shift is not None:
+        accuracies["avg_shifts"] = mean_shift
+    return accuracies
+
+
+def _row(entry: ModelEntry, accuracies: Mapping[str, float], meta: Mapping[str, Any],
+         previous: Mapping | None) -> dict:
+    """The result row: this evaluation's accuracies plus those of the previous row that
+    were measured on the same weights and transform and on datasets not evaluated now."""
+    kept: dict[str, Any] = {}
+    kept_ids: dict[str, str] = {}
+    before = (previous or {}).get("meta") or {}
+    if all(before.get(k) == meta[k] for k in ("weights", "eval_transform")):
+        for name, identity in (before.get("datasets") or {}).items():
+            if name not in accuracies and isinstance((previous or {}).get(name), int | float):
+                kept[name], kept_ids[name] = previous[name], identity
+    merged = {**kept, **{k: v for k, v in accuracies.items() if k != "avg_shifts"}}
+    mean_shift = avg_shifts(merged)
+    if mean_shift is not None:
+        merged["avg_shifts"] = mean_shift
+    info = entry.info
+    row: dict[str, Any] = {"name": entry.name, "kind": entry.kind}
+    row.update({k: info[k] for k in ROW_FIELDS if info.get(k) is not None})
+    row.update(merged)
+    members = info.get("members") or info.get("ingredients")
+    if members is not None:
+        row["num_ingredients"] = len(members)
+    row["path"] = str(entry.path)
+    row["meta"] = {**meta, "base_model": info.get("base_model"),
+                   "datasets": {**kept_ids, **meta["datasets"]}}
+    return row
+
+
+def _up_to_date(previous: Mapping | None, meta: Mapping[str, Any]) -> bool:
+    """Whether ``previous`` holds every dataset of this evaluation, measured on the same
+    weights, transform and dataset contents."""
+    before = (previous or {}).get("meta") or {}
+    if any(before.get(k) != meta[k] for k in ("weights", "eval_transform")):
+        return False
+    done = before.get("datasets") or {}
+    return all(done.get(name) == identity and isinstance(previous.get(name), int | float)
+               for name, identity in meta["datasets"].items())
+
+
+def check_data(cfg: DictConfig) -> list[dict]:
+    """``check_data=true``: report every dataset of the suite (layout, class folders, image
+    counts); ``check_data=verify`` also decodes every image. Fails listing broken ones."""
+    from dataclasses import asdict
+
+    from soup_exp.data.checker import check_datasets, raise_on_failure, render_table
+
+    verify = str(cfg.check_data).lower() == "verify"
+    reports = check_datasets(cfg.data, list(cfg.eval.datasets), verify=verify,
+                             num_threads=max(1, int(cfg.get("num_workers") or 1)))
+    print(render_table(reports))
+    raise_on_failure(reports)
+    return [asdict(r) for r in reports]
+
+
+def run_evaluate(cfg: DictConfig) -> list[dict]:
+    """Evaluate the selected models (``cfg.models``) and upsert their rows into
+    ``cfg.results_file``; returns the rows written this time."""
+    if cfg.get("check_data"):
+        return check_data(cfg)
+
+    from soup_exp.artifacts.results import ResultsStore
+    from soup_exp.data.registry import class_space
+    from soup_exp.models import build_classifier
+    from soup_exp.tracking.wandb_run import start_run
+
+    eval_cfg = cfg.eval
+    store = ResultsStore(cfg.results_file)
+    previous = {row["name"]: row for row in store.rows()}
+    entries = select_models(discover_models(cfg), to_plain(cfg.models))
+    if not entries:
+        log.warning("no models found in %s, %s or %s; nothing to evaluate",
+                    cfg.zeroshot_dir, cfg.ingredients_dir, cfg.soups_dir)
+        return []
+
+    classes = class_space(cfg.data)
+    skeleton, backbone = build_classifier(cfg.model, classes.num_classes, pretrained=False)
+    evaluator = build_evaluator(cfg, backbone.preprocess_val, classes)
+    identities = {name: evaluator.dataset(name).identity() for name in evaluator.names}
+    transform = " ".join(evaluator.transform.key.split())
+    metas = {e.name: {"weights": e.fingerprint(), "eval_transform": transform, "datasets": identities}
+             for e in entries}
+    todo = [e for e in entries if eval_cfg.force or not _up_to_date(previous.get(e.name), metas[e.name])]
+    for entry in entries:
+        if entry not in todo:
+            log.info("%s: already evaluated for these weights and datasets (eval.force=true re-evaluates)",
+                     entry.name)
+    broken: dict[str, str] = {}
+    rows: list[dict] = []
+    if todo:
+        with start_run(cfg, "evaluate", name=f"{cfg.name}-evaluate") as run:  # finishes it, failed or not
+            def record(entry: ModelEntry, accuracies: Mapping[str, float]) -> None:
+                row = _row(entry, accuracies, metas[entry.name], previous.get(entry.name))
+                rows.append(store.upsert(row, config=cfg))
+                log.info("%s: %s", entry.name, ", ".join(f"{k} {100 * v:.2f}" for k, v in accuracies.items()))
+                run.log({f"{entry.name}/{k}": v for k, v in accuracies.items()})
+
+            def skip(entry: ModelEntry, err: NonFiniteModelError) -> None:
+                broken[entry.name] = str(err)
+                log.error("%s is not evaluated (%s); its previous result row, if any, is kept", entry.name, err)
+
+            singles = [e for e in todo if not e.ensemble]
+            for group in _chunks(singles, eval_cfg.models_per_pass):
+                models = {}
+                for entry in group:
+                    try:
+                        models[entry.name] = _load(skeleton, entry.weights[0])
+                    except NonFiniteModelError as err:
+                        skip(entry, err)
+                results = evaluator.evaluate(models) if models else {}
+                del models
+                for entry in group:
+                    if entry.name in results:
+                        record(entry, results[entry.name])
+            for entry in (e for e in todo if e.ensemble):
+                try:
+                    record(entry, ensemble_accuracies(evaluator, skeleton, entry.weights, eval_cfg.models_per_pass))
+                except NonFiniteModelError as err:
+                    skip(entry, err)
+            columns = sorted({k for row in rows for k in row if k not in {"meta", "path"}},
+                             key=lambda k: (k not in ("name", "kind", "recipe"), k))
+            run.log_table("results", columns, [[row.get(c) for c in columns] for row in rows])
+            run.summary({"models_evaluated": len(rows), "results_file": str(cfg.results_file)})
+        log.info("wrote %d result rows to %s", len(rows), cfg.results_file)
+    if broken:
+        raise NonFiniteModelError("not evaluated, weights with NaN or infinite values: "
+                                  + "; ".join(broken.values()) + ". Remove or retrain these models.")
+    return rows
+
 
 main = stage_entry("evaluate")
 

@@ -1,8 +1,304 @@
-"""`soup-exp finetune`: train one ingredient (zero-shot, LP init or end-to-end fine-tune);
-`-m sweep=paper_vitb32 'sweep.index=range(71)'` runs the paper's sweep. The work is
-``soup_exp.train.finetune.run_finetune``."""
+"""`soup-exp finetune`: one ingredient, from config to ``model.safetensors`` + ``ingredient.json``.
 
+`-m sweep=paper_vitb32 'sweep.index=range(71)'` runs the paper's sweep, one job per member.
+The training machinery lives in :mod:`soup_exp.training`; this module is the stage.
+Modes (``train.mode``), a registry of builders that each return the trained classifier:
+
+- ``zeroshot``: the CLIP zero-shot classifier (open_clip's builder, prompt templates);
+- ``lp``: a linear probe on cached frozen features (the paper's model_0, "LP init");
+- ``finetune``: end to end, starting from ``train.init_from`` (an ingredient directory,
+  LP-FT) or from the pretrained tower with a ``train.head_init`` head (zeroshot | lp).
+
+The sweep draw is applied and every hyperparameter validated before anything is loaded.
+A finished ingredient is final: running the same job again is a no-op.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from soup_exp.artifacts import INGREDIENT_FILE, ingredient_record, is_finished_run, load_weights
+from soup_exp.data.classes import ClassSpace
+from soup_exp.errors import ConfigError, SoupExpError
+from soup_exp.training import ingredient as store
+from soup_exp.training.augment import with_randaugment
+from soup_exp.training.distributed import DistContext, setup_distributed, teardown_distributed
+from soup_exp.training.settings import TrainSettings, train_settings
+from soup_exp.training.sweep import SweepDraw, apply_sweep
 from soup_exp.utils.entry import stage_entry
+from soup_exp.utils.hashing import stable_hash
+from soup_exp.utils.runtime import code_version
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """Everything a mode builder needs, resolved once."""
+
+    cfg: DictConfig
+    settings: TrainSettings
+    draw: SweepDraw
+    identity: dict[str, Any]
+    ctx: DistContext
+    classes: ClassSpace
+    name: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    run: Any = None
+
+
+def run_finetune(cfg: DictConfig) -> Path:
+    """Train (or find) the ingredient described by ``cfg``; returns its directory."""
+    cfg = copy.deepcopy(cfg)
+    draw = apply_sweep(cfg)
+    settings = train_settings(cfg.train)
+    out_dir = Path(settings.output_dir)
+    from soup_exp.data.registry import class_space
+
+    classes = class_space(cfg.data)
+    identity = run_identity(cfg, settings, draw, classes)
+    if store.existing_ingredient(out_dir, identity) is not None:
+        log.info("%s is already a finished ingredient of this configuration; nothing to do", out_dir)
+        return out_dir
+
+    ctx = setup_distributed(str(cfg.get("device", "auto")))
+    try:
+        if ctx.is_main:
+            store.claim(out_dir, identity)
+        ctx.barrier()
+        job = Job(cfg, settings, draw, identity, ctx, classes, out_dir.name)
+        job.run = _start_tracking(job)
+        torch.manual_seed(int(cfg.get("seed", 0)))  # randomly initialised towers/heads are reproducible
+        try:
+            model, backbone = MODES[settings.mode](job)
+            if ctx.is_main:
+                held_out = held_out_accuracy(job, model, backbone.preprocess_val)
+                store.write_ingredient(out_dir, model, ingredient_info(job, backbone.model_id, held_out),
+                                       identity, keep_checkpoints=settings.keep_checkpoints)
+                if job.run is not None:
+                    job.run.summary({"held_out_accuracy": held_out, **_flat_metrics(job.metrics)})
+            ctx.barrier()
+        finally:
+            if job.run is not None:
+                job.run.finish()
+    finally:
+        teardown_distributed(ctx)
+    return out_dir
+
+
+def run_identity(cfg: DictConfig, settings: TrainSettings, draw: SweepDraw,
+                 classes: ClassSpace) -> dict[str, Any]:
+    """What makes two runs the same ingredient (devices, workers and paths excluded)."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    from soup_exp.models.backbones import model_id_for
+
+    heldout = OmegaConf.to_container(cfg.data.get("heldout") or {}, resolve=True)
+    return {
+        "model": model_id_for(model),
+        "model_kwargs": model.get("kwargs"),
+        "classes": stable_hash(list(classes.indices)),
+        "heldout": {k: heldout.get(k) for k in ("per_class", "seed", "index_file")},
+        "hparams": settings.hparams(),
+        "sweep": draw.record(),
+        "seed": int(cfg.get("seed", 0)),
+        "precision": str(cfg.get("precision", "bf16")),
+    }
+
+
+# ---- modes ------------------------------------------------------------------------------
+
+def _zeroshot(job: Job) -> tuple[nn.Module, Any]:
+    from soup_exp.models import ImageClassifier, build_backbone
+
+    backbone = build_backbone(job.cfg.model, pretrained=True)
+    return ImageClassifier(backbone.image_encoder, zeroshot_head_for(backbone, job)), backbone
+
+
+def _linear_probe(job: Job) -> tuple[nn.Module, Any]:
+    from soup_exp.models import ImageClassifier, build_backbone
+
+    backbone = build_backbone(job.cfg.model, pretrained=True)
+    head = _nonzero_rank_head(backbone, job) if not job.ctx.is_main else lp_head(backbone, job)
+    return ImageClassifier(backbone.image_encoder, head), backbone
+
+
+def _finetune(job: Job) -> tuple[nn.Module, Any]:
+    from soup_exp.data.registry import build_train_samples
+    from soup_exp.training.loop import fit
+
+    s = job.settings
+    model, backbone = initial_model(job)
+    samples = build_train_samples(job.cfg.data, job.classes)
+    from soup_exp.training.data import TrainImages
+
+    dataset = TrainImages(samples, with_randaugment(backbone.preprocess_train, s.aug))
+    evaluate = _periodic_evaluator(job, backbone) if s.eval_every_steps and job.ctx.is_main else None
+    result = fit(
+        model, dataset, s, ctx=job.ctx, num_classes=job.classes.num_classes,
+        fingerprint=store.fingerprint(job.identity), seed=int(job.cfg.get("seed", 0)),
+        precision=str(job.cfg.get("precision", "bf16")), num_workers=int(job.cfg.get("num_workers", 0)),
+        evaluate=evaluate, run=job.run, progress=bool(job.cfg.get("progress", True)),
+    )
+    job.metrics["train"] = {
+        "steps": result.steps, "resumed_from_step": result.resumed_from, "final_loss": result.final_loss,
+        "seconds": round(result.seconds, 1), "train_images": len(samples),
+        "world_size": job.ctx.world_size, "held_out_curve": result.held_out,
+    }
+    return model.cpu(), backbone
+
+
+MODES: dict[str, Callable[[Job], tuple[nn.Module, Any]]] = {
+    "zeroshot": _zeroshot,
+    "lp": _linear_probe,
+    "finetune": _finetune,
+}
+
+
+# ---- initialisation -----------------------------------------------------------------------
+
+def initial_model(job: Job) -> tuple[nn.Module, Any]:
+    """The classifier a fine-tune starts from: an ingredient (LP-FT) or tower + new head."""
+    from soup_exp.models import ImageClassifier, build_backbone
+
+    s = job.settings
+    if s.init_from:
+        info = _init_ingredient_info(Path(s.init_from), job)
+        backbone = build_backbone(job.cfg.model, pretrained=False)
+        head = nn.Linear(backbone.feature_dim, job.classes.num_classes)
+        model = load_weights(ImageClassifier(backbone.image_encoder, head), s.init_from)
+        job.metrics["init"] = {"from": str(s.init_from), "name": info.get("name"),
+                               "held_out_accuracy": info.get("held_out_accuracy")}
+        return model, backbone
+    backbone = build_backbone(job.cfg.model, pretrained=True)
+    if not job.ctx.is_main and s.head_init == "lp":
+        head = _nonzero_rank_head(backbone, job)
+    else:
+        head = HEAD_INITS[s.head_init](backbone, job)
+    job.metrics["init"] = {"head": s.head_init}
+    return ImageClassifier(backbone.image_encoder, head), backbone
+
+
+def _init_ingredient_info(path: Path, job: Job) -> dict[str, Any]:
+    if not is_finished_run(path):
+        raise SoupExpError(
+            f"train.init_from={path} is not a finished ingredient (no {INGREDIENT_FILE}). "
+            "Create the LP init first: `soup-exp finetune sweep=lp_init`, or set "
+            "train.init_from=null to start from the pretrained model with train.head_init."
+        )
+    info = ingredient_record(path)
+    from soup_exp.models.backbones import model_id_for
+
+    expected = model_id_for(OmegaConf.to_container(job.cfg.model, resolve=True))
+    if info.get("base_model") != expected:
+        raise SoupExpError(f"train.init_from={path} was trained from {info.get('base_model')}, "
+                           f"but this run's model is {expected}")
+    if list(info.get("classes") or []) != list(job.classes.indices):
+        raise SoupExpError(f"train.init_from={path} predicts other classes than data.classes of this run")
+    return info
+
+
+def zeroshot_head_for(backbone: Any, job: Job) -> nn.Linear:
+    from soup_exp.models import zeroshot_head
+
+    try:
+        return zeroshot_head(backbone, job.classes.classnames, device=job.ctx.device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def lp_head(backbone: Any, job: Job) -> nn.Linear:
+    """The paper's LP init: logistic regression on frozen, cached features of the train split,
+    started from the zero-shot head when the backbone has a text tower."""
+    from soup_exp.data.registry import build_train_samples
+    from soup_exp.training.lp import extract_features, train_linear_probe
+
+    lp = job.settings.lp
+    samples = build_train_samples(job.cfg.data, job.classes)
+    cache_dir = Path(str(job.cfg.paths.cache_dir)) / "features"
+    cache_file = cache_dir / f"{stable_hash([backbone.model_id, job.classes.indices])}.safetensors"
+    features, labels = extract_features(
+        backbone.image_encoder, samples, backbone.preprocess_val, batch_size=lp.batch_size,
+        device=job.ctx.device, cache_file=cache_file, num_workers=int(job.cfg.get("num_workers", 0)),
+        precision=str(job.cfg.get("precision", "bf16")), progress=bool(job.cfg.get("progress", True)),
+    )
+    init = zeroshot_head_for(backbone, job) if backbone.clip_model is not None else None
+    head = train_linear_probe(features, labels, job.classes.num_classes, init=init, epochs=lp.epochs,
+                              lr=lp.lr, weight_decay=lp.weight_decay, batch_size=lp.batch_size,
+                              seed=int(job.cfg.get("seed", 0)), progress=bool(job.cfg.get("progress", True)))
+    job.metrics["lp"] = {"train_images": len(samples), "feature_cache": str(cache_file)}
+    return head
+
+
+def _nonzero_rank_head(backbone: Any, job: Job) -> nn.Linear:
+    """Ranks > 0 skip the LP: DDP broadcasts rank 0's weights when it wraps the model."""
+    return nn.Linear(backbone.feature_dim, job.classes.num_classes)
+
+
+HEAD_INITS: dict[str, Callable[[Any, Job], nn.Linear]] = {"zeroshot": zeroshot_head_for, "lp": lp_head}
+
+
+# ---- evaluation, records, tracking ------------------------------------------------------------
+
+HELD_OUT = "ImageNet2p"
+
+
+def _held_out_evaluator(job: Job, preprocess: Any):
+    from soup_exp.evaluation.evaluator import build_evaluator
+
+    return build_evaluator(job.cfg, preprocess, job.classes, names=[HELD_OUT])
+
+
+def held_out_accuracy(job: Job, model: nn.Module, preprocess: Any) -> float:
+    accuracy = float(_held_out_evaluator(job, preprocess).evaluate({job.name: model})[job.name][HELD_OUT])
+    model.cpu()
+    return accuracy
+
+
+def _periodic_evaluator(job: Job, backbone: Any) -> Callable[[nn.Module], float]:
+    evaluator = _held_out_evaluator(job, backbone.preprocess_val)
+
+    def evaluate(model: nn.Module) -> float:
+        return float(evaluator.evaluate({job.name: model})[job.name][HELD_OUT])
+
+    return evaluate
+
+
+def ingredient_info(job: Job, base_model: str, held_out: float) -> dict[str, Any]:
+    return {
+        "name": job.name,
+        "kind": job.settings.mode,
+        "base_model": base_model,
+        "classes": list(job.classes.indices),
+        "hparams": job.settings.hparams(),
+        "sweep": job.draw.record(),
+        "held_out_accuracy": held_out,
+        "metrics": {HELD_OUT: held_out, **job.metrics},
+        "config": OmegaConf.to_container(job.cfg, resolve=True),
+        "code_version": code_version(),
+    }
+
+
+def _start_tracking(job: Job) -> Any:
+    if not job.ctx.is_main:
+        return None
+    from soup_exp.tracking.wandb_run import start_run
+
+    return start_run(job.cfg, "finetune", job.name, group=job.cfg.logger.get("group"))
+
+
+def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    train = metrics.get("train") or {}
+    return {f"train/{k}": v for k, v in train.items() if isinstance(v, int | float)}
+
 
 main = stage_entry("finetune")
 

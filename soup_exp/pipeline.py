@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from soup_exp.errors import SoupExpError
-from soup_exp.utils.entry import STAGES, stage_entry
+from soup_exp.utils.entry import STAGES, packaged_config_dir, stage_entry
 from soup_exp.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,19 @@ def user_overrides() -> list[str]:
         return list(HydraConfig.get().overrides.task)
     except ValueError:
         return []
+
+
+def config_dir_args() -> list[str]:
+    """``--config-dir DIR`` when this run's primary configs are a user's, for subprocesses."""
+    try:
+        sources = HydraConfig.get().runtime.config_sources
+    except ValueError:
+        return []
+    for source in sources:
+        user = source.provider == "main" and source.schema == "file"
+        if user and Path(source.path).resolve() != packaged_config_dir().resolve():
+            return ["--config-dir", str(source.path)]
+    return []
 
 
 def _override_key(override: str) -> str:
@@ -79,7 +92,7 @@ def run_finetunes(cfg: DictConfig, overrides: Sequence[str]) -> None:
     The pipeline picks each job's sweep config itself, so a user's ``sweep=`` choice is
     dropped; ``sweep.*`` values (e.g. ``sweep.seed``) only reach the random sweep.
     """
-    run_finetune = STAGES["finetune"].function()
+    run_finetune = STAGES["finetune"].run()
     fixed = [o for o in overrides if not _override_key(o).startswith("sweep")]
     if cfg.model.source == "open_clip":
         run_finetune(compose_stage("finetune", fixed, ["sweep=zeroshot"]))
@@ -90,7 +103,7 @@ def run_finetunes(cfg: DictConfig, overrides: Sequence[str]) -> None:
         return
     sweep_values = [o for o in overrides if _override_key(o) != "sweep"]
     command = [
-        sys.executable, "-m", "soup_exp.finetune", "--multirun",
+        sys.executable, "-m", "soup_exp.finetune", *config_dir_args(), "--multirun",
         *overrides_for("finetune", sweep_values),
         f"sweep={cfg.pipeline.sweep}", f"sweep.index=range({size})",
         f"train.init_from={Path(cfg.ingredients_dir) / LP_NAME}",
@@ -104,7 +117,7 @@ def run_finetunes(cfg: DictConfig, overrides: Sequence[str]) -> None:
 
 
 def _composed(stage: str) -> Callable[[DictConfig, Sequence[str]], Any]:
-    return lambda cfg, overrides: STAGES[stage].function()(compose_stage(stage, overrides))
+    return lambda cfg, overrides: STAGES[stage].run()(compose_stage(stage, overrides))
 
 
 STEPS: dict[str, Callable[[DictConfig, Sequence[str]], Any]] = {

@@ -1,6 +1,116 @@
-"""`soup-exp soup`: cook soups and baselines from a pool of ingredients."""
+"""`soup-exp soup`: cook the selected recipes from one pool of ingredients.
 
+Recipes are plugins (:mod:`soup_exp.soups.recipe`): the ``recipes`` config group holds
+one file per recipe, and ``recipes=[uniform,greedy,...]`` selects and orders them. Every
+selected recipe's parameters are checked before the first one cooks. Each soup lands in
+``<soups_dir>/<name>/`` (``model.safetensors`` for weight-space recipes, then
+``soup.json``); finished soups are skipped, so an interrupted stage resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from soup_exp.artifacts import check_name, write_soup_dir
+from soup_exp.errors import ConfigError
+from soup_exp.soups.context import SoupContext
+from soup_exp.soups.ingredients import Ingredient, load_ingredients
+from soup_exp.soups.recipe import Recipe, Soup, load_recipe, soups_of
+from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
+from soup_exp.utils.runtime import code_version
+
+log = logging.getLogger(__name__)
+
+
+def selected_recipes(cfg: DictConfig) -> list[Recipe]:
+    """The recipes of ``cfg.recipes`` in selection order, parameters checked.
+
+    Entries without ``_target_`` are settings an experiment gives a recipe that is not
+    selected this time (e.g. ``recipes.learned_by_layer.epochs`` with ``recipes=[uniform]``).
+    """
+    nodes = to_plain(cfg.get("recipes")) or {}
+    recipes = [load_recipe(check_name(name, "recipe"), node) for name, node in nodes.items()
+               if isinstance(node, dict) and node.get("_target_")]
+    if not recipes:
+        raise ConfigError("no recipe selected: choose some with recipes=[uniform,greedy,...] "
+                          "(one file each in the recipes/ config group)")
+    return recipes
+
+
+def run_soups(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
+    """Cook every selected recipe in order; returns soup name -> directory."""
+    recipes = selected_recipes(cfg)
+    pool = to_plain(cfg.soup.pool)
+    ingredients = load_ingredients(pool)
+    log.info("souping %d ingredients from %s into %s: %s", len(ingredients), pool, cfg.soups_dir,
+             ", ".join(r.name for r in recipes))
+    own_run = run is None
+    if own_run:
+        from soup_exp.tracking import start_run
+
+        run = start_run(cfg, "soup", name=f"{cfg.name}-soup")
+    ctx = SoupContext(cfg, ingredients, run)
+    made: dict[str, Path] = {}
+    try:
+        for recipe in recipes:
+            ctx.recipe = recipe.name
+            if ctx.finished(recipe.name):
+                log.info("soup '%s' already finished in %s: skipping (delete the folder to redo it)",
+                         recipe.name, ctx.soups_dir / recipe.name)
+                made[recipe.name] = ctx.soups_dir / recipe.name
+                continue
+            started = time.perf_counter()
+            for soup in soups_of(recipe.name, recipe.cook(ctx)):
+                made[soup.name] = write(ctx, recipe, soup)
+            log.info("recipe %s cooked in %.1f s", recipe.name, time.perf_counter() - started)
+    finally:
+        if own_run:
+            run.finish()
+    log.info("soups written to %s: %s", ctx.soups_dir, ", ".join(made))
+    return made
+
+
+def write(ctx: SoupContext, recipe: Recipe, soup: Soup) -> Path:
+    record = soup_record(ctx, recipe, soup)
+    out = write_soup_dir(ctx.soups_dir / record["name"], record, soup.state_dict, soup.weights_from)
+    held = record.get("held_out_accuracy")
+    log.info("%s -> %s%s", record["name"], out, f" (held-out {100 * held:.2f}%)" if held is not None else "")
+    if held is not None:
+        ctx.run.summary({f"{record['name']}/held_out_accuracy": held})
+    return out
+
+
+def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup) -> dict[str, Any]:
+    """The ``soup.json`` contract (docs/architecture.md, "Soup directories")."""
+    info = dict(soup.info)
+    members = [_ingredient(ctx, item) for item in info.pop("ingredients", ctx.ingredients)]
+    first = members[0] if members else None
+    return {
+        "name": check_name(soup.name, f"recipe {recipe.name}: soup name"),
+        "recipe": recipe.name,
+        "kind": info.pop("kind", "soup"),
+        "label": info.pop("label", recipe.label),
+        "ingredients": [m.name for m in members],
+        "ingredient_paths": [str(m.path) if m.path else None for m in members],
+        "num_ingredients": len(members),
+        "base_model": first.base_model if first else None,
+        "classes": first.info.get("classes") if first else None,
+        "params": recipe.params,
+        **info,
+        "code_version": code_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _ingredient(ctx: SoupContext, item: Ingredient | str) -> Ingredient:
+    return item if isinstance(item, Ingredient) else ctx.model(str(item))
+
 
 main = stage_entry("soup")
 

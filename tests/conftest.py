@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
 
-# The project's shared folder (the authors' published files) sits beside the checkout.
-SHARED_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers such as wandb_reader
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -27,10 +27,3 @@ def _isolated_paths(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("SOUP_DATA_DIR", raising=False)
     monkeypatch.delenv("SOUP_OUTPUT_DIR", raising=False)
     yield
-
-
-@pytest.fixture
-def shared_reference() -> Path:
-    if not SHARED_REFERENCE.is_dir():
-        pytest.skip(f"no shared reference folder at {SHARED_REFERENCE}")
-    return SHARED_REFERENCE

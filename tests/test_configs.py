@@ -9,10 +9,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from soup_exp.cli import available_experiments
-from soup_exp.utils.entry import CONFIG_DIR, STAGES
+from soup_exp.utils.entry import STAGES, available_options, packaged_config_dir
 
 PRIMARY = list(STAGES)
+CONFIG_DIR = packaged_config_dir()
+
+
+def available_experiments() -> list[str]:
+    return available_options("experiment")
 
 
 @pytest.mark.parametrize("stage", PRIMARY)
@@ -90,12 +94,12 @@ def test_output_dir_of_another_experiment_is_refused(tmp_path):
 def test_pipeline_passes_each_stage_only_the_overrides_it_understands():
     from soup_exp.pipeline import overrides_for
 
-    given = ["experiment=smoke", "recipe.greedy.tolerance=0.1", "pipeline.sweep_size=2",
+    given = ["experiment=smoke", "recipes.greedy.tolerance=0.1", "pipeline.sweep_size=2",
              "train.lr=1e-4", "logger=disabled", "+hydra.job.env_set.X=1"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         assert overrides_for("finetune", given) == [
             "experiment=smoke", "train.lr=1e-4", "logger=disabled", "+hydra.job.env_set.X=1"]
         assert overrides_for("soup", given) == [
-            "experiment=smoke", "recipe.greedy.tolerance=0.1", "logger=disabled",
+            "experiment=smoke", "recipes.greedy.tolerance=0.1", "logger=disabled",
             "+hydra.job.env_set.X=1"]
         assert "pipeline.sweep_size=2" in overrides_for("pipeline", given)

@@ -37,7 +37,7 @@ def test_smoke_ingredients_follow_the_contract(smoke_run):
     for run in runs:
         meta = json.loads((run / "ingredient.json").read_text())
         assert meta["name"] == run.name
-        assert meta["kind"] in {"lp", "individual"}
+        assert meta["kind"] in {"lp", "finetune"}
         assert 0.0 <= meta["held_out_accuracy"] <= 1.0
         for key in ("base_model", "hparams", "config", "code_version", "classes"):
             assert key in meta
@@ -89,7 +89,7 @@ def test_smoke_figures_are_real_images(smoke_run):
 
 @pytest.mark.slow
 def test_smoke_logs_an_offline_wandb_run_per_stage(smoke_run):
-    from soup_exp.tracking.wandb_file import read_offline_run
+    from wandb_reader import read_offline_run
 
     out, _ = smoke_run
     runs = [read_offline_run(d) for d in sorted((out / "wandb").glob("offline-run-*"))]

@@ -8,10 +8,14 @@ columns, ImageNet itself is the identity; all are one mechanism: ``LogitProjecti
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from soup_exp.errors import SoupExpError
+from soup_exp.utils.hashing import stable_hash
 
 
 @dataclass(frozen=True)
@@ -79,3 +83,24 @@ class LabeledImages:
 
     def project(self, logits: torch.Tensor) -> torch.Tensor:
         return logits if self.projection is None else self.projection(logits)
+
+    def files_fingerprint(self) -> str:
+        """Hash of every (path, size, mtime): any edited, added, removed or reordered file changes it."""
+        entries = []
+        for path in self.paths:
+            try:
+                stat = os.stat(path)
+            except OSError as error:
+                raise SoupExpError(f"{self.name}: cannot read {path} ({error.strerror or error})") from error
+            entries.append((path, stat.st_size, stat.st_mtime_ns))
+        return stable_hash(entries, length=32)
+
+    def identity(self) -> str:
+        """What a result on this dataset depends on besides the model and the transform:
+        the files, their labels, the projection and the crop."""
+        return stable_hash({
+            "name": self.name, "root": str(self.root), "files": self.files_fingerprint(),
+            "targets": stable_hash([t for _, t in self.samples]), "num_targets": self.num_targets,
+            "projection": None if self.projection is None else [list(g) for g in self.projection.groups],
+            "border_crop": self.border_crop,
+        }, length=20)

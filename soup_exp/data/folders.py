@@ -1,4 +1,4 @@
-"""Any ImageFolder-style dataset whose folders map to ImageNet classes (``data.folders``).
+"""Any ImageFolder-style dataset whose folders map to ImageNet classes (a user's dataset).
 
 A user's own shift set is ``<root>/<folder>/<images>`` plus a mapping from each folder to
 one or more ImageNet classes (wnids or indices), given inline or as a JSON file. With no
@@ -18,8 +18,8 @@ from soup_exp.data.classes import ClassSpace, wnid_to_index
 from soup_exp.data.layout import DatasetLayoutError, scan_class_folders, subfolders
 
 FOLDERS_TREE = """\
-<data.folders.NAME.root>/
-  <folder>/  *.jpg|*.jpeg|*.png      one folder per class; data.folders.NAME.mapping maps
+<data.datasets.NAME.root>/
+  <folder>/  *.jpg|*.jpeg|*.png      one folder per class; data.datasets.NAME.mapping maps
   ...                                each folder to an ImageNet wnid/index (or a list)"""
 
 
@@ -53,8 +53,12 @@ def _load_mapping(root: Path, mapping, name: str) -> dict[str, list[int]]:
     return {str(f): _imagenet_indices(str(f), v, name) for f, v in mapping.items()}
 
 
-def read_mapped_folders(name: str, root: str | os.PathLike, mapping, classes: ClassSpace) -> LabeledImages:
-    """Folders (sorted) with a mapped class in ``classes`` become targets 0..K-1."""
+def read_mapped_folders(name: str, classes: ClassSpace, *, root: str | os.PathLike, mapping=None) -> LabeledImages:
+    """Folders (sorted) with a mapped class in ``classes`` become targets 0..K-1.
+
+    ``mapping``: ``{folder: wnid | index | [several]}`` inline or a JSON file; None means
+    the folder names are wnids. A folder is scored by the max over its mapped columns.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetLayoutError(f"{name}: dataset root {root} does not exist.\n"

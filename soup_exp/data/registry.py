@@ -69,17 +69,33 @@ def _prepare(data_cfg: Mapping) -> None:
 
 
 def build_eval_dataset(name: str, data_cfg: Mapping, classes: ClassSpace | None = None) -> LabeledImages:
-    """The evaluation set ``name`` (a result key, or a ``data.folders.<name>`` entry)."""
+    """The evaluation set ``name``: a built-in result key, or a user's dataset in
+    ``data.datasets.<name>`` (one file in the ``datasets`` config group)."""
     classes = classes or class_space(data_cfg)
     _prepare(data_cfg)
     if name in EVAL_DATASETS:
         return EVAL_DATASETS[name](data_cfg, classes)
-    folders = data_cfg.get("folders") or {}
-    if name in folders:
-        spec = folders[name]
-        return read_mapped_folders(name, spec["root"], to_plain(spec.get("mapping")), classes)
-    raise ConfigError(f"unknown evaluation dataset {name!r}; known: "
-                      f"{', '.join([*EVAL_DATASETS, *folders])} (add your own under data.folders)")
+    extra = to_plain(data_cfg.get("datasets")) or {}
+    if name in extra:
+        return user_dataset(name, dict(extra[name]), classes)
+    raise ConfigError(f"unknown evaluation dataset {name!r}; known: {', '.join([*EVAL_DATASETS, *extra])} "
+                      "(add your own as a file in the datasets config group, see docs/extending.md)")
+
+
+def user_dataset(name: str, spec: dict, classes: ClassSpace) -> LabeledImages:
+    """``spec['_target_'](name, classes, **rest)``; the default target reads an ImageFolder
+    tree whose folders map to ImageNet classes (:func:`read_mapped_folders`)."""
+    from hydra.utils import get_method
+
+    target = spec.pop("_target_", None)
+    reader = get_method(target) if target else read_mapped_folders
+    try:
+        dataset = reader(name, classes, **spec)
+    except TypeError as err:
+        raise ConfigError(f"data.datasets.{name}: {err}") from err
+    if not isinstance(dataset, LabeledImages):
+        raise ConfigError(f"data.datasets.{name}: {target} returned {type(dataset).__name__}, not LabeledImages")
+    return dataset
 
 
 def build_train_samples(data_cfg: Mapping, classes: ClassSpace | None = None) -> list[tuple[str, int]]:

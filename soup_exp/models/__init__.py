@@ -18,7 +18,6 @@ from soup_exp.models.backbones import (  # noqa: E402
     build_backbone,
 )
 from soup_exp.models.classifier import (  # noqa: E402
-    CheckpointMismatchError,
     ImageClassifier,
     build_classifier,
     load_classifier,
@@ -30,7 +29,6 @@ __all__ = [
     "MODEL_CONFIG_DIR",
     "Backbone",
     "BackboneLoadError",
-    "CheckpointMismatchError",
     "ImageClassifier",
     "build_backbone",
     "build_classifier",

@@ -72,7 +72,8 @@ def pretrained_label(pretrained: Any) -> str:
 
 def model_id_for(model_cfg: Mapping) -> str:
     """``<source>:<name>:<tag or checkpoint file name>``, e.g. ``open_clip:ViT-B-32:openai``."""
-    return f"{config_get(model_cfg, 'source', 'open_clip')}:{model_cfg['name']}:{pretrained_label(config_get(model_cfg, 'pretrained'))}"
+    source = config_get(model_cfg, "_target_") or config_get(model_cfg, "source", "open_clip")
+    return f"{source}:{model_cfg['name']}:{pretrained_label(config_get(model_cfg, 'pretrained'))}"
 
 
 def load_error(model_cfg: Mapping, reason: BaseException | str) -> BackboneLoadError:
@@ -232,14 +233,29 @@ BACKBONE_SOURCES: dict[str, Callable[[Mapping, bool], Backbone]] = {
 
 
 def build_backbone(model_cfg: Mapping, pretrained: bool = True) -> Backbone:
-    """Create the backbone described by a ``conf/model/*.yaml`` config.
+    """Create the backbone described by a ``model/*.yaml`` config.
 
+    ``source`` picks a built-in family (open_clip, timm); a config with ``_target_``
+    instead names the user's own ``fn(model_cfg, pretrained) -> Backbone``.
     ``pretrained=False`` builds the same architecture and transforms without touching the
     network or the checkpoint (skeletons for loading ingredients and soups).
     """
-    source = config_get(model_cfg, "source", "open_clip")
-    if source not in BACKBONE_SOURCES:
-        raise ValueError(f"model.source='{source}' is not one of {sorted(BACKBONE_SOURCES)}")
-    backbone = BACKBONE_SOURCES[source](model_cfg, pretrained)
-    log.info("built backbone %s (pretrained weights %s)", backbone.model_id, "loaded" if pretrained else "not loaded")
+    target = config_get(model_cfg, "_target_")
+    if target:
+        from hydra.utils import get_method
+
+        builder = get_method(str(target))
+    else:
+        source = config_get(model_cfg, "source", "open_clip")
+        if source not in BACKBONE_SOURCES:
+            raise BackboneLoadError(f"model.source={source!r} is not one of {sorted(BACKBONE_SOURCES)} "
+                                    "(or give model._target_: your own builder)")
+        builder = BACKBONE_SOURCES[source]
+    backbone = builder(model_cfg, pretrained)
+    if not isinstance(backbone, Backbone):
+        raise BackboneLoadError(f"{target} returned {type(backbone).__name__}, not a soup_exp.models.Backbone")
+    if pretrained:
+        log.info("built backbone %s with its pretrained weights", backbone.model_id)
+    else:
+        log.debug("built the architecture of %s (weights are loaded from an ingredient or soup)", backbone.model_id)
     return backbone

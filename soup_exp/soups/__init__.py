@@ -2,9 +2,14 @@
 
 Public API (stable): ``uniform_soup``, ``greedy_soup``, ``learned_soup``; ingredients may
 be safetensors paths, run directories, sweep directories, globs or in-memory state dicts.
-The soup stage itself is :func:`soup_exp.soups.stage.run_soups`.
+
+Each algorithm module also holds its recipe, ``<name>_recipe(ctx, **params)``, which the
+``recipes/<name>.yaml`` config names; :mod:`.recipe` says what a recipe is (a user's is
+written the same way: ``Soup``, ``Range``) and :mod:`.context` what it is given
+(``SoupContext``). The soup stage itself is :func:`soup_exp.soup.run_soups`.
 """
 
+from soup_exp.soups.context import SoupContext
 from soup_exp.soups.ensemble import EnsembleResult, greedy_ensemble, logit_ensemble
 from soup_exp.soups.greedy import GreedyResult, greedy_soup
 from soup_exp.soups.ingredients import (
@@ -19,14 +24,15 @@ from soup_exp.soups.ingredients import (
     validate_ingredients,
 )
 from soup_exp.soups.learned import LearnedResult, learned_soup
-from soup_exp.soups.model_stock import ModelStockResult, model_stock
+from soup_exp.soups.model_stock import ModelStockResult, model_stock_soup
+from soup_exp.soups.recipe import Range, Soup
 from soup_exp.soups.uniform import uniform_soup
-from soup_exp.soups.wise_ft import wise_ft
+from soup_exp.soups.wise_ft import wise_ft_soups
 
 __all__ = [
-    "EmptyIngredientsError", "EnsembleResult", "GreedyResult", "Ingredient", "IngredientError",
+    "EmptyIngredientsError", "EnsembleResult", "Range", "Soup", "SoupContext", "GreedyResult", "Ingredient", "IngredientError",
     "IngredientMismatchError", "LearnedResult", "ModelStockResult", "NonFiniteWeightsError",
     "UnsafeCheckpointError", "greedy_ensemble", "greedy_soup", "learned_soup", "load_ingredients",
-    "logit_ensemble", "model_stock", "resolve_ingredients", "uniform_soup", "validate_ingredients",
-    "wise_ft",
+    "logit_ensemble", "model_stock_soup", "resolve_ingredients", "uniform_soup", "validate_ingredients",
+    "wise_ft_soups",
 ]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
+from soup_exp.soups.context import SoupContext
 from soup_exp.soups.greedy import run_greedy_rule
+from soup_exp.soups.recipe import Range, Soup
 
 LoadLogits = Callable[[int], torch.Tensor]
 AccuracyFromLogits = Callable[[torch.Tensor], float]
@@ -68,3 +70,22 @@ def greedy_ensemble(
     state = run_greedy_rule(names, scores, try_candidate, accept, tolerance=tolerance,
                             progress=progress, desc="greedy ensemble")
     return EnsembleResult(list(state["chosen"]), float(state["best"]), state["history"])
+
+
+def ensemble_recipe(ctx: SoupContext) -> Soup:
+    """Recipe ``ensemble``: every ingredient's logits averaged (N models at inference)."""
+    n = len(ctx.ingredients)
+    result = logit_ensemble(n, ctx.heldout_logits, ctx.logits_accuracy)
+    return Soup(None, {"kind": "ensemble", "members": ctx.names, "coefficients": [1.0 / n] * n,
+                       "held_out_accuracy": result.accuracy})
+
+
+def greedy_ensemble_recipe(ctx: SoupContext, *, tolerance: Annotated[float, Range(0.0)]) -> Soup:
+    """Recipe ``greedy_ensemble``: the greedy rule over logit ensembles."""
+    result = greedy_ensemble(ctx.names, ctx.scores, ctx.heldout_logits, ctx.logits_accuracy,
+                             tolerance=tolerance, progress=ctx.progress)
+    ctx.log_table("history", result.history)
+    members = [ctx.names[i] for i in result.members]
+    return Soup(None, {"kind": "ensemble", "members": members, "ingredients": members,
+                       "coefficients": [1.0 / len(members)] * len(members), "history": result.history,
+                       "held_out_accuracy": result.accuracy, "pool": ctx.names})

@@ -14,12 +14,14 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from tqdm.auto import tqdm
 
+from soup_exp.soups.context import SoupContext
 from soup_exp.soups.ingredients import Ingredient, IngredientError, IngredientLike, load_ingredients
+from soup_exp.soups.recipe import Range, Soup
 from soup_exp.soups.streaming import finalize, weighted_sum
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.utils.io import atomic_write_json, read_json
@@ -210,3 +212,16 @@ def _load_state(state_file: str | Path | None, fingerprint: str) -> dict[str, An
         log.warning("%s belongs to another ingredient pool or tolerance: starting afresh", state_file)
         return None
     return {k: state[k] for k in ("position", "chosen", "best", "history")}
+
+
+def greedy_recipe(ctx: SoupContext, *, tolerance: Annotated[float, Range(0.0)]) -> Soup:
+    """Recipe ``greedy``: the paper's greedy soup, resumable after every candidate."""
+    result = greedy_soup(ctx.ingredients, ctx.scores, ctx.evaluate, tolerance=tolerance,
+                         state_file=ctx.state_file(), accumulate_dtype=ctx.accumulate_dtype,
+                         candidate_buffer=ctx.candidate_buffer(), progress=ctx.progress)
+    ctx.log_table("history", result.history)
+    k = len(result.chosen)
+    return Soup(result.state_dict, {
+        "ingredients": result.chosen_names, "coefficients": [1.0 / k] * k, "history": result.history,
+        "held_out_accuracy": result.accuracy, "pool": ctx.names,
+    })

@@ -19,14 +19,12 @@ from typing import Any, Union
 
 import torch
 
+from soup_exp.artifacts import INGREDIENT_FILE, WEIGHTS_FILE, find_dirs, ingredient_record
 from soup_exp.errors import SoupExpError
-from soup_exp.utils.io import read_json
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.safetensors"
-INFO_FILE = "ingredient.json"
-SOUPABLE_KINDS = frozenset({"lp", "individual"})
+SOUPABLE_KINDS = frozenset({"lp", "finetune"})
 PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar"})
 
 IngredientLike = Union[str, os.PathLike, Mapping[str, torch.Tensor], "Ingredient"]
@@ -116,6 +114,7 @@ class SafetensorsSource(TensorSource):
                 for key in self._keys:
                     sl = f.get_slice(key)
                     self._specs[key] = (_SAFETENSORS_DTYPES[sl.get_dtype()], tuple(sl.get_shape()))
+                self.metadata = dict(f.metadata() or {})
         except Exception as e:  # safetensors raises its own error types for bad headers
             raise IngredientError(f"{self.path}: not a readable safetensors file ({e})") from e
         offsets = _data_offsets(self.path)
@@ -196,7 +195,7 @@ class Ingredient:
         return self.source.nbytes()
 
     def _checked(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
-        if self.check_finite and tensor.is_floating_point() and not _all_finite(tensor):
+        if self.check_finite and tensor.is_floating_point() and not all_finite(tensor):
             raise NonFiniteWeightsError(
                 f"{self.where}: tensor '{key}' has NaN or infinite values; this ingredient "
                 "cannot be souped (was its training run diverging?). Remove it from the pool."
@@ -204,7 +203,7 @@ class Ingredient:
         return tensor
 
 
-def _all_finite(tensor: torch.Tensor) -> bool:
+def all_finite(tensor: torch.Tensor) -> bool:
     """NaN and inf show in min/max; one fused pass, ~20x faster than isfinite().all()."""
     if tensor.numel() == 0:
         return True
@@ -237,7 +236,7 @@ def resolve_ingredients(items: IngredientLike | Iterable[IngredientLike], *,
         where = ", ".join(searched) if searched else "the given list"
         raise EmptyIngredientsError(
             f"no ingredients found in {where}. Expected run directories holding "
-            f"{WEIGHTS_FILE} + {INFO_FILE} (written by `soup-exp finetune`), .safetensors "
+            f"{WEIGHTS_FILE} + {INGREDIENT_FILE} (written by `soup-exp finetune`), .safetensors "
             "files or state dicts; set recipe.ingredients to a sweep directory or glob."
         )
     _check_unique_names(result)
@@ -257,17 +256,16 @@ def _from_path_or_glob(spec: str, kinds: frozenset[str] | None) -> list[Ingredie
 def _from_path(path: Path, kinds: frozenset[str] | None, explicit: bool) -> list[Ingredient]:
     if path.is_file():
         return _from_file(path, kinds)
-    if (path / INFO_FILE).is_file():
+    if (path / INGREDIENT_FILE).is_file():
         return _from_run_dir(path, kinds)
-    runs = sorted({p.parent for p in path.rglob(INFO_FILE)} | {p.parent for p in path.rglob(WEIGHTS_FILE)})
-    found = [ing for run in runs for ing in _from_run_dir(run, kinds)]
+    runs = find_dirs(path, INGREDIENT_FILE)
     if not runs and explicit and not any(path.iterdir()):
         log.warning("ingredient directory %s is empty", path)
-    return found
+    return [ing for run in runs for ing in _from_run_dir(run, kinds)]
 
 
 def _from_file(path: Path, kinds: frozenset[str] | None) -> list[Ingredient]:
-    if path.name == INFO_FILE:
+    if path.name == INGREDIENT_FILE:
         return _from_run_dir(path.parent, kinds)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise UnsafeCheckpointError(
@@ -277,21 +275,20 @@ def _from_file(path: Path, kinds: frozenset[str] | None) -> list[Ingredient]:
         )
     if path.suffix != ".safetensors":
         raise IngredientError(f"{path}: expected a .safetensors file or a run directory")
-    if (path.parent / INFO_FILE).is_file() and path.name == WEIGHTS_FILE:
+    if (path.parent / INGREDIENT_FILE).is_file() and path.name == WEIGHTS_FILE:
         return _from_run_dir(path.parent, kinds)
-    return [Ingredient(path.stem, SafetensorsSource(path), path=path)]
+    source = SafetensorsSource(path)
+    info = {k: source.metadata[k] for k in ("base_model",) if source.metadata.get(k)}
+    return [Ingredient(path.stem, source, path=path, info=info)]
 
 
 def _from_run_dir(run: Path, kinds: frozenset[str] | None) -> list[Ingredient]:
-    info_path, weights = run / INFO_FILE, run / WEIGHTS_FILE
-    if not info_path.is_file():
-        log.info("skipping %s: no %s yet (unfinished run)", run, INFO_FILE)
-        return []
-    info = read_json(info_path)
+    info = ingredient_record(run)
     kind = info.get("kind")
     if kinds is not None and kind is not None and kind not in kinds:
         log.info("skipping %s: kind '%s' is not an ingredient (souped kinds: %s)", run, kind, sorted(kinds))
         return []
+    weights = run / WEIGHTS_FILE
     if not weights.is_file():
         pickled = [p.name for p in run.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
         if pickled:
@@ -299,8 +296,8 @@ def _from_run_dir(run: Path, kinds: frozenset[str] | None) -> list[Ingredient]:
                 f"{run}: has {pickled} but no {WEIGHTS_FILE}; pickled checkpoints are never loaded. "
                 "Convert them to safetensors."
             )
-        raise IngredientError(f"{run}: {INFO_FILE} present but {WEIGHTS_FILE} is missing")
-    return [Ingredient(str(info.get("name") or run.name), SafetensorsSource(weights), path=weights, info=info)]
+        raise IngredientError(f"{run}: {INGREDIENT_FILE} present but {WEIGHTS_FILE} is missing")
+    return [Ingredient(info["name"], SafetensorsSource(weights), path=weights, info=info)]
 
 
 def _check_unique_names(ingredients: Sequence[Ingredient]) -> None:

@@ -17,14 +17,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from soup_exp.soups.context import SoupContext
 from soup_exp.soups.ingredients import IngredientLike, float_keys, load_ingredients
+from soup_exp.soups.recipe import Range, Soup
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +169,33 @@ def learned_soup(
     coefficients: Any = (alphas[0].tolist() if mode == "per_model"
                          else {k: alphas[i].tolist() for i, k in enumerate(keys)})
     return LearnedResult(state_dict, coefficients, float(beta.detach()), curve, names, mode, placement)
+
+
+def learned_recipe(
+    ctx: SoupContext,
+    *,
+    mode: Mode,
+    lr: Annotated[float, Range(0.0, low_open=True)],
+    epochs: Annotated[int, Range(1)],
+    batch_size: Annotated[int, Range(1)],
+    weight_decay: Annotated[float, Range(0.0)],
+) -> Soup:
+    """Recipes ``learned_per_model`` and ``learned_by_layer``: coefficients learned on held-out."""
+    def log_step(point: dict[str, float]) -> None:
+        ctx.run.log({f"{ctx.recipe}/loss": point["loss"], f"{ctx.recipe}/step": point["step"]})
+
+    result = learned_soup(ctx.ingredients, ctx.skeleton, lambda epoch: ctx.heldout_batches(batch_size, epoch),
+                          mode=mode, epochs=epochs, lr=lr, weight_decay=weight_decay, device=ctx.device,
+                          on_step=log_step, progress=ctx.progress)
+    if mode == "per_model":
+        rows = [{"ingredient": n, "coefficient": c} for n, c in zip(result.names, result.coefficients, strict=True)]
+    else:
+        rows = [{"parameter": key, "ingredient": n, "coefficient": c}
+                for key, row in result.coefficients.items() for n, c in zip(result.names, row, strict=True)]
+    ctx.log_table("coefficients", rows)
+    ctx.log_table("curve", result.curve)
+    ctx.run.summary({f"{ctx.recipe}/beta": result.beta})
+    return Soup(result.state_dict, {
+        "coefficients": result.coefficients, "beta": result.beta, "curve": result.curve,
+        "held_out_accuracy": ctx.evaluate(result.state_dict), "placement": result.placement,
+    })

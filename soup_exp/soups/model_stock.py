@@ -9,11 +9,13 @@ pass suffices: memory is the pretrained model plus two fp32 sums, whatever N is.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
+from soup_exp.soups.context import SoupContext
 from soup_exp.soups.ingredients import (
     IngredientLike,
     float_keys,
@@ -21,7 +23,10 @@ from soup_exp.soups.ingredients import (
     resolve_ingredients,
     validate_ingredients,
 )
+from soup_exp.soups.recipe import Soup
 from soup_exp.soups.streaming import prefetched, stream_tensors
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,7 +35,7 @@ class ModelStockResult:
     ratios: dict[str, float]  # t per tensor: weight of the fine-tuned average
 
 
-def model_stock(
+def model_stock_soup(
     ingredients: IngredientLike | Iterable[IngredientLike],
     pretrained: IngredientLike,
     *,
@@ -74,3 +79,12 @@ def model_stock(
         directions.pop(key)
         out[key] = merged.to(dtype)
     return ModelStockResult(out, ratios)
+
+
+def model_stock_recipe(ctx: SoupContext) -> Soup | None:
+    """Recipe ``model_stock``: the pool's average pulled towards the zero-shot model."""
+    if ctx.zeroshot is None:
+        log.warning("Model Stock skipped: it needs the pretrained (zero-shot) model in %s", ctx.cfg.zeroshot_dir)
+        return None
+    result = model_stock_soup(ctx.ingredients, ctx.zeroshot, progress=ctx.progress)
+    return Soup(result.state_dict, {"coefficients": result.ratios, "pretrained": ctx.zeroshot.name})

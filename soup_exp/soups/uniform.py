@@ -6,7 +6,9 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from soup_exp.soups.context import SoupContext
 from soup_exp.soups.ingredients import IngredientError, IngredientLike, load_ingredients
+from soup_exp.soups.recipe import Soup
 from soup_exp.soups.streaming import finalize, weighted_sum
 
 
@@ -37,3 +39,10 @@ def uniform_soup(
 
 def _finite(x: float) -> bool:
     return x == x and abs(x) != float("inf")
+
+
+def uniform_recipe(ctx: SoupContext) -> Soup:
+    """Recipe ``uniform``: the plain average of the whole pool."""
+    n = len(ctx.ingredients)
+    state_dict = uniform_soup(ctx.ingredients, accumulate_dtype=ctx.accumulate_dtype, progress=ctx.progress)
+    return Soup(state_dict, {"coefficients": [1.0 / n] * n})

@@ -3,17 +3,23 @@ zero-shot model, ``(1 - alpha) * zeroshot + alpha * model``, over a grid of alph
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
+from typing import Annotated
 
 import torch
 
+from soup_exp.soups.context import SoupContext
 from soup_exp.soups.ingredients import IngredientLike, load_ingredients
+from soup_exp.soups.recipe import Range, Soup
 from soup_exp.soups.streaming import finalize, weighted_sum
+
+log = logging.getLogger(__name__)
 
 PAPER_ALPHAS = tuple(round(a / 10, 1) for a in range(11))
 
 
-def wise_ft(
+def wise_ft_soups(
     model: IngredientLike,
     zeroshot: IngredientLike,
     alphas: Sequence[float] = PAPER_ALPHAS,
@@ -30,3 +36,28 @@ def wise_ft(
         acc = weighted_sum(pair, [1.0 - alpha, alpha], accumulate_dtype=accumulate_dtype,
                            desc=f"WiSE-FT alpha={alpha:g}")
         yield alpha, finalize(acc, 1.0, pair[0])
+
+
+def wise_ft_name(of: str, alpha: float) -> str:
+    return f"wise_ft_{of}_a{alpha:.2f}"
+
+
+def wise_ft_recipe(
+    ctx: SoupContext, *, of: list[str], alphas: list[Annotated[float, Range(0.0, 1.0)]]
+) -> Iterator[Soup]:
+    """Recipe ``wise_ft``: each model in ``of`` (a soup cooked before, an ingredient, or
+    ``best_individual``) interpolated with the zero-shot model at every alpha."""
+    zeroshot = ctx.zeroshot
+    if zeroshot is None:
+        log.warning("WiSE-FT skipped: no zero-shot model in %s (run `soup-exp finetune sweep=zeroshot`)",
+                    ctx.cfg.zeroshot_dir)
+        return
+    for name in of:
+        todo = [a for a in alphas if not ctx.finished(wise_ft_name(name, a))]
+        if not todo:
+            continue
+        model = ctx.model(name)
+        for alpha, state_dict in wise_ft_soups(model, zeroshot, todo, accumulate_dtype=ctx.accumulate_dtype):
+            yield Soup(state_dict, {"kind": "wise_ft", "ingredients": [zeroshot, model],
+                                    "coefficients": [1.0 - alpha, alpha], "alpha": alpha,
+                                    "interpolated": name}, name=wise_ft_name(name, alpha))

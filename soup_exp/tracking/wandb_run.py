@@ -98,10 +98,6 @@ class Run:
             warnings.warn(f"W&B finish failed ({err!r}); local outputs are unaffected", stacklevel=2)
             return
         if self.mode == "offline" and self._dir is not None:
-            from soup_exp.tracking.wandb_file import wait_until_complete
-
-            if not wait_until_complete(self._dir):
-                log.warning("W&B run file in %s is still being written", self._dir)
             log.info("W&B offline run saved to %s (upload with: wandb sync %s)", self._dir, self._dir)
 
     def __enter__(self) -> Run:

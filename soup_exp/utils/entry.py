@@ -1,71 +1,151 @@
-"""The stage registry and the thin Hydra entry point every stage module exposes."""
+"""The stage registry and the Hydra entry point every stage module exposes.
+
+The config tree ships inside the package (``soup_exp.conf``, mapped from the repository's
+top-level ``conf/``), so an installed wheel runs every stage. A user's ``--config-dir``
+becomes Hydra's primary config directory and the packaged tree is searched after it, so a
+user's file shadows a packaged one of the same name and adds to its groups.
+"""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig
+from soup_exp.errors import ConfigError
 
-from soup_exp.utils.experiment import run_stage
+CONFIG_PACKAGE = "soup_exp.conf"
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+@cache
+def packaged_config_dir() -> Path:
+    """The directory of the packaged config tree (site-packages, or the checkout's conf/)."""
+    spec = importlib.util.find_spec(CONFIG_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"the packaged configs ({CONFIG_PACKAGE}) are missing from this installation")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     summary: str
-    target: str  # "module:function" taking the composed DictConfig
+    module: str  # `python -m <module>` runs the stage; the module defines `function`
+    function: str
     claims_output: bool = True  # writes into the experiment's output directory
-    module: str = ""  # the module `python -m` runs; soup_exp.<name> unless a package clashes
 
-    def __post_init__(self) -> None:
-        if not self.module:
-            object.__setattr__(self, "module", f"soup_exp.{self.name}")
-
-    def function(self) -> Callable[[DictConfig], Any]:
-        module, _, function = self.target.partition(":")
-        return getattr(importlib.import_module(module), function)
+    def run(self) -> Callable[..., Any]:
+        return getattr(importlib.import_module(self.module), self.function)
 
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
         Stage("finetune", "fine-tune one ingredient (zero-shot, LP init or end-to-end); -m for sweeps",
-              "soup_exp.train.finetune:run_finetune"),
-        Stage("soup", "cook uniform, greedy and learned soups and the baselines from ingredients",
-              "soup_exp.soups.stage:run_soups"),
+              "soup_exp.finetune", "run_finetune"),
+        Stage("soup", "cook the selected recipes (soups and baselines) from a pool of ingredients",
+              "soup_exp.soup", "run_soups"),
         Stage("evaluate", "evaluate models on held-out, ImageNet and the five shifts -> results.jsonl",
-              "soup_exp.eval.stage:run_evaluate"),
+              "soup_exp.evaluate", "run_evaluate"),
         Stage("report", "the paper's table and figures from results files (and the published numbers)",
-              "soup_exp.report.stage:run_report", claims_output=False,
-              module="soup_exp.report.__main__"),
+              "soup_exp.report", "run_report", claims_output=False),
         Stage("pipeline", "all stages in order for one experiment (e.g. experiment=demo)",
-              "soup_exp.pipeline:run_pipeline"),
+              "soup_exp.pipeline", "run_pipeline"),
     ]
 }
 
+_CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+
+
+def split_config_dir(args: Sequence[str]) -> tuple[Path | None, list[str]]:
+    """Take Hydra's ``--config-dir DIR`` (or ``-cd DIR``, ``--config-dir=DIR``) out of ``args``."""
+    rest: list[str] = []
+    found: str | None = None
+    items = iter(args)
+    for arg in items:
+        flag, eq, value = arg.partition("=")
+        if flag in _CONFIG_DIR_FLAGS:
+            found = value if eq else next(items, None)
+            if not found:
+                raise ConfigError(f"{flag} needs a directory")
+        else:
+            rest.append(arg)
+    if found is None:
+        return None, rest
+    path = Path(found).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(f"--config-dir {found}: no such directory")
+    return path, rest
+
+
+def config_dirs(user_dir: Path | None) -> list[Path]:
+    """Where configs are searched, first match wins."""
+    return [d for d in (user_dir, packaged_config_dir()) if d is not None]
+
+
+def available_options(group: str, user_dir: Path | None = None) -> list[str]:
+    return sorted({p.stem for d in config_dirs(user_dir) for p in (d / group).glob("*.yaml")})
+
+
+def check_experiment(args: Sequence[str], user_dir: Path | None) -> None:
+    """An unknown ``experiment=`` is one line listing the known ones, not a Hydra traceback.
+
+    With ``hydra.searchpath`` overrides the experiment may live anywhere: Hydra checks it.
+    """
+    if any(a.partition("=")[0].lstrip("+~") == "hydra.searchpath" for a in args):
+        return
+    known = available_options("experiment", user_dir)
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") == "experiment":
+            unknown = [n for n in value.split(",") if n and n not in known]
+            if unknown:
+                where = ", ".join(str(d / "experiment") for d in config_dirs(user_dir))
+                raise ConfigError(f"unknown experiment {unknown[0]!r}; available: {', '.join(known)} "
+                                  f"(files in {where})")
+
+
+def _search_packaged_configs_after(user_dir: Path) -> None:
+    """Register a Hydra search-path plugin that puts the packaged tree after ``user_dir``."""
+    from hydra.core.config_search_path import ConfigSearchPath
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+    class PackagedConfigs(SearchPathPlugin):
+        def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+            search_path.append("soup-exp", f"file://{packaged_config_dir()}")
+
+    Plugins.instance().register(PackagedConfigs)
+
 
 def stage_entry(name: str) -> Callable[[], None]:
-    """``main()`` for `python -m soup_exp.<name>`: compose ``conf/<name>.yaml`` and run
-    the stage's function (imported lazily, so `--help` stays fast)."""
+    """``main()`` for `python -m soup_exp.<name>`: compose ``<name>.yaml`` and run the stage."""
     stage = STAGES[name]
 
-    @hydra.main(config_path=str(CONFIG_DIR), config_name=name, version_base="1.3")
-    def _main(cfg: DictConfig) -> Any:
+    def task(cfg: Any) -> Any:
+        from soup_exp.utils.experiment import run_stage
+
         claim = stage.claims_output and not cfg.get("check_data", False)
-        return run_stage(cfg, stage.function(), claim=claim)
+        return run_stage(cfg, stage.run(), claim=claim)
 
     def main() -> None:
-        from soup_exp.cli import exit_on_unknown_experiment
+        import hydra
 
-        exit_on_unknown_experiment(sys.argv[1:])
-        _main()
+        try:
+            user_dir, args = split_config_dir(sys.argv[1:])
+            check_experiment(args, user_dir)
+        except ConfigError as err:
+            print(f"soup-exp {name}: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        if user_dir is not None:
+            _search_packaged_configs_after(user_dir)
+        sys.argv = [sys.argv[0], *args]
+        config_path = str(user_dir or packaged_config_dir())
+        hydra.main(config_path=config_path, config_name=name, version_base="1.3")(task)()
 
     return main

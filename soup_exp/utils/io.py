@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -20,7 +21,12 @@ import torch
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    The file gets the permissions of a plain ``open()`` under the user's umask (temp files
+    are created 0600), so teammates on shared storage can read results. A temp file that
+    was replaced by a hard link to an existing file keeps that file's mode.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -28,11 +34,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
+        if tmp_path.stat().st_nlink == 1:
+            os.chmod(tmp_path, 0o666 & ~current_umask())
+        fd = os.open(tmp_path, os.O_RDONLY)  # read-only: a linked ingredient may be write-protected
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -91,25 +116,24 @@ def json_default(obj: Any) -> Any:
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike, waiting: str | None = None) -> Iterator[None]:
-    """Exclusive advisory lock (POSIX ``flock``) on ``path`` for the ``with`` block.
+    """Exclusive inter-process lock on ``path`` (the ``filelock`` package) for the block.
 
     Serialises work that concurrent sweep jobs would otherwise do twice (data
     generation, pretraining, cache builds) or interleave (results rows). ``waiting`` is
-    logged when another process holds the lock. Where the filesystem refuses locks the
-    block runs unlocked: every writer behind these locks also publishes atomically.
+    logged when another process holds the lock.
     """
-    import fcntl
-    import logging
+    from filelock import FileLock, Timeout
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if waiting:
-                logging.getLogger(__name__).info("%s", waiting)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError as err:
-            logging.getLogger(__name__).warning("cannot lock %s (%s); continuing unlocked", path, err)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if waiting:
+            logging.getLogger(__name__).info("%s", waiting)
+        lock.acquire()
+    try:
         yield
+    finally:
+        lock.release()

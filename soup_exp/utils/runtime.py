@@ -25,8 +25,11 @@ def autocast(device: torch.device, precision: str = "bf16"):
 
 
 def code_version() -> str:
-    """Package version plus the git commit of the source tree when there is one."""
+    """Package version, plus the git commit when soup-exp runs from its own checkout (an
+    installed copy never asks git: its parent folder may be anybody's repository)."""
     root = Path(soup_exp.__file__).resolve().parent.parent
+    if not ((root / ".git").exists() and (root / "conf" / "__init__.py").is_file()):
+        return soup_exp.__version__
     try:
         sha = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],

@@ -59,3 +59,15 @@ def test_script_exit_codes(tmp_path, capsys):
         sys.path.pop(0)
     assert check_data.main([f"paths.data_dir={tmp_path}", f"paths.cache_dir={tmp_path}"]) == 1
     assert "missing" in capsys.readouterr().out
+
+
+def test_script_takes_overrides_after_dataset_names(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    try:
+        import check_data
+    finally:
+        sys.path.pop(0)
+    code = check_data.main(["--datasets", "ObjectNet", "ImageNetSketch", f"paths.data_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert code == 1 and "ObjectNet" in out and "ImageNetSketch" in out and "ImageNetR" not in out
+    assert str(tmp_path) in out  # the override reached the config

@@ -128,8 +128,8 @@ def test_mapped_folders_extra(tmp_path):
     put(root / "kitty" / "a.jpg")
     put(root / "doggo" / "b.jpg")
     put(root / "doggo" / "c.jpg")
-    cfg = {"roots": {}, "folders": {"Mine": {"root": str(root),
-                                             "mapping": {"kitty": [281, "n02123159"], "doggo": 207}}}}
+    cfg = {"roots": {}, "datasets": {"Mine": {"root": str(root),
+                                              "mapping": {"kitty": [281, "n02123159"], "doggo": 207}}}}
     ds = build_eval_dataset("Mine", cfg, ClassSpace.full())
     assert ds.info["folders"] == ["doggo", "kitty"] and [t for _, t in ds.samples] == [0, 0, 1]
     assert ds.projection.groups == ((207,), (281, 282))

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import open_clip
 import pytest
 import timm
@@ -11,8 +9,9 @@ from models_testdata import tiny_clip_cfg
 from safetensors.torch import save_file
 
 from soup_exp.models import BackboneLoadError, build_backbone
+from soup_exp.utils.entry import packaged_config_dir
 
-CONF_MODEL = Path(__file__).resolve().parents[2] / "conf" / "model"
+CONF_MODEL = packaged_config_dir() / "model"
 
 
 def timm_cfg(pretrained=None, **extra) -> dict:
@@ -81,7 +80,7 @@ def test_download_failure_is_explained(monkeypatch):
 
 
 def test_unknown_source_and_architecture():
-    with pytest.raises(ValueError, match="model.source='keras'"):
+    with pytest.raises(BackboneLoadError, match="model.source='keras'"):
         build_backbone(dict(source="keras", name="x"))
     with pytest.raises(BackboneLoadError, match="unknown open_clip architecture"):
         build_backbone(dict(source="open_clip", name="ViT-Q-99", pretrained=None))

@@ -5,12 +5,8 @@ import torch
 from models_testdata import tiny_clip_cfg
 from torch import nn
 
-from soup_exp.models import (
-    CheckpointMismatchError,
-    ImageClassifier,
-    build_classifier,
-    load_classifier,
-)
+from soup_exp.artifacts import ArtifactError, CheckpointMismatchError
+from soup_exp.models import ImageClassifier, build_classifier, load_classifier
 from soup_exp.utils.io import atomic_save_safetensors
 
 
@@ -71,8 +67,8 @@ def test_load_classifier_roundtrip_and_key_errors(tmp_path):
         load_classifier(tmp_path / "broken.safetensors", cfg, num_classes=4)
     with pytest.raises(CheckpointMismatchError, match=r"head\.weight: file \(4, 64\) vs model \(7, 64\)"):
         load_classifier(tmp_path / "run", cfg, num_classes=7)
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(ArtifactError, match="model.safetensors"):
         load_classifier(tmp_path / "empty_dir_that_is_missing", cfg, num_classes=4)
     (tmp_path / "weights.pt").write_bytes(b"")
-    with pytest.raises(ValueError, match="safetensors"):
+    with pytest.raises(ArtifactError, match="safetensors"):
         load_classifier(tmp_path / "weights.pt", cfg, num_classes=4)

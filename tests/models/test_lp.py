@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from models_testdata import accuracy
 
-import soup_exp.train.lp as lp
+import soup_exp.training.lp as lp
 from soup_exp.models import build_backbone, zeroshot_head
 
 

@@ -22,7 +22,7 @@ def write_run(root: Path, name: str, state_dict: dict, **info) -> Path:
     run = root / name
     run.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state_dict.items()}, str(run / "model.safetensors"))
-    atomic_write_json(run / "ingredient.json", {"name": name, "kind": "individual",
+    atomic_write_json(run / "ingredient.json", {"name": name, "kind": "finetune",
                                                 "base_model": "test:tiny", **info})
     return run
 

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import torch
 
-from soup_exp.soups import greedy_ensemble, logit_ensemble, model_stock, wise_ft
+from soup_exp.soups import greedy_ensemble, logit_ensemble, model_stock_soup, wise_ft_soups
 
 
 def test_wise_ft_endpoints_and_midpoint(make_sd):
     zs, ft = make_sd(0), make_sd(1)
-    out = dict(wise_ft(ft, zs, [0.0, 0.25, 1.0]))
+    out = dict(wise_ft_soups(ft, zs, [0.0, 0.25, 1.0]))
     for k in zs:
         torch.testing.assert_close(out[0.0][k], zs[k])
         torch.testing.assert_close(out[1.0][k], ft[k])
@@ -18,7 +18,7 @@ def test_model_stock_matches_formula(make_sd):
     w0 = make_sd(0)
     shared = make_sd(5)  # a common fine-tuning direction: positive cosines, as in practice
     fts = [{k: v + shared[k] + 0.7 * make_sd(10 + i)[k] for k, v in w0.items()} for i in range(3)]
-    result = model_stock(fts, w0)
+    result = model_stock_soup(fts, w0)
     for k in w0:
         d = [ft[k].double().flatten() - w0[k].double().flatten() for ft in fts]
         cos = [torch.dot(d[i], d[j]) / (d[i].norm() * d[j].norm()) for i in range(3) for j in range(i + 1, 3)]
@@ -31,7 +31,7 @@ def test_model_stock_matches_formula(make_sd):
 
 def test_model_stock_single_ingredient_is_itself(make_sd):
     w0, ft = make_sd(0), make_sd(1)
-    result = model_stock([ft], w0)
+    result = model_stock_soup([ft], w0)
     for k in ft:
         torch.testing.assert_close(result.state_dict[k], ft[k])
 

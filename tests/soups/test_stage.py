@@ -10,8 +10,12 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch import nn
 
-from soup_exp.soups import stage as stage_module
-from soup_exp.soups.stage import RECIPES, run_soups
+from soup_exp.soup import run_soups
+from soup_exp.soups.context import SoupContext
+from soup_exp.utils.entry import packaged_config_dir
+
+PAPER_RECIPES = ["uniform", "greedy", "learned_per_model", "learned_by_layer", "model_stock", "ensemble",
+                 "greedy_ensemble", "wise_ft"]
 
 
 class Tiny(nn.Module):
@@ -28,10 +32,14 @@ class FakeEvaluator:
     """The Evaluator methods the soup stage uses, over fixed tensors."""
 
     device = torch.device("cpu")
+    precision = "fp32"
 
     def __init__(self, x, y):
         self.x, self.y = x, y
         self.passes = 0
+
+    def dataset(self, name):
+        return _Identity()
 
     def batches(self, name, batch_size, shuffle=False, generator=None):
         order = torch.randperm(len(self.y), generator=generator) if shuffle else torch.arange(len(self.y))
@@ -51,6 +59,11 @@ class FakeEvaluator:
             skeleton.load_state_dict(sd, strict=True)
             return self.accuracy_from_logits(self.logits(skeleton, name), name)
         return accuracy
+
+
+class _Identity:
+    def identity(self):
+        return "fixed-held-out-set"
 
 
 class FakeRun:
@@ -104,21 +117,22 @@ def pool(tmp_path, make_run):
     return out, evaluator
 
 
-def _cfg(out, recipes):
-    return OmegaConf.create({
-        "name": "t", "seed": 0, "progress": False, "out_dir": str(out),
-        "ingredients_dir": str(out / "ingredients"), "soups_dir": str(out / "soups"),
-        "recipe": {"ingredients": str(out / "ingredients"), "recipes": recipes,
-                   "greedy": {"tolerance": 0.0},
-                   "learned": {"lr": 0.05, "epochs": 2, "batch_size": 64, "weight_decay": 0.0},
-                   "wise_ft": {"of": ["greedy"], "alphas": [0.0, 0.5, 1.0]}},
-    })
+def _cfg(out, recipes, *extra):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
+        return compose(config_name="soup", overrides=[
+            f"paths.output_dir={out.parent}", f"name={out.name}", "progress=false", "logger=disabled",
+            f"recipes=[{','.join(recipes)}]", *[o for o in (
+                "recipes.learned_per_model.epochs=2", "recipes.learned_per_model.batch_size=64",
+                "recipes.learned_by_layer.epochs=2", "recipes.learned_by_layer.batch_size=64",
+                "recipes.wise_ft.alphas=[0.0,0.5,1.0]") if o.split(".")[1] in recipes], *extra])
 
 
 def _patch(monkeypatch, evaluator):
-    monkeypatch.setattr(stage_module.SoupContext, "classes", property(lambda self: None), raising=False)
-    monkeypatch.setattr(stage_module.SoupContext, "_classifier", property(lambda self: self.__dict__.setdefault("_sk", (Tiny(), None))))
-    monkeypatch.setattr(stage_module.SoupContext, "evaluator", property(lambda self: evaluator))
+    monkeypatch.setattr(SoupContext, "classes", property(lambda self: None), raising=False)
+    monkeypatch.setattr(SoupContext, "_classifier", property(lambda self: self.__dict__.setdefault("_sk", (Tiny(), None))))
+    monkeypatch.setattr(SoupContext, "evaluator", property(lambda self: evaluator))
 
 
 def test_all_recipes_then_resume(pool, monkeypatch, caplog):
@@ -126,8 +140,8 @@ def test_all_recipes_then_resume(pool, monkeypatch, caplog):
     _patch(monkeypatch, evaluator)
     run = FakeRun()
     with caplog.at_level("INFO"):
-        made = run_soups(_cfg(out, list(RECIPES)), run=run)
-    expected = {"uniform", "greedy", "learned_per_model", "learned_by_layer", "best_individual", "ensemble",
+        made = run_soups(_cfg(out, PAPER_RECIPES), run=run)
+    expected = {"uniform", "greedy", "learned_per_model", "learned_by_layer", "ensemble",
                 "greedy_ensemble", "model_stock"} | {f"wise_ft_greedy_a{a:.2f}" for a in (0.0, 0.5, 1.0)}
     assert set(made) == expected
     assert "crashed" in caplog.text  # unfinished run skipped with a note
@@ -137,8 +151,11 @@ def test_all_recipes_then_resume(pool, monkeypatch, caplog):
         has_weights = (made[name] / "model.safetensors").is_file()
         assert has_weights == (record["kind"] != "ensemble")
         assert "ft_0" not in record["ingredients"] or record["base_model"] == "test:tiny"
-    assert records["greedy"]["held_out_accuracy"] >= records["best_individual"]["held_out_accuracy"]
-    assert records["greedy_ensemble"]["held_out_accuracy"] >= records["best_individual"]["held_out_accuracy"]
+    best = max(r["accuracy"] for r in records["greedy"]["history"])
+    assert records["greedy"]["held_out_accuracy"] >= records["greedy"]["history"][0]["accuracy"]
+    assert records["greedy"]["held_out_accuracy"] == best
+    assert records["greedy_ensemble"]["held_out_accuracy"] >= records["greedy_ensemble"]["history"][0]["accuracy"]
+    assert records["greedy"]["label"] == "Greedy soup" and records["wise_ft_greedy_a0.50"]["kind"] == "wise_ft"
     assert len(records["greedy"]["history"]) == 5
     assert records["ensemble"]["members"] == [f"ft_{i}" for i in range(5)]
     assert len(records["learned_by_layer"]["coefficients"]) == 4
@@ -149,15 +166,24 @@ def test_all_recipes_then_resume(pool, monkeypatch, caplog):
     passes = evaluator.passes
     caplog.clear()
     with caplog.at_level("INFO"):
-        again = run_soups(_cfg(out, list(RECIPES)), run=FakeRun())
-    assert again == made
+        again = run_soups(_cfg(out, PAPER_RECIPES), run=FakeRun())
+    assert again == {k: v for k, v in made.items() if not k.startswith("wise_ft")}
     assert evaluator.passes == passes  # nothing recomputed
-    assert caplog.text.count("already finished") == len(expected)
+    assert caplog.text.count("already finished") == len(expected) - 3  # WiSE-FT checks its alphas itself
 
 
 def test_unknown_recipe(pool):
     out, _ = pool
     from soup_exp.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="unknown recipe.*'soupe'"):
-        run_soups(_cfg(out, ["uniform", "soupe"]), run=FakeRun())
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="soupe"):
+        _cfg(out, ["uniform", "soupe"])
+    with pytest.raises(ConfigError, match=r"recipes\.greedy\.tolerance=-1.*\[0, inf\]"):
+        run_soups(_cfg(out, ["uniform", "greedy"], "recipes.greedy.tolerance=-1"), run=FakeRun())
+    with pytest.raises(ConfigError, match=r"recipes\.learned_per_model\.batch_size=-5"):
+        run_soups(_cfg(out, ["learned_per_model"], "recipes.learned_per_model.batch_size=-5"), run=FakeRun())
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['tolerence'\]"):
+        run_soups(_cfg(out, ["greedy"], "+recipes.greedy.tolerence=0.1"), run=FakeRun())
+    assert not (out / "soups").exists()  # checked before anything is cooked

@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 from omegaconf import OmegaConf
+from wandb_reader import WandbFileError, read_offline_run
 
 from soup_exp.errors import ConfigError
 from soup_exp.tracking import wandb_run
-from soup_exp.tracking.wandb_file import WandbFileError, read_offline_run
 from soup_exp.tracking.wandb_run import Run, scrub_secrets, start_run
 
 SECRET = "s3cr3t-api-key-value-0123456789abcdef"

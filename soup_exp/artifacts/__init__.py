@@ -1,0 +1,34 @@
+"""Every on-disk contract in one place: run and soup directories (:mod:`.dirs`) and the
+``results.jsonl`` file (:mod:`.results`). Stages read and write artefacts only through
+these modules, so a layout is defined once."""
+
+from soup_exp.artifacts.dirs import (
+    INGREDIENT_FILE,
+    RUN_FILE,
+    SOUP_FILE,
+    WEIGHTS_FILE,
+    ArtifactError,
+    CheckpointMismatchError,
+    check_name,
+    find_dirs,
+    ingredient_record,
+    is_finished_run,
+    is_finished_soup,
+    load_state_dict_strict,
+    load_weights,
+    read_record,
+    read_weights,
+    run_weights,
+    soup_record,
+    weights_file,
+    write_run,
+    write_soup_dir,
+    write_weights,
+)
+
+__all__ = [
+    "INGREDIENT_FILE", "RUN_FILE", "SOUP_FILE", "WEIGHTS_FILE", "ArtifactError", "CheckpointMismatchError",
+    "check_name", "find_dirs", "ingredient_record", "is_finished_run", "is_finished_soup",
+    "load_state_dict_strict", "load_weights", "read_record", "read_weights", "run_weights", "soup_record",
+    "weights_file", "write_run", "write_soup_dir", "write_weights",
+]

@@ -1,0 +1,224 @@
+"""``results.jsonl``: one row per evaluated model, safe under concurrent sweep jobs.
+
+Rows follow docs/architecture.md "Result rows". The same reader takes our files and the
+authors' published ones (``model_name``, no ``kind``), so one report serves both.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from soup_exp.artifacts.dirs import LEGACY_KINDS
+from soup_exp.errors import SoupExpError
+from soup_exp.utils.hashing import stable_hash
+from soup_exp.utils.io import atomic_write_text, file_lock, json_default
+
+HELD_OUT = "ImageNet2p"
+SHIFTS = ("ImageNetV2", "ImageNetSketch", "ImageNetR", "ObjectNet", "ImageNetA")
+ACCURACY_KEYS = (HELD_OUT, "ImageNet", *SHIFTS)
+# Keys of a row that are not accuracies (anything else numeric is a dataset's accuracy).
+RESULT_FIELDS = ("name", "kind", "recipe", "label", "alpha", "interpolated", "num_ingredients", "path", "meta")
+
+# The authors' files carry no `kind`: it follows from the file they are in.
+PUBLISHED_FILE_KINDS: dict[str, tuple[str, str | None]] = {
+    "individual_model_results": ("finetune", None),
+    "uniform_soup_results": ("soup", "uniform"),
+    "greedy_soup_results": ("soup", "greedy"),
+    "ensemble_results": ("ensemble", "ensemble"),
+    "greedy_ensemble_results": ("ensemble", "greedy_ensemble"),
+    "learned_soup_results": ("soup", "learned_per_model"),
+    "learned_soup_by_layer_results": ("soup", "learned_by_layer"),
+    "zeroshot_results": ("zeroshot", None),
+}
+# ... and for rows found elsewhere, from the model name.
+PUBLISHED_NAME_KINDS: dict[str, tuple[str, str | None]] = {
+    "uniform_soup": ("soup", "uniform"),
+    "greedy_soup": ("soup", "greedy"),
+    "ensemble": ("ensemble", "ensemble"),
+    "greedy_ensemble": ("ensemble", "greedy_ensemble"),
+    "zeroshot": ("zeroshot", None),
+    "zero_shot": ("zeroshot", None),
+}
+LP_INIT_NAME = "model_0"  # the authors' individual model 0 is the linear-probe init
+_INDIVIDUAL_NAME = re.compile(r"model_\d+")
+
+
+class ResultsFormatError(SoupExpError, ValueError):
+    """A results file or row that does not follow the results.jsonl format."""
+
+
+class ResultsStore:
+    """A ``results.jsonl`` file that many processes may update at once.
+
+    ``upsert`` holds an exclusive ``flock`` on ``<file>.lock`` while it reads, replaces
+    or appends, and rewrites the file through a temp file + rename: readers never see a
+    torn line and concurrent writers never lose each other's rows.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+
+    def upsert(self, row: Mapping[str, Any], config: Any = None) -> dict[str, Any]:
+        """Add ``row``, replacing the row of the same ``name``; returns the stored row.
+
+        Adds ``avg_shifts`` when all five shifts are present and ``meta`` (time, code
+        version, and ``config_hash`` of ``config`` when given).
+        """
+        stored = with_metadata(normalise_row(row, source=self.path), config)
+        with file_lock(self.lock_path):
+            rows = self.rows()
+            names = [r["name"] for r in rows]
+            if stored["name"] in names:
+                rows[names.index(stored["name"])] = stored
+            else:
+                rows.append(stored)
+            atomic_write_text(self.path, "".join(_dump(r) for r in rows))
+        return stored
+
+    def rows(self) -> list[dict[str, Any]]:
+        """All rows, in file order; an absent file has none."""
+        if not self.path.exists():
+            return []
+        return list(_read_jsonl(self.path))
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        return next((r for r in self.rows() if r["name"] == name), None)
+
+
+def read_results(paths: Any) -> list[dict[str, Any]]:
+    """Rows of every results file in ``paths`` (a file, a directory of ``*.jsonl``, or a
+    list of either), normalised: ``name``, ``kind``, ``recipe``, ``avg_shifts``.
+
+    A name seen in several files keeps its last row (with a warning), so a re-evaluation
+    listed after the original wins.
+    """
+    by_name: dict[str, dict[str, Any]] = {}
+    for path in results_files(paths):
+        for row in _read_jsonl(path):
+            if row["name"] in by_name:
+                warnings.warn(f"result {row['name']!r} appears twice; keeping the one in {path}", stacklevel=2)
+            by_name[row["name"]] = row
+    return list(by_name.values())
+
+
+def results_files(paths: Any) -> list[Path]:
+    """Expand files, directories and lists into the ``.jsonl`` files to read."""
+    if paths is None:
+        raise ResultsFormatError("no results given: set results=<results.jsonl, a directory or a list>")
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    files: list[Path] = []
+    for entry in _as_list(paths):
+        path = Path(str(entry)).expanduser()
+        if path.is_dir():
+            found = sorted(path.glob("*.jsonl")) or sorted(path.rglob("*.jsonl"))
+            if not found:
+                raise ResultsFormatError(f"no *.jsonl results files in directory {path}")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ResultsFormatError(
+                f"results file {path} does not exist (expected a results.jsonl written by "
+                "`soup-exp evaluate`, a directory of *.jsonl, or the authors' published files)"
+            )
+    return files
+
+
+def normalise_row(row: Mapping[str, Any], source: Path | None = None) -> dict[str, Any]:
+    """A result row in our schema: ``name`` (from ``model_name`` if need be), ``kind`` and
+    ``recipe`` (inferred for the authors' files), ``avg_shifts`` when computable."""
+    out = dict(row)
+    name = out.pop("model_name", None) if "name" not in out else out["name"]
+    if not isinstance(name, str) or not name:
+        where = f" in {source}" if source else ""
+        raise ResultsFormatError(f"result row{where} has no 'name' (or 'model_name'): {dict(row)}")
+    out = {"name": name, **{k: v for k, v in out.items() if k != "name"}}
+    if "kind" not in out:
+        kind, recipe = infer_kind(name, source)
+        out["kind"] = kind
+        if recipe is not None:
+            out.setdefault("recipe", recipe)
+    out["kind"] = LEGACY_KINDS.get(out["kind"], out["kind"])
+    if out.get("avg_shifts") is None:
+        avg = avg_shifts(out)
+        if avg is not None:
+            out["avg_shifts"] = avg
+    return out
+
+
+def infer_kind(name: str, source: Path | None = None) -> tuple[str, str | None]:
+    """``(kind, recipe)`` of a row without ``kind``: from the authors' file name first,
+    then from the model name."""
+    kind = PUBLISHED_FILE_KINDS.get(source.stem) if source is not None else None
+    kind = kind or PUBLISHED_NAME_KINDS.get(name)
+    if kind is None and _INDIVIDUAL_NAME.fullmatch(name):
+        kind = ("finetune", None)
+    if kind is None:
+        warnings.warn(f"result {name!r} has no 'kind' and none can be inferred; treated as a fine-tune",
+                      stacklevel=3)
+        kind = ("finetune", None)
+    if kind[0] == "finetune" and name == LP_INIT_NAME:
+        return ("lp", None)
+    return kind
+
+
+def avg_shifts(row: Mapping[str, Any]) -> float | None:
+    """The paper's "Avg shifts": the unweighted mean over its five shifts, or None when
+    one is missing. The one definition every stage uses."""
+    values = [row.get(k) for k in SHIFTS]
+    if any(v is None for v in values):
+        return None
+    return sum(float(v) for v in values) / len(values)
+
+
+def with_metadata(row: dict[str, Any], config: Any = None) -> dict[str, Any]:
+    """Add ``meta.time``, ``meta.code_version`` and ``meta.config_hash`` (of ``config``)."""
+    meta = dict(row.get("meta") or {})
+    meta.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    meta.setdefault("code_version", _code_version())
+    if config is not None and "config_hash" not in meta:
+        from soup_exp.tracking.wandb_run import loggable_config
+
+        meta["config_hash"] = stable_hash(loggable_config(config))
+    return {**row, "meta": meta}
+
+
+@functools.cache
+def _code_version() -> str:
+    from soup_exp.utils.runtime import code_version
+
+    return code_version()
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ResultsFormatError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
+            if not isinstance(row, dict):
+                raise ResultsFormatError(f"{path}, line {number}: expected a JSON object per line")
+            yield normalise_row(row, source=path)
+
+
+def _dump(row: Mapping[str, Any]) -> str:
+    return json.dumps(row, default=json_default) + "\n"
+
+
+def _as_list(paths: Any) -> Iterable[Any]:
+    if isinstance(paths, Mapping):
+        raise ResultsFormatError(f"results must be a path or a list of paths, got a mapping: {paths}")
+    return list(paths)

@@ -1,0 +1,301 @@
+"""Evaluate many models on many datasets, one pass over each dataset.
+
+Every model sees each batch while it is on the device, so ten soups cost one read of
+the data, not ten. Logit ensembles average their members' raw (unprojected) logits
+before the dataset's projection, as the paper does. Images come from the
+preprocessed cache when one is configured (see :mod:`soup_exp.evaluation.cache`), otherwise
+from the JPEGs; both give bit-identical model inputs (see :mod:`soup_exp.evaluation.transforms`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from soup_exp.artifacts.results import HELD_OUT, avg_shifts
+from soup_exp.data.base import LabeledImages
+from soup_exp.errors import ConfigError
+from soup_exp.evaluation.cache import CachedImages, PreprocessedCache
+from soup_exp.evaluation.sources import Batch, DecodingSource
+from soup_exp.evaluation.transforms import split_transform
+from soup_exp.utils.runtime import autocast, resolve_device
+
+log = logging.getLogger(__name__)
+
+ModelOrEnsemble = nn.Module | Sequence[nn.Module]
+
+
+def _members(value: ModelOrEnsemble) -> list[nn.Module]:
+    if isinstance(value, nn.Module):
+        return [value]
+    members = list(value)
+    if not members or not all(isinstance(m, nn.Module) for m in members):
+        raise TypeError("an ensemble must be a non-empty sequence of nn.Module")
+    return members
+
+
+class Evaluator:
+    """Accuracy of models on a fixed list of datasets under one eval transform.
+
+    ``preprocess`` is the backbone's eval transform (``Backbone.preprocess_val``) or a
+    :class:`~soup_exp.evaluation.transforms.SplitTransform`. With ``cache_dir`` set, each
+    dataset is decoded once into the preprocessed cache and read from it afterwards.
+    Models are moved to ``device`` and run in eval mode (their train/eval mode is restored
+    afterwards). ``num_workers``
+    DataLoader processes decode JPEGs (first pass, or every pass without a cache);
+    ``read_threads`` threads read cached batches ahead of the model.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[LabeledImages],
+        preprocess: Any,
+        *,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        device: str | torch.device = "cpu",
+        precision: str = "bf16",
+        cache_dir: str | None = None,
+        progress: bool = True,
+        read_threads: int = 4,
+    ):
+        self.datasets: dict[str, LabeledImages] = {}
+        for dataset in datasets:
+            if dataset.name in self.datasets:
+                raise ConfigError(f"dataset {dataset.name!r} is listed twice in the evaluation suite")
+            if len(dataset) == 0:
+                raise ConfigError(f"dataset {dataset.name!r} has no images (root: {dataset.root or '?'})")
+            self.datasets[dataset.name] = dataset
+        self.transform = split_transform(preprocess)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
+        self.precision = precision
+        self.progress = progress
+        self.read_threads = read_threads
+        self.cache = (
+            PreprocessedCache(cache_dir, num_workers=num_workers, progress=progress)
+            if cache_dir
+            else None
+        )
+        self._sources: dict[str, CachedImages | DecodingSource] = {}
+        self._targets: dict[str, torch.Tensor] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.datasets)
+
+    def dataset(self, name: str) -> LabeledImages:
+        try:
+            return self.datasets[name]
+        except KeyError:
+            raise ConfigError(
+                f"dataset {name!r} is not in this evaluator's suite {self.names}; add it to eval.datasets"
+            ) from None
+
+    def targets(self, name: str) -> torch.Tensor:
+        """Targets of ``name`` in dataset order, on the device."""
+        if name not in self._targets:
+            with torch.inference_mode(False):  # also used by learned soups' training loops
+                self._targets[name] = self.dataset(name).targets.to(self.device)
+        return self._targets[name]
+
+    # ---- images -------------------------------------------------------------------
+
+    def source(self, name: str) -> CachedImages | DecodingSource:
+        """The cache entry of ``name`` (built on first use) or a JPEG-decoding source."""
+        if name not in self._sources:
+            dataset = self.dataset(name)
+            if self.cache is not None:
+                self._sources[name] = self.cache.get(dataset, self.transform)
+            else:
+                self._sources[name] = DecodingSource(
+                    dataset, self.transform.to_uint8, num_workers=self.num_workers,
+                    pin_memory=self.device.type == "cuda",
+                )
+        return self._sources[name]
+
+    def _device_batches(
+        self, name: str, batch_size: int, order: Sequence[int] | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised float images on the device and their dataset indices (CPU)."""
+        source = self.source(name)
+        batches: Iterator[Batch]
+        if isinstance(source, CachedImages):
+            batches = source.iter_batches(batch_size, order, pin_memory=self.device.type == "cuda",
+                                          readers=self.read_threads)
+        else:
+            batches = source.iter_batches(batch_size, order)
+        for images, indices in batches:
+            images = images.to(self.device, non_blocking=True)
+            yield self.transform.normalize(images), indices
+
+    def batches(
+        self,
+        dataset_name: str,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(images, targets)`` on the device, images normalised, for training-like loops
+        over evaluation data (learned soups). Targets index the *projected* logits."""
+        n = len(self.dataset(dataset_name))
+        order = torch.randperm(n, generator=generator).tolist() if shuffle else None
+        targets = self.targets(dataset_name)
+        for images, indices in self._device_batches(dataset_name, batch_size or self.batch_size, order):
+            yield images, targets[indices.to(self.device, non_blocking=True)]
+
+    # ---- forward passes -----------------------------------------------------------
+
+    def _forward_pass(
+        self, name: str, modules: Sequence[nn.Module], what: str
+    ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Yield ``(indices, [float32 raw logits per module])`` for every batch of ``name``."""
+        self.source(name)  # a first pass builds the cache under its own progress bar
+        training = [module.training for module in modules]
+        for module in modules:
+            module.to(self.device).eval()
+        bar = tqdm(
+            total=len(self.dataset(name)), desc=f"eval {name} [{what}]", unit="img",
+            disable=not self.progress, leave=False,
+        )
+        try:
+            with bar:
+                for images, indices in self._device_batches(name, self.batch_size):
+                    with torch.inference_mode(), autocast(self.device, self.precision):
+                        logits = [module(images).float() for module in modules]
+                    yield indices, logits
+                    bar.update(len(indices))
+        finally:  # periodic evaluation during fine-tuning must not leave the model in eval mode
+            for module, was_training in zip(modules, training, strict=True):
+                module.train(was_training)
+
+    @torch.inference_mode()
+    def _run(
+        self, groups: Mapping[str, list[nn.Module]], dataset_names: Sequence[str]
+    ) -> dict[str, dict[str, float]]:
+        unique = list({id(m): m for members in groups.values() for m in members}.values())
+        position = {id(m): i for i, m in enumerate(unique)}
+        what = f"{len(groups)} model{'s' if len(groups) != 1 else ''}"
+        results: dict[str, dict[str, float]] = {name: {} for name in groups}
+        for ds_name in dataset_names:
+            dataset, targets = self.dataset(ds_name), self.targets(ds_name)
+            correct = {name: torch.zeros((), dtype=torch.long, device=self.device) for name in groups}
+            for indices, logits in self._forward_pass(ds_name, unique, what):
+                batch_targets = targets[indices.to(self.device, non_blocking=True)]
+                for name, members in groups.items():
+                    raw = _mean([logits[position[id(m)]] for m in members])
+                    predictions = dataset.project(raw).argmax(dim=1)
+                    correct[name] += (predictions == batch_targets).sum()
+            for name in groups:
+                results[name][ds_name] = correct[name].item() / len(dataset)
+        for accuracies in results.values():
+            mean_shift = avg_shifts(accuracies)
+            if mean_shift is not None:
+                accuracies["avg_shifts"] = mean_shift
+        return results
+
+    # ---- public API ---------------------------------------------------------------
+
+    def evaluate(
+        self, models: Mapping[str, ModelOrEnsemble], datasets: Sequence[str] | None = None
+    ) -> dict[str, dict[str, float]]:
+        """``{model: {dataset: accuracy, ..., "avg_shifts": ...}}`` for every model on every
+        dataset (or on ``datasets``), in one pass over each dataset. A value that is a
+        sequence of modules is a logit ensemble (raw logits averaged, then projected);
+        a module shared between entries runs once per batch."""
+        groups = {name: _members(value) for name, value in models.items()}
+        names = list(datasets) if datasets is not None else self.names
+        for name in names:
+            self.dataset(name)
+        return self._run(groups, names)
+
+    def evaluate_ensembles(
+        self, members: Mapping[str, Sequence[nn.Module]], datasets: Sequence[str] | None = None
+    ) -> dict[str, dict[str, float]]:
+        """Logit ensembles: each entry's members' raw logits are averaged, then projected."""
+        return self.evaluate({name: list(group) for name, group in members.items()}, datasets)
+
+    @torch.inference_mode()
+    def logits_many(self, models: Mapping[str, nn.Module], dataset_name: str) -> dict[str, torch.Tensor]:
+        """Raw (unprojected) float32 logits of several models in dataset order, on the CPU,
+        from one pass over the data."""
+        names, modules = list(models), list(models.values())
+        chunks: list[list[torch.Tensor]] = [[] for _ in modules]
+        what = f"logits of {len(modules)}"
+        for _, logits in self._forward_pass(dataset_name, modules, what):
+            for chunk, out in zip(chunks, logits, strict=True):
+                chunk.append(out)  # stays on the device: a per-batch copy back would sync
+        return {name: torch.cat(chunk).cpu() for name, chunk in zip(names, chunks, strict=True)}
+
+    def logits(self, model: nn.Module, dataset_name: str) -> torch.Tensor:
+        """Raw (unprojected) float32 logits of ``model`` on ``dataset_name``, dataset order."""
+        return self.logits_many({"model": model}, dataset_name)["model"]
+
+    def accuracy_from_logits(self, logits: torch.Tensor, dataset_name: str) -> float:
+        """Accuracy of raw logits (rows in dataset order): projection, then argmax."""
+        dataset = self.dataset(dataset_name)
+        if logits.ndim != 2 or logits.shape[0] != len(dataset):
+            raise ValueError(
+                f"{dataset_name}: expected logits of shape ({len(dataset)}, classes), got {tuple(logits.shape)}"
+            )
+        predictions = dataset.project(logits.float()).argmax(dim=1).cpu()
+        return (predictions == dataset.targets).sum().item() / len(dataset)
+
+    def heldout_accuracy_fn(
+        self, skeleton: nn.Module, dataset_name: str = HELD_OUT
+    ) -> Callable[[Mapping[str, torch.Tensor]], float]:
+        """``evaluate(state_dict) -> accuracy`` for greedy soups: loads each candidate into
+        ``skeleton`` (on the device, strict keys) and scores it on ``dataset_name``; the
+        first call fills the cache, every later one reads it."""
+        self.dataset(dataset_name)
+        skeleton.to(self.device).eval()
+
+        def accuracy(state_dict: Mapping[str, torch.Tensor]) -> float:
+            skeleton.load_state_dict(state_dict, strict=True)
+            return self._run({"candidate": [skeleton]}, [dataset_name])["candidate"][dataset_name]
+
+        return accuracy
+
+
+def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
+    if len(tensors) == 1:
+        return tensors[0]
+    return torch.stack(tensors).mean(dim=0)
+
+
+def evaluation_suite(cfg: Mapping) -> list[str]:
+    """``eval.datasets`` plus the user's datasets (``data.datasets``), each once."""
+    extra = cfg["data"].get("datasets") or {}
+    return list(dict.fromkeys([*cfg["eval"]["datasets"], *extra]))
+
+
+def build_evaluator(
+    cfg: Mapping, preprocess: Any, classes: Any, names: Sequence[str] | None = None
+) -> Evaluator:
+    """The evaluator of a stage config: datasets ``names`` (default ``cfg.eval.datasets``)
+    built by the data registry for the model's class space ``classes``."""
+    from soup_exp.data.registry import build_eval_dataset
+
+    eval_cfg = cfg["eval"]
+    names = list(names if names is not None else evaluation_suite(cfg))
+    datasets = [build_eval_dataset(name, cfg["data"], classes) for name in names]
+    cache_cfg = eval_cfg.get("cache") or {}
+    cache_dir = cache_cfg.get("dir") if cache_cfg.get("enabled", True) else None
+    num_workers = eval_cfg.get("num_workers")
+    return Evaluator(
+        datasets,
+        preprocess,
+        batch_size=int(eval_cfg.get("batch_size", 256)),
+        num_workers=int(num_workers if num_workers is not None else cfg.get("num_workers", 0)),
+        device=str(cfg.get("device", "auto")),
+        precision=str(cfg.get("precision", "bf16")),
+        cache_dir=str(cache_dir) if cache_dir else None,
+        progress=bool(cfg.get("progress", True)),
+        read_threads=int(eval_cfg.get("read_threads", 4)),
+    )

@@ -1,0 +1,151 @@
+"""`soup-exp report`: results files in; table (md/tex/csv), figures (png/pdf) and a W&B
+run out. Also reads the authors' published files, so their table can be rebuilt.
+The table and figure code lives in :mod:`soup_exp.reporting`."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from soup_exp.artifacts import SOUP_FILE, find_dirs, soup_record
+from soup_exp.artifacts.results import read_results
+from soup_exp.errors import ConfigError
+from soup_exp.reporting.figures import (
+    SoupFileError,
+    plot_figure1,
+    plot_greedy_trajectory,
+    plot_learned_coefficients,
+)
+from soup_exp.reporting.paper import comparison_table
+from soup_exp.reporting.table import RENDERERS, Table, build_table, render, to_markdown
+from soup_exp.tracking.wandb_run import start_run
+from soup_exp.utils.config import config_get, to_plain
+from soup_exp.utils.entry import stage_entry
+from soup_exp.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
+    """Write the table, the comparison (with ``compare``) and the figures to
+    ``cfg.report_dir``; log them to W&B; print the Markdown table. Returns
+    ``{artefact name: path}`` (e.g. ``table.md``, ``figure1.png``)."""
+    report_dir = Path(str(config_get(cfg, "report_dir") or "report")).expanduser()
+    formats = list(config_get(cfg, "formats") or RENDERERS)
+    unknown = [f for f in formats if f not in RENDERERS]
+    if unknown:
+        raise ConfigError(f"formats={formats}: unknown {unknown}; expected any of {list(RENDERERS)}")
+    per_recipe = str(config_get(cfg, "per_recipe"))
+
+    rows = read_results(to_plain(config_get(cfg, "results")))
+    soups = _read_soups(config_get(cfg, "soups_dir"))
+    rows = _with_ingredient_counts(rows, soups)
+    table = build_table(rows, per_recipe=per_recipe)
+    if not table.rows:
+        warnings.warn("no result row matches a table line (zero-shot, individual, soup, ...)", stacklevel=2)
+
+    outputs: dict[str, Path] = {}
+    outputs.update(_write_table(table, report_dir / "table", formats))
+    compare = config_get(cfg, "compare")
+    comparison = comparison_table(table, str(compare), per_recipe=per_recipe) if compare else None
+    if comparison is not None:
+        outputs.update(_write_table(comparison, report_dir / "comparison", formats))
+    outputs.update(_write_figures(rows, soups, report_dir / "figures"))
+
+    _log_to_wandb(cfg, table, comparison, outputs, len(rows))
+    print(to_markdown(table))
+    if comparison is not None:
+        print(to_markdown(comparison))
+    print(f"report written to {report_dir.resolve()}:")
+    for key, path in outputs.items():
+        print(f"  {key}: {path}")
+    return outputs
+
+
+def _write_table(table: Table, base: Path, formats: list[str]) -> dict[str, Path]:
+    written = {}
+    for fmt in formats:
+        path = base.with_name(f"{base.name}.{fmt}")
+        atomic_write_text(path, render(table, fmt))
+        written[path.name] = path
+    return written
+
+
+def _write_figures(rows: list[dict[str, Any]], soups: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
+    paths = list(plot_figure1(rows, out_dir / "figure1"))
+    for soup in soups:
+        name = _safe_name(str(soup.get("name") or soup.get("recipe")))
+        try:
+            if soup.get("history"):
+                paths += plot_greedy_trajectory(soup, out_dir / f"greedy_trajectory_{name}")
+            if soup.get("beta") is not None and soup.get("coefficients") is not None:  # learned soups
+                paths += plot_learned_coefficients(soup, out_dir / f"coefficients_{name}")
+        except SoupFileError as err:
+            warnings.warn(f"{soup['_path']}: {err}; figure skipped", stacklevel=2)
+    return {path.name: path for path in paths}
+
+
+def _read_soups(soups_dir: Any) -> list[dict[str, Any]]:
+    """Every ``soup.json`` under ``soups_dir`` (one per recipe directory), if it exists."""
+    if not soups_dir:
+        return []
+    root = Path(str(soups_dir)).expanduser()
+    if not root.is_dir():
+        log.info("no soups directory at %s: greedy/learned figures skipped", root)
+        return []
+    return [{**soup_record(d), "_path": str(d / SOUP_FILE)} for d in find_dirs(root, SOUP_FILE, recursive=False)]
+
+
+def _with_ingredient_counts(rows: list[dict[str, Any]], soups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fill ``num_ingredients`` from the matching soup.json when the result row lacks it."""
+    counts = {}
+    for soup in soups:
+        members = soup.get("ingredients") or soup.get("members")
+        if soup.get("name") and isinstance(members, list):
+            counts[soup["name"]] = len(members)
+    return [
+        {**r, "num_ingredients": counts[r["name"]]} if r.get("num_ingredients") is None and r["name"] in counts else r
+        for r in rows
+    ]
+
+
+def _log_to_wandb(
+    cfg: Any, table: Table, comparison: Table | None, outputs: dict[str, Path], num_rows: int
+) -> None:
+    name = f"report-{config_get(cfg, 'name') or 'results'}"
+    with start_run(cfg, stage="report", name=name) as run:
+        for key, tab in (("results_table", table), ("comparison_table", comparison)):
+            if tab is not None:
+                run.log_table(key, ["method", "model", *(k for k, _ in tab.columns)], _table_data(tab))
+        for path in outputs.values():
+            if path.suffix == ".png":
+                run.log_image(f"figures/{path.stem}", path)
+        summary = {
+            f"{row.slot}/{key}": value
+            for row in table.rows
+            for key, value in row.values.items()
+            if value is not None
+        }
+        run.summary({**summary, "num_results": num_rows})
+
+
+def _table_data(table: Table) -> list[list[Any]]:
+    return [
+        [row.label, row.model, *(float(c) if (c := table.cell(row, key)) else None for key, _ in table.columns)]
+        for row in table.rows
+    ]
+
+
+def _safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+main = stage_entry("report")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""The paper's figures: Figure 1 (ImageNet vs distribution shifts), the greedy-soup
+trajectory, learned-soup coefficients. Each is saved as PNG and PDF.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects directly (Agg rendering, no
+pyplot state), so reports work on headless nodes and inside notebooks alike. Styles
+differ by marker shape and fill, not only colour, so printouts in greyscale stay legible.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from soup_exp.errors import SoupExpError
+from soup_exp.utils.io import atomic_path
+
+FIGSIZE = (6.4, 4.8)
+DPI = 150  # PNGs are exactly 960 x 720 pixels
+FORMATS = ("png", "pdf")
+
+# Figure 1 marker per style key (see _style_key): shape and fill tell them apart in grey.
+STYLES: dict[str, dict[str, Any]] = {
+    "finetune": {"marker": "o", "s": 22, "facecolors": "0.7", "edgecolors": "0.35", "label": "Fine-tuned models"},
+    "lp": {"marker": "v", "s": 70, "facecolors": "white", "edgecolors": "black", "label": "LP init"},
+    "zeroshot": {"marker": "P", "s": 80, "facecolors": "white", "edgecolors": "black", "label": "Zero-shot"},
+    "uniform": {"marker": "*", "s": 220, "facecolors": "black", "edgecolors": "black", "label": "Uniform soup"},
+    "greedy": {"marker": "D", "s": 80, "facecolors": "black", "edgecolors": "black", "label": "Greedy soup"},
+    "learned_per_model": {"marker": "^", "s": 90, "facecolors": "0.3", "edgecolors": "black", "label": "Learned soup"},
+    "learned_by_layer": {"marker": ">", "s": 90, "facecolors": "0.3", "edgecolors": "black", "label": "Learned soup (by layer)"},
+    "model_stock": {"marker": "X", "s": 90, "facecolors": "0.5", "edgecolors": "black", "label": "Model stock"},
+    "ensemble": {"marker": "s", "s": 80, "facecolors": "white", "edgecolors": "black", "label": "Ensemble"},
+    "greedy_ensemble": {"marker": "s", "s": 80, "facecolors": "0.55", "edgecolors": "black", "label": "Greedy ensemble"},
+    "wise_ft": {"marker": "p", "s": 80, "facecolors": "0.85", "edgecolors": "black", "label": "WiSE-FT"},
+}
+
+
+class SoupFileError(SoupExpError, ValueError):
+    """A soup.json whose history or coefficients cannot be read."""
+
+
+def save_figure(fig: Figure, out_base: str | Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write ``out_base.<fmt>`` for each format, atomically; returns the paths."""
+    out_base = Path(out_base)
+    paths = []
+    for fmt in formats:
+        path = out_base.with_name(f"{out_base.name}.{fmt}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=DPI)
+        paths.append(path)
+    return paths
+
+
+def plot_figure1(rows: Sequence[Mapping[str, Any]], out_base: str | Path) -> list[Path]:
+    """ImageNet top-1 (x) against the mean over the five shifts (y), as in the paper's
+    Figure 1: fine-tuned models as grey points, soups/ensembles/baselines marked and named."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row.get("ImageNet") is None or row.get("avg_shifts") is None:
+            continue
+        groups.setdefault(_style_key(row), []).append(row)
+    if not groups:
+        warnings.warn("no result has both ImageNet and avg_shifts; Figure 1 is skipped", stacklevel=2)
+        return []
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    labelled: list[tuple[str, float, float]] = []
+    for key in sorted(groups, key=lambda k: list(STYLES).index(k) if k in STYLES else len(STYLES)):
+        members = groups[key]
+        style = dict(STYLES.get(key) or _new_style(key, members[0]))
+        xs = [100 * float(r["ImageNet"]) for r in members]
+        ys = [100 * float(r["avg_shifts"]) for r in members]
+        ax.scatter(xs, ys, linewidths=0.8, zorder=3 if key != "finetune" else 2, **style)
+        if key != "finetune":
+            labelled += [(str(r["name"]), x, y) for r, x, y in zip(members, xs, ys, strict=True)]
+    ax.margins(x=0.1, y=0.06)
+    _annotate_apart(fig, ax, labelled)
+    ax.set_xlabel("ImageNet top-1 accuracy (%)")
+    ax.set_ylabel("Avg. accuracy on 5 distribution shifts (%)")
+    ax.grid(True, color="0.9", linewidth=0.6, zorder=0)
+    ax.legend(fontsize=7, loc="best", frameon=True)
+    return save_figure(fig, out_base)
+
+
+@dataclass(frozen=True)
+class GreedyStep:
+    candidate: str
+    held_out: float
+    accepted: bool
+
+
+_NAME_KEYS = ("ingredient", "candidate", "name", "model")
+_ACCURACY_KEYS = ("held_out", "held_out_accuracy", "soup_held_out", "accuracy", "score", "acc")
+_ACCEPT_KEYS = ("accepted", "added", "kept", "improved")
+
+
+def greedy_steps(soup: Mapping[str, Any]) -> list[GreedyStep]:
+    """The greedy history of a soup.json: per candidate, the held-out accuracy of the soup
+    with it added and whether it was kept. Entries without an accept flag are judged by
+    the rule of the reference code (kept when held-out accuracy strictly improves)."""
+    history = soup.get("history")
+    if not isinstance(history, list) or not history:
+        raise SoupFileError(f"soup {soup.get('name', '?')!r}: soup.json has no greedy 'history' list")
+    steps, best = [], -math.inf
+    for index, entry in enumerate(history):
+        if not isinstance(entry, Mapping):
+            raise SoupFileError(f"soup {soup.get('name', '?')!r}: history[{index}] is not an object: {entry!r}")
+        accuracy = _first(entry, _ACCURACY_KEYS)
+        if accuracy is None:
+            raise SoupFileError(
+                f"soup {soup.get('name', '?')!r}: history[{index}] has no held-out accuracy "
+                f"(expected one of {', '.join(_ACCURACY_KEYS)}): {dict(entry)}"
+            )
+        accepted = _first(entry, _ACCEPT_KEYS)
+        accepted = bool(accepted) if accepted is not None else float(accuracy) > best
+        if accepted:
+            best = max(best, float(accuracy))
+        name = _first(entry, _NAME_KEYS)
+        steps.append(GreedyStep(str(name if name is not None else index), float(accuracy), accepted))
+    return steps
+
+
+def plot_greedy_trajectory(soup: Mapping[str, Any], out_base: str | Path) -> list[Path]:
+    """Held-out accuracy after trying each candidate (in held-out order), kept ones
+    filled, rejected ones hollow, with the running soup accuracy as a step line."""
+    steps = greedy_steps(soup)
+    xs = list(range(1, len(steps) + 1))
+    ys = [100 * s.held_out for s in steps]
+    running, best = [], -math.inf
+    for step, y in zip(steps, ys, strict=True):
+        best = max(best, y) if step.accepted else best
+        running.append(best if best > -math.inf else y)
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    ax.step(xs, running, where="post", color="black", linestyle="--", linewidth=1.0, label="Greedy soup")
+    kept = [(x, y) for x, y, s in zip(xs, ys, steps, strict=True) if s.accepted]
+    dropped = [(x, y) for x, y, s in zip(xs, ys, steps, strict=True) if not s.accepted]
+    if kept:
+        ax.scatter(*zip(*kept, strict=True), marker="o", s=36, color="black", zorder=3, label="Added")
+    if dropped:
+        ax.scatter(*zip(*dropped, strict=True), marker="o", s=36, facecolors="white", edgecolors="0.3", zorder=3, label="Rejected")
+    if len(steps) <= 30:
+        ax.set_xticks(xs, [s.candidate for s in steps], rotation=60, ha="right", fontsize=6)
+    ax.set_xlabel("Candidate (sorted by individual held-out accuracy)")
+    ax.set_ylabel("Held-out accuracy of soup with candidate (%)")
+    ax.set_title(f"{soup.get('name', 'greedy soup')}: {len(kept)} of {len(steps)} candidates kept", fontsize=9)
+    ax.grid(True, color="0.9", linewidth=0.6, zorder=0)
+    ax.legend(fontsize=7)
+    return save_figure(fig, out_base)
+
+
+def coefficient_matrix(soup: Mapping[str, Any]) -> tuple[list[str], list[str], list[list[float]]]:
+    """``(row labels, ingredient names, values)`` of a soup.json's ``coefficients``: one
+    row for per-model mixing weights, one row per layer for by-layer soups."""
+    coefficients = soup.get("coefficients")
+    ingredients = [str(n) for n in soup.get("ingredients") or []]
+    where = f"soup {soup.get('name', '?')!r}"
+    if isinstance(coefficients, Mapping) and coefficients and all(_is_number(v) for v in coefficients.values()):
+        return ["mixing weight"], [str(k) for k in coefficients], [[float(v) for v in coefficients.values()]]
+    if isinstance(coefficients, Mapping) and coefficients:
+        rows = [str(k) for k in coefficients]
+        values = [_numbers(v, where) for v in coefficients.values()]
+    elif isinstance(coefficients, list) and coefficients and all(_is_number(v) for v in coefficients):
+        rows, values = ["mixing weight"], [[float(v) for v in coefficients]]
+    elif isinstance(coefficients, list) and coefficients:
+        values = [_numbers(v, where) for v in coefficients]
+        rows = [f"layer {i}" for i in range(len(values))]
+    else:
+        raise SoupFileError(f"{where}: soup.json has no 'coefficients' (a list, or a mapping of layer -> list)")
+    width = len(values[0])
+    if any(len(v) != width for v in values):
+        raise SoupFileError(f"{where}: coefficient rows have different lengths")
+    if len(ingredients) != width:
+        ingredients = [f"ingredient {i}" for i in range(width)]
+    return rows, ingredients, values
+
+
+def plot_learned_coefficients(soup: Mapping[str, Any], out_base: str | Path) -> list[Path]:
+    """Per-model soups: a bar per ingredient. By-layer soups: a layers x ingredients
+    heatmap in grey levels with a colour bar."""
+    rows, ingredients, values = coefficient_matrix(soup)
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    title = str(soup.get("name", "learned soup"))
+    if soup.get("beta") is not None:
+        title += f" (β = {float(soup['beta']):.3g})"
+    if len(rows) == 1:
+        xs = range(len(ingredients))
+        ax.bar(xs, values[0], color="0.45", edgecolor="black", linewidth=0.6)
+        ax.set_xticks(list(xs), ingredients, rotation=60, ha="right", fontsize=6 if len(ingredients) > 12 else 8)
+        ax.set_ylabel("Mixing coefficient")
+        ax.axhline(1 / len(ingredients), color="black", linestyle=":", linewidth=0.8, label="uniform")
+        ax.legend(fontsize=7)
+    else:
+        image = ax.imshow(values, aspect="auto", cmap="Greys", interpolation="nearest")
+        fig.colorbar(image, ax=ax, label="Mixing coefficient")
+        ax.set_xticks(range(len(ingredients)), ingredients, rotation=60, ha="right", fontsize=6)
+        rows = _without_common_prefix(rows)
+        every = max(1, math.ceil(len(rows) / 40))
+        ax.set_yticks(range(0, len(rows), every), rows[::every], fontsize=4 if len(rows) > 20 else 7)
+        ax.set_ylabel("Layer")
+    ax.set_xlabel("Ingredient")
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, out_base)
+
+
+_LABEL_OFFSETS = ((5, 4), (5, -11), (-5, 4), (-5, -11), (5, 14), (-5, -21), (5, -21), (-5, 14))
+
+
+def _annotate_apart(fig: Figure, ax: Any, points: Sequence[tuple[str, float, float]]) -> None:
+    """Name each point, trying a few offsets so labels of nearby points do not overlap."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    placed: list[Any] = []
+    for text, x, y in points:
+        for dx, dy in _LABEL_OFFSETS:
+            label = ax.annotate(
+                text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7,
+                ha="left" if dx > 0 else "right",
+            )
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            label.remove()
+        else:
+            label = ax.annotate(text, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=7)
+            box = label.get_window_extent(renderer)
+        placed.append(box)
+
+
+def _without_common_prefix(names: list[str]) -> list[str]:
+    """Drop a first dotted component all layer names share (``image_encoder.``) to save width."""
+    parts = [n.split(".", 1) for n in names]
+    if all(len(p) == 2 and p[0] == parts[0][0] for p in parts):
+        return [p[1] for p in parts]
+    return names
+
+
+def _style_key(row: Mapping[str, Any]) -> str:
+    kind = str(row.get("kind", "finetune"))
+    if kind in ("soup", "ensemble"):
+        return str(row.get("recipe") or kind)
+    return kind
+
+
+_EXTRA_MARKERS = ("h", "8", "d", "<", "H", "p")
+
+
+def _new_style(key: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """A marker for a recipe Figure 1 has no style for (a user's), labelled as the table does."""
+    marker = _EXTRA_MARKERS[sum(map(ord, key)) % len(_EXTRA_MARKERS)]
+    return {"marker": marker, "s": 70, "facecolors": "0.5", "edgecolors": "black",
+            "label": str(row.get("label") or key)}
+
+
+def _first(entry: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    return next((entry[k] for k in keys if entry.get(k) is not None), None)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _numbers(value: Any, where: str) -> list[float]:
+    if not isinstance(value, list) or not all(_is_number(v) for v in value):
+        raise SoupFileError(f"{where}: expected a list of numbers per coefficient row, got {value!r}")
+    return [float(v) for v in value]

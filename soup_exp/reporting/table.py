@@ -1,0 +1,243 @@
+"""The paper's results table from result rows, rendered as Markdown, LaTeX and CSV.
+
+The first lines are the baselines every experiment has (zero-shot, LP init, the best
+individual model on held-out); then one line per recipe found in the results, whatever
+recipe it is: its label comes from the row (written from the recipe's YAML by the soup
+stage), else from the packaged recipe file, else its name. A recipe with several rows
+(WiSE-FT's alphas) shows the one with the best held-out accuracy, or all of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from soup_exp.artifacts.results import HELD_OUT, RESULT_FIELDS
+from soup_exp.errors import ConfigError
+
+Row = Mapping[str, Any]
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    (HELD_OUT, "Held-out"),
+    ("ImageNet", "ImageNet"),
+    ("ImageNetV2", "IN-V2"),
+    ("ImageNetSketch", "IN-Sketch"),
+    ("ImageNetR", "IN-R"),
+    ("ObjectNet", "ObjectNet"),
+    ("ImageNetA", "IN-A"),
+    ("avg_shifts", "Avg shifts"),
+)
+
+# Where the paper's recipes go in the table; other recipes follow in order of appearance.
+PAPER_ORDER = ("uniform", "greedy", "learned_per_model", "learned_by_layer", "model_stock",
+               "ensemble", "greedy_ensemble", "wise_ft")
+PER_RECIPE = ("best", "all")
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One table line: ``values`` are fractions (or percentage-point deltas when ``delta``)."""
+
+    slot: str
+    label: str
+    values: Mapping[str, float | None]
+    model: str = ""
+    delta: bool = False
+
+
+@dataclass
+class Table:
+    rows: list[TableRow]
+    columns: tuple[tuple[str, str], ...] = COLUMNS
+    caption: str = "Top-1 accuracy (%)"
+    meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, slot: str) -> TableRow | None:
+        return next((r for r in self.rows if r.slot == slot), None)
+
+    def cell(self, row: TableRow, key: str) -> str:
+        """The printed value: percent with 2 decimals, signed points for deltas."""
+        value = row.values.get(key)
+        if value is None:
+            return ""
+        return f"{value:+.2f}" if row.delta else f"{100 * value:.2f}"
+
+
+def build_table(rows: Sequence[Row], per_recipe: str = "best") -> Table:
+    """The paper's table from normalised result rows (see ``read_results``)."""
+    if per_recipe not in PER_RECIPE:
+        raise ConfigError(f"per_recipe={per_recipe!r}: expected one of {', '.join(PER_RECIPE)}")
+    columns = COLUMNS + tuple((key, key) for key in extra_columns(rows))
+    lines = [_line(slot, label(row), row, columns)
+             for slot, label, kinds in BASELINES for row in _best_on_held_out(_of_kinds(rows, kinds), slot)]
+    for recipe, group in recipe_groups(rows).items():
+        chosen = group if per_recipe == "all" or len(group) == 1 else _best_on_held_out(group, recipe)
+        lines += [_line(recipe, describe(row), row, columns) for row in chosen]
+    table = Table(lines, columns=columns)
+    table.notes = findings(table)
+    return table
+
+
+BASELINES: tuple[tuple[str, Callable[[Row], str], frozenset[str]], ...] = (
+    ("zeroshot", lambda r: "Zero-shot", frozenset({"zeroshot"})),
+    ("lp_init", lambda r: "LP init", frozenset({"lp"})),
+    ("best_individual", lambda r: f"Best individual on held-out ({r['name']})", frozenset({"lp", "finetune"})),
+)
+
+
+def recipe_groups(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    """Rows of every recipe (soups, ensembles, WiSE-FT), the paper's recipes first."""
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.get("recipe") and row.get("kind") not in {"zeroshot", "lp", "finetune"}:
+            groups.setdefault(str(row["recipe"]), []).append(row)
+    rank = {name: i for i, name in enumerate(PAPER_ORDER)}
+    return dict(sorted(groups.items(), key=lambda item: rank.get(item[0], len(rank))))
+
+
+def describe(row: Row) -> str:
+    """A recipe row's label with what distinguishes it: WiSE-FT's alpha, a soup's size."""
+    text = str(row.get("label") or recipe_label(str(row.get("recipe"))) or row.get("recipe") or row["name"])
+    if row.get("alpha") is not None:
+        parts = [f"α={float(row['alpha']):.2f}"] + ([str(row["interpolated"])] if row.get("interpolated") else [])
+        return f"{text} ({', '.join(parts)})"
+    n = row.get("num_ingredients")
+    return f"{text} ({n} model{'s' if n != 1 else ''})" if isinstance(n, int) else text
+
+
+@cache
+def recipe_label(recipe: str) -> str | None:
+    """The ``label`` of a packaged recipe file, for rows that carry none (the authors' files)."""
+    from omegaconf import OmegaConf
+
+    from soup_exp.utils.entry import packaged_config_dir
+
+    path = packaged_config_dir() / "recipes" / f"{recipe}.yaml"
+    return OmegaConf.load(path).get("label") if path.is_file() else None
+
+
+def extra_columns(rows: Sequence[Row]) -> list[str]:
+    """Accuracy keys beyond the paper's (a user's evaluation datasets), in order of appearance."""
+    known = {key for key, _ in COLUMNS} | set(RESULT_FIELDS)
+    extra: dict[str, None] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key not in known and isinstance(value, int | float) and not isinstance(value, bool):
+                extra[key] = None
+    return list(extra)
+
+
+# The paper's headline comparisons as (baseline slot, compared slot): fine-tuning vs
+# zero-shot, soups vs the best single model, the greedy soup vs the costlier ensemble.
+FINDINGS = (
+    ("zeroshot", "best_individual"),
+    ("best_individual", "greedy"),
+    ("best_individual", "uniform"),
+    ("ensemble", "greedy"),
+)
+
+
+def findings(table: Table) -> list[str]:
+    """One line per headline comparison present in the table, in points on held-out
+    (where the soup recipes are selected), ImageNet and Avg shifts."""
+    lines = []
+    for base_slot, claim_slot in FINDINGS:
+        base, claim = table.row(base_slot), table.row(claim_slot)
+        if base is None or claim is None:
+            continue
+        deltas = []
+        for key, label in ((HELD_OUT, "held-out"), ("ImageNet", "ImageNet"), ("avg_shifts", "Avg shifts")):
+            a, b = base.values.get(key), claim.values.get(key)
+            if a is not None and b is not None:
+                deltas.append(f"{label} {100 * (b - a):+.2f}")
+        if deltas:
+            lines.append(f"{claim.label} vs {base.label}: {', '.join(deltas)} points")
+    return lines
+
+
+def to_markdown(table: Table) -> str:
+    header = ["Method", *(label for _, label in table.columns)]
+    lines = [_md_line(header), _md_line(["---", *("---:" for _ in table.columns)])]
+    for row in table.rows:
+        cells = [table.cell(row, key) or "–" for key, _ in table.columns]
+        lines.append(_md_line([row.label.replace("|", "\\|"), *cells]))
+    if table.notes:
+        lines += ["", *(f"- {note}" for note in table.notes)]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
+    spec = "l" + "r" * len(table.columns)
+    lines = [
+        f"% {table.caption}",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join(["Method", *(_latex_escape(label) for _, label in table.columns)]) + " \\\\",
+        "\\midrule",
+    ]
+    for row in table.rows:
+        cells = [table.cell(row, key) or "--" for key, _ in table.columns]
+        lines.append(" & ".join([_latex_escape(row.label), *cells]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["method", "model", *(key for key, _ in table.columns)])
+    for row in table.rows:
+        writer.writerow([row.label, row.model, *(table.cell(row, key) for key, _ in table.columns)])
+    return buffer.getvalue()
+
+
+RENDERERS: dict[str, Callable[[Table], str]] = {"md": to_markdown, "tex": to_latex, "csv": to_csv}
+
+
+def render(table: Table, fmt: str) -> str:
+    if fmt not in RENDERERS:
+        raise ConfigError(f"unknown table format {fmt!r}; expected one of {', '.join(RENDERERS)}")
+    return RENDERERS[fmt](table)
+
+
+# --- selection ---------------------------------------------------------------------------
+
+
+def _of_kinds(rows: Sequence[Row], kinds: frozenset[str]) -> list[Row]:
+    return [r for r in rows if r.get("kind") in kinds]
+
+
+def _best_on_held_out(found: Sequence[Row], what: str) -> list[Row]:
+    """The row with the best held-out accuracy: choosing on ImageNet itself would be test-set selection."""
+    scored = [r for r in found if r.get(HELD_OUT) is not None]
+    if scored:
+        return [max(scored, key=lambda r: float(r[HELD_OUT]))]
+    if len(found) == 1:
+        return list(found)  # nothing to choose between
+    if found:
+        warnings.warn(f"{len(found)} {what} rows but none has a held-out accuracy ({HELD_OUT}) to "
+                      "choose by; left out of the table", stacklevel=3)
+    return []
+
+
+def _line(slot: str, label: str, row: Row, columns: Sequence[tuple[str, str]]) -> TableRow:
+    values = {key: (float(row[key]) if row.get(key) is not None else None) for key, _ in columns}
+    return TableRow(slot=slot, label=label, values=values, model=str(row["name"]))
+
+
+def _md_line(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "α": r"$\alpha$", "Δ": r"$\Delta$"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)

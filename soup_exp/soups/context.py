@@ -1,0 +1,177 @@
+"""What every recipe is handed: the ingredient pool and the tools to judge a soup.
+
+The evaluator, the skeleton model and the held-out logits are built on first use, so a
+recipe that only averages weights (uniform) never loads a dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from soup_exp.artifacts import WEIGHTS_FILE, is_finished_run, is_finished_soup
+from soup_exp.errors import ConfigError
+from soup_exp.soups.ingredients import Ingredient, resolve_ingredients
+from soup_exp.utils.hashing import stable_hash
+
+log = logging.getLogger(__name__)
+
+HELD_OUT = "ImageNet2p"
+ACCUMULATE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class SoupContext:
+    """The pool (``ingredients``, ``names``, ``scores``), held-out evaluation
+    (``evaluate``, ``heldout_logits``, ``heldout_batches``), the zero-shot model, the
+    soups cooked so far, a W&B ``run`` and where to keep resumable state."""
+
+    def __init__(self, cfg: Any, ingredients: list[Ingredient], run: Any) -> None:
+        self.cfg = cfg
+        self.ingredients = ingredients
+        self.names = [ing.name for ing in ingredients]
+        self.soups_dir = Path(cfg.soups_dir)
+        self.run = run
+        self.progress = bool(cfg.progress)
+        self.seed = int(cfg.seed)
+        dtype = str(cfg.soup.accumulate_dtype)
+        if dtype not in ACCUMULATE_DTYPES:
+            raise ConfigError(f"soup.accumulate_dtype={dtype!r}: use one of {sorted(ACCUMULATE_DTYPES)}")
+        self.accumulate_dtype = ACCUMULATE_DTYPES[dtype]
+        self.recipe = ""  # the recipe being cooked (set by the stage)
+
+    # ---- models ----------------------------------------------------------------------
+
+    @cached_property
+    def classes(self):
+        from soup_exp.data.registry import class_space
+
+        return class_space(self.cfg.data)
+
+    @cached_property
+    def _classifier(self):
+        from soup_exp.models import build_classifier
+
+        return build_classifier(self.cfg.model, self.classes.num_classes, pretrained=False)
+
+    @property
+    def skeleton(self) -> torch.nn.Module:
+        """The model that candidate state dicts are loaded into (on the evaluation device)."""
+        return self._classifier[0]
+
+    @cached_property
+    def zeroshot(self) -> Ingredient | None:
+        """The zero-shot model (WiSE-FT and Model Stock start from it), or None."""
+        path = Path(self.cfg.zeroshot_dir)
+        if not is_finished_run(path):
+            return None
+        return resolve_ingredients(path, kinds=None)[0]
+
+    def model(self, name: str) -> Ingredient:
+        """A weight-space soup cooked earlier, an ingredient, or ``best_individual``."""
+        if name == "best_individual":
+            return self.ingredients[self.best_index]
+        soup_dir = self.soups_dir / name
+        if is_finished_soup(soup_dir) and (soup_dir / WEIGHTS_FILE).is_file():
+            return resolve_ingredients(soup_dir / WEIGHTS_FILE, kinds=None)[0]
+        if name in self.names:
+            return self.ingredients[self.names.index(name)]
+        raise ConfigError(
+            f"no model named {name!r}: it is neither a weight-space soup in {self.soups_dir} nor an "
+            f"ingredient ({', '.join(self.names)}); list the recipe that makes it first"
+        )
+
+    # ---- held-out evaluation -----------------------------------------------------------
+
+    @cached_property
+    def evaluator(self):
+        from soup_exp.evaluation.evaluator import build_evaluator
+
+        return build_evaluator(self.cfg, self._classifier[1].preprocess_val, self.classes, names=[HELD_OUT])
+
+    @property
+    def device(self) -> torch.device:
+        return self.evaluator.device
+
+    @cached_property
+    def _heldout_accuracy(self):
+        return self.evaluator.heldout_accuracy_fn(self.skeleton, HELD_OUT)
+
+    def candidate_buffer(self) -> dict[str, torch.Tensor]:
+        """The evaluation model's own tensors: a candidate written into them is scored
+        without another copy of the model (see ``greedy_soup(candidate_buffer=...)``)."""
+        self._heldout_accuracy  # noqa: B018 - moves the skeleton to the evaluation device first
+        return self.skeleton.state_dict()
+
+    def evaluate(self, state_dict: Mapping[str, torch.Tensor]) -> float:
+        """Held-out accuracy of a candidate soup (the skeleton is reused, not copied)."""
+        return float(self._heldout_accuracy(state_dict))
+
+    def heldout_logits(self, index: int) -> torch.Tensor:
+        """Raw held-out logits of ingredient ``index``, computed once and cached on disk."""
+        from soup_exp.artifacts import read_weights
+        from soup_exp.utils.io import atomic_save_safetensors
+
+        ing = self.ingredients[index]
+        path = self.soups_dir / ".cache" / "heldout_logits" / f"{ing.name}-{self._weights_key(ing)}.safetensors"
+        if path.is_file():
+            return read_weights(path)["logits"]
+        self.skeleton.load_state_dict(ing.state_dict(), strict=True)
+        logits = self.evaluator.logits(self.skeleton, HELD_OUT)
+        atomic_save_safetensors({"logits": logits}, path)
+        return logits
+
+    def logits_accuracy(self, logits: torch.Tensor) -> float:
+        """Held-out accuracy of raw logits (rows in held-out order)."""
+        return self.evaluator.accuracy_from_logits(logits, HELD_OUT)
+
+    def heldout_batches(self, batch_size: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled held-out ``(images, targets)`` on the device; the order is seeded by epoch."""
+        generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        return self.evaluator.batches(HELD_OUT, batch_size, shuffle=True, generator=generator)
+
+    def _weights_key(self, ing: Ingredient) -> str:
+        stat = ing.path.stat() if ing.path is not None else None
+        return stable_hash({"path": str(ing.path), "size": stat.st_size if stat else None,
+                            "mtime": stat.st_mtime_ns if stat else None,
+                            "data": self.evaluator.dataset(HELD_OUT).identity(),
+                            "precision": self.evaluator.precision})
+
+    @cached_property
+    def scores(self) -> list[float]:
+        """Held-out accuracy of each ingredient: its ingredient.json, else its cached logits."""
+        scores = []
+        for i, ing in enumerate(self.ingredients):
+            if ing.held_out_accuracy is None:
+                log.info("held-out accuracy of %s is not in its metadata: evaluating it", ing.name)
+                scores.append(self.logits_accuracy(self.heldout_logits(i)))
+            else:
+                scores.append(ing.held_out_accuracy)
+        return scores
+
+    @property
+    def best_index(self) -> int:
+        """The ingredient with the best held-out accuracy (ties as the greedy order breaks them)."""
+        from soup_exp.soups.greedy import greedy_order
+
+        return greedy_order(self.names, self.scores)[0]
+
+    # ---- outputs ------------------------------------------------------------------------
+
+    def finished(self, name: str) -> bool:
+        """Whether soup ``name`` is already cooked (its soup.json exists)."""
+        return is_finished_soup(self.soups_dir / name)
+
+    def state_file(self) -> Path:
+        """Where the current recipe may keep state to resume from after preemption."""
+        return self.soups_dir / self.recipe / "state.json"
+
+    def log_table(self, key: str, rows: list[dict[str, Any]]) -> None:
+        """A W&B table under ``<recipe>/<key>`` from a list of same-keyed dicts."""
+        if rows:
+            columns = list(rows[0])
+            self.run.log_table(f"{self.recipe}/{key}", columns, [[row.get(c) for c in columns] for row in rows])

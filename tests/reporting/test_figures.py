@@ -1,0 +1,68 @@
+"""Figures are real, non-blank images of a fixed size, in PNG and PDF."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from soup_exp.artifacts.results import read_results
+from soup_exp.reporting.figures import (
+    DPI,
+    FIGSIZE,
+    SoupFileError,
+    coefficient_matrix,
+    greedy_steps,
+    plot_figure1,
+    plot_greedy_trajectory,
+    plot_learned_coefficients,
+)
+from soup_exp.reporting.paper import reference_dir
+
+EXPECTED_SIZE = (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
+
+
+def assert_figure(paths):
+    png, pdf = paths
+    assert png.suffix == ".png" and pdf.suffix == ".pdf"
+    assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 1000
+    with Image.open(png) as image:
+        assert image.size == EXPECTED_SIZE
+        grey = image.convert("L")
+        low, high = grey.getextrema()
+        assert low < 50 and high > 200  # ink on paper, not a blank canvas
+        assert len(grey.getcolors(maxcolors=256 * 256)) > 10
+
+
+def test_figure1_from_published_results(tmp_path):
+    assert_figure(plot_figure1(read_results(reference_dir("paper_vitb32")), tmp_path / "figure1"))
+
+
+def test_figure1_without_plottable_rows_is_skipped(tmp_path):
+    with pytest.warns(UserWarning, match="Figure 1 is skipped"):
+        assert plot_figure1([{"name": "a", "kind": "lp", "ImageNet": 0.5}], tmp_path / "f") == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_greedy_trajectory(tmp_path, greedy_soup_json):
+    assert [s.accepted for s in greedy_steps(greedy_soup_json)] == [True, True, False, False]
+    assert_figure(plot_greedy_trajectory(greedy_soup_json, tmp_path / "greedy"))
+
+
+def test_greedy_steps_infer_acceptance_and_reject_bad_history():
+    steps = greedy_steps({"history": [{"name": "a", "accuracy": 0.5}, {"name": "b", "accuracy": 0.4},
+                                      {"name": "c", "accuracy": 0.6}]})
+    assert [s.accepted for s in steps] == [True, False, True]
+    with pytest.raises(SoupFileError, match="no held-out accuracy"):
+        greedy_steps({"name": "g", "history": [{"ingredient": "a"}]})
+    with pytest.raises(SoupFileError, match="no greedy 'history'"):
+        greedy_steps({"name": "g"})
+
+
+def test_learned_coefficients_by_layer_and_per_model(tmp_path, learned_soup_json):
+    layers, ingredients, values = coefficient_matrix(learned_soup_json)
+    assert len(layers) == 12 and ingredients == ["ft_0", "ft_1", "ft_2"] and len(values[0]) == 3
+    assert_figure(plot_learned_coefficients(learned_soup_json, tmp_path / "by_layer"))
+    per_model = {"name": "learned", "ingredients": ["a", "b"], "coefficients": [0.3, 0.7]}
+    assert_figure(plot_learned_coefficients(per_model, tmp_path / "per_model"))
+    with pytest.raises(SoupFileError, match="different lengths"):
+        coefficient_matrix({"coefficients": [[0.1, 0.2], [0.3]]})

@@ -1,0 +1,67 @@
+"""`run_report`: every artefact written, W&B run readable back, disabled writes only the report."""
+
+from __future__ import annotations
+
+import json
+
+from omegaconf import OmegaConf
+from wandb_reader import read_offline_run
+
+from soup_exp.artifacts.results import ResultsStore
+from soup_exp.report import run_report
+
+
+def _experiment(tmp_path, our_rows, greedy_soup_json, learned_soup_json):
+    store = ResultsStore(tmp_path / "out" / "results.jsonl")
+    for row in our_rows:
+        store.upsert({k: v for k, v in row.items() if k != "num_ingredients" or row["name"] != "greedy"})
+    for soup in (greedy_soup_json, learned_soup_json):
+        folder = tmp_path / "out" / "soups" / soup["name"]
+        folder.mkdir(parents=True)
+        (folder / "soup.json").write_text(json.dumps(soup))
+    return OmegaConf.create({
+        "name": "exp", "out_dir": str(tmp_path / "out"),
+        "results": "${out_dir}/results.jsonl", "soups_dir": "${out_dir}/soups",
+        "report_dir": "${out_dir}/report", "compare": "paper_vitb32", "formats": ["md", "tex", "csv"],
+        "per_recipe": "best",
+        "logger": {"mode": "offline", "project": "soup-test", "group": "${name}", "tags": [], "dir": "${out_dir}"},
+    })
+
+
+def test_report_writes_tables_figures_and_an_offline_run(tmp_path, our_rows, greedy_soup_json, learned_soup_json, capsys):
+    cfg = _experiment(tmp_path, our_rows, greedy_soup_json, learned_soup_json)
+    outputs = run_report(cfg)
+    expected = {f"{t}.{f}" for t in ("table", "comparison") for f in ("md", "tex", "csv")} | {
+        f"{fig}.{f}" for fig in ("figure1", "greedy_trajectory_greedy", "coefficients_learned_by_layer")
+        for f in ("png", "pdf")
+    }
+    assert set(outputs) == expected
+    assert all(p.is_file() and p.stat().st_size > 0 for p in outputs.values())
+    table_md = outputs["table.md"].read_text()
+    assert "Greedy soup (2 models)" in table_md  # count taken from soup.json
+    printed = capsys.readouterr().out
+    assert table_md in printed and "report written to" in printed
+
+    run_dirs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 1
+    logged = read_offline_run(run_dirs[0])
+    assert logged.job_type == "report" and logged.group == "exp"
+    assert abs(logged.summary["greedy/ImageNet"] - 0.82) < 1e-9
+    assert logged.summary["num_results"] == len(our_rows)
+    images = list((run_dirs[0] / "files" / "media" / "images").rglob("*.png"))
+    assert len(images) == 3
+    tables = list((run_dirs[0] / "files" / "media" / "table").rglob("*.table.json"))
+    assert len(tables) == 2
+
+
+def test_report_on_the_authors_files_with_wandb_disabled(tmp_path):
+    from soup_exp.reporting.paper import reference_dir
+
+    cfg = {"results": [str(p) for p in sorted(reference_dir("paper_vitb32").glob("*.jsonl"))],
+           "report_dir": str(tmp_path / "report"), "formats": ["md"], "logger": {"mode": "disabled"},
+           "per_recipe": "best",
+           "soups_dir": str(tmp_path / "no-soups")}
+    outputs = run_report(cfg)
+    assert set(outputs) == {"table.md", "figure1.png", "figure1.pdf"}
+    assert "| Greedy soup | 83.98 | 81.03 |" in outputs["table.md"].read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]

@@ -1,0 +1,76 @@
+"""run_finetune end to end on the miniature data: the three modes write valid ingredients,
+reruns are no-ops, foreign output directories and diverging runs stop with clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from soup_exp.errors import OutputConflictError, SoupExpError
+from soup_exp.finetune import run_finetune
+from soup_exp.training.loop import NonFiniteLossError
+
+KEYS = {"name", "kind", "base_model", "classes", "hparams", "held_out_accuracy", "metrics",
+        "config", "code_version", "created"}
+
+
+def _info(path: Path) -> dict:
+    return json.loads((path / "ingredient.json").read_text())
+
+
+def test_modes_write_ingredients_and_reruns_are_no_ops(tiny_root: Path, compose_tiny, caplog) -> None:
+    zs = run_finetune(compose_tiny(tiny_root, "train.mode=zeroshot", "train.output_dir=" + str(tiny_root / "zs")))
+    lp = run_finetune(compose_tiny(tiny_root, "sweep=lp_init"))
+    ft = run_finetune(compose_tiny(tiny_root, "sweep=demo", "sweep.index=1", "train.epochs=2"))
+    assert ft.name == "ft_001" and lp.name == "lp_init"
+    for path, kind in ((zs, "zeroshot"), (lp, "lp"), (ft, "finetune")):
+        info = _info(path)
+        assert set(info) >= KEYS and info["kind"] == kind
+        assert info["base_model"] == "open_clip:soup-tiny-vit:random"
+        assert info["classes"] == [0, 1, 2, 3] and 0.0 <= info["held_out_accuracy"] <= 1.0
+        weights = load_file(str(path / "model.safetensors"))
+        assert {"head.weight", "head.bias"} <= set(weights)
+        assert all(k.startswith(("image_encoder.", "head.")) for k in weights)
+        assert not (path / "run.json").exists() and not (path / "checkpoints").exists()
+    ft_info = _info(ft)
+    assert ft_info["sweep"]["kind"] == "random" and ft_info["hparams"]["lr"] == ft_info["sweep"]["drawn"]["lr"]
+    assert ft_info["metrics"]["init"]["from"] == str(lp)
+    assert ft_info["config"]["train"]["lr"] == ft_info["hparams"]["lr"]
+
+    before = (ft / "ingredient.json").read_text()
+    caplog.set_level("INFO")
+    assert run_finetune(compose_tiny(tiny_root, "sweep=demo", "sweep.index=1", "train.epochs=2")) == ft
+    assert "nothing to do" in caplog.text and (ft / "ingredient.json").read_text() == before
+
+    with pytest.raises(OutputConflictError, match="different configuration"):
+        run_finetune(compose_tiny(tiny_root, "sweep=demo", "sweep.index=1", "train.epochs=3"))
+
+
+def test_missing_init_ingredient_says_how_to_make_it(tiny_root: Path, compose_tiny) -> None:
+    with pytest.raises(SoupExpError, match="sweep=lp_init"):
+        run_finetune(compose_tiny(tiny_root, "sweep=demo", "sweep.index=0"))
+
+
+def test_non_finite_loss_names_the_step_and_last_checkpoint(tiny_root: Path, compose_tiny, monkeypatch) -> None:
+    import torch
+
+    import soup_exp.training.loop as loop
+
+    def diverging_loss(settings, mixing):
+        calls = []
+
+        def loss(logits, targets):
+            calls.append(1)
+            value = torch.nn.functional.cross_entropy(logits, targets)
+            return value * float("nan") if len(calls) == 5 else value
+
+        return loss
+
+    monkeypatch.setattr(loop, "build_loss", diverging_loss)
+    with pytest.raises(NonFiniteLossError, match=r"at step 5 .*last good checkpoint: .*last.pt \(step 4\)"):
+        run_finetune(compose_tiny(tiny_root, "train.epochs=2", "train.ckpt_every_steps=2", "sweep.name=boom"))
+    assert (tiny_root / "outputs/t/ingredients/boom/checkpoints/last.pt").is_file()
+    assert not (tiny_root / "outputs/t/ingredients/boom/ingredient.json").exists()
