@@ -103,3 +103,24 @@ def test_pipeline_passes_each_stage_only_the_overrides_it_understands():
             "experiment=smoke", "recipes.greedy.tolerance=0.1", "logger=disabled",
             "+hydra.job.env_set.X=1"]
         assert "pipeline.sweep_size=2" in overrides_for("pipeline", given)
+
+
+def test_a_user_config_dir_adds_configs_and_shadows_packaged_ones(tmp_path):
+    from pathlib import Path
+
+    user_conf = Path(__file__).parent / "user_repo" / "conf"
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "greedy.yaml").write_text(
+        "# @package recipes.greedy\n_target_: soup_exp.soups.greedy.greedy_recipe\nlabel: My greedy\ntolerance: 0.5\n")
+    shadowed = _cli("soup", "--config-dir", str(tmp_path), "--cfg", "job")
+    assert shadowed.returncode == 0, shadowed.stderr
+    assert "label: My greedy" in shadowed.stdout and "tolerance: 0.5" in shadowed.stdout
+    assert "uniform_recipe" in shadowed.stdout  # the packaged recipes are still there
+
+    added = _cli("soup", f"--config-dir={user_conf}", "experiment=my_smoke", "--cfg", "job")
+    assert added.returncode == 0, added.stderr
+    assert "my_soups.top_k_soup" in added.stdout and "SketchCopy" in added.stdout
+    unknown = _cli("soup", "experiment=my_smoke")
+    assert unknown.returncode == 2 and "unknown experiment 'my_smoke'" in unknown.stderr
+    missing = _cli("soup", "--config-dir", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "no such directory" in missing.stderr

@@ -57,6 +57,21 @@ def save_figure(fig: Figure, out_base: str | Path, formats: Sequence[str] = FORM
     return paths
 
 
+def save_data(columns: Sequence[str], rows: Sequence[Sequence[Any]], out_base: str | Path) -> Path:
+    """A figure's data as ``out_base.csv`` beside it, so users can restyle it."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    path = Path(out_base).with_name(f"{Path(out_base).name}.csv")
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    return path
+
+
 def plot_figure1(rows: Sequence[Mapping[str, Any]], out_base: str | Path) -> list[Path]:
     """ImageNet top-1 (x) against the mean over the five shifts (y), as in the paper's
     Figure 1: fine-tuned models as grey points, soups/ensembles/baselines marked and named."""
@@ -85,7 +100,10 @@ def plot_figure1(rows: Sequence[Mapping[str, Any]], out_base: str | Path) -> lis
     ax.set_ylabel("Avg. accuracy on 5 distribution shifts (%)")
     ax.grid(True, color="0.9", linewidth=0.6, zorder=0)
     ax.legend(fontsize=7, loc="best", frameon=True)
-    return save_figure(fig, out_base)
+    data = [[r["name"], r.get("kind"), r.get("recipe"), r.get("label"), r["ImageNet"], r["avg_shifts"]]
+            for members in groups.values() for r in members]
+    return [*save_figure(fig, out_base),
+            save_data(["name", "kind", "recipe", "label", "ImageNet", "avg_shifts"], data, out_base)]
 
 
 @dataclass(frozen=True)

@@ -100,3 +100,23 @@ def test_presets_name_real_architectures_and_tags(preset):
             assert cfg["pretrained"] in open_clip.list_pretrained_tags_by_model(cfg["name"])
     else:
         assert timm.list_pretrained(f"{cfg['name']}.{cfg['pretrained']}")
+
+
+def test_a_users_backbone_builder_by_target(monkeypatch):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from soup_exp.models import build_classifier
+    from soup_exp.utils.entry import _search_packaged_configs_after
+
+    user_repo = Path(__file__).resolve().parents[1] / "user_repo"
+    monkeypatch.syspath_prepend(str(user_repo))
+    _search_packaged_configs_after(user_repo / "conf")
+    with initialize_config_dir(config_dir=str(user_repo / "conf"), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["model=pooled_conv"])
+    model, backbone = build_classifier(cfg.model, num_classes=5)
+    assert backbone.feature_dim == 16 and model.head.weight.shape == (5, 16)
+    assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 5)
+    with pytest.raises(BackboneLoadError, match="not a soup_exp.models.Backbone"):
+        build_backbone({"_target_": "operator.is_", "name": "x"})

@@ -22,7 +22,7 @@ EXPECTED_SIZE = (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
 
 
 def assert_figure(paths):
-    png, pdf = paths
+    png, pdf = paths[:2]
     assert png.suffix == ".png" and pdf.suffix == ".pdf"
     assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 1000
     with Image.open(png) as image:
@@ -34,7 +34,15 @@ def assert_figure(paths):
 
 
 def test_figure1_from_published_results(tmp_path):
-    assert_figure(plot_figure1(read_results(reference_dir("paper_vitb32")), tmp_path / "figure1"))
+    rows = read_results(reference_dir("paper_vitb32"))
+    paths = plot_figure1(rows, tmp_path / "figure1")
+    assert_figure(paths)
+    import csv
+
+    plotted = list(csv.DictReader(paths[2].open()))
+    assert len(plotted) == len(rows) == 75  # every published model, with its coordinates
+    greedy = next(r for r in plotted if r["name"] == "greedy_soup")
+    assert abs(float(greedy["ImageNet"]) - 0.81026) < 1e-4
 
 
 def test_figure1_without_plottable_rows_is_skipped(tmp_path):

@@ -34,7 +34,7 @@ def test_report_writes_tables_figures_and_an_offline_run(tmp_path, our_rows, gre
     expected = {f"{t}.{f}" for t in ("table", "comparison") for f in ("md", "tex", "csv")} | {
         f"{fig}.{f}" for fig in ("figure1", "greedy_trajectory_greedy", "coefficients_learned_by_layer")
         for f in ("png", "pdf")
-    }
+    } | {"figure1.csv"}
     assert set(outputs) == expected
     assert all(p.is_file() and p.stat().st_size > 0 for p in outputs.values())
     table_md = outputs["table.md"].read_text()
@@ -62,6 +62,6 @@ def test_report_on_the_authors_files_with_wandb_disabled(tmp_path):
            "per_recipe": "best",
            "soups_dir": str(tmp_path / "no-soups")}
     outputs = run_report(cfg)
-    assert set(outputs) == {"table.md", "figure1.png", "figure1.pdf"}
+    assert set(outputs) == {"table.md", "figure1.png", "figure1.pdf", "figure1.csv"}
     assert "| Greedy soup | 83.98 | 81.03 |" in outputs["table.md"].read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["report"]
