@@ -10,9 +10,9 @@ import pytest
 import torch
 from eval_testkit import eval_transform, write_image
 
+from soup_exp.errors import SoupExpError
 from soup_exp.evaluation import cache as cache_module
 from soup_exp.evaluation import sources
-from soup_exp.errors import SoupExpError
 from soup_exp.evaluation.cache import CacheError, PreprocessedCache, _publish
 from soup_exp.evaluation.transforms import split_transform
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch import nn
 
@@ -174,9 +173,9 @@ def test_all_recipes_then_resume(pool, monkeypatch, caplog):
 
 def test_unknown_recipe(pool):
     out, _ = pool
-    from soup_exp.errors import ConfigError
-
     from hydra.errors import MissingConfigException
+
+    from soup_exp.errors import ConfigError
 
     with pytest.raises(MissingConfigException, match="soupe"):
         _cfg(out, ["uniform", "soupe"])

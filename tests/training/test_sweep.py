@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -11,7 +10,7 @@ from omegaconf import OmegaConf
 
 from soup_exp.errors import ConfigError
 from soup_exp.training.settings import train_settings
-from soup_exp.training.sweep import PACKAGED_HPARAMS, apply_sweep, published_hparams, resolve_sweep
+from soup_exp.training.sweep import apply_sweep, published_hparams, resolve_sweep
 from soup_exp.utils.entry import packaged_config_dir
 
 CONF = packaged_config_dir()
