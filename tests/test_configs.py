@@ -98,7 +98,8 @@ def test_pipeline_passes_each_stage_only_the_overrides_it_understands():
              "train.lr=1e-4", "logger=disabled", "+hydra.job.env_set.X=1"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         assert overrides_for("finetune", given) == [
-            "experiment=smoke", "train.lr=1e-4", "logger=disabled", "+hydra.job.env_set.X=1"]
+            "experiment=smoke", "recipes.greedy.tolerance=0.1", "train.lr=1e-4", "logger=disabled",
+            "+hydra.job.env_set.X=1"]
         assert overrides_for("soup", given) == [
             "experiment=smoke", "recipes.greedy.tolerance=0.1", "logger=disabled",
             "+hydra.job.env_set.X=1"]
