@@ -23,17 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from soup_exp.artifacts import INGREDIENT_FILE, ingredient_record, is_finished_run, load_weights
 from soup_exp.data.classes import ClassSpace
 from soup_exp.errors import ConfigError, SoupExpError
+from soup_exp.tracking.wandb_run import loggable_config
 from soup_exp.training import ingredient as store
 from soup_exp.training.augment import with_randaugment
 from soup_exp.training.distributed import DistContext, setup_distributed, teardown_distributed
 from soup_exp.training.settings import TrainSettings, train_settings
 from soup_exp.training.sweep import SweepDraw, apply_sweep
+from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.utils.runtime import code_version
@@ -98,10 +100,10 @@ def run_finetune(cfg: DictConfig) -> Path:
 def run_identity(cfg: DictConfig, settings: TrainSettings, draw: SweepDraw,
                  classes: ClassSpace) -> dict[str, Any]:
     """What makes two runs the same ingredient (devices, workers and paths excluded)."""
-    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model = to_plain(cfg.model)
     from soup_exp.models.backbones import model_id_for
 
-    heldout = OmegaConf.to_container(cfg.data.get("heldout") or {}, resolve=True)
+    heldout = to_plain(cfg.data.get("heldout")) or {}
     return {
         "model": model_id_for(model),
         "model_kwargs": model.get("kwargs"),
@@ -197,7 +199,7 @@ def _init_ingredient_info(path: Path, job: Job) -> dict[str, Any]:
     info = ingredient_record(path)
     from soup_exp.models.backbones import model_id_for
 
-    expected = model_id_for(OmegaConf.to_container(job.cfg.model, resolve=True))
+    expected = model_id_for(to_plain(job.cfg.model))
     if info.get("base_model") != expected:
         raise SoupExpError(f"train.init_from={path} was trained from {info.get('base_model')}, "
                            f"but this run's model is {expected}")
@@ -282,7 +284,7 @@ def ingredient_info(job: Job, base_model: str, held_out: float) -> dict[str, Any
         "sweep": job.draw.record(),
         "held_out_accuracy": held_out,
         "metrics": {HELD_OUT: held_out, **job.metrics},
-        "config": OmegaConf.to_container(job.cfg, resolve=True),
+        "config": loggable_config(job.cfg),
         "code_version": code_version(),
     }
 

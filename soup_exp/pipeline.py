@@ -19,9 +19,10 @@ from typing import Any
 
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from soup_exp.errors import SoupExpError
+from soup_exp.tracking.wandb_run import loggable_config
 from soup_exp.utils.entry import STAGES, packaged_config_dir, stage_entry
 from soup_exp.utils.io import atomic_write_json
 
@@ -144,7 +145,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     timings["total"] = round(time.perf_counter() - start, 1)
     atomic_write_json(Path(cfg.out_dir) / "pipeline.json", {
         "overrides": overrides, "seconds": timings,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": loggable_config(cfg),
     })
     print(summary(cfg, timings))
     return timings

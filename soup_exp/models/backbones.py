@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from soup_exp.errors import SoupExpError
-from soup_exp.utils.config import config_get
+from soup_exp.utils.config import config_get, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +40,6 @@ class Backbone:
     clip_model: nn.Module | None = None
     tokenizer: Callable | None = None
     zeroshot_templates: Any = "openai"
-
-
-def _as_dict(value: Any) -> dict:
-    if value is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(value, DictConfig):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return dict(value)
 
 
 def looks_like_path(pretrained: str) -> bool:
@@ -152,7 +139,7 @@ def _open_clip_backbone(model_cfg: Mapping, pretrained: bool) -> Backbone:
         image_interpolation=tag_cfg.get("interpolation"),
         image_resize_mode=tag_cfg.get("resize_mode"),
         cache_dir=config_get(model_cfg, "cache_dir"),
-        **_as_dict(config_get(model_cfg, "kwargs")),
+        **(to_plain(config_get(model_cfg, "kwargs")) or {}),
     )
     try:
         with _quiet_random_init(not pretrained):
@@ -191,7 +178,7 @@ def _timm_backbone(model_cfg: Mapping, pretrained: bool) -> Backbone:
 
     name = model_cfg["name"]
     value = config_get(model_cfg, "pretrained")
-    kwargs: dict[str, Any] = dict(num_classes=0, **_as_dict(config_get(model_cfg, "kwargs")))
+    kwargs: dict[str, Any] = dict(num_classes=0, **(to_plain(config_get(model_cfg, "kwargs")) or {}))
     full_name, load = name, False
     if value is True:
         load = True

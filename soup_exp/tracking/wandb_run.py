@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from soup_exp.utils.config import config_get
+from soup_exp.utils.config import config_get, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -239,12 +239,7 @@ def _init_wandb(
 
 
 def _logger_config(cfg: Any) -> dict[str, Any]:
-    logger_cfg = config_get(cfg, "logger")
-    if logger_cfg is None:
-        return {}
-    if OmegaConf.is_config(logger_cfg):
-        return OmegaConf.to_container(logger_cfg, resolve=True)  # type: ignore[return-value]
-    return dict(logger_cfg)
+    return dict(to_plain(config_get(cfg, "logger")) or {})
 
 
 def _run_directory(wandb_run: Any) -> Path | None:

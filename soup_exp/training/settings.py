@@ -11,9 +11,10 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from soup_exp.errors import ConfigError
+from soup_exp.utils.config import to_plain
 
 MODES = ("zeroshot", "lp", "finetune")
 HEAD_INITS = ("zeroshot", "lp")
@@ -70,7 +71,7 @@ class TrainSettings:
 
 def train_settings(train_cfg: DictConfig | dict) -> TrainSettings:
     """Build and validate :class:`TrainSettings`; raises :class:`ConfigError` naming the key."""
-    raw = OmegaConf.to_container(train_cfg, resolve=True) if OmegaConf.is_config(train_cfg) else dict(train_cfg)
+    raw = dict(to_plain(train_cfg))
     known = {f.name for f in fields(TrainSettings)}
     unknown, missing = sorted(set(raw) - known), sorted(known - set(raw))
     if unknown:
