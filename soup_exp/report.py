@@ -24,7 +24,7 @@ from soup_exp.reporting.figures import (
 from soup_exp.reporting.paper import comparison_table
 from soup_exp.reporting.table import RENDERERS, Table, build_table, render, to_markdown
 from soup_exp.tracking.wandb_run import start_run
-from soup_exp.utils.config import config_get, to_plain
+from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.io import atomic_write_text
 
@@ -35,15 +35,15 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     """Write the table, the comparison (with ``compare``) and the figures to
     ``cfg.report_dir``; log them to W&B; print the Markdown table. Returns
     ``{artefact name: path}`` (e.g. ``table.md``, ``figure1.png``)."""
-    report_dir = Path(str(config_get(cfg, "report_dir") or "report")).expanduser()
-    formats = list(config_get(cfg, "formats") or RENDERERS)
+    report_dir = Path(str(cfg["report_dir"])).expanduser()
+    formats = list(cfg["formats"])
     unknown = [f for f in formats if f not in RENDERERS]
     if unknown:
         raise ConfigError(f"formats={formats}: unknown {unknown}; expected any of {list(RENDERERS)}")
-    per_recipe = str(config_get(cfg, "per_recipe"))
+    per_recipe = str(cfg["per_recipe"])
 
-    rows = read_results(to_plain(config_get(cfg, "results")))
-    soups = _read_soups(config_get(cfg, "soups_dir"))
+    rows = read_results(to_plain(cfg["results"]))
+    soups = _read_soups(cfg["soups_dir"])
     rows = _with_ingredient_counts(rows, soups)
     table = build_table(rows, per_recipe=per_recipe)
     if not table.rows:
@@ -51,7 +51,7 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
 
     outputs: dict[str, Path] = {}
     outputs.update(_write_table(table, report_dir / "table", formats))
-    compare = config_get(cfg, "compare")
+    compare = cfg["compare"]
     comparison = comparison_table(table, str(compare), per_recipe=per_recipe) if compare else None
     if comparison is not None:
         outputs.update(_write_table(comparison, report_dir / "comparison", formats))
@@ -117,7 +117,7 @@ def _with_ingredient_counts(rows: list[dict[str, Any]], soups: list[dict[str, An
 def _log_to_wandb(
     cfg: Any, table: Table, comparison: Table | None, outputs: dict[str, Path], num_rows: int
 ) -> None:
-    name = f"report-{config_get(cfg, 'name') or 'results'}"
+    name = f"report-{cfg['name']}"
     with start_run(cfg, stage="report", name=name) as run:
         for key, tab in (("results_table", table), ("comparison_table", comparison)):
             if tab is not None:

@@ -11,21 +11,25 @@ from soup_exp.artifacts.results import ResultsStore
 from soup_exp.report import run_report
 
 
+def _compose(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from soup_exp.utils.entry import packaged_config_dir
+
+    with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
+        return compose(config_name="report", overrides=list(overrides))
+
+
 def _experiment(tmp_path, our_rows, greedy_soup_json, learned_soup_json):
-    store = ResultsStore(tmp_path / "out" / "results.jsonl")
+    store = ResultsStore(tmp_path / "out" / "exp" / "results.jsonl")
     for row in our_rows:
         store.upsert({k: v for k, v in row.items() if k != "num_ingredients" or row["name"] != "greedy"})
     for soup in (greedy_soup_json, learned_soup_json):
-        folder = tmp_path / "out" / "soups" / soup["name"]
+        folder = tmp_path / "out" / "exp" / "soups" / soup["name"]
         folder.mkdir(parents=True)
         (folder / "soup.json").write_text(json.dumps(soup))
-    return OmegaConf.create({
-        "name": "exp", "out_dir": str(tmp_path / "out"),
-        "results": "${out_dir}/results.jsonl", "soups_dir": "${out_dir}/soups",
-        "report_dir": "${out_dir}/report", "compare": "paper_vitb32", "formats": ["md", "tex", "csv"],
-        "per_recipe": "best",
-        "logger": {"mode": "offline", "project": "soup-test", "group": "${name}", "tags": [], "dir": "${out_dir}"},
-    })
+    return _compose(f"paths.output_dir={tmp_path / 'out'}", "name=exp", "compare=paper_vitb32",
+                    "logger.project=soup-test")
 
 
 def test_report_writes_tables_figures_and_an_offline_run(tmp_path, our_rows, greedy_soup_json, learned_soup_json, capsys):
@@ -42,7 +46,7 @@ def test_report_writes_tables_figures_and_an_offline_run(tmp_path, our_rows, gre
     printed = capsys.readouterr().out
     assert table_md in printed and "report written to" in printed
 
-    run_dirs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
+    run_dirs = list((tmp_path / "out" / "exp" / "wandb").glob("offline-run-*"))
     assert len(run_dirs) == 1
     logged = read_offline_run(run_dirs[0])
     assert logged.job_type == "report" and logged.group == "exp"
@@ -57,10 +61,9 @@ def test_report_writes_tables_figures_and_an_offline_run(tmp_path, our_rows, gre
 def test_report_on_the_authors_files_with_wandb_disabled(tmp_path):
     from soup_exp.reporting.paper import reference_dir
 
-    cfg = {"results": [str(p) for p in sorted(reference_dir("paper_vitb32").glob("*.jsonl"))],
-           "report_dir": str(tmp_path / "report"), "formats": ["md"], "logger": {"mode": "disabled"},
-           "per_recipe": "best",
-           "soups_dir": str(tmp_path / "no-soups")}
+    results = "[" + ",".join(str(p) for p in sorted(reference_dir("paper_vitb32").glob("*.jsonl"))) + "]"
+    cfg = _compose(f"results={results}", f"report_dir={tmp_path / 'report'}", "formats=[md]",
+                   "logger=disabled", f"soups_dir={tmp_path / 'no-soups'}")
     outputs = run_report(cfg)
     assert set(outputs) == {"table.md", "figure1.png", "figure1.pdf", "figure1.csv"}
     assert "| Greedy soup | 83.98 | 81.03 |" in outputs["table.md"].read_text()
