@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from omegaconf import OmegaConf
 from wandb_reader import read_offline_run
 
 from soup_exp.artifacts.results import ResultsStore
