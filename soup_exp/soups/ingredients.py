@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,9 +245,16 @@ def resolve_ingredients(items: IngredientLike | Iterable[IngredientLike], *,
     return result
 
 
+def natural_key(path: str | os.PathLike) -> tuple:
+    """Sort key that orders numbers by value (``model_2`` before ``model_10``): the order of
+    the authors' results rows, which fixes their uniform-soup sum and greedy tie order."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"(\d+)", str(path)) if part)
+
+
 def _from_path_or_glob(spec: str, kinds: frozenset[str] | None) -> list[Ingredient]:
     if glob.has_magic(spec):
-        matches = sorted(glob.glob(os.path.expanduser(spec)))
+        matches = sorted(glob.glob(os.path.expanduser(spec)), key=natural_key)
         return [ing for m in matches for ing in _from_path(Path(m), kinds, explicit=False)]
     path = Path(spec).expanduser()
     if not path.exists():
@@ -259,7 +267,8 @@ def _from_path(path: Path, kinds: frozenset[str] | None, explicit: bool) -> list
         return _from_file(path, kinds)
     if (path / INFO_FILE).is_file():
         return _from_run_dir(path, kinds)
-    runs = sorted({p.parent for p in path.rglob(INFO_FILE)} | {p.parent for p in path.rglob(WEIGHTS_FILE)})
+    runs = sorted({p.parent for p in path.rglob(INFO_FILE)} | {p.parent for p in path.rglob(WEIGHTS_FILE)},
+                  key=natural_key)
     found = [ing for run in runs for ing in _from_run_dir(run, kinds)]
     if not runs and explicit and not any(path.iterdir()):
         log.warning("ingredient directory %s is empty", path)

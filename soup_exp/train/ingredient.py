@@ -63,10 +63,12 @@ def claim(out_dir: Path, identity: Mapping[str, Any]) -> None:
     atomic_write_json(out_dir / RUN_FILE, {"identity": dict(identity), "fingerprint": fingerprint(identity)})
 
 
-def write_ingredient(out_dir: Path, model: torch.nn.Module, info: Mapping[str, Any],
+def write_ingredient(out_dir: Path, model: torch.nn.Module | Mapping[str, torch.Tensor], info: Mapping[str, Any],
                      identity: Mapping[str, Any], keep_checkpoints: bool = False) -> Path:
-    """Weights first, then ``ingredient.json`` (which makes the run final), then clean up."""
-    atomic_save_safetensors(model.state_dict(), out_dir / WEIGHTS_FILE,
+    """Weights (a classifier or its state dict) first, then ``ingredient.json`` (which makes
+    the run final), then clean up."""
+    weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    atomic_save_safetensors(weights, out_dir / WEIGHTS_FILE,
                             metadata={"name": str(info["name"]), "base_model": str(info["base_model"])})
     record = {**info, "identity": dict(identity), "fingerprint": fingerprint(identity),
               "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}

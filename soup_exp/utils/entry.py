@@ -37,6 +37,8 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
+        Stage("import", "the authors' released checkpoints (model_<i>.pt) as ingredients, offline",
+              "soup_exp.import_release:run_import", module="soup_exp.import_release"),
         Stage("finetune", "fine-tune one ingredient (zero-shot, LP init or end-to-end); -m for sweeps",
               "soup_exp.train.finetune:run_finetune"),
         Stage("soup", "cook uniform, greedy and learned soups and the baselines from ingredients",

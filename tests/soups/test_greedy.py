@@ -16,7 +16,8 @@ def _evaluate(sd):
 
 def _reference_greedy(sds, scores, evaluate):
     """The authors' loop, with full state dicts in memory."""
-    order = sorted(range(len(sds)), key=lambda i: (-scores[i], str(i)))
+    order = sorted(range(len(sds)), key=lambda i: scores[i])
+    order.reverse()
     chosen, best = [order[0]], scores[order[0]]
     soup = {k: v.clone().double() for k, v in sds[order[0]].items()}
     for i in order[1:]:
@@ -40,7 +41,6 @@ def _pools(make_sd, n, seed):
 def test_matches_reference(make_sd, seed):
     sds, scores = _pools(make_sd, 8, seed)
     ref_chosen, ref_soup = _reference_greedy(sds, scores, _evaluate)
-    # names of in-memory ingredients are state_dict_<i>; ties by name == ties by index here
     result = greedy_soup(sds, scores, _evaluate)
     assert result.chosen == ref_chosen
     for k in ref_soup:
@@ -50,11 +50,11 @@ def test_matches_reference(make_sd, seed):
     assert result.accuracy >= max(scores)
 
 
-def test_ties_by_name_and_tolerance(make_sd):
+def test_ties_later_first_and_tolerance(make_sd):
     sds = [make_sd(i) for i in range(3)]
     result = greedy_soup(sds, [0.5, 0.5, 0.5], lambda sd: 0.5)
-    assert result.chosen == [0]  # ties by name; equal accuracy is not an improvement
-    assert [h["index"] for h in result.history] == [0, 1, 2]
+    assert result.chosen == [2]  # the authors' order: later first; equal accuracy is no improvement
+    assert [h["index"] for h in result.history] == [2, 1, 0]
     accs = iter([0.55, 0.7])
     result = greedy_soup(sds, [0.5, 0.4, 0.3], lambda sd: next(accs), tolerance=0.1)
     assert result.chosen == [0, 2]
