@@ -123,8 +123,13 @@ def held_out_scores_for(
     ingredients: Sequence[Ingredient],
     held_out_scores: Sequence[float] | Mapping[str, float] | None,
     evaluate: Evaluate | None,
+    *,
+    precision: str | None = None,
 ) -> list[float]:
-    """Scores given, else from ``ingredient.json``, else evaluated (one model at a time)."""
+    """Scores given, else from ``ingredient.json``, else evaluated (one model at a time).
+
+    With ``precision`` (the numerics ``evaluate`` runs at), a recorded accuracy measured at
+    other or unknown numerics is re-evaluated instead of used."""
     scores: list[float] = []
     for index, ing in enumerate(ingredients):
         if isinstance(held_out_scores, Mapping):
@@ -134,11 +139,12 @@ def held_out_scores_for(
         else:
             value = None
         if value is None:
-            value = ing.held_out_accuracy
+            value = ing.held_out_accuracy_at(precision)
         if value is None:
             if evaluate is None:
                 raise IngredientError(f"{ing.where}: no held-out accuracy and no evaluate function")
-            log.info("held-out accuracy of %s missing from its metadata: evaluating it", ing.name)
+            log.info("held-out accuracy of %s missing from its metadata%s: evaluating it", ing.name,
+                     f" at {precision}" if precision else "")
             value = evaluate(ing.state_dict())
         scores.append(float(value))
     if held_out_scores is not None and not isinstance(held_out_scores, Mapping) \
@@ -158,6 +164,7 @@ def greedy_soup(
     candidate_buffer: Mapping[str, torch.Tensor] | None = None,
     progress: bool = False,
     arithmetic: str = "sum",
+    precision: str | None = None,
 ) -> GreedyResult:
     """The paper's greedy soup; ``evaluate(state_dict) -> held-out accuracy``.
 
@@ -169,13 +176,17 @@ def greedy_soup(
     ``"authors"`` keeps the authors' running average (``avg * (n / (n + 1.)) + new * (1. /
     (n + 1))`` in the ingredients' dtype), which reproduces their greedy soup bit for bit.
 
+    ``precision`` is the numerics ``evaluate`` runs at (``fp32``/``bf16``): an ingredient
+    whose recorded held-out accuracy was measured at other numerics is re-scored first, so
+    that candidates and ingredients are compared alike.
+
     With ``state_file`` the run resumes after preemption where it stopped (the file is
     bound to the ingredient names, scores, tolerance and arithmetic; a different pool
     starts afresh).
     """
     ings = load_ingredients(ingredients)
     names = [ing.name for ing in ings]
-    scores = held_out_scores_for(ings, held_out_scores, evaluate)
+    scores = held_out_scores_for(ings, held_out_scores, evaluate, precision=precision)
     averaging = check_arithmetic(arithmetic) == "authors"
     identity = {"names": names, "scores": scores, "tolerance": tolerance}
     fingerprint = stable_hash(identity if not averaging else {**identity, "arithmetic": arithmetic})

@@ -168,6 +168,14 @@ class Ingredient:
         value = self.info.get("held_out_accuracy")
         return None if value is None else float(value)
 
+    def held_out_accuracy_at(self, precision: str | None) -> float | None:
+        """The recorded held-out accuracy if it was measured at ``precision`` (``fp32`` or
+        ``bf16``, see ``ingredient.json``'s ``held_out_precision``), else None: re-score it,
+        so that greedy compares candidates and ingredients at the same numerics."""
+        if precision is not None and self.info.get("held_out_precision") != precision:
+            return None
+        return self.held_out_accuracy
+
     @property
     def base_model(self) -> str | None:
         return self.info.get("base_model")

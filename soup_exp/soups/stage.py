@@ -23,6 +23,7 @@ from soup_exp.soups.ingredients import Ingredient, load_ingredients, resolve_ing
 from soup_exp.soups.learned import learned_soup
 from soup_exp.soups.model_stock import model_stock
 from soup_exp.soups.outputs import WEIGHTS_FILE, is_finished, soup_record, write_soup
+from soup_exp.soups.streaming import check_arithmetic
 from soup_exp.soups.uniform import uniform_soup
 from soup_exp.soups.wise_ft import wise_ft
 from soup_exp.utils.config import config_get, to_plain
@@ -48,6 +49,7 @@ class SoupContext:
         if dtype not in ACCUMULATE_DTYPES:
             raise ConfigError(f"recipe.accumulate_dtype={dtype!r}: use one of {sorted(ACCUMULATE_DTYPES)}")
         self.accumulate_dtype = ACCUMULATE_DTYPES[dtype]
+        self.arithmetic = check_arithmetic(str(config_get(cfg, "recipe.arithmetic", "sum")))
         self.made: dict[str, Path] = {}
 
     # ---- lazily built tools -------------------------------------------------------------
@@ -175,7 +177,8 @@ def cook_uniform(ctx: SoupContext) -> None:
     if ctx.finished("uniform"):
         return
     n = len(ctx.ingredients)
-    soup = uniform_soup(ctx.ingredients, accumulate_dtype=ctx.accumulate_dtype, progress=ctx.progress)
+    soup = uniform_soup(ctx.ingredients, accumulate_dtype=ctx.accumulate_dtype, progress=ctx.progress,
+                        arithmetic=ctx.arithmetic)
     ctx.write(soup_record("uniform", "uniform", "soup", ctx.ingredients, coefficients=[1.0 / n] * n), soup)
 
 
@@ -187,7 +190,7 @@ def cook_greedy(ctx: SoupContext) -> None:
     result = greedy_soup(ctx.ingredients, ctx.scores, evaluate, tolerance=tolerance,
                          state_file=ctx.dir("greedy") / "greedy_state.json",
                          accumulate_dtype=ctx.accumulate_dtype, candidate_buffer=ctx.skeleton.state_dict(),
-                         progress=ctx.progress)
+                         progress=ctx.progress, arithmetic=ctx.arithmetic)
     chosen = [ctx.ingredients[i] for i in result.chosen]
     ctx.run.log_table("greedy/history", ["step", "name", "individual_accuracy", "soup_accuracy", "accepted", "num_ingredients"],
                       [[h["step"], h["name"], h["individual_accuracy"], h["accuracy"], h["accepted"], h["num_ingredients"]]

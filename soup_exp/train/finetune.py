@@ -79,8 +79,8 @@ def run_finetune(cfg: DictConfig) -> Path:
         try:
             model, backbone = MODES[settings.mode](job)
             if ctx.is_main:
-                held_out = held_out_accuracy(job, model, backbone.preprocess_val)
-                store.write_ingredient(out_dir, model, ingredient_info(job, backbone.model_id, held_out),
+                held_out, numerics = held_out_accuracy(job, model, backbone.preprocess_val)
+                store.write_ingredient(out_dir, model, ingredient_info(job, backbone.model_id, held_out, numerics),
                                        identity, keep_checkpoints=settings.keep_checkpoints)
                 if job.run is not None:
                     job.run.summary({"held_out_accuracy": held_out, **_flat_metrics(job.metrics)})
@@ -262,10 +262,12 @@ def _held_out_evaluator(job: Job, preprocess: Any):
     return build_evaluator(job.cfg, preprocess, job.classes, names=[HELD_OUT])
 
 
-def held_out_accuracy(job: Job, model: nn.Module, preprocess: Any) -> float:
-    accuracy = float(_held_out_evaluator(job, preprocess).evaluate({job.name: model})[job.name][HELD_OUT])
+def held_out_accuracy(job: Job, model: nn.Module, preprocess: Any) -> tuple[float, str]:
+    """The held-out accuracy and the numerics it was measured at (``fp32`` or ``bf16``)."""
+    evaluator = _held_out_evaluator(job, preprocess)
+    accuracy = float(evaluator.evaluate({job.name: model})[job.name][HELD_OUT])
     model.cpu()
-    return accuracy
+    return accuracy, evaluator.numerics
 
 
 def _periodic_evaluator(job: Job, backbone: Any) -> Callable[[nn.Module], float]:
@@ -277,7 +279,7 @@ def _periodic_evaluator(job: Job, backbone: Any) -> Callable[[nn.Module], float]
     return evaluate
 
 
-def ingredient_info(job: Job, base_model: str, held_out: float) -> dict[str, Any]:
+def ingredient_info(job: Job, base_model: str, held_out: float, held_out_precision: str) -> dict[str, Any]:
     return {
         "name": job.name,
         "kind": KINDS[job.settings.mode],
@@ -286,6 +288,7 @@ def ingredient_info(job: Job, base_model: str, held_out: float) -> dict[str, Any
         "hparams": job.settings.hparams(),
         "sweep": job.draw.record(),
         "held_out_accuracy": held_out,
+        "held_out_precision": held_out_precision,
         "metrics": {HELD_OUT: held_out, **job.metrics},
         "config": OmegaConf.to_container(job.cfg, resolve=True),
         "code_version": code_version(),
