@@ -27,7 +27,7 @@ from torch import nn
 from soup_exp.data.classes import ClassSpace
 from soup_exp.errors import ConfigError, SoupExpError
 from soup_exp.train import ingredient as store
-from soup_exp.train.augment import with_randaugment
+from soup_exp.train.augment import train_transform
 from soup_exp.train.distributed import DistContext, setup_distributed, teardown_distributed
 from soup_exp.train.settings import TrainSettings, train_settings
 from soup_exp.train.sweep import SweepDraw, apply_sweep
@@ -139,7 +139,7 @@ def _finetune(job: Job) -> tuple[nn.Module, Any]:
     samples = build_train_samples(job.cfg.data, job.classes)
     from soup_exp.train.data import TrainImages
 
-    dataset = TrainImages(samples, with_randaugment(backbone.preprocess_train, s.aug))
+    dataset = TrainImages(samples, train_transform(backbone, s.base_transform, s.aug))
     evaluate = _periodic_evaluator(job, backbone) if s.eval_every_steps and job.ctx.is_main else None
     result = fit(
         model, dataset, s, ctx=job.ctx, num_classes=job.classes.num_classes,
@@ -238,7 +238,8 @@ def lp_head(backbone: Any, job: Job) -> nn.Linear:
     init = zeroshot_head_for(backbone, job) if backbone.clip_model is not None else None
     head = train_linear_probe(features, labels, job.classes.num_classes, init=init, epochs=lp.epochs,
                               lr=lp.lr, weight_decay=lp.weight_decay, batch_size=lp.batch_size,
-                              seed=int(job.cfg.get("seed", 0)), progress=bool(job.cfg.get("progress", True)))
+                              warmup_steps=lp.warmup_steps, seed=int(job.cfg.get("seed", 0)),
+                              progress=bool(job.cfg.get("progress", True)))
     job.metrics["lp"] = {"train_images": len(samples), "feature_cache": str(cache_file)}
     return head
 

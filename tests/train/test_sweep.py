@@ -11,7 +11,13 @@ from omegaconf import OmegaConf
 
 from soup_exp.errors import ConfigError
 from soup_exp.train.settings import train_settings
-from soup_exp.train.sweep import PACKAGED_HPARAMS, apply_sweep, draw_member, published_hparams, resolve_sweep
+from soup_exp.train.sweep import (
+    PACKAGED_HPARAMS,
+    apply_sweep,
+    draw_member,
+    published_hparams,
+    resolve_sweep,
+)
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "model-soups-vitb32" / "hparam_info.json"
