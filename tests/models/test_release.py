@@ -316,3 +316,31 @@ def test_real_vitb32_release_layout(tmp_path):
     images = _images(2, size=224)
     with torch.no_grad():
         assert torch.equal(ours(images), wrapper.eval()(images))
+
+
+@pytest.mark.slow
+def test_soup_evaluate_and_report_run_on_the_imports(release, tmp_path):
+    """The stages after `import`, on the miniature ImageNet family (heads cut to its 8 classes)."""
+    from soup_exp.utils.entry import STAGES
+
+    common = ["data=synthetic", "model=tiny_clip", "model.pretrained=null", f"paths.output_dir={tmp_path / 'out'}",
+              f"paths.cache_dir={tmp_path / 'cache'}", "name=release", "progress=false", "device=cpu",
+              "num_workers=0", "logger=disabled", "data.synthetic.train_per_class=4",
+              "data.synthetic.val_per_class=4", "data.synthetic.shift_per_class=3",
+              "data.synthetic.pretrain_per_class=1", "data.heldout.per_class=3"]
+
+    def run(stage: str, *extra: str):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=stage, overrides=[*common, *extra])
+        return STAGES[stage].function()(cfg)
+
+    run("import", f"checkpoints={release.dir}", f"results={release.results}", f"hparams={release.hparams}")
+    made = run("soup", "recipe.recipes=[uniform,greedy,best_individual,ensemble]")
+    assert set(made) == {"uniform", "greedy", "best_individual", "ensemble"}
+    rows = {row["name"]: row for row in run("evaluate")}
+    assert {f"model_{i}" for i in range(NUM_MODELS)} <= set(rows)
+    assert rows["model_0"]["kind"] == "lp" and rows["greedy"]["kind"] == "soup"
+    assert all(0.0 <= rows[n]["ObjectNet"] <= 1.0 and "avg_shifts" in rows[n] for n in ("uniform", "ensemble"))
+    outputs = run("report", "compare=paper_vitb32", f"report_dir={tmp_path / 'report'}")
+    comparison = outputs["comparison.md"].read_text()
+    assert "[paper]" in comparison and "Uniform soup" in comparison
