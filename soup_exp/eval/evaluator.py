@@ -27,7 +27,7 @@ from soup_exp.eval.cache import CachedImages, PreprocessedCache
 from soup_exp.eval.sources import Batch, DecodingSource
 from soup_exp.eval.transforms import split_transform
 from soup_exp.tracking.results import HELD_OUT, SHIFTS
-from soup_exp.utils.runtime import autocast, resolve_device
+from soup_exp.utils.runtime import autocast, effective_precision, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -316,11 +316,6 @@ def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
     if len(tensors) == 1:
         return tensors[0]
     return torch.stack(tensors).mean(dim=0)
-
-
-def effective_precision(device: torch.device, precision: str) -> str:
-    """The numerics an evaluation at ``precision`` on ``device`` really uses (CPU: fp32)."""
-    return "bf16" if device.type == "cuda" and precision == "bf16" else "fp32"
 
 
 def eval_precision(cfg: Mapping) -> str:
