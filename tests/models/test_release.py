@@ -291,6 +291,7 @@ def test_class_subset_keeps_those_head_rows(release, tmp_path):
     assert info["classes"] == list(ClassSpace.from_config([5, 1, 900]).indices) == [1, 5, 900]
 
 
+@pytest.mark.slow  # ~10 s: two ViT-B/32 models and a 456 MB checkpoint
 def test_real_vitb32_release_layout(tmp_path):
     """The real key set: open_clip's ViT-B-32 with QuickGELU is OpenAI's ViT-B/32 (same names)."""
     from soup_exp.import_release import run_import
