@@ -15,7 +15,6 @@ code checks the real ViT-B/32 files and the tiny test models. Files are read wit
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import re
@@ -29,8 +28,6 @@ from torch import nn
 
 from soup_exp.data.classes import ClassSpace
 from soup_exp.errors import SoupExpError
-
-log = logging.getLogger(__name__)
 
 RELEASE_URL = "https://github.com/mlfoundations/model-soups/releases/download/v0.0.2/model_{index}.pt"
 NUM_RELEASED = 72
