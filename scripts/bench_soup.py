@@ -130,7 +130,7 @@ def work_uniform(args) -> dict:
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    soup = uniform_soup(files_of(args), prefetch=not args.no_prefetch)
+    soup = uniform_soup(files_of(args), prefetch=not args.no_prefetch, arithmetic=args.arithmetic)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "tensors": len(soup)}
 
@@ -152,7 +152,8 @@ def work_greedy(args) -> dict:
             return float(skeleton(images).float().std())
 
     start = time.perf_counter()
-    result = greedy_soup(files_of(args), scores, evaluate, candidate_buffer=skeleton.state_dict())
+    result = greedy_soup(files_of(args), scores, evaluate, candidate_buffer=skeleton.state_dict(),
+                         arithmetic=args.arithmetic)
     return {"seconds": time.perf_counter() - start, "kept": len(result.chosen)}
 
 
@@ -242,13 +243,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed learned / plain steps (min is reported)")
     parser.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     parser.add_argument("--no-prefetch", action="store_true", help="uniform soup without the read-ahead thread")
+    parser.add_argument("--arithmetic", default="sum", choices=["sum", "authors"], help="soup arithmetic (the paper preset: authors)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["cold", "greedy", "learned"])
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return run_worker(args)
 
-    print(f"ingredients: {args.n} x {args.model} + {args.classes}-way head ({args.dtype}) in {args.dir}", flush=True)
+    print(f"ingredients: {args.n} x {args.model} + {args.classes}-way head ({args.dtype}) in {args.dir}; "
+          f"arithmetic {args.arithmetic}", flush=True)
     make_ingredients(args)
     one = files_of(args)[0].stat().st_size / 2**20
     print(f"one ingredient: {one:.0f} MiB; all: {one * args.n / 1024:.2f} GiB; threads: {args.threads}")

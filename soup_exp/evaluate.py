@@ -172,17 +172,18 @@ def _chunks(items: Sequence, size: int) -> list[Sequence]:
 def ensemble_accuracies(
     evaluator: Evaluator, skeleton: torch.nn.Module, weights: Sequence[Path], models_per_pass: int
 ) -> dict[str, float]:
-    """Accuracy of the logit ensemble of ``weights``: raw logits summed over member
-    groups of ``models_per_pass`` (so members need not fit in memory together), averaged,
-    then projected per dataset."""
+    """Accuracy of the logit ensemble of ``weights``: member logits (projected or raw, as
+    the evaluator's ``ensemble_logits`` says) summed over member groups of
+    ``models_per_pass`` (so members need not fit in memory together), then averaged."""
     sums: dict[str, torch.Tensor] = {}
     for group in _chunks(list(weights), models_per_pass):
         models = {str(i): _load(skeleton, w) for i, w in enumerate(group)}
         for name in evaluator.names:
-            for logits in evaluator.logits_many(models, name).values():
+            for raw in evaluator.logits_many(models, name).values():
+                logits = evaluator.member_logits(raw, name)
                 sums[name] = logits.clone() if name not in sums else sums[name].add_(logits)
         del models
-    accuracies = {name: evaluator.accuracy_from_logits(total / len(weights), name) for name, total in sums.items()}
+    accuracies = {name: evaluator.ensemble_accuracy(total / len(weights), name) for name, total in sums.items()}
     mean_shift = avg_shifts(accuracies)
     if mean_shift is not None:
         accuracies["avg_shifts"] = mean_shift

@@ -31,7 +31,7 @@ from soup_exp.data.classes import ClassSpace
 from soup_exp.errors import ConfigError, SoupExpError
 from soup_exp.tracking.wandb_run import loggable_config
 from soup_exp.training import ingredient as store
-from soup_exp.training.augment import with_randaugment
+from soup_exp.training.augment import train_transform
 from soup_exp.training.distributed import DistContext, setup_distributed, teardown_distributed
 from soup_exp.training.settings import TrainSettings, train_settings
 from soup_exp.training.sweep import SweepDraw, apply_sweep
@@ -83,8 +83,8 @@ def run_finetune(cfg: DictConfig) -> Path:
         try:
             model, backbone = MODES[settings.mode](job)
             if ctx.is_main:
-                held_out = held_out_accuracy(job, model, backbone.preprocess_val)
-                store.write_ingredient(out_dir, model, ingredient_info(job, backbone.model_id, held_out),
+                held_out, numerics = held_out_accuracy(job, model, backbone.preprocess_val)
+                store.write_ingredient(out_dir, model, ingredient_info(job, backbone.model_id, held_out, numerics),
                                        identity, keep_checkpoints=settings.keep_checkpoints)
                 if job.run is not None:
                     job.run.summary({"held_out_accuracy": held_out, **_flat_metrics(job.metrics)})
@@ -108,7 +108,8 @@ def run_identity(cfg: DictConfig, settings: TrainSettings, draw: SweepDraw,
         "model": model_id_for(model),
         "model_kwargs": model.get("kwargs"),
         "classes": stable_hash(list(classes.indices)),
-        "heldout": {k: heldout.get(k) for k in ("per_class", "seed", "index_file")},
+        "heldout": {k: heldout.get(k) for k in ("per_class", "seed", "index_file")}
+        | ({"index_file_lists": heldout.get("index_file_lists")} if heldout.get("index_file") else {}),
         "hparams": settings.hparams(),
         "sweep": draw.record(),
         "seed": int(cfg.get("seed", 0)),
@@ -142,7 +143,7 @@ def _finetune(job: Job) -> tuple[nn.Module, Any]:
     samples = build_train_samples(job.cfg.data, job.classes)
     from soup_exp.training.data import TrainImages
 
-    dataset = TrainImages(samples, with_randaugment(backbone.preprocess_train, s.aug))
+    dataset = TrainImages(samples, train_transform(backbone, s.base_transform, s.aug))
     evaluate = _periodic_evaluator(job, backbone) if s.eval_every_steps and job.ctx.is_main else None
     result = fit(
         model, dataset, s, ctx=job.ctx, num_classes=job.classes.num_classes,
@@ -235,7 +236,8 @@ def lp_head(backbone: Any, job: Job) -> nn.Linear:
     init = zeroshot_head_for(backbone, job) if backbone.clip_model is not None else None
     head = train_linear_probe(features, labels, job.classes.num_classes, init=init, epochs=lp.epochs,
                               lr=lp.lr, weight_decay=lp.weight_decay, batch_size=lp.batch_size,
-                              seed=int(job.cfg.get("seed", 0)), progress=bool(job.cfg.get("progress", True)))
+                              warmup_steps=lp.warmup_steps, seed=int(job.cfg.get("seed", 0)),
+                              progress=bool(job.cfg.get("progress", True)))
     job.metrics["lp"] = {"train_images": len(samples), "feature_cache": str(cache_file)}
     return head
 
@@ -259,10 +261,12 @@ def _held_out_evaluator(job: Job, preprocess: Any):
     return build_evaluator(job.cfg, preprocess, job.classes, names=[HELD_OUT])
 
 
-def held_out_accuracy(job: Job, model: nn.Module, preprocess: Any) -> float:
-    accuracy = float(_held_out_evaluator(job, preprocess).evaluate({job.name: model})[job.name][HELD_OUT])
+def held_out_accuracy(job: Job, model: nn.Module, preprocess: Any) -> tuple[float, str]:
+    """The held-out accuracy and the numerics it was measured at (``fp32`` or ``bf16``)."""
+    evaluator = _held_out_evaluator(job, preprocess)
+    accuracy = float(evaluator.evaluate({job.name: model})[job.name][HELD_OUT])
     model.cpu()
-    return accuracy
+    return accuracy, evaluator.numerics
 
 
 def _periodic_evaluator(job: Job, backbone: Any) -> Callable[[nn.Module], float]:
@@ -274,7 +278,7 @@ def _periodic_evaluator(job: Job, backbone: Any) -> Callable[[nn.Module], float]
     return evaluate
 
 
-def ingredient_info(job: Job, base_model: str, held_out: float) -> dict[str, Any]:
+def ingredient_info(job: Job, base_model: str, held_out: float, held_out_precision: str) -> dict[str, Any]:
     return {
         "name": job.name,
         "kind": job.settings.mode,
@@ -283,6 +287,7 @@ def ingredient_info(job: Job, base_model: str, held_out: float) -> dict[str, Any
         "hparams": job.settings.hparams(),
         "sweep": job.draw.record(),
         "held_out_accuracy": held_out,
+        "held_out_precision": held_out_precision,
         "metrics": {HELD_OUT: held_out, **job.metrics},
         "config": loggable_config(job.cfg),
         "code_version": code_version(),

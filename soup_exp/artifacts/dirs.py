@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -105,10 +106,17 @@ def run_weights(run_dir: Path, record_file: str = INGREDIENT_FILE) -> Path:
     return weights
 
 
+def natural_key(path: str | os.PathLike) -> tuple:
+    """Sort key that orders numbers by value (``model_2`` before ``model_10``): the order of
+    the authors' results rows, which fixes their uniform-soup sum and greedy tie order."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"(\d+)", str(path)) if part)
+
+
 def find_dirs(root: Path, marker: str, *, recursive: bool = True) -> list[Path]:
     """Directories under ``root`` (following symlinks, each real directory once) that hold
-    ``marker``, sorted by path. Unfinished runs (weights or run.json but no marker) are
-    logged and skipped."""
+    ``marker``, in natural path order. Unfinished runs (weights or run.json but no marker)
+    are logged and skipped."""
     root = Path(root)
     if not root.is_dir():
         return []
@@ -118,7 +126,7 @@ def find_dirs(root: Path, marker: str, *, recursive: bool = True) -> list[Path]:
             found.append(directory)
         elif marker == INGREDIENT_FILE and ((directory / WEIGHTS_FILE).exists() or (directory / RUN_FILE).exists()):
             log.info("skipping %s: no %s yet (an unfinished run)", directory, marker)
-    return sorted(found)
+    return sorted(found, key=natural_key)
 
 
 def _walk(root: Path, recursive: bool) -> Iterator[Path]:

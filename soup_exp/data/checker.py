@@ -19,7 +19,7 @@ from soup_exp.data.classes import ClassSpace
 from soup_exp.data.imagenet import IMAGENET_TREE, scan_wnid_folders, split_root
 from soup_exp.data.images import UnreadableImageError, load_image
 from soup_exp.data.layout import DatasetLayoutError, FolderScan
-from soup_exp.data.objectnet import BORDER_CROP, scan_objectnet
+from soup_exp.data.objectnet import border_crop, scan_objectnet
 from soup_exp.data.registry import class_space
 from soup_exp.data.shifts import scan_sketch, scan_subset_shift, scan_v2
 
@@ -50,7 +50,7 @@ SCANNERS: dict[str, Scanner] = {
     "ImageNetA": lambda root, cs: scan_subset_shift("ImageNetA", root, cs),
     "ObjectNet": lambda root, cs: scan_objectnet(root, cs)[2],
 }
-BORDER = {"ObjectNet": BORDER_CROP}
+BORDER = {"ObjectNet": border_crop}  # dataset -> the crop its reader applies, from cfg.data
 
 
 @dataclass
@@ -121,7 +121,7 @@ def _check_one(name: str, data_cfg: Mapping, classes: ClassSpace, verify: bool,
                               f"{report.official_images:,}")
     if verify:
         report.unreadable = _unreadable([p for v in scan.images.values() for p in v],
-                                        BORDER.get(name, 0), name, num_threads)
+                                        BORDER[name](data_cfg) if name in BORDER else 0, name, num_threads)
         if report.unreadable:
             report.status = "error"
             report.message = (report.message + "; " if report.message else "") + (

@@ -5,8 +5,11 @@ drawn with a generator seeded by ``(seed, ImageNet index)``, so a class keeps th
 held-out images whatever other classes a run uses (an ImageNet-100 split is the full
 split restricted). Positions index the ImageFolder listing of ``train/``; the split is
 saved under ``split_dir`` with a hash of the held-out relative paths and reused while the
-tree is unchanged. A user index file (the authors' ``imagenet_98_idxs.npy``: a 0/1 mask
-over that listing whose ones are the *train* part) replaces the seeded split.
+tree is unchanged. A user index file replaces the seeded split; with the authors'
+``imagenet_98_idxs.npy`` (a 0/1 mask over that listing whose ONES are the held-out images:
+their ``ImageNet2p`` is ``SubsetSampler(np.where(mask)[0])``, their training set
+``ImageNet98p`` the zeros) the default config selects exactly their ImageNet2p images, in
+their order, and runs their own check on the listing.
 """
 
 from __future__ import annotations
@@ -29,7 +32,12 @@ from soup_exp.utils.io import atomic_path, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
-LISTS = ("train", "heldout")
+LISTS = ("heldout", "train")
+# The authors' sanity check (utils.test_model_on_dataset): over the full ImageNet train set
+# (1,281,167 images in ImageFolder order), held-out image number 1000 of their file is this one.
+AUTHORS_TRAIN_IMAGES = 1_281_167
+AUTHORS_CHECK_POSITION = 1000
+AUTHORS_CHECK_FILE = "n01675722_4108.JPEG"
 
 
 def paths_sha256(relpaths) -> str:
@@ -61,12 +69,15 @@ def carve_heldout(labels: np.ndarray, classes: ClassSpace, per_class: int, seed:
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
-def read_index_file(path: str | os.PathLike, listing: TrainListing, lists: str) -> np.ndarray:
+def read_index_file(path: str | os.PathLike, listing: TrainListing, lists: str = "heldout",
+                    authors_check: bool = True) -> np.ndarray:
     """Held-out positions from a user file: a 0/1 mask, positions, or relative paths.
 
     ``.npy`` (loaded without pickle) or ``.txt`` (one integer or ``<wnid>/<file>`` per
-    line). ``lists`` says which part the file names: ``train`` (held-out = the rest, as in
-    the authors' ``imagenet_98_idxs.npy``) or ``heldout``.
+    line). ``lists`` says which part the file names: ``heldout`` (the ones/entries are the
+    held-out images, as in the authors' ``imagenet_98_idxs.npy``) or ``train`` (held-out =
+    the rest). A mask over the full ImageNet train set gets the authors' check
+    (:func:`check_authors_split`) unless ``authors_check`` is false.
     """
     if lists not in LISTS:
         raise ConfigError(f"data.heldout.index_file_lists must be one of {LISTS}, got {lists!r}")
@@ -74,15 +85,41 @@ def read_index_file(path: str | os.PathLike, listing: TrainListing, lists: str) 
     if not path.is_file():
         raise ConfigError(f"data.heldout.index_file={path} does not exist")
     n = len(listing)
-    listed = _listed_positions(path, listing)
+    listed, is_mask = _listed_positions(path, listing)
     if lists == "heldout":
-        return listed
-    mask = np.ones(n, dtype=bool)
-    mask[listed] = False
-    return np.flatnonzero(mask).astype(np.int64)
+        positions = listed
+    else:
+        keep = np.ones(n, dtype=bool)
+        keep[listed] = False
+        positions = np.flatnonzero(keep).astype(np.int64)
+    if is_mask and n == AUTHORS_TRAIN_IMAGES and authors_check:
+        check_authors_split(listing, positions, path, lists)
+    return positions
 
 
-def _listed_positions(path: Path, listing: TrainListing) -> np.ndarray:
+def check_authors_split(listing: TrainListing, positions: np.ndarray, path: Path, lists: str) -> None:
+    """The authors' own assertion: held-out image ``AUTHORS_CHECK_POSITION`` (0-based, in
+    their order) is ``AUTHORS_CHECK_FILE``; otherwise the listing or the reading differs."""
+    found = listing.relpaths[int(positions[AUTHORS_CHECK_POSITION])] if positions.size > AUTHORS_CHECK_POSITION else None
+    if found is not None and found.endswith(AUTHORS_CHECK_FILE):
+        log.info("held-out split: the authors' check passed (held-out image %d is %s)",
+                 AUTHORS_CHECK_POSITION, found)
+        return
+    hint = ("data.heldout.index_file_lists=train reads the file as the TRAIN part, but the "
+            "authors' file marks the held-out images with ones: use index_file_lists=heldout"
+            if lists == "train" else
+            f"the ImageFolder listing of {listing.root} (sorted wnid folders, sorted files) differs "
+            "from the authors' copy of ImageNet train, so their mask selects other images")
+    raise DatasetLayoutError(
+        f"{path}: the authors' held-out check failed: held-out image {AUTHORS_CHECK_POSITION} should be "
+        f"{AUTHORS_CHECK_FILE}, but is {found or 'missing'} ({positions.size} held-out images). {hint}. "
+        "If this mask is your own split and not the authors' imagenet_98_idxs.npy, set "
+        "data.heldout.authors_check=false."
+    )
+
+
+def _listed_positions(path: Path, listing: TrainListing) -> tuple[np.ndarray, bool]:
+    """Sorted positions the file names, and whether the file was a 0/1 mask."""
     n = len(listing)
     if path.suffix == ".npy":
         try:
@@ -94,7 +131,7 @@ def _listed_positions(path: Path, listing: TrainListing) -> np.ndarray:
         if all(ln.lstrip("-").isdigit() for ln in lines):
             values = np.asarray([int(ln) for ln in lines], dtype=np.int64)
         else:
-            return _positions_of_paths(path, lines, listing)
+            return _positions_of_paths(path, lines, listing), False
     else:
         raise ConfigError(f"data.heldout.index_file={path}: expected a .npy or .txt file")
     values = np.asarray(values)
@@ -107,7 +144,7 @@ def _listed_positions(path: Path, listing: TrainListing) -> np.ndarray:
                 f"under {listing.root} has {n} images (ImageFolder order over every wnid folder "
                 "present): the file belongs to a different copy of ImageNet train"
             )
-        return np.flatnonzero(values.astype(bool)).astype(np.int64)
+        return np.flatnonzero(values.astype(bool)).astype(np.int64), True
     if not np.issubdtype(values.dtype, np.integer) and not np.all(np.mod(values, 1) == 0):
         raise ConfigError(f"{path}: positions must be integers")
     positions = np.unique(values.astype(np.int64))
@@ -116,7 +153,7 @@ def _listed_positions(path: Path, listing: TrainListing) -> np.ndarray:
             f"{path} lists position {int(positions[-1] if positions[-1] >= n else positions[0])}, "
             f"but the ImageNet train listing under {listing.root} has {n} images"
         )
-    return positions
+    return positions, False
 
 
 def _is_mask(values: np.ndarray, n: int) -> bool:
@@ -189,7 +226,8 @@ def heldout_split(data_cfg: Mapping, classes: ClassSpace) -> tuple[TrainListing,
     cfg = data_cfg.get("heldout") or {}
     index_file = cfg.get("index_file")
     if index_file:
-        positions = read_index_file(index_file, listing, cfg.get("index_file_lists", "train"))
+        positions = read_index_file(index_file, listing, cfg.get("index_file_lists", "heldout"),
+                                    authors_check=bool(cfg.get("authors_check", True)))
         log.info("held-out split: %d images from %s", positions.size, index_file)
     else:
         positions = _seeded_split(listing, classes, cfg.get("per_class", 26), cfg.get("seed", 0),

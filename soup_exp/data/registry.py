@@ -15,7 +15,7 @@ from soup_exp.data.classes import ClassSpace
 from soup_exp.data.folders import read_mapped_folders
 from soup_exp.data.imagenet import read_imagenet_real, read_imagenet_val
 from soup_exp.data.layout import DatasetLayoutError
-from soup_exp.data.objectnet import read_objectnet
+from soup_exp.data.objectnet import border_crop, read_objectnet
 from soup_exp.data.shifts import (
     read_imagenet_a,
     read_imagenet_r,
@@ -51,7 +51,8 @@ EVAL_DATASETS: dict[str, EvalBuilder] = {
     "ImageNetSketch": _rooted(read_imagenet_sketch, "ImageNetSketch"),
     "ImageNetR": _rooted(read_imagenet_r, "ImageNetR"),
     "ImageNetA": _rooted(read_imagenet_a, "ImageNetA"),
-    "ObjectNet": _rooted(read_objectnet, "ObjectNet"),
+    "ObjectNet": lambda data_cfg, classes: read_objectnet(dataset_root(data_cfg, "ObjectNet"), classes,
+                                                          border_crop=border_crop(data_cfg)),
     "ImageNetReal": _rooted(read_imagenet_real, "ImageNet"),
 }
 

@@ -38,9 +38,9 @@ from tqdm import tqdm
 from soup_exp.data.classes import imagenet_classnames, timm_index_list, wnid_to_index
 from soup_exp.data.drawing import add_border, class_look, render
 from soup_exp.data.objectnet import (
-    BORDER_CROP,
     MAPPING_FILES,
     PACKAGE_MAPPINGS,
+    README_BORDER_CROP,
     read_objectnet_mapping,
 )
 from soup_exp.errors import ConfigError
@@ -155,11 +155,11 @@ def plan(spec: SyntheticSpec) -> list[_Item]:
     for folder, k in mapped:
         items.extend(_Item(f"objectnet-1.0/images/{folder}/{_sha_name(spec.seed, folder, i)}.png",
                            "objectnet", k, (spec.seed, SPLIT_CODES["objectnet"], lookup[spec.classes[k]], i),
-                           BORDER_CROP) for i in range(spec.shift_per_class))
+                           README_BORDER_CROP) for i in range(spec.shift_per_class))
     for j, folder in enumerate(unmapped):
         items.extend(_Item(f"objectnet-1.0/images/{folder}/{_sha_name(spec.seed, folder, i)}.png",
                            "objectnet", (j + i) % len(spec.classes), (spec.seed, SPLIT_CODES["unmapped"], j, i),
-                           BORDER_CROP) for i in range(max(spec.shift_per_class // 4, 1)))
+                           README_BORDER_CROP) for i in range(max(spec.shift_per_class // 4, 1)))
     return items
 
 

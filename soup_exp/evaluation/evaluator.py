@@ -1,8 +1,12 @@
 """Evaluate many models on many datasets, one pass over each dataset.
 
 Every model sees each batch while it is on the device, so ten soups cost one read of
-the data, not ten. Logit ensembles average their members' raw (unprojected) logits
-before the dataset's projection, as the paper does. Images come from the
+the data, not ten. Logit ensembles average what ``ensemble_logits`` says: ``projected``
+(each member's logits after the dataset's projection, as the authors' ensemble branch
+cached and averaged them) or ``raw`` (average, then project). The two differ on ObjectNet
+only (max over mapped classes); column selections (R, A) and the identity commute with
+the mean. Evaluation runs at ``precision`` (bf16 autocast on CUDA, or fp32; the paper
+preset is fp32, as the authors evaluated). Images come from the
 preprocessed cache when one is configured (see :mod:`soup_exp.evaluation.cache`), otherwise
 from the JPEGs; both give bit-identical model inputs (see :mod:`soup_exp.evaluation.transforms`).
 """
@@ -23,11 +27,13 @@ from soup_exp.errors import ConfigError
 from soup_exp.evaluation.cache import CachedImages, PreprocessedCache
 from soup_exp.evaluation.sources import Batch, DecodingSource
 from soup_exp.evaluation.transforms import split_transform
-from soup_exp.utils.runtime import autocast, resolve_device
+from soup_exp.utils.runtime import autocast, effective_precision, resolve_device
 
 log = logging.getLogger(__name__)
 
 ModelOrEnsemble = nn.Module | Sequence[nn.Module]
+ENSEMBLE_LOGITS = ("projected", "raw")
+PRECISIONS = ("fp32", "bf16")
 
 
 def _members(value: ModelOrEnsemble) -> list[nn.Module]:
@@ -63,7 +69,13 @@ class Evaluator:
         cache_dir: str | None = None,
         progress: bool = True,
         read_threads: int = 4,
+        ensemble_logits: str = "projected",
     ):
+        if ensemble_logits not in ENSEMBLE_LOGITS:
+            raise ConfigError(f"eval.ensemble_logits={ensemble_logits!r}: expected one of {', '.join(ENSEMBLE_LOGITS)}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"eval precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        self.ensemble_logits = ensemble_logits
         self.datasets: dict[str, LabeledImages] = {}
         for dataset in datasets:
             if dataset.name in self.datasets:
@@ -89,6 +101,11 @@ class Evaluator:
     @property
     def names(self) -> list[str]:
         return list(self.datasets)
+
+    @property
+    def numerics(self) -> str:
+        """What accuracies are measured at: ``bf16`` (autocast on CUDA) or ``fp32``."""
+        return effective_precision(self.device, self.precision)
 
     def dataset(self, name: str) -> LabeledImages:
         try:
@@ -189,9 +206,12 @@ class Evaluator:
             for indices, logits in self._forward_pass(ds_name, unique, what):
                 batch_targets = targets[indices.to(self.device, non_blocking=True)]
                 for name, members in groups.items():
-                    raw = _mean([logits[position[id(m)]] for m in members])
-                    predictions = dataset.project(raw).argmax(dim=1)
-                    correct[name] += (predictions == batch_targets).sum()
+                    if len(members) == 1:
+                        scores = dataset.project(logits[position[id(members[0])]])
+                    else:
+                        scores = self._scores(_mean([self.member_logits(logits[position[id(m)]], ds_name)
+                                                     for m in members]), ds_name)
+                    correct[name] += (scores.argmax(dim=1) == batch_targets).sum()
             for name in groups:
                 results[name][ds_name] = correct[name].item() / len(dataset)
         for accuracies in results.values():
@@ -207,8 +227,8 @@ class Evaluator:
     ) -> dict[str, dict[str, float]]:
         """``{model: {dataset: accuracy, ..., "avg_shifts": ...}}`` for every model on every
         dataset (or on ``datasets``), in one pass over each dataset. A value that is a
-        sequence of modules is a logit ensemble (raw logits averaged, then projected);
-        a module shared between entries runs once per batch."""
+        sequence of modules is a logit ensemble (see :meth:`member_logits`); a module
+        shared between entries runs once per batch."""
         groups = {name: _members(value) for name, value in models.items()}
         names = list(datasets) if datasets is not None else self.names
         for name in names:
@@ -218,8 +238,31 @@ class Evaluator:
     def evaluate_ensembles(
         self, members: Mapping[str, Sequence[nn.Module]], datasets: Sequence[str] | None = None
     ) -> dict[str, dict[str, float]]:
-        """Logit ensembles: each entry's members' raw logits are averaged, then projected."""
+        """Logit ensembles: each entry's members' logits averaged as ``ensemble_logits`` says."""
         return self.evaluate({name: list(group) for name, group in members.items()}, datasets)
+
+    def member_logits(self, logits: torch.Tensor, dataset_name: str) -> torch.Tensor:
+        """What an ensemble averages of one member's raw logits on ``dataset_name``: the
+        projected logits (``ensemble_logits="projected"``, the authors' ensembles) or the
+        raw ones. Average these over members, then score with :meth:`ensemble_accuracy`."""
+        return self.dataset(dataset_name).project(logits) if self.ensemble_logits == "projected" else logits
+
+    def ensemble_accuracy(self, mean_logits: torch.Tensor, dataset_name: str) -> float:
+        """Accuracy of averaged :meth:`member_logits` (rows in dataset order)."""
+        dataset = self.dataset(dataset_name)
+        self._check_rows(mean_logits, dataset_name)
+        predictions = self._scores(mean_logits.float(), dataset_name).argmax(dim=1).cpu()
+        return (predictions == dataset.targets).sum().item() / len(dataset)
+
+    def _scores(self, mean_member_logits: torch.Tensor, dataset_name: str) -> torch.Tensor:
+        if self.ensemble_logits == "projected":
+            return mean_member_logits
+        return self.dataset(dataset_name).project(mean_member_logits)
+
+    def _check_rows(self, logits: torch.Tensor, dataset_name: str) -> None:
+        if logits.ndim != 2 or logits.shape[0] != len(self.dataset(dataset_name)):
+            raise ValueError(f"{dataset_name}: expected logits of shape ({len(self.dataset(dataset_name))}, "
+                             f"classes), got {tuple(logits.shape)}")
 
     @torch.inference_mode()
     def logits_many(self, models: Mapping[str, nn.Module], dataset_name: str) -> dict[str, torch.Tensor]:
@@ -240,10 +283,7 @@ class Evaluator:
     def accuracy_from_logits(self, logits: torch.Tensor, dataset_name: str) -> float:
         """Accuracy of raw logits (rows in dataset order): projection, then argmax."""
         dataset = self.dataset(dataset_name)
-        if logits.ndim != 2 or logits.shape[0] != len(dataset):
-            raise ValueError(
-                f"{dataset_name}: expected logits of shape ({len(dataset)}, classes), got {tuple(logits.shape)}"
-            )
+        self._check_rows(logits, dataset_name)
         predictions = dataset.project(logits.float()).argmax(dim=1).cpu()
         return (predictions == dataset.targets).sum().item() / len(dataset)
 
@@ -275,6 +315,12 @@ def evaluation_suite(cfg: Mapping) -> list[str]:
     return list(dict.fromkeys([*cfg["eval"]["datasets"], *extra]))
 
 
+def configured_numerics(cfg: Mapping) -> str:
+    """What :func:`build_evaluator` of ``cfg`` will measure at, without building it: compare
+    with an ingredient's ``held_out_precision`` to decide whether to re-score it."""
+    return effective_precision(resolve_device(str(cfg["device"])), str(cfg["eval"]["precision"]))
+
+
 def build_evaluator(
     cfg: Mapping, preprocess: Any, classes: Any, names: Sequence[str] | None = None
 ) -> Evaluator:
@@ -285,17 +331,17 @@ def build_evaluator(
     eval_cfg = cfg["eval"]
     names = list(names if names is not None else evaluation_suite(cfg))
     datasets = [build_eval_dataset(name, cfg["data"], classes) for name in names]
-    cache_cfg = eval_cfg.get("cache") or {}
-    cache_dir = cache_cfg.get("dir") if cache_cfg.get("enabled", True) else None
-    num_workers = eval_cfg.get("num_workers")
+    cache_dir = eval_cfg["cache"]["dir"] if eval_cfg["cache"]["enabled"] else None
+    workers = eval_cfg["num_workers"] if eval_cfg["num_workers"] is not None else cfg["num_workers"]
     return Evaluator(
         datasets,
         preprocess,
-        batch_size=int(eval_cfg.get("batch_size", 256)),
-        num_workers=int(num_workers if num_workers is not None else cfg.get("num_workers", 0)),
-        device=str(cfg.get("device", "auto")),
-        precision=str(cfg.get("precision", "bf16")),
+        batch_size=int(eval_cfg["batch_size"]),
+        num_workers=int(workers),
+        device=str(cfg["device"]),
+        precision=str(eval_cfg["precision"]),
         cache_dir=str(cache_dir) if cache_dir else None,
-        progress=bool(cfg.get("progress", True)),
-        read_threads=int(eval_cfg.get("read_threads", 4)),
+        progress=bool(cfg["progress"]),
+        read_threads=int(eval_cfg["read_threads"]),
+        ensemble_logits=str(eval_cfg["ensemble_logits"]),
     )

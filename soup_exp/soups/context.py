@@ -17,6 +17,7 @@ import torch
 from soup_exp.artifacts import WEIGHTS_FILE, is_finished_run, is_finished_soup
 from soup_exp.errors import ConfigError
 from soup_exp.soups.ingredients import Ingredient, resolve_ingredients
+from soup_exp.soups.streaming import check_arithmetic
 from soup_exp.utils.hashing import stable_hash
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class SoupContext:
         if dtype not in ACCUMULATE_DTYPES:
             raise ConfigError(f"soup.accumulate_dtype={dtype!r}: use one of {sorted(ACCUMULATE_DTYPES)}")
         self.accumulate_dtype = ACCUMULATE_DTYPES[dtype]
+        self.arithmetic = check_arithmetic(str(cfg.soup.arithmetic))
         self.recipe = ""  # the recipe being cooked (set by the stage)
 
     # ---- models ----------------------------------------------------------------------
@@ -143,14 +145,18 @@ class SoupContext:
 
     @cached_property
     def scores(self) -> list[float]:
-        """Held-out accuracy of each ingredient: its ingredient.json, else its cached logits."""
+        """Held-out accuracy of each ingredient, at the numerics candidates are scored at:
+        its ingredient.json when measured alike, else evaluated once (cached logits)."""
+        from soup_exp.evaluation.evaluator import configured_numerics
+
+        numerics = configured_numerics(self.cfg)
         scores = []
         for i, ing in enumerate(self.ingredients):
-            if ing.held_out_accuracy is None:
-                log.info("held-out accuracy of %s is not in its metadata: evaluating it", ing.name)
-                scores.append(self.logits_accuracy(self.heldout_logits(i)))
-            else:
-                scores.append(ing.held_out_accuracy)
+            recorded = ing.held_out_accuracy_at(numerics)
+            if recorded is None:
+                log.info("held-out accuracy of %s is not recorded at %s: evaluating it", ing.name, numerics)
+                recorded = self.logits_accuracy(self.heldout_logits(i))
+            scores.append(recorded)
         return scores
 
     @property

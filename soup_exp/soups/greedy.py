@@ -1,11 +1,14 @@
 """Greedy soup (and the greedy rule it shares with the greedy ensemble).
 
-The paper's rule: order ingredients by held-out accuracy (best first; ties by name), start
-from the best, and keep each next candidate only if the held-out accuracy of the average
-strictly improves (by more than ``tolerance``). Memory is the running fp32 sum plus one
-candidate soup; the candidate is re-read (from the page cache) when it is accepted. The
-state (position, chosen, history) is saved atomically after every candidate; the running
-sum is rebuilt from the chosen ingredients on resume, so no weights need to be saved.
+The paper's rule: order ingredients by held-out accuracy (best first; among equal scores
+the later ingredient first, as the authors' ascending sort followed by ``reverse()``),
+start from the best, and keep each next candidate only if the held-out accuracy of the
+average strictly improves (by more than ``tolerance``). Memory is one running model plus
+one candidate soup. With ``arithmetic="sum"`` the running model is an fp32 (or fp64) sum
+and an accepted candidate is re-read (from the page cache) into it; with ``"authors"`` it
+is the authors' running average and the accepted candidate is copied into it. The state
+(position, chosen, history) is saved atomically after every candidate; the running model
+is rebuilt from the chosen ingredients on resume, so no weights need to be saved.
 """
 
 from __future__ import annotations
@@ -20,9 +23,22 @@ import torch
 from tqdm.auto import tqdm
 
 from soup_exp.soups.context import SoupContext
-from soup_exp.soups.ingredients import Ingredient, IngredientError, IngredientLike, load_ingredients
+from soup_exp.soups.ingredients import (
+    Ingredient,
+    IngredientError,
+    IngredientLike,
+    float_keys,
+    load_ingredients,
+)
 from soup_exp.soups.recipe import Range, Soup
-from soup_exp.soups.streaming import finalize, weighted_sum
+from soup_exp.soups.streaming import (
+    arithmetic_dtype,
+    average_step,
+    check_arithmetic,
+    finalize,
+    running_average,
+    weighted_sum,
+)
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.utils.io import atomic_write_json, read_json
 
@@ -45,8 +61,14 @@ class GreedyResult:
 
 
 def greedy_order(names: Sequence[str], scores: Sequence[float]) -> list[int]:
-    """Indices by held-out accuracy, best first; ties broken by name."""
-    return sorted(range(len(names)), key=lambda i: (-float(scores[i]), names[i]))
+    """Indices by held-out accuracy, best first, exactly as the authors' ``main.py`` orders
+    its results rows: a stable ascending sort, reversed, so among equal scores the later
+    ingredient comes first (their ``model_5`` before ``model_4``)."""
+    if len(names) != len(scores):
+        raise IngredientError(f"{len(scores)} held-out scores for {len(names)} ingredients")
+    order = sorted(range(len(names)), key=lambda i: float(scores[i]))
+    order.reverse()
+    return order
 
 
 def run_greedy_rule(
@@ -103,8 +125,13 @@ def held_out_scores_for(
     ingredients: Sequence[Ingredient],
     held_out_scores: Sequence[float] | Mapping[str, float] | None,
     evaluate: Evaluate | None,
+    *,
+    precision: str | None = None,
 ) -> list[float]:
-    """Scores given, else from ``ingredient.json``, else evaluated (one model at a time)."""
+    """Scores given, else from ``ingredient.json``, else evaluated (one model at a time).
+
+    With ``precision`` (the numerics ``evaluate`` runs at), a recorded accuracy measured at
+    other or unknown numerics is re-evaluated instead of used."""
     scores: list[float] = []
     for index, ing in enumerate(ingredients):
         if isinstance(held_out_scores, Mapping):
@@ -114,11 +141,12 @@ def held_out_scores_for(
         else:
             value = None
         if value is None:
-            value = ing.held_out_accuracy
+            value = ing.held_out_accuracy_at(precision)
         if value is None:
             if evaluate is None:
                 raise IngredientError(f"{ing.where}: no held-out accuracy and no evaluate function")
-            log.info("held-out accuracy of %s missing from its metadata: evaluating it", ing.name)
+            log.info("held-out accuracy of %s missing from its metadata%s: evaluating it", ing.name,
+                     f" at {precision}" if precision else "")
             value = evaluate(ing.state_dict())
         scores.append(float(value))
     if held_out_scores is not None and not isinstance(held_out_scores, Mapping) \
@@ -137,41 +165,62 @@ def greedy_soup(
     accumulate_dtype: torch.dtype = torch.float32,
     candidate_buffer: Mapping[str, torch.Tensor] | None = None,
     progress: bool = False,
+    arithmetic: str = "sum",
+    precision: str | None = None,
 ) -> GreedyResult:
     """The paper's greedy soup; ``evaluate(state_dict) -> held-out accuracy``.
 
     Candidates are written into ``candidate_buffer`` (allocated once if not given). Pass
     the evaluation skeleton's ``state_dict()`` and the candidate *is* the model: loading
-    it into the skeleton then copies nothing, and memory is the running sum plus one model.
+    it into the skeleton then copies nothing, and memory is the running model plus one model.
+
+    ``arithmetic="sum"`` keeps a sum in ``accumulate_dtype`` and divides each candidate;
+    ``"authors"`` keeps the authors' running average (``avg * (n / (n + 1.)) + new * (1. /
+    (n + 1))`` in the ingredients' dtype), which reproduces their greedy soup bit for bit.
+
+    ``precision`` is the numerics ``evaluate`` runs at (``fp32``/``bf16``): an ingredient
+    whose recorded held-out accuracy was measured at other numerics is re-scored first, so
+    that candidates and ingredients are compared alike.
 
     With ``state_file`` the run resumes after preemption where it stopped (the file is
-    bound to the ingredient names, scores and tolerance; a different pool starts afresh).
+    bound to the ingredient names, scores, tolerance and arithmetic; a different pool
+    starts afresh).
     """
     ings = load_ingredients(ingredients)
     names = [ing.name for ing in ings]
-    scores = held_out_scores_for(ings, held_out_scores, evaluate)
-    fingerprint = stable_hash({"names": names, "scores": scores, "tolerance": tolerance})
+    scores = held_out_scores_for(ings, held_out_scores, evaluate, precision=precision)
+    averaging = check_arithmetic(arithmetic) == "authors"
+    identity = {"names": names, "scores": scores, "tolerance": tolerance}
+    fingerprint = stable_hash(identity if not averaging else {**identity, "arithmetic": arithmetic})
     state = _load_state(state_file, fingerprint)
     running: dict[str, torch.Tensor] = {}
-    count = [0]  # ingredients in the running sum
+    count = [0]  # ingredients in the running model
+    floats = set(float_keys(ings[0]))
 
     def rebuild(chosen: list[int]) -> None:
         running.clear()
         count[0] = len(chosen)
-        running.update(weighted_sum([ings[i] for i in chosen], [1.0] * len(chosen),
-                                    accumulate_dtype=accumulate_dtype, desc="greedy soup: resume"))
+        members = [ings[i] for i in chosen]
+        if averaging:
+            dtype = arithmetic_dtype(ings[0].spec(next(iter(floats)))[0])
+            running.update(running_average(members, dtype=dtype, desc="greedy soup: resume"))
+        else:
+            running.update(weighted_sum(members, [1.0] * len(chosen), accumulate_dtype=accumulate_dtype,
+                                        desc="greedy soup: resume"))
 
     buffer: dict[str, torch.Tensor] = dict(candidate_buffer) if candidate_buffer is not None else {}
 
     def candidate_soup(i: int, count: int) -> dict[str, torch.Tensor]:
-        """(running sum + candidate) / (count + 1), written into the reused buffer."""
+        """The soup with ingredient ``i`` added, written into the reused buffer."""
         for key, tensor in ings[i].tensors():
             base = running[key]
             if key not in buffer:
                 buffer[key] = torch.empty_like(tensor)
             target = buffer[key]
-            if not base.is_floating_point():
+            if key not in floats:
                 target.copy_(base)
+            elif averaging:
+                _write(target, average_step(base, tensor, count, out=_scratch(target, base)))
             elif target.device == base.device and target.dtype == base.dtype:
                 torch.add(base, tensor, out=target).div_(count + 1)
             else:
@@ -182,9 +231,13 @@ def greedy_soup(
         return float(evaluate(candidate_soup(i, count[0])))
 
     def accept(i: int) -> None:
-        for key, tensor in ings[i].tensors():
-            if running[key].is_floating_point():
-                running[key].add_(tensor)
+        if averaging:  # the candidate just scored is the new average: copy, do not recompute
+            for key in floats:
+                running[key].copy_(buffer[key])
+        else:
+            for key, tensor in ings[i].tensors():
+                if key in floats:
+                    running[key].add_(tensor)
         count[0] += 1
 
     def save(s: dict[str, Any]) -> None:
@@ -200,8 +253,18 @@ def greedy_soup(
     final = run_greedy_rule(names, scores, try_candidate, accept, tolerance=tolerance,
                             state=state, save_state=save, progress=progress,
                             desc="greedy soup")
-    soup = finalize(running, 1.0 / len(final["chosen"]), ings[0])
+    soup = finalize(running, 1.0 if averaging else 1.0 / len(final["chosen"]), ings[0])
     return GreedyResult(soup, list(final["chosen"]), final["history"], float(final["best"]), names)
+
+
+def _scratch(target: torch.Tensor, base: torch.Tensor) -> torch.Tensor | None:
+    """Where the candidate can be computed in place: ``target`` when it matches ``base``."""
+    return target if (target.device, target.dtype) == (base.device, base.dtype) else None
+
+
+def _write(target: torch.Tensor, value: torch.Tensor) -> None:
+    if value is not target:
+        target.copy_(value)
 
 
 def _load_state(state_file: str | Path | None, fingerprint: str) -> dict[str, Any] | None:
@@ -218,7 +281,8 @@ def greedy_recipe(ctx: SoupContext, *, tolerance: Annotated[float, Range(0.0)]) 
     """Recipe ``greedy``: the paper's greedy soup, resumable after every candidate."""
     result = greedy_soup(ctx.ingredients, ctx.scores, ctx.evaluate, tolerance=tolerance,
                          state_file=ctx.state_file(), accumulate_dtype=ctx.accumulate_dtype,
-                         candidate_buffer=ctx.candidate_buffer(), progress=ctx.progress)
+                         candidate_buffer=ctx.candidate_buffer(), progress=ctx.progress,
+                         arithmetic=ctx.arithmetic)
     ctx.log_table("history", result.history)
     k = len(result.chosen)
     return Soup(result.state_dict, {

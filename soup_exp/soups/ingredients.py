@@ -19,7 +19,13 @@ from typing import Any, Union
 
 import torch
 
-from soup_exp.artifacts import INGREDIENT_FILE, WEIGHTS_FILE, find_dirs, ingredient_record
+from soup_exp.artifacts import (
+    INGREDIENT_FILE,
+    WEIGHTS_FILE,
+    find_dirs,
+    ingredient_record,
+    natural_key,
+)
 from soup_exp.errors import SoupExpError
 
 log = logging.getLogger(__name__)
@@ -166,6 +172,14 @@ class Ingredient:
         value = self.info.get("held_out_accuracy")
         return None if value is None else float(value)
 
+    def held_out_accuracy_at(self, precision: str | None) -> float | None:
+        """The recorded held-out accuracy if it was measured at ``precision`` (``fp32`` or
+        ``bf16``, see ``ingredient.json``'s ``held_out_precision``), else None: re-score it,
+        so that greedy compares candidates and ingredients at the same numerics."""
+        if precision is not None and self.info.get("held_out_precision") != precision:
+            return None
+        return self.held_out_accuracy
+
     @property
     def base_model(self) -> str | None:
         return self.info.get("base_model")
@@ -245,7 +259,7 @@ def resolve_ingredients(items: IngredientLike | Iterable[IngredientLike], *,
 
 def _from_path_or_glob(spec: str, kinds: frozenset[str] | None) -> list[Ingredient]:
     if glob.has_magic(spec):
-        matches = sorted(glob.glob(os.path.expanduser(spec)))
+        matches = sorted(glob.glob(os.path.expanduser(spec)), key=natural_key)
         return [ing for m in matches for ing in _from_path(Path(m), kinds, explicit=False)]
     path = Path(spec).expanduser()
     if not path.exists():

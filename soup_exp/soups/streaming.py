@@ -1,5 +1,11 @@
 """Streaming sums of ingredients: the one loop behind uniform, greedy, WiSE-FT and Model Stock.
 
+Two arithmetics (``ARITHMETICS``): ``sum`` accumulates ``sum_i w_i * x_i`` (in fp32 or
+fp64) and scales once at the end; ``authors`` repeats the model-soups authors' ``main.py``
+operation for operation -- each product ``x_i * w_i`` rounded, then added in order
+(uniform soup), and a running average ``avg * (n / (n + 1.)) + x * (1. / (n + 1))``
+(greedy soup) -- so their soups are reproduced bit for bit.
+
 Ingredients are read one after another, tensor by tensor, by a background thread that
 stays a few tensors ahead of the adder (file reads and ``add_`` both release the GIL), so
 a cold soup is bound by the disk and a warm one by memory bandwidth. Memory is the fp32
@@ -15,9 +21,11 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from soup_exp.errors import ConfigError
 from soup_exp.soups.ingredients import Ingredient, float_keys
 
 PREFETCH_TENSORS = 4
+ARITHMETICS = ("sum", "authors")
 _DONE = object()
 
 
@@ -70,11 +78,14 @@ def weighted_sum(
     progress: bool = False,
     desc: str = "souping",
     transform: Callable[[int, str, torch.Tensor], torch.Tensor] | None = None,
+    round_products: bool = False,
 ) -> dict[str, torch.Tensor]:
     """``sum_i weights[i] * ingredient_i`` over floating tensors, in ``accumulate_dtype``.
 
     Non-floating tensors (integer buffers) are taken from the first ingredient and must be
     identical in all. ``transform(index, key, tensor)`` may rewrite a tensor as it is read.
+    ``round_products`` rounds each ``tensor * weight`` before adding it, as the expression
+    ``v * w + acc`` does (the fused ``add_(v, alpha=w)`` may round once instead).
     """
     if len(weights) != len(ingredients):
         raise ValueError(f"{len(weights)} weights for {len(ingredients)} ingredients")
@@ -92,13 +103,57 @@ def weighted_sum(
                 tensor = transform(index, key, tensor)
             w = float(weights[index])
             if key in acc:
-                acc[key].add_(tensor, alpha=w)
+                if round_products:
+                    acc[key].add_(tensor.to(accumulate_dtype) * w)
+                else:
+                    acc[key].add_(tensor, alpha=w)
             else:
                 acc[key] = tensor.to(accumulate_dtype, copy=True).mul_(w)
             bar.update(tensor.numel())
     for key in others:
         acc[key] = _identical_buffer(ingredients, key)
     return {k: acc[k] for k in first.tensor_keys()}
+
+
+def running_average(
+    ingredients: Sequence[Ingredient],
+    *,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+    desc: str = "running average",
+) -> dict[str, torch.Tensor]:
+    """The authors' greedy-soup mean of ``ingredients`` in this order, bit for bit:
+    ``avg_1 = x_1``, ``avg_{n+1} = avg_n * (n / (n + 1.)) + x_{n+1} * (1. / (n + 1))``."""
+    first = ingredients[0]
+    avg = {k: t.to(dtype, copy=True) for k, t in first.tensors(float_keys(first))}
+    for n, ing in enumerate(tqdm(ingredients[1:], desc=desc, disable=not progress, leave=False), start=1):
+        for key, tensor in ing.tensors(list(avg)):
+            avg[key] = average_step(avg[key], tensor, n)
+    for key in first.tensor_keys():
+        if key not in avg:
+            avg[key] = _identical_buffer(ingredients, key)
+    return {k: avg[k] for k in first.tensor_keys()}
+
+
+def average_step(avg: torch.Tensor, new: torch.Tensor, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``avg * (n / (n + 1.)) + new * (1. / (n + 1))``: the mean of ``n`` models plus one more,
+    written exactly as the authors' ``main.py`` (into ``out`` when given)."""
+    new = new.to(device=avg.device, dtype=avg.dtype)
+    if out is None:
+        return avg * (n / (n + 1.0)) + new * (1.0 / (n + 1))
+    torch.mul(avg, n / (n + 1.0), out=out)
+    return out.add_(new * (1.0 / (n + 1)))
+
+
+def arithmetic_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the authors' arithmetic runs in: the ingredients' own, at least fp32."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def check_arithmetic(arithmetic: str) -> str:
+    if arithmetic not in ARITHMETICS:
+        raise ConfigError(f"soup arithmetic {arithmetic!r}: expected one of {', '.join(ARITHMETICS)}")
+    return arithmetic
 
 
 def _identical_buffer(ingredients: Sequence[Ingredient], key: str) -> torch.Tensor:
@@ -122,6 +177,7 @@ def finalize(acc: dict[str, torch.Tensor], scale: float, like: Ingredient) -> di
         if not dtype.is_floating_point:
             out[key] = tensor
             continue
-        tensor.mul_(scale)
+        if scale != 1.0:
+            tensor.mul_(scale)
         out[key] = tensor if tensor.dtype == dtype else tensor.to(dtype)
     return out

@@ -1,10 +1,19 @@
-"""Training-time augmentation: timm RandAugment inside the backbone's own train transform,
-and timm Mixup/CutMix on batches."""
+"""Training-time augmentation: the fine-tuning transform (a base transform plus timm
+RandAugment) and timm Mixup/CutMix on batches.
+
+The authors never released the transform of their sweep; their ``finetune.py`` offers
+CLIP's preprocessing (its default) or ``--timm-aug``: timm's ``transforms_imagenet_train``
+with CLIP's mean and std. ``train.base_transform`` picks one of ``BASE_TRANSFORMS``:
+``timm`` (``--timm-aug``; RandAugment as timm's own ``auto_augment``, which replaces its
+colour jitter), ``clip`` (their default: CLIP's eval preprocessing, no random crop or
+flip) or ``open_clip`` (open_clip's train transform, a mild random-resized crop).
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from PIL import Image, ImageOps
@@ -74,15 +83,47 @@ def with_randaugment(preprocess: Callable, aug: str | None) -> Callable:
 
 def _randaug_hparams(steps: list) -> dict:
     """timm's defaults, with the fill colour and translation scaled to this backbone."""
+    size, mean, _ = _size_and_stats(steps)
+    return {"translate_const": int(size * 0.45), "img_mean": tuple(round(255 * m) for m in mean)}
+
+
+def _size_and_stats(steps: list) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """Image size, mean and std of a torchvision pipeline (CLIP's values when absent)."""
     size = 224
-    mean = (0.48145466, 0.4578275, 0.40821073)
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
     for t in steps:
         if isinstance(t, T.Normalize):
-            mean = tuple(float(m) for m in t.mean)
+            mean, std = tuple(float(m) for m in t.mean), tuple(float(v) for v in t.std)
         if isinstance(t, T.RandomResizedCrop | T.CenterCrop | T.Resize) and getattr(t, "size", None):
             s = t.size
             size = int(s[0] if isinstance(s, list | tuple) else s)
-    return {"translate_const": int(size * 0.45), "img_mean": tuple(round(255 * m) for m in mean)}
+    return size, mean, std
+
+
+def _timm_imagenet_train(backbone, aug: str | None) -> Callable:
+    """The authors' ``--timm-aug``: ``transforms_imagenet_train(img_size, mean, std)`` at the
+    backbone's size and CLIP statistics, with RandAugment as timm's ``auto_augment``."""
+    from timm.data.transforms_factory import transforms_imagenet_train
+
+    validate_aug(aug)
+    steps = list(getattr(backbone.preprocess_val, "transforms", []))
+    size, mean, std = _size_and_stats(steps)
+    auto_augment = None if aug is None or str(aug).lower() in {"none", "null", ""} else str(aug)
+    return transforms_imagenet_train(img_size=size, mean=mean, std=std, auto_augment=auto_augment)
+
+
+BASE_TRANSFORMS: dict[str, Callable[[Any, str | None], Callable]] = {
+    "open_clip": lambda backbone, aug: with_randaugment(backbone.preprocess_train, aug),
+    "clip": lambda backbone, aug: with_randaugment(backbone.preprocess_val, aug),
+    "timm": _timm_imagenet_train,
+}
+
+
+def train_transform(backbone, base: str, aug: str | None) -> Callable:
+    """The fine-tuning transform: ``base`` (see ``BASE_TRANSFORMS``) with RandAugment ``aug``."""
+    if base not in BASE_TRANSFORMS:
+        raise ConfigError(f"train.base_transform={base!r}: expected one of {', '.join(BASE_TRANSFORMS)}")
+    return BASE_TRANSFORMS[base](backbone, aug)
 
 
 def build_mixup(settings: TrainSettings, num_classes: int) -> Mixup | None:

@@ -60,12 +60,14 @@ def claim(out_dir: Path, identity: Mapping[str, Any]) -> None:
     atomic_write_json(out_dir / RUN_FILE, {"identity": dict(identity), "fingerprint": fingerprint(identity)})
 
 
-def write_ingredient(out_dir: Path, model: torch.nn.Module, info: Mapping[str, Any],
+def write_ingredient(out_dir: Path, model: torch.nn.Module | Mapping[str, torch.Tensor], info: Mapping[str, Any],
                      identity: Mapping[str, Any], keep_checkpoints: bool = False) -> Path:
-    """Weights first, then ``ingredient.json`` (which makes the run final), then clean up."""
+    """Weights (a classifier or its state dict) first, then ``ingredient.json`` (which makes
+    the run final), then clean up."""
+    weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
     record = {**info, "identity": dict(identity), "fingerprint": fingerprint(identity),
               "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-    write_run(out_dir, model.state_dict(), record)
+    write_run(out_dir, weights, record)
     (out_dir / RUN_FILE).unlink(missing_ok=True)
     if not keep_checkpoints:
         shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)

@@ -161,12 +161,14 @@ def train_linear_probe(
     weight_decay: float,
     batch_size: int,
     seed: int,
+    warmup_steps: int = 0,
     progress: bool = False,
 ) -> nn.Linear:
     """Logistic regression on L2-normalised features (what ``ImageClassifier`` feeds its head).
 
     ``init`` (e.g. the zero-shot head) is copied, never modified; without it the head
-    starts at zero. AdamW with a cosine schedule over ``epochs``; deterministic given ``seed``.
+    starts at zero. AdamW with a cosine schedule over ``epochs`` (after ``warmup_steps`` of
+    linear warmup, capped like the fine-tunes'); deterministic given ``seed``.
     """
     if features.ndim != 2 or len(features) != len(labels):
         raise ValueError(f"features must be (N, D) with N labels, got {tuple(features.shape)} and {len(labels)} labels")
@@ -185,8 +187,13 @@ def train_linear_probe(
             head.weight.zero_()
             head.bias.zero_()
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(inputs) / batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
+    total_steps = max(1, epochs * math.ceil(len(inputs) / batch_size))
+    if warmup_steps:
+        from soup_exp.training.optim import cosine_with_warmup, effective_warmup
+
+        scheduler = cosine_with_warmup(optimizer, effective_warmup(warmup_steps, total_steps), total_steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     generator = torch.Generator().manual_seed(seed)
     for _ in tqdm(range(epochs), desc="linear probe", disable=not progress):
         order = torch.randperm(len(inputs), generator=generator).to(inputs.device)

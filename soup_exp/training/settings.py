@@ -18,6 +18,8 @@ from soup_exp.utils.config import to_plain
 
 MODES = ("zeroshot", "lp", "finetune")
 HEAD_INITS = ("zeroshot", "lp")
+# The fine-tuning image transform RandAugment is added to (soup_exp.training.augment.BASE_TRANSFORMS).
+BASE_TRANSFORMS = ("open_clip", "clip", "timm")
 
 _RANDAUG_SECTION = re.compile(r"^(m\d+|n\d+|p\d*\.?\d+|mstd\d*\.?\d+|mmax\d+|inc[01]|t\w+)$")
 
@@ -28,6 +30,7 @@ class LinearProbeSettings:
     lr: float
     weight_decay: float
     batch_size: int
+    warmup_steps: int
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class TrainSettings:
     mix: float
     cutmix: float
     aug: str | None
+    base_transform: str
     compile: bool
     eval_every_steps: int
     ckpt_every_steps: int
@@ -62,7 +66,7 @@ class TrainSettings:
         """The hyperparameters that define this ingredient (recorded in ingredient.json)."""
         keys = ("mode", "init_from", "head_init", "lr", "weight_decay", "epochs", "max_steps",
                 "batch_size", "grad_accum", "warmup_steps", "grad_clip", "label_smoothing",
-                "mix", "cutmix", "aug")
+                "mix", "cutmix", "aug", "base_transform")
         out = {k: getattr(self, k) for k in keys}
         if self.mode == "lp" or (self.mode == "finetune" and not self.init_from and self.head_init == "lp"):
             out["lp"] = asdict(self.lp)
@@ -112,12 +116,14 @@ def validate(s: TrainSettings) -> None:
     _non_negative("train.mix", s.mix)
     _non_negative("train.cutmix", s.cutmix)
     validate_aug(s.aug)
+    _one_of("train.base_transform", s.base_transform, BASE_TRANSFORMS)
     for key in ("eval_every_steps", "ckpt_every_steps", "log_every_steps"):
         _non_negative_int(f"train.{key}", getattr(s, key))
     _positive_int("train.lp.epochs", s.lp.epochs)
     _positive("train.lp.lr", s.lp.lr)
     _non_negative("train.lp.weight_decay", s.lp.weight_decay)
     _positive_int("train.lp.batch_size", s.lp.batch_size)
+    _non_negative_int("train.lp.warmup_steps", s.lp.warmup_steps)
 
 
 def validate_aug(aug: str | None) -> None:

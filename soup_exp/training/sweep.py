@@ -96,11 +96,21 @@ def _choice(rng: np.random.Generator, spec: Mapping[str, Any]) -> Any:
 
 
 def _randaugment(rng: np.random.Generator, spec: Mapping[str, Any]) -> str:
-    """timm RandAugment string ``rand-m<M>-n<N>`` with M, N uniform integers in their ranges."""
+    """timm RandAugment string ``rand-m<M>-n<N>``: M uniform in its range; N uniform in its
+    range, or drawn with ``num_layers_weights`` (one weight per N, e.g. the published 21/18/5)."""
     m_low, m_high = spec.get("magnitude", (1, 20))
     n_low, n_high = spec.get("num_layers", (0, 2))
     magnitude = int(rng.integers(m_low, m_high, endpoint=True))
-    layers = int(rng.integers(n_low, n_high, endpoint=True))
+    weights = spec.get("num_layers_weights")
+    if weights is None:
+        layers = int(rng.integers(n_low, n_high, endpoint=True))
+    else:
+        values = list(range(int(n_low), int(n_high) + 1))
+        p = np.asarray(weights, dtype=float)
+        if len(p) != len(values) or (p < 0).any() or p.sum() <= 0:
+            raise ConfigError(f"sweep space entry {dict(spec)}: num_layers_weights needs one weight >= 0 "
+                              f"per N in {values}, not all zero")
+        layers = int(rng.choice(values, p=p / p.sum()))
     return f"rand-m{magnitude}-n{layers}"
 
 

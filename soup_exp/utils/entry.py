@@ -46,6 +46,8 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
+        Stage("import", "the authors' released checkpoints (model_<i>.pt) as ingredients, offline",
+              "soup_exp.import_release", "run_import"),
         Stage("finetune", "fine-tune one ingredient (zero-shot, LP init or end-to-end); -m for sweeps",
               "soup_exp.finetune", "run_finetune"),
         Stage("soup", "cook the selected recipes (soups and baselines) from a pool of ingredients",

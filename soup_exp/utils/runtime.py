@@ -17,9 +17,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def effective_precision(device: torch.device, precision: str) -> str:
+    """The numerics ``precision`` really gives on ``device``: ``bf16`` on CUDA, else ``fp32``."""
+    return "bf16" if device.type == "cuda" and precision == "bf16" else "fp32"
+
+
 def autocast(device: torch.device, precision: str = "bf16"):
     """bf16 autocast on CUDA when asked; a no-op context elsewhere (CPU runs stay fp32)."""
-    if device.type == "cuda" and precision == "bf16":
+    if effective_precision(device, precision) == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -75,7 +75,7 @@ def family(tmp_path_factory) -> dict[str, Path]:
 def data_cfg(family, tmp_path):
     return {"classes": None, "roots": {k: str(v) for k, v in family.items()},
             "heldout": {"per_class": 1, "seed": 0, "index_file": None,
-                        "index_file_lists": "train", "split_dir": str(tmp_path / "splits")}}
+                        "index_file_lists": "heldout", "split_dir": str(tmp_path / "splits")}}
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,18 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch.utils.data import Sampler
+from torchvision import datasets, transforms
 
 from soup_exp.data.classes import ClassSpace
 from soup_exp.data.heldout import build_heldout, build_train_samples, heldout_split
 from soup_exp.data.layout import DatasetLayoutError
 from soup_exp.errors import ConfigError
 
-from .conftest import wnid_tree
+from .conftest import JPEG, PNG, put, wnid_tree
 
 SPACE = ClassSpace.from_config([0, 1, 2])
 
@@ -17,7 +21,7 @@ SPACE = ClassSpace.from_config([0, 1, 2])
 def train_cfg(tmp_path):
     wnid_tree(tmp_path / "imagenet" / "train", SPACE.wnids, "{w}_{i:03d}.JPEG", per_class=10)
     return {"classes": [0, 1, 2], "roots": {"ImageNet": str(tmp_path / "imagenet")},
-            "heldout": {"per_class": 3, "seed": 0, "index_file": None, "index_file_lists": "train",
+            "heldout": {"per_class": 3, "seed": 0, "index_file": None, "index_file_lists": "heldout",
                         "split_dir": str(tmp_path / "splits")}}
 
 
@@ -59,13 +63,17 @@ def _with_file(cfg, path, lists):
     return {**cfg, "heldout": {**cfg["heldout"], "index_file": str(path), "index_file_lists": lists}}
 
 
-def test_authors_style_mask_lists_train(train_cfg, tmp_path):
-    mask = np.ones(30)  # float 0/1, like imagenet_98_idxs.npy
-    mask[[0, 11, 29]] = 0
+def test_mask_ones_are_the_heldout_images(train_cfg, tmp_path):
+    mask = np.zeros(30)  # float 0/1, like the authors' imagenet_98_idxs.npy: ones = held out
+    mask[[0, 11, 29]] = 1
     np.save(tmp_path / "idx.npy", mask)
-    listing, positions = heldout_split(_with_file(train_cfg, tmp_path / "idx.npy", "train"), SPACE)
+    with_mask = {**train_cfg, "heldout": {**train_cfg["heldout"], "index_file": str(tmp_path / "idx.npy")}}
+    with_mask["heldout"].pop("index_file_lists")  # the default reading
+    listing, positions = heldout_split(with_mask, SPACE)
     assert positions.tolist() == [0, 11, 29]
-    assert len(build_train_samples(_with_file(train_cfg, tmp_path / "idx.npy", "train"), SPACE)) == 27
+    assert len(build_train_samples(with_mask, SPACE)) == 27
+    _, inverted = heldout_split(_with_file(train_cfg, tmp_path / "idx.npy", "train"), SPACE)
+    assert len(inverted) == 27 and not {0, 11, 29} & set(inverted.tolist())
 
 
 def test_txt_positions_and_paths_list_heldout(train_cfg, tmp_path):
@@ -101,3 +109,92 @@ def test_too_few_images_to_hold_out(train_cfg):
 def test_full_imagenet_tree_with_one_image_per_class(data_cfg):
     with pytest.raises(DatasetLayoutError, match="has 1 images: too few"):
         build_heldout(data_cfg, ClassSpace.full())
+
+
+# ---- the authors' code path: datasets/common.py and datasets/imagenet.py -------------------
+
+class _SubsetSampler(Sampler):  # their SubsetSampler
+    def __init__(self, indices):
+        self.indices = indices
+
+    def __iter__(self):
+        return (i for i in self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+class _ImageFolderWithPaths(datasets.ImageFolder):  # their ImageFolderWithPaths
+    def __init__(self, path, transform):
+        super().__init__(path, transform)
+
+    def __getitem__(self, index):
+        image, label = super(_ImageFolderWithPaths, self).__getitem__(index)  # noqa: UP008
+        return {"images": image, "labels": label, "image_paths": self.samples[index][0]}
+
+
+def _authors_imagenet2p(train_dir, idx_file):
+    """Their ImageNet2p.populate_train + get_train_sampler, iterated as their held-out loop does."""
+    train_dataset = _ImageFolderWithPaths(str(train_dir), transform=transforms.ToTensor())
+    with open(idx_file, "rb") as f:
+        idxs = np.load(f)
+    idxs = idxs.astype("int")
+    sampler = _SubsetSampler(np.where(idxs)[0])
+    loader = torch.utils.data.DataLoader(train_dataset, sampler=sampler, batch_size=4, num_workers=0)
+    paths, labels = [], []
+    for batch in loader:
+        paths.extend(batch["image_paths"])
+        labels.extend(batch["labels"].tolist())
+    train = {train_dataset.samples[i][0] for i in np.where((1 - idxs).astype("int"))[0]}  # their ImageNet98p
+    return paths, labels, train, sampler, train_dataset
+
+
+@pytest.fixture
+def tricky_tree(tmp_path):
+    """Names whose order differs between naive and ImageFolder sorting, mixed extensions, a stray file."""
+    root = tmp_path / "imagenet"
+    for w in SPACE.wnids:
+        for name in (f"{w}_10.JPEG", f"{w}_9.JPEG", f"{w}_100.JPEG", f"{w}_1.jpeg", f"{w}_2.png",
+                     "A_upper.JPEG", "a_lower.JPG", f"{w}_0011.JPEG"):
+            put(root / "train" / w / name, PNG if name.endswith(".png") else JPEG)
+        put(root / "train" / w / "notes.txt", b"not an image")
+    mask = np.zeros(24)
+    mask[[1, 4, 7, 8, 15, 20, 23]] = 1
+    np.save(tmp_path / "imagenet_98_idxs.npy", mask)
+    cfg = {"classes": [0, 1, 2], "roots": {"ImageNet": str(root)},
+           "heldout": {"per_class": 26, "seed": 0, "index_file": str(tmp_path / "imagenet_98_idxs.npy"),
+                       "index_file_lists": "heldout", "authors_check": True, "split_dir": None}}
+    return root / "train", tmp_path / "imagenet_98_idxs.npy", cfg
+
+
+def test_default_config_selects_the_authors_imagenet2p(tricky_tree):
+    train_dir, idx_file, cfg = tricky_tree
+    paths, labels, train, _, _ = _authors_imagenet2p(train_dir, idx_file)
+    held = build_heldout(cfg, SPACE)
+    assert held.paths == paths and held.targets.tolist() == labels  # same images, same order
+    ours_train = build_train_samples(cfg, SPACE)
+    assert {p for p, _ in ours_train} == train and len(ours_train) == 24 - 7
+    listing, _ = heldout_split(cfg, SPACE)
+    folder = datasets.ImageFolder(str(train_dir))
+    assert [listing.path(i) for i in range(len(listing))] == [p for p, _ in folder.samples]
+
+
+def test_the_authors_check_runs_on_full_length_masks(tricky_tree, monkeypatch):
+    from soup_exp.data import heldout
+
+    train_dir, idx_file, cfg = tricky_tree
+    _, _, _, sampler, dataset = _authors_imagenet2p(train_dir, idx_file)
+    expected = Path(dataset[sampler.indices[2]]["image_paths"]).name  # their assertion, at position 2
+    monkeypatch.setattr(heldout, "AUTHORS_TRAIN_IMAGES", 24)
+    monkeypatch.setattr(heldout, "AUTHORS_CHECK_POSITION", 2)
+    monkeypatch.setattr(heldout, "AUTHORS_CHECK_FILE", expected)
+    assert build_heldout(cfg, SPACE).paths[2].endswith(expected)
+    with pytest.raises(DatasetLayoutError, match="held-out check failed.*index_file_lists=train reads"):
+        build_heldout(_with_file(cfg, idx_file, "train"), SPACE)
+    monkeypatch.setattr(heldout, "AUTHORS_CHECK_FILE", "n01675722_4108.JPEG")
+    with pytest.raises(DatasetLayoutError, match=r"should be n01675722_4108\.JPEG.*listing of .* differs"):
+        build_heldout(cfg, SPACE)
+    unchecked = {**cfg, "heldout": {**cfg["heldout"], "authors_check": False}}
+    assert len(build_heldout(unchecked, SPACE)) == 7
+    monkeypatch.setattr(heldout, "AUTHORS_TRAIN_IMAGES", 1_281_167)  # other lengths are not the authors' file
+    assert len(build_heldout(cfg, SPACE)) == 7

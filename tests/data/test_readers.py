@@ -5,6 +5,7 @@ import torch
 
 from soup_exp.data.classes import ClassSpace, imagenet_wnids, timm_index_list
 from soup_exp.data.registry import EVAL_DATASETS, build_eval_dataset, class_space
+from soup_exp.errors import ConfigError
 
 from .conftest import put
 
@@ -65,7 +66,7 @@ def test_r_and_a_keep_their_200_columns(data_cfg, name, index_file):
 
 def test_objectnet_uses_real_mapping(data_cfg, objectnet_mapping):
     ds = build_eval_dataset("ObjectNet", data_cfg, ClassSpace.full())
-    assert ds.name == "ObjectNet" and ds.border_crop == 2
+    assert ds.name == "ObjectNet" and ds.border_crop == 0  # as published: the authors' crop never ran
     assert ds.num_targets == 113 and len(ds) == 113  # 313 folders on disk, 113 mapped
     assert len({i for g in ds.projection.groups for i in g}) == 125
     folders = ds.info["folders"]
@@ -80,11 +81,27 @@ def test_objectnet_uses_real_mapping(data_cfg, objectnet_mapping):
     assert folders[ds.project(logits).argmax(1).item()] == "chair"
 
 
-def test_border_crop_only_on_objectnet(data_cfg):
-    crops = {n: build_eval_dataset(n, data_cfg, ClassSpace.full()).border_crop
-             for n in EVAL_DATASETS if n not in ("ImageNet2p",)}
-    assert crops.pop("ObjectNet") == 2
-    assert set(crops.values()) == {0}
+def test_border_crop_is_one_objectnet_override(data_cfg):
+    def crops(cfg):
+        return {n: build_eval_dataset(n, cfg, ClassSpace.full()).border_crop
+                for n in EVAL_DATASETS if n not in ("ImageNet2p",)}
+
+    assert set(crops(data_cfg).values()) == {0}  # the paper preset: no set is cropped
+    readme = crops({**data_cfg, "objectnet": {"border_crop": 2}})
+    assert readme.pop("ObjectNet") == 2 and set(readme.values()) == {0}
+    with pytest.raises(ConfigError, match="border_crop=-1"):
+        build_eval_dataset("ObjectNet", {**data_cfg, "objectnet": {"border_crop": -1}}, ClassSpace.full())
+
+
+def test_paper_config_evaluates_objectnet_uncropped():
+    from hydra import compose, initialize_config_dir
+
+    from soup_exp.utils.entry import packaged_config_dir
+
+    with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
+        assert compose(config_name="evaluate").data.objectnet.border_crop == 0
+        cropped = compose(config_name="evaluate", overrides=["data.objectnet.border_crop=2"])
+    assert cropped.data.objectnet.border_crop == 2
 
 
 def test_class_subset_maps_to_local_columns(data_cfg):

@@ -51,7 +51,8 @@ def test_real_readers_read_the_generated_family(tmp_path):
         assert ds.num_targets == 2 and {t for _, t in ds.samples} == {0, 1}
         sizes[name] = len(ds)
         img = load_image(ds.samples[0][0], ds.border_crop)
-        assert img.mode == "RGB" and img.size == (16, 16)  # ObjectNet: 20x20 PNG minus border
+        side = 20 if name == "ObjectNet" else 16  # ObjectNet: 16 px + a 2-px border, uncropped as published
+        assert img.mode == "RGB" and img.size == (side, side)
     assert sizes == {"ImageNet2p": 4, "ImageNet": 4, "ImageNetV2": 4, "ImageNetSketch": 4,
                      "ImageNetR": 4, "ImageNetA": 4, "ObjectNet": 4}
     assert len(build_train_samples(cfg, classes)) == 6  # 3 per class left after 2 held out

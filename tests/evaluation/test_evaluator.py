@@ -59,21 +59,78 @@ def test_one_pass_for_many_models_equals_separate_passes_and_decodes_once(suite,
     assert len(reads) == sum(len(d) for d in suite["datasets"])
 
 
-def test_ensemble_averages_raw_logits_before_projection(tmp_path):
+def _authors_projected_ensemble(member_logits, groups, targets):
+    """Their ensemble branch on ObjectNet: each member's logits projected by
+    ObjectNetBase.project_logits (max over mapped classes, float64), cached, summed as
+    ``x / NUM_MODELS``, then scored as they stand."""
+    def project_logits(logits):
+        logits = logits.cpu().numpy()
+        logits_projected = np.zeros((logits.shape[0], len(groups)))
+        for k, v in enumerate(groups):
+            logits_projected[:, k] = np.max(logits[:, list(v)], axis=1).squeeze()
+        return torch.tensor(logits_projected)
+
+    predictions = [project_logits(x) / float(len(member_logits)) for x in member_logits[:1]][0]
+    for x in member_logits[1:]:
+        predictions += project_logits(x) / float(len(member_logits))
+    return (predictions.argmax(dim=1) == targets).float().mean().item()
+
+
+@pytest.mark.parametrize("mode", ["projected", "raw"])
+def test_ensembles_average_projected_logits_as_the_authors_did(tmp_path, mode):
     from eval_testkit import make_dataset
 
+    from soup_exp.data.base import LogitProjection
+
     groups = ((0, 1), (2,))
-    dataset = make_dataset(tmp_path, "ObjectNet", [(0, 1)], 2, projection=__import__(
-        "soup_exp.data.base", fromlist=["LogitProjection"]).LogitProjection(groups))
+    dataset = make_dataset(tmp_path, "ObjectNet", [(0, 1)], 2, projection=LogitProjection(groups))
     a = LookupModel(torch.tensor([[4.0, 0.0, 3.0]] * 10))
     b = LookupModel(torch.tensor([[0.0, 4.0, 3.0]] * 10))
-    evaluator = Evaluator([dataset], eval_transform(), progress=False)
-    # mean of raw logits = [2, 2, 3] -> projected [2, 3] -> target 1 (correct);
-    # projecting first would give [4, 3] for both members -> target 0 (wrong).
-    assert evaluator.evaluate_ensembles({"ens": [a, b]})["ens"]["ObjectNet"] == 1.0
+    evaluator = Evaluator([dataset], eval_transform(), progress=False, ensemble_logits=mode)
+    # projected first: [4, 3] for both members -> target 0 (wrong), as the authors' ensembles;
+    # raw logits first: mean [2, 2, 3] -> projected [2, 3] -> target 1 (correct).
+    expected = {"projected": 0.0, "raw": 1.0}[mode]
+    assert evaluator.evaluate_ensembles({"ens": [a, b]})["ens"]["ObjectNet"] == expected
     assert evaluator.evaluate({"a": a, "b": b}) == {"a": {"ObjectNet": 0.0}, "b": {"ObjectNet": 0.0}}
-    mean_logits = (evaluator.logits(a, "ObjectNet") + evaluator.logits(b, "ObjectNet")) / 2
-    assert evaluator.accuracy_from_logits(mean_logits, "ObjectNet") == 1.0
+    members = [evaluator.logits(m, "ObjectNet") for m in (a, b)]
+    mean = sum(evaluator.member_logits(x, "ObjectNet") for x in members) / 2
+    assert evaluator.ensemble_accuracy(mean, "ObjectNet") == expected
+    assert evaluator.accuracy_from_logits(sum(members) / 2, "ObjectNet") == 1.0  # raw logits, projected
+    if mode == "projected":
+        assert _authors_projected_ensemble(members, groups, dataset.targets) == expected
+
+
+def test_ensemble_modes_agree_where_projection_selects_columns(suite):
+    rng = np.random.default_rng(3)
+    members = [LookupModel(rng.normal(size=(10, 10))) for _ in range(3)]
+    results = {mode: Evaluator(suite["datasets"], eval_transform(), batch_size=4, progress=False,
+                               ensemble_logits=mode).evaluate({"ens": members})["ens"]
+               for mode in ("projected", "raw")}
+    selecting = [d.name for d in suite["datasets"] if d.projection is None
+                 or all(len(g) == 1 for g in d.projection.groups)]
+    assert selecting and all(results["projected"][n] == results["raw"][n] for n in selecting)
+
+
+def test_invalid_modes_are_config_errors(suite):
+    with pytest.raises(ConfigError, match="ensemble_logits='mean'"):
+        Evaluator(suite["datasets"], eval_transform(), ensemble_logits="mean")
+    with pytest.raises(ConfigError, match="precision 'fp8'"):
+        Evaluator(suite["datasets"], eval_transform(), precision="fp8")
+
+
+def test_paper_preset_evaluates_in_fp32_and_projects_ensemble_members():
+    from hydra import compose, initialize_config_dir
+
+    from soup_exp.evaluation.evaluator import configured_numerics
+    from soup_exp.utils.entry import packaged_config_dir
+
+    with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["device=cuda"])
+        fast = compose(config_name="soup", overrides=["device=cuda", "eval.precision=bf16"])
+        cpu = compose(config_name="soup", overrides=["device=cpu", "eval.precision=bf16"])
+    assert cfg.eval.ensemble_logits == "projected" and cfg.precision == "bf16"  # training stays bf16
+    assert configured_numerics(cfg) == "fp32" and configured_numerics(fast) == "bf16"
+    assert configured_numerics(cpu) == "fp32"  # autocast is CUDA-only
 
 
 def test_shared_member_runs_once_per_batch(suite):
@@ -175,7 +232,8 @@ def test_build_evaluator_reads_the_stage_config(suite, monkeypatch, enabled):
     cfg = OmegaConf.create({
         "device": "cpu", "precision": "bf16", "num_workers": 0, "progress": False,
         "data": {"roots": {"ImageNet": "/data/imagenet"}},
-        "eval": {"datasets": ["ImageNet", "ImageNetR"], "batch_size": 7,
+        "eval": {"datasets": ["ImageNet", "ImageNetR"], "batch_size": 7, "read_threads": 2,
+                 "precision": "fp32", "ensemble_logits": "projected",
                  "num_workers": 2, "cache": {"enabled": enabled, "dir": str(suite["tmp"] / "c")}},
     })
     evaluator = build_evaluator(cfg, eval_transform(), "classes")

@@ -31,6 +31,7 @@ def test_modes_write_ingredients_and_reruns_are_no_ops(tiny_root: Path, compose_
         assert set(info) >= KEYS and info["kind"] == kind
         assert info["base_model"] == "open_clip:soup-tiny-vit:random"
         assert info["classes"] == [0, 1, 2, 3] and 0.0 <= info["held_out_accuracy"] <= 1.0
+        assert info["held_out_precision"] == "fp32"  # CPU; the paper preset evaluates in fp32 on GPU too
         weights = load_file(str(path / "model.safetensors"))
         assert {"head.weight", "head.bias"} <= set(weights)
         assert all(k.startswith(("image_encoder.", "head.")) for k in weights)

@@ -10,7 +10,13 @@ from omegaconf import OmegaConf
 
 from soup_exp.errors import ConfigError
 from soup_exp.training.settings import train_settings
-from soup_exp.training.sweep import apply_sweep, published_hparams, resolve_sweep
+from soup_exp.training.sweep import (
+    PACKAGED_HPARAMS,
+    apply_sweep,
+    draw_member,
+    published_hparams,
+    resolve_sweep,
+)
 from soup_exp.utils.entry import packaged_config_dir
 
 CONF = packaged_config_dir()
@@ -117,3 +123,31 @@ def test_invalid_space_fails_before_training() -> None:
     with pytest.raises(ConfigError, match="sweep.space.lr.dist"):
         apply_sweep(cfg)
     assert OmegaConf.select(cfg, "train.lr") == 3e-5
+
+
+def test_randaugment_n_follows_the_published_frequencies() -> None:
+    """N = 0/1/2 in 21/18/5 of the authors' 44 augmented runs; the sweep draws with those weights."""
+    import collections
+
+    published = [e["aug"] for e in published_hparams(PACKAGED_HPARAMS).values() if e.get("aug")]
+    counts = collections.Counter(int(re.fullmatch(r"rand-m\d+-n(\d)", a).group(1)) for a in published)
+    assert [counts[n] for n in (0, 1, 2)] == [21, 18, 5]
+    sweep = _finetune_cfg("sweep=paper_vitb32").sweep
+    assert list(sweep.space.aug.num_layers_weights) == [21, 18, 5]
+    space = {"aug": OmegaConf.to_container(sweep.space.aug)}
+    drawn = collections.Counter()
+    for i in range(4000):
+        aug = draw_member(space, int(sweep.seed), i)["aug"]
+        if aug:
+            drawn[int(aug.rsplit("-n", 1)[1])] += 1
+    total = sum(drawn.values())
+    for n, expected in ((0, 21 / 44), (1, 18 / 44), (2, 5 / 44)):
+        assert abs(drawn[n] / total - expected) < 0.03, (n, drawn)
+    assert abs(total / 4000 - 0.6) < 0.03  # augmented in 1 - p_off of the runs
+
+
+def test_randaugment_weights_are_validated() -> None:
+    sweep = _finetune_cfg("sweep=paper_vitb32", "sweep.space.aug.num_layers_weights=[1,1]",
+                          "sweep.space.aug.p_off=0").sweep
+    with pytest.raises(ConfigError, match="num_layers_weights needs one weight"):
+        resolve_sweep(sweep)
