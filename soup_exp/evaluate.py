@@ -33,7 +33,7 @@ from soup_exp.artifacts import (
     run_weights,
     soup_record,
 )
-from soup_exp.artifacts.results import avg_shifts
+from soup_exp.artifacts.results import ACCURACY_KEYS, avg_shifts
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation.evaluator import Evaluator, build_evaluator
 from soup_exp.soups.ingredients import all_finite
@@ -212,6 +212,9 @@ def _row(entry: ModelEntry, accuracies: Mapping[str, float], meta: Mapping[str, 
     members = info.get("members") or info.get("ingredients")
     if members is not None:
         row["num_ingredients"] = len(members)
+    published = (info.get("metrics") or {}).get("published")
+    if published:  # an import of the authors' release: their numbers for this very checkpoint
+        row["published"] = {k: published[k] for k in ACCURACY_KEYS if k in published}
     row["path"] = str(entry.path)
     row["meta"] = {**meta, "base_model": info.get("base_model"),
                    "datasets": {**kept_ids, **meta["datasets"]}}

@@ -21,7 +21,8 @@ from soup_exp.reporting.figures import (
     plot_greedy_trajectory,
     plot_learned_coefficients,
 )
-from soup_exp.reporting.paper import comparison_table
+from soup_exp.reporting.paper import comparison_table, published_rows
+from soup_exp.reporting.reproduction import reproduction_table
 from soup_exp.reporting.table import RENDERERS, Table, build_table, render, to_markdown
 from soup_exp.tracking.wandb_run import start_run
 from soup_exp.utils.config import to_plain
@@ -55,6 +56,10 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     comparison = comparison_table(table, str(compare), per_recipe=per_recipe) if compare else None
     if comparison is not None:
         outputs.update(_write_table(comparison, report_dir / "comparison", formats))
+    reproduction = reproduction_table(rows, published_rows("paper_vitb32"))
+    if reproduction is not None:
+        outputs.update(_write_table(reproduction, report_dir / "reproduction", formats))
+        print(to_markdown(reproduction))
     outputs.update(_write_figures(rows, soups, report_dir / "figures"))
 
     _log_to_wandb(cfg, table, comparison, outputs, len(rows))

@@ -25,7 +25,8 @@ HELD_OUT = "ImageNet2p"
 SHIFTS = ("ImageNetV2", "ImageNetSketch", "ImageNetR", "ObjectNet", "ImageNetA")
 ACCURACY_KEYS = (HELD_OUT, "ImageNet", *SHIFTS)
 # Keys of a row that are not accuracies (anything else numeric is a dataset's accuracy).
-RESULT_FIELDS = ("name", "kind", "recipe", "label", "alpha", "interpolated", "num_ingredients", "path", "meta")
+RESULT_FIELDS = ("name", "kind", "recipe", "label", "alpha", "interpolated", "num_ingredients", "published",
+                 "path", "meta")
 
 # The authors' files carry no `kind`: it follows from the file they are in.
 PUBLISHED_FILE_KINDS: dict[str, tuple[str, str | None]] = {

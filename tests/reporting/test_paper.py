@@ -42,3 +42,20 @@ def test_unknown_compare_is_a_config_error():
 def test_published_rows_include_the_paper_text_numbers():
     names = {r["name"] for r in published_rows("paper_vitb32")}
     assert {"model_43", "greedy_soup", "learned_soup", "learned_soup_by_layer"} <= names
+
+
+def test_reproduction_check_puts_each_import_beside_its_published_numbers():
+    from soup_exp.reporting.reproduction import reproduction_table
+
+    published = {"ImageNet2p": 0.80, "ImageNet": 0.75, "ImageNetV2": 0.6, "ImageNetSketch": 0.4,
+                 "ImageNetR": 0.5, "ObjectNet": 0.3, "ImageNetA": 0.2}
+    rows = [{"name": "model_0", "kind": "lp", **published, "ImageNet": 0.7512, "published": published},
+            {"name": "uniform", "kind": "soup", "recipe": "uniform", "ImageNet": 0.80}]
+    table = reproduction_table(rows, published_rows("paper_vitb32"))
+    labels = [r.label for r in table.rows]
+    assert labels[:2] == ["model_0 [ours]", "model_0 [published]"]
+    assert table.cell(table.rows[2], "ImageNet") == "+0.12" and table.cell(table.rows[2], "ImageNetA") == "+0.00"
+    uniform = [r for r in table.rows if r.label.startswith("uniform (all 1)")]
+    assert table.cell(uniform[1], "ImageNet") == "79.97"  # the authors' uniform soup of 72
+    assert table.notes[1] == "ImageNet: max |Δ| 0.12 points (+0.12); 1 of 2 within 0.1"
+    assert reproduction_table([{"name": "ft", "kind": "finetune", "ImageNet": 0.5}]) is None
