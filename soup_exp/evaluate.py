@@ -238,7 +238,7 @@ def check_data(cfg: DictConfig) -> list[dict]:
     verify = str(cfg.check_data).lower() == "verify"
     reports = check_datasets(cfg.data, list(cfg.eval.datasets), verify=verify,
                              num_threads=max(1, int(cfg.get("num_workers") or 1)))
-    print(render_table(reports))
+    print(render_table(reports, data_dir=str(cfg.paths.data_dir)))
     raise_on_failure(reports)
     return [asdict(r) for r in reports]
 

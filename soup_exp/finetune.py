@@ -295,7 +295,8 @@ def zeroshot_head_for(backbone: Any, job: Job) -> nn.Linear:
     from soup_exp.models import zeroshot_head
 
     try:
-        return zeroshot_head(backbone, job.classes.classnames, device=job.ctx.device)
+        show = None if job.cfg.get("progress", True) else False  # None: a bar for > 100 classes
+        return zeroshot_head(backbone, job.classes.classnames, device=job.ctx.device, progress=show)
     except ValueError as err:
         raise ConfigError(str(err)) from err
 
