@@ -137,6 +137,16 @@ def _search_packaged_configs_after(user_dir: Path) -> None:
     Plugins.instance().register(PackagedConfigs)
 
 
+def _register_launchers() -> None:
+    """soup-exp's watched submitit launchers (hydra_plugins.soup_exp_launchers): Hydra's
+    plugin scan misses them in an editable install, so they are registered by hand."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.soup_exp_launchers.watched import WatchedLocalLauncher, WatchedSlurmLauncher
+
+    for launcher in (WatchedLocalLauncher, WatchedSlurmLauncher):
+        Plugins.instance().register(launcher)
+
+
 def stage_entry(name: str) -> Callable[[], None]:
     """``main()`` for `python -m soup_exp.<name>`: compose ``<name>.yaml`` and run the stage."""
     stage = STAGES[name]
@@ -157,6 +167,7 @@ def stage_entry(name: str) -> Callable[[], None]:
             sys.exit(2)
         if user_dir is not None:
             _search_packaged_configs_after(user_dir)
+        _register_launchers()
         args = ["dry_run=true" if a == DRY_RUN_FLAG else a for a in args]
         sys.argv = [sys.argv[0], *args]
         config_path = str(user_dir or packaged_config_dir())

@@ -12,10 +12,11 @@ run would do (``Stage.plan``) and exits.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from soup_exp.errors import SoupExpError
 from soup_exp.utils.entry import STAGES, Stage
-
-log = logging.getLogger(__name__)
 
 # A dry run's plan: section title -> lines, printed in the order of PLAN_SECTIONS.
 Plan = dict[str, list[str]]
@@ -102,6 +101,19 @@ def launcher_name(config: DictConfig) -> str:
     return str(choices.get("launcher") or choices.get("hydra/launcher") or "basic")
 
 
+@contextlib.contextmanager
+def quiet_logs(enabled: bool = True, logger: str = "soup_exp") -> Iterator[None]:
+    """The package's INFO records off for the duration (warnings and errors still show)."""
+    target = logging.getLogger(logger)
+    level = target.level
+    if enabled:
+        target.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
+
+
 class Preflight(Callback):
     """Checks (and dry runs) before Hydra writes the run's directory."""
 
@@ -128,10 +140,12 @@ class Preflight(Callback):
 
         stage = STAGES[str(cfg.stage)]
         try:
-            finished = [check(stage, job_cfg, overrides) for job_cfg, overrides in jobs]
-            if cfg.get("dry_run"):
-                print(render_plan(stage.name, merge_plans(plan(stage, c, o) for c, o in jobs), header))
-                sys.exit(0)
+            # the run itself says what it does, so its checks stay silent; a data check is the run
+            with quiet_logs(enabled=not cfg.get("check_data")):
+                finished = [check(stage, job_cfg, overrides) for job_cfg, overrides in jobs]
+                if cfg.get("dry_run"):
+                    print(render_plan(stage.name, merge_plans(plan(stage, c, o) for c, o in jobs), header))
+                    sys.exit(0)
         except SoupExpError as err:
             exit_with_error(stage.name, err)
         if all(finished):
