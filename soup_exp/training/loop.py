@@ -202,7 +202,8 @@ def fit(
         state = _resume(trainer, ckpt_file, fingerprint, ctx, schedule)
     resumed_from = state.step
     if ctx.is_main:
-        log.info("training %d steps (%d per epoch, %s), warmup %d%s", schedule.total_steps,
+        log.info("training %d step%s (%d per epoch, %s), warmup %d%s", schedule.total_steps,
+                 "s" if schedule.total_steps != 1 else "",
                  schedule.steps_per_epoch, describe_batch(settings.batch_size, ctx.world_size,
                                                           schedule.micro_batch, settings.grad_accum),
                  schedule.warmup, f"; resumed at step {resumed_from}" if resumed_from else "")

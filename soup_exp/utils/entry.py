@@ -141,6 +141,7 @@ def _register_launchers() -> None:
     """soup-exp's watched submitit launchers (hydra_plugins.soup_exp_launchers): Hydra's
     plugin scan misses them in an editable install, so they are registered by hand."""
     from hydra.core.plugins import Plugins
+
     from hydra_plugins.soup_exp_launchers.watched import WatchedLocalLauncher, WatchedSlurmLauncher
 
     for launcher in (WatchedLocalLauncher, WatchedSlurmLauncher):
