@@ -244,8 +244,8 @@ def check_data(cfg: DictConfig) -> list[dict]:
 
 
 def check_evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> bool:
-    """Known dataset names; ``check_data`` runs the whole (read-only) check here, before
-    Hydra creates a run directory for it."""
+    """Known dataset names whose roots exist; ``check_data`` runs the whole (read-only)
+    check here, before Hydra creates a run directory for it."""
     from soup_exp.data.registry import EVAL_DATASETS
 
     extra = to_plain(cfg.data.get("datasets")) or {}
@@ -256,6 +256,9 @@ def check_evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> bool:
     if cfg.get("check_data"):
         check_data(cfg)
         return True
+    from soup_exp.utils.preflight import require_roots
+
+    require_roots(cfg, evaluation_suite(cfg))
     return False
 
 

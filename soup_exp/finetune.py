@@ -88,9 +88,12 @@ def resolve_run(cfg: DictConfig) -> RunSpec:
 
 def check_finetune(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Everything that can fail before training, checked before anything is created."""
+    from soup_exp.utils.preflight import require_roots
+
     spec = resolve_run(cfg)
     if store.existing_ingredient(spec.out_dir, spec.identity) is None:
         check_init(spec)
+        require_roots(cfg, ["ImageNet2p"])  # held-out (and training set): ImageNet train
 
 
 def plan_finetune(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:

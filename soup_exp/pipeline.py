@@ -9,6 +9,7 @@ config with the same user overrides.
 
 from __future__ import annotations
 
+import functools
 import logging
 import subprocess
 import sys
@@ -62,13 +63,25 @@ def overrides_for(stage: str, overrides: Sequence[str]) -> list[str]:
     The pipeline accepts the union of every stage's keys; e.g. ``recipe.*`` means
     nothing to the fine-tuning stage and would make its composition fail.
     """
-    base = compose(config_name=stage, return_hydra_config=True)
-    known = set(base.keys()) | set(base.hydra.runtime.choices.keys()) | {"hydra"}
+    known = _known_keys(stage, _search_path())
     kept = []
     for override in overrides:
         if _override_key(override).split(".", 1)[0].split("/", 1)[0] in known:
             kept.append(override)
     return kept
+
+
+@functools.cache
+def _known_keys(stage: str, search_path: tuple[str, ...]) -> frozenset[str]:
+    """Top-level keys and config groups of ``stage``'s config (per config search path)."""
+    base = compose(config_name=stage, return_hydra_config=True)
+    return frozenset(set(base.keys()) | set(base.hydra.runtime.choices.keys()) | {"hydra"})
+
+
+def _search_path() -> tuple[str, ...]:
+    from hydra.core.global_hydra import GlobalHydra
+
+    return tuple(f"{e.provider}={e.path}" for e in GlobalHydra.instance().config_loader().get_search_path().get_path())
 
 
 def compose_stage(stage: str, overrides: Sequence[str], extra: Sequence[str] = ()) -> DictConfig:

@@ -41,12 +41,12 @@ def check_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
 
 def plan_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
     """A dry run's lines: which results are read, what they are compared with, where the report goes."""
-    from soup_exp.utils.preflight import exists_mark, logger_line
+    from soup_exp.utils.preflight import logger_line
 
     results = to_plain(config_get(cfg, "results"))
     entries = [results] if isinstance(results, str) else list(results or [])
     lines = [f"results: {e} (the published files shipped with soup-exp)" if e in PUBLISHED
-             else f"results: {e}{exists_mark(e)}" for e in entries]
+             else f"results: {e}" + ("" if Path(str(e)).exists() else " (not written yet)") for e in entries]
     compare = config_get(cfg, "compare")
     if compare:
         lines.append(f"compare with: {compare}")

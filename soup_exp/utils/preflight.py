@@ -152,6 +152,36 @@ class Preflight(Callback):
             sys.exit(0)
 
 
+def require_roots(cfg: DictConfig, names: Sequence[str]) -> None:
+    """Every dataset root ``names`` read from exists (a stat each; layouts are checked by
+    the readers and by check_data). Generated data appears on first use, so it passes."""
+    from soup_exp.data.checker import data_dir_hint
+    from soup_exp.data.layout import DatasetLayoutError
+
+    if cfg.data.get("synthetic"):
+        return
+    missing = {f"{name} ({root})" for name, root in dataset_roots(cfg, names) if root and not Path(root).exists()}
+    if missing:
+        raise DatasetLayoutError(f"dataset root(s) not found: {', '.join(sorted(missing))}. "
+                                 + data_dir_hint(str(cfg.paths.data_dir)))
+
+
+def dataset_roots(cfg: DictConfig, names: Sequence[str]) -> list[tuple[str, str | None]]:
+    """``(name, root folder)`` of each dataset: held-out and training sets read ImageNet train."""
+    roots: Mapping[str, Any] = cfg.data.get("roots") or {}
+    extra: Mapping[str, Any] = cfg.data.get("datasets") or {}
+    found = []
+    for name in names:
+        if name in ("ImageNet2p", "train"):
+            found.append((name, str(Path(str(roots.get("ImageNet"))) / "train")))
+        elif name in extra:
+            found.append((name, (extra[name] or {}).get("root")))
+        else:
+            root = roots.get("ImageNet" if name == "ImageNetReal" else name)
+            found.append((name, str(root) if root else None))
+    return found
+
+
 # ---- plan lines the stages share ----------------------------------------------------------
 
 def exists_mark(path: str | Path) -> str:
