@@ -26,6 +26,7 @@ from soup_exp.errors import SoupExpError
 from soup_exp.tracking.wandb_run import loggable_config
 from soup_exp.utils.entry import STAGES, packaged_config_dir, stage_entry
 from soup_exp.utils.io import atomic_write_json
+from soup_exp.utils.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def run_finetunes(cfg: DictConfig, overrides: Sequence[str]) -> None:
         sys.executable, "-m", "soup_exp.finetune", *config_dir_args(), "--multirun",
         *sweep_overrides(cfg, overrides), f"sweep.index=range({size})",
     ]
-    log.info("fine-tuning sweep of %d runs: %s", size, " ".join(command))
+    log.info("fine-tuning sweep of %s: %s", plural(size, "run"), " ".join(command))
     if subprocess.run(command).returncode != 0:
         raise SoupExpError(
             f"the fine-tuning sweep failed; its logs are under {Path(cfg.out_dir) / 'hydra'}. "
@@ -214,7 +215,7 @@ def _finetune_plans(cfg: DictConfig, overrides: Sequence[str]) -> list[dict[str,
     if size > 0:
         member = compose_stage("finetune", sweep_overrides(cfg, overrides))
         launcher = next((o.split("=", 1)[1] for o in overrides if _override_key(o) == "launcher"), "local")
-        lines = [f"sweep {cfg.pipeline.sweep}: {size} job{'s' if size != 1 else ''} "
+        lines = [f"sweep {cfg.pipeline.sweep}: {plural(size, 'job')} "
                  f"(a Hydra multirun, launcher={launcher})"]
         for index in range(size):
             job = copy.deepcopy(member)
@@ -255,7 +256,7 @@ def summary(cfg: DictConfig, timings: dict[str, float]) -> str:
         f"  soups       : {cfg.soups_dir}",
         f"  results     : {cfg.results_file}",
         f"  report      : {cfg.report_dir}",
-        f"  W&B ({cfg.logger.mode}) : {wandb_dir} ({len(runs)} runs)"
+        f"  W&B ({cfg.logger.mode}) : {wandb_dir} ({plural(len(runs), 'run')})"
         + ("; upload with `wandb sync " + str(wandb_dir) + "/offline-run-*`" if cfg.logger.mode == "offline" else ""),
         f"  everything  : {out}",
     ]

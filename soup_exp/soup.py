@@ -25,6 +25,7 @@ from soup_exp.soups.recipe import Recipe, Soup, load_recipe, soups_of
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.runtime import code_version
+from soup_exp.utils.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def plan_soups(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list
     pool = to_plain(cfg.soup.pool)
     try:
         names = [i.name for i in load_ingredients(pool)]
-        found = f"{len(names)} finished ingredient{'s' if len(names) != 1 else ''} ({', '.join(names)})"
+        found = f"{plural(len(names), 'finished ingredient')} ({', '.join(names)})"
     except (SoupExpError, FileNotFoundError):
         found = "no finished ingredients yet"
     lines = [f"pool: {pool}: {found}"]
@@ -77,7 +78,7 @@ def run_soups(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
     recipes = selected_recipes(cfg)
     pool = to_plain(cfg.soup.pool)
     ingredients = load_ingredients(pool)
-    log.info("souping %d ingredients from %s into %s: %s", len(ingredients), pool, cfg.soups_dir,
+    log.info("souping %s from %s into %s: %s", plural(len(ingredients), "ingredient"), pool, cfg.soups_dir,
              ", ".join(r.name for r in recipes))
     own_run = run is None
     if own_run:

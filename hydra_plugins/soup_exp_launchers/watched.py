@@ -28,6 +28,8 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 )
 from omegaconf import OmegaConf
 
+from soup_exp.utils.text import plural
+
 log = logging.getLogger(__name__)
 
 POLL_S = 2.0
@@ -78,8 +80,8 @@ def _job_params(launcher: BaseSubmititLauncher) -> dict[str, Any]:
 
 def announce(jobs: Sequence[Any], labels: Sequence[str], executor: str, sweep_dir: Path) -> None:
     """Each job's id and log files, and where Hydra's per-job outputs go."""
-    log.info("submitted %d job%s (%s); Hydra's per-job logs and configs: %s/<job number>/",
-             len(jobs), "s" if len(jobs) != 1 else "", executor, sweep_dir)
+    log.info("submitted %s (%s); Hydra's per-job logs and configs: %s/<job number>/",
+             plural(len(jobs), "job"), executor, sweep_dir)
     for job, label in zip(jobs, labels, strict=True):
         log.info("  %s -> job %s, output %s (stderr: %s)", label, job.job_id, job.paths.stdout, job.paths.stderr.name)
 

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from soup_exp.errors import SoupExpError
 from soup_exp.utils.entry import STAGES, Stage
+from soup_exp.utils.text import plural
 
 # A dry run's plan: section title -> lines, printed in the order of PLAN_SECTIONS.
 Plan = dict[str, list[str]]
@@ -127,11 +128,11 @@ class Preflight(Callback):
 
         cfg = task_config(config)
         jobs = sweep_jobs(config)
-        # A real run checks its first job here (each job checks itself again when it
-        # starts); a dry run lists every job.
+        # A real run checks its first job here (composing every job of a large sweep would
+        # take a while; a later job with a bad value fails in its own run); a dry run lists all.
         wanted = jobs if cfg.get("dry_run") else jobs[:1]
         composed = [(compose(config_name=config_name, overrides=job), job) for job in wanted]
-        header = f" ({len(jobs)} job{'s' if len(jobs) != 1 else ''}, launcher {launcher_name(config)})"
+        header = f" ({plural(len(jobs), 'job')}, launcher {launcher_name(config)})"
         self._preflight(cfg, composed, header=header)
 
     @staticmethod
