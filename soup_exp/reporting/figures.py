@@ -22,7 +22,7 @@ from soup_exp.errors import SoupExpError
 from soup_exp.utils.io import atomic_path
 
 FIGSIZE = (6.4, 4.8)
-DPI = 150  # PNGs are exactly 960 x 720 pixels
+DPI = 150  # PNGs are 960 x 720 pixels; a by-layer coefficient map grows taller with its layers
 FORMATS = ("png", "pdf")
 LABEL_FONT = 7  # points: tick labels naming models and layers
 
