@@ -68,8 +68,9 @@ def test_report_on_the_authors_files_with_wandb_disabled(tmp_path):
 
 
 def test_report_of_the_published_set_by_name(tmp_path):
-    cfg = {"results": "paper_vitb32", "report_dir": str(tmp_path / "report"), "formats": ["md"],
-           "logger": {"mode": "disabled"}, "per_recipe": "best", "soups_dir": str(tmp_path / "no-soups")}
+    cfg = {"name": "paper", "results": "paper_vitb32", "compare": None, "report_dir": str(tmp_path / "report"),
+           "formats": ["md"], "logger": {"mode": "disabled"}, "per_recipe": "best",
+           "soups_dir": str(tmp_path / "no-soups")}
     outputs = run_report(cfg)
     table = outputs["table.md"].read_text()
     assert "| Greedy soup | 83.98 | 81.03 |" in table and "Learned soup (paper text)" in table
