@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from soup_exp.artifacts import SOUP_FILE, find_dirs, soup_record
-from soup_exp.artifacts.results import read_results
 from soup_exp.errors import ConfigError
 from soup_exp.reporting.figures import (
     SoupFileError,
@@ -21,7 +20,13 @@ from soup_exp.reporting.figures import (
     plot_greedy_trajectory,
     plot_learned_coefficients,
 )
-from soup_exp.reporting.paper import comparison_table, published_rows
+from soup_exp.reporting.paper import (
+    PUBLISHED,
+    comparison_table,
+    published_rows,
+    reference_rows,
+    results_rows,
+)
 from soup_exp.reporting.reproduction import reproduction_table
 from soup_exp.reporting.table import RENDERERS, Table, build_table, render, to_markdown
 from soup_exp.tracking.wandb_run import start_run
@@ -32,18 +37,48 @@ from soup_exp.utils.io import atomic_write_text
 log = logging.getLogger(__name__)
 
 
+def check_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Formats, results and the comparison set, before anything is created."""
+    _formats(cfg)
+    results_rows(to_plain(cfg["results"]))
+    compare = cfg["compare"]
+    if compare:
+        reference_rows(str(compare))
+
+
+def plan_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
+    """A dry run's lines: which results are read, what they are compared with, where the report goes."""
+    from soup_exp.utils.preflight import logger_line
+
+    results = to_plain(cfg["results"])
+    entries = [results] if isinstance(results, str) else list(results or [])
+    lines = [f"results: {e} (the published files shipped with soup-exp)" if e in PUBLISHED
+             else f"results: {e}" + ("" if Path(str(e)).exists() else " (not written yet)") for e in entries]
+    compare = cfg["compare"]
+    if compare:
+        lines.append(f"compare with: {compare}")
+    report_dir = Path(str(cfg["report_dir"]))
+    outputs = [f"report: {report_dir} (table.{{{','.join(_formats(cfg))}}}, figures/)", logger_line(cfg)]
+    return {"report": lines, "outputs": outputs}
+
+
+def _formats(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
+    formats = list(cfg["formats"])
+    unknown = [f for f in formats if f not in RENDERERS]
+    if unknown:
+        raise ConfigError(f"formats={formats}: unknown {unknown}; expected any of {list(RENDERERS)}")
+    return formats
+
+
 def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     """Write the table, the comparison (with ``compare``) and the figures to
     ``cfg.report_dir``; log them to W&B; print the Markdown table. Returns
     ``{artefact name: path}`` (e.g. ``table.md``, ``figure1.png``)."""
     report_dir = Path(str(cfg["report_dir"])).expanduser()
-    formats = list(cfg["formats"])
-    unknown = [f for f in formats if f not in RENDERERS]
-    if unknown:
-        raise ConfigError(f"formats={formats}: unknown {unknown}; expected any of {list(RENDERERS)}")
+    formats = _formats(cfg)
     per_recipe = str(cfg["per_recipe"])
 
-    rows = read_results(to_plain(cfg["results"]))
+    rows = results_rows(to_plain(cfg["results"]))
     soups = _read_soups(cfg["soups_dir"])
     rows = _with_ingredient_counts(rows, soups)
     table = build_table(rows, per_recipe=per_recipe)
@@ -53,7 +88,7 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     outputs: dict[str, Path] = {}
     outputs.update(_write_table(table, report_dir / "table", formats))
     compare = cfg["compare"]
-    comparison = comparison_table(table, str(compare), per_recipe=per_recipe) if compare else None
+    comparison = comparison_table(table, str(compare), per_recipe=per_recipe, our_rows=rows) if compare else None
     if comparison is not None:
         outputs.update(_write_table(comparison, report_dir / "comparison", formats))
     reproduction = reproduction_table(rows, published_rows("paper_vitb32"))

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from soup_exp.artifacts.dirs import LEGACY_KINDS
+from soup_exp.artifacts.dirs import INGREDIENT_FILE, LEGACY_KINDS, SOUP_FILE
 from soup_exp.errors import SoupExpError
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.utils.io import atomic_write_text, file_lock, json_default
@@ -180,6 +180,24 @@ def avg_shifts(row: Mapping[str, Any]) -> float | None:
     if any(v is None for v in values):
         return None
     return sum(float(v) for v in values) / len(values)
+
+
+def row_class_space(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``{"count", "hash"}`` of the classes a row's model predicts: from ``meta.classes``
+    (written by the evaluate stage), else from the model's directory, else None."""
+    recorded = (row.get("meta") or {}).get("classes")
+    if isinstance(recorded, Mapping) and "count" in recorded:
+        return dict(recorded)
+    folder = Path(str(row["path"])) if row.get("path") else None
+    for name in (INGREDIENT_FILE, SOUP_FILE):
+        if folder is not None and (folder / name).is_file():
+            try:
+                classes = json.loads((folder / name).read_text()).get("classes")
+            except (OSError, ValueError):
+                return None
+            if isinstance(classes, list) and classes:
+                return {"count": len(classes), "hash": stable_hash([int(c) for c in classes])}
+    return None
 
 
 def with_metadata(row: dict[str, Any], config: Any = None) -> dict[str, Any]:

@@ -40,6 +40,10 @@ class IngredientError(SoupExpError, ValueError):
     """Ingredients that cannot be souped; the message names the file and the keys."""
 
 
+class MissingIngredientPathError(IngredientError, FileNotFoundError):
+    """A pool entry (path) that does not exist."""
+
+
 class EmptyIngredientsError(IngredientError):
     pass
 
@@ -251,7 +255,7 @@ def resolve_ingredients(items: IngredientLike | Iterable[IngredientLike], *,
         raise EmptyIngredientsError(
             f"no ingredients found in {where}. Expected run directories holding "
             f"{WEIGHTS_FILE} + {INGREDIENT_FILE} (written by `soup-exp finetune`), .safetensors "
-            "files or state dicts; set recipe.ingredients to a sweep directory or glob."
+            "files or state dicts; set soup.pool to a sweep directory or glob."
         )
     _check_unique_names(result)
     return result
@@ -263,7 +267,9 @@ def _from_path_or_glob(spec: str, kinds: frozenset[str] | None) -> list[Ingredie
         return [ing for m in matches for ing in _from_path(Path(m), kinds, explicit=False)]
     path = Path(spec).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"ingredient path {path} does not exist")
+        raise MissingIngredientPathError(
+            f"ingredient path {path} does not exist; fine-tune some first (`soup-exp finetune`, or "
+            "the whole `soup-exp pipeline`), or point soup.pool at run directories, a sweep directory or a glob")
     return _from_path(path, kinds, explicit=True)
 
 

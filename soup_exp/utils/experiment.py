@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from omegaconf import DictConfig
@@ -32,28 +32,40 @@ def experiment_identity(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def claim_output_dir(cfg: DictConfig) -> Path:
-    """Create ``cfg.out_dir`` or check that it already belongs to this experiment.
+def check_output_dir(cfg: DictConfig) -> bool:
+    """Whether ``cfg.out_dir`` is already this experiment's; raise if it is another's.
 
     Two experiments writing into one directory would mix their ingredients into each
     other's soups, so a mismatch stops the run before anything is written.
     """
+    marker = Path(cfg.out_dir) / MARKER
+    if not marker.exists():
+        return False
+    existing, identity = read_json(marker), experiment_identity(cfg)
+    if existing != identity:
+        raise OutputConflictError(
+            f"output directory {cfg.out_dir} holds a different experiment:\n"
+            f"  there: {existing}\n  this run: {identity}\n"
+            "Choose another experiment name (name=...) or output root "
+            "(paths.output_dir=... or SOUP_OUTPUT_DIR), or delete that directory."
+        )
+    return True
+
+
+def claim_output_dir(cfg: DictConfig) -> Path:
+    """Create ``cfg.out_dir`` or check that it already belongs to this experiment."""
     out_dir = Path(cfg.out_dir)
-    identity = experiment_identity(cfg)
-    marker = out_dir / MARKER
-    if marker.exists():
-        existing = read_json(marker)
-        if existing != identity:
-            raise OutputConflictError(
-                f"output directory {out_dir} holds a different experiment:\n"
-                f"  there: {existing}\n  this run: {identity}\n"
-                "Choose another experiment name (name=...) or output root "
-                "(paths.output_dir=... or SOUP_OUTPUT_DIR), or delete that directory."
-            )
-        return out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(marker, identity)
+    if not check_output_dir(cfg):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / MARKER, experiment_identity(cfg))
     return out_dir
+
+
+def exit_with_error(stage: str, err: SoupExpError) -> NoReturn:
+    """The one-line message of a user error, exit status 2."""
+    log.debug("stage failed", exc_info=True)
+    print(f"soup-exp {stage}: error: {err}", file=sys.stderr)
+    sys.exit(2)
 
 
 def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], Any], claim: bool = True) -> Any:
@@ -68,7 +80,4 @@ def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], Any], claim: bool =
             claim_output_dir(cfg)
         return stage(cfg)
     except SoupExpError as err:
-        log.debug("stage failed", exc_info=True)
-        print(f"soup-exp {cfg.get('stage', '')}: error: {err}", file=sys.stderr)
-        sys.exit(2)
-
+        exit_with_error(str(cfg.get("stage", "")), err)
