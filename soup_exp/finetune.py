@@ -29,15 +29,16 @@ from torch import nn
 from soup_exp.artifacts import INGREDIENT_FILE, ingredient_record, is_finished_run, load_weights
 from soup_exp.data.classes import ClassSpace
 from soup_exp.errors import ConfigError, SoupExpError
-from soup_exp.tracking.wandb_run import loggable_config
 from soup_exp.training import ingredient as store
 from soup_exp.training.augment import with_randaugment
 from soup_exp.training.distributed import DistContext, setup_distributed, teardown_distributed
 from soup_exp.training.settings import TrainSettings, train_settings
 from soup_exp.training.sweep import SweepDraw, apply_sweep
-from soup_exp.utils.config import to_plain
+from soup_exp.utils.config import loggable_config, to_plain
 from soup_exp.utils.entry import stage_entry
+from soup_exp.utils.experiment import check_names
 from soup_exp.utils.hashing import stable_hash
+from soup_exp.utils.io import remove_stale_temp_files
 from soup_exp.utils.runtime import code_version
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,10 @@ def run_finetune(cfg: DictConfig) -> Path:
     """Train (or find) the ingredient described by ``cfg``; returns its directory."""
     cfg = copy.deepcopy(cfg)
     draw = apply_sweep(cfg)
+    check_names(cfg)
     settings = train_settings(cfg.train)
     out_dir = Path(settings.output_dir)
+    remove_stale_temp_files(out_dir)
     from soup_exp.data.registry import class_space
 
     classes = class_space(cfg.data)

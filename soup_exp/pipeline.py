@@ -22,7 +22,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from soup_exp.errors import SoupExpError
-from soup_exp.tracking.wandb_run import loggable_config
+from soup_exp.soup import selected_recipes
+from soup_exp.utils.config import apply_secret_overrides, loggable_config
 from soup_exp.utils.entry import STAGES, packaged_config_dir, stage_entry
 from soup_exp.utils.io import atomic_write_json
 
@@ -72,7 +73,8 @@ def overrides_for(stage: str, overrides: Sequence[str]) -> list[str]:
 
 
 def compose_stage(stage: str, overrides: Sequence[str], extra: Sequence[str] = ()) -> DictConfig:
-    return compose(config_name=stage, overrides=[*overrides_for(stage, overrides), *extra])
+    """``stage``'s config with this run's overrides (secret ones come from the environment)."""
+    return apply_secret_overrides(compose(config_name=stage, overrides=[*overrides_for(stage, overrides), *extra]))
 
 
 def prepare_inputs(cfg: DictConfig) -> None:
@@ -135,6 +137,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     unknown = [s for s in cfg.pipeline.stages if s not in STEPS]
     if unknown:
         raise SoupExpError(f"pipeline.stages: unknown {unknown}; choose from {list(STEPS)}")
+    if "soup" in cfg.pipeline.stages:
+        selected_recipes(cfg)  # a bad recipe setting fails now, not after the fine-tunes
     timings: dict[str, float] = {}
     start = time.perf_counter()
     for name in cfg.pipeline.stages:

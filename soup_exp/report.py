@@ -26,7 +26,7 @@ from soup_exp.reporting.table import RENDERERS, Table, build_table, render, to_m
 from soup_exp.tracking.wandb_run import start_run
 from soup_exp.utils.config import config_get, to_plain
 from soup_exp.utils.entry import stage_entry
-from soup_exp.utils.io import atomic_write_text
+from soup_exp.utils.io import atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     if unknown:
         raise ConfigError(f"formats={formats}: unknown {unknown}; expected any of {list(RENDERERS)}")
     per_recipe = str(config_get(cfg, "per_recipe"))
+    remove_stale_temp_files(report_dir)
 
     rows = read_results(to_plain(config_get(cfg, "results")))
     soups = _read_soups(config_get(cfg, "soups_dir"))

@@ -50,6 +50,10 @@ class NonFiniteWeightsError(IngredientError):
     pass
 
 
+class IngredientNotFoundError(EmptyIngredientsError, FileNotFoundError):
+    """A pool path that does not exist (yet): no fine-tune has finished there."""
+
+
 class TensorSource:
     """Read-only, lazy access to a flat state dict."""
 
@@ -249,7 +253,10 @@ def _from_path_or_glob(spec: str, kinds: frozenset[str] | None) -> list[Ingredie
         return [ing for m in matches for ing in _from_path(Path(m), kinds, explicit=False)]
     path = Path(spec).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"ingredient path {path} does not exist")
+        raise IngredientNotFoundError(
+            f"ingredient path {path} does not exist: no ingredients yet? Fine-tune some first "
+            "(`soup-exp finetune`, or `soup-exp pipeline`), or point soup.pool at your run directories"
+        )
     return _from_path(path, kinds, explicit=True)
 
 
