@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from soup_exp.errors import SoupExpError
 from soup_exp.soup import selected_recipes
+from soup_exp.training.settings import train_settings
 from soup_exp.utils.config import apply_secret_overrides, loggable_config
 from soup_exp.utils.entry import STAGES, packaged_config_dir, stage_entry
 from soup_exp.utils.io import atomic_write_json
@@ -137,8 +138,10 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     unknown = [s for s in cfg.pipeline.stages if s not in STEPS]
     if unknown:
         raise SoupExpError(f"pipeline.stages: unknown {unknown}; choose from {list(STEPS)}")
+    if "finetune" in cfg.pipeline.stages:
+        train_settings(cfg.train)  # a bad setting fails now, not after the data is made
     if "soup" in cfg.pipeline.stages:
-        selected_recipes(cfg)  # a bad recipe setting fails now, not after the fine-tunes
+        selected_recipes(cfg)  # ... or after the fine-tunes
     timings: dict[str, float] = {}
     start = time.perf_counter()
     for name in cfg.pipeline.stages:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from soup_exp.errors import ConfigError
-from soup_exp.utils.config import config_get
+from soup_exp.utils.config import config_get, to_plain
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def check_settings(cfg: Any, schema: Mapping[str, Any]) -> None:
         parent, _, leaf = key.rpartition(".")
         node = config_get(cfg, parent) if parent else cfg
         if node is not None and hasattr(node, "get") and leaf in node:
-            check_value(key, node.get(leaf), hint)
+            check_value(key, to_plain(node.get(leaf)), hint)
 
 
 # The settings every stage shares (conf/_common.yaml, eval/, recipe/, pipeline.yaml).

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from soup_exp.errors import OutputConflictError, SoupExpError
@@ -83,10 +84,6 @@ def check_config(cfg: Any) -> None:
     """Everything about a stage config that can be checked before the stage starts."""
     check_names(cfg)
     check_stage_settings(cfg)
-    if config_get(cfg, "train") is not None:  # a sweep's draw is checked again when applied
-        from soup_exp.training.settings import train_settings
-
-        train_settings(cfg.train)
 
 
 def user_error(err: BaseException | None) -> SoupExpError | None:
@@ -137,7 +134,7 @@ def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], Any], claim: bool =
 # ---- before Hydra starts the job ----------------------------------------------------------
 
 
-class Preflight:
+class Preflight(Callback):
     """A Hydra callback: checks the names and that the output directory is writable before
     Hydra creates its run directory there, so a bad ``name=`` writes nothing anywhere."""
 

@@ -41,6 +41,9 @@ _WRITER = re.compile(r"\.(\d+)@([A-Za-z0-9_-]+)\.[^.]*\.tmp$")
 class WriteError(SoupExpError, OSError):
     """A file could not be written (no space, no permission, a read-only filesystem)."""
 
+    def __str__(self) -> str:  # the message alone, whatever errno and filename say
+        return str(self.args[0]) if self.args else ""
+
 
 def write_error(path: str | os.PathLike, err: OSError, size: int | None = None) -> WriteError:
     """One clear message for a failed write of ``path``: what failed and what to do."""
