@@ -3,7 +3,8 @@
 Root ignores read-only modes, so a test that write-protects a file would pass whether or
 not the code needs write access. ``run_unprivileged`` forks and, under root, drops to the
 ``nobody`` user before calling the function; ``shared_dir`` makes a folder that user can
-reach (pytest's own temp root is private to its owner).
+reach (pytest's own temp root is private to its owner). The child may not be able to read
+the Python installation either: import what ``fn`` needs before calling it.
 """
 
 from __future__ import annotations

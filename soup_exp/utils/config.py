@@ -7,6 +7,7 @@ mappings; ``to_plain`` and ``config_get`` let both read the same way.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -118,12 +119,14 @@ def secret_overrides() -> list[str]:
 
 
 def apply_secret_overrides(cfg: Any) -> Any:
-    """Set the secret overrides handed over in the environment on a composed config."""
+    """A copy of a composed config with the secret overrides handed over in the environment
+    (a copy: Hydra and submitit keep the config they passed, e.g. in job result pickles)."""
     overrides = secret_overrides()
     if not overrides:
         return cfg
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    cfg = copy.deepcopy(cfg)
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if override.is_sweep_override():

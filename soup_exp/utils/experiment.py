@@ -65,6 +65,7 @@ def claim_output_dir(cfg: DictConfig) -> Path:
         if set(identity) - set(existing):
             atomic_write_json(marker, {**existing, **identity})
         return out_dir
+    check_writable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(marker, identity)
     return out_dir

@@ -1,9 +1,11 @@
 """Writes on shared storage: modes follow the umask, full disks and read-only folders are
-one clear error naming the file, and temp files of killed writers are cleaned up."""
+one clear error naming the file, temp files of killed writers are cleaned up, and a torn
+results line is skipped, then repaired."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import subprocess
@@ -17,7 +19,7 @@ import torch
 from unprivileged import run_unprivileged, shared_dir, write_protect
 
 from soup_exp.artifacts import write_run, write_weights
-from soup_exp.artifacts.results import ResultsStore
+from soup_exp.artifacts.results import ResultsFormatError, ResultsStore, read_results
 from soup_exp.utils import io
 from soup_exp.utils.io import (
     WriteError,
@@ -134,3 +136,18 @@ def test_stale_temp_files_go_live_ones_stay(tmp_path):
     assert all(p.exists() for p in (running, elsewhere, legacy, mine, kept_file))
     assert mine.name.startswith(f".soup.json.{os.getpid()}@{host}.")
     assert remove_stale_temp_files(tmp_path / "nothing-here") == []
+
+
+def test_the_report_skips_a_torn_last_line_and_a_write_repairs_it(tmp_path):
+    path = tmp_path / "results.jsonl"
+    store = ResultsStore(path)
+    store.upsert({"name": "a", "kind": "finetune", "ImageNet": 0.5})
+    path.write_bytes(path.read_bytes() + '{"name": "b", "ImageNet": 0.6, "label": "caf\u00e9'.encode()[:-1])
+    with pytest.warns(UserWarning, match=r"results.jsonl, line 2: an incomplete last line"):
+        assert [r["name"] for r in read_results(path)] == ["a"]
+    with pytest.warns(UserWarning, match="line 2"):
+        store.upsert({"name": "c", "kind": "soup", "ImageNet": 0.7})
+    assert [json.loads(line)["name"] for line in path.read_text().splitlines()] == ["a", "c"]
+    path.write_text(path.read_text() + "{torn\n" + path.read_text())
+    with pytest.raises(ResultsFormatError, match="line 3: not valid JSON"):  # complete but broken: no guessing
+        read_results(path)
