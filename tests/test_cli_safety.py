@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from child_process import run_in_child, shared_dir
 from hydra import compose, initialize_config_dir
-from unprivileged import run_unprivileged, shared_dir
 
 from soup_exp.errors import OutputConflictError
 from soup_exp.evaluate import run_evaluate
@@ -95,7 +95,7 @@ def test_a_read_only_output_root_is_one_line():
         (root / "ro").chmod(0o555)
         cfg = _experiment(root / "ro", "experiment=smoke")
         experiment_identity(cfg)  # imports what the child needs (it may not read the Python install)
-        status, err = run_unprivileged(lambda: run_stage(cfg, run_evaluate))
+        status, err = run_in_child(lambda: run_stage(cfg, run_evaluate), unprivileged=True)
     assert status == 2, err
     assert err == (f"soup-exp evaluate: error: output directory {root}/ro/smoke cannot be written ({root}/ro is "
                    "read-only for this user); choose another output root (paths.output_dir=... or SOUP_OUTPUT_DIR)\n")

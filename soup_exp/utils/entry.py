@@ -130,12 +130,10 @@ def stage_entry(name: str) -> Callable[[], None]:
     stage = STAGES[name]
 
     def task(cfg: Any) -> Any:
-        from soup_exp.utils.config import apply_secret_overrides
-        from soup_exp.utils.experiment import run_stage, scrub_hydra_files
+        from soup_exp.utils.experiment import run_stage
 
-        scrub_hydra_files()
         claim = stage.claims_output and not cfg.get("check_data", False)
-        return run_stage(apply_secret_overrides(cfg), stage.run(), claim=claim)
+        return run_stage(cfg, stage.run(), claim=claim)
 
     def main() -> None:
         import hydra

@@ -16,8 +16,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from soup_exp.errors import OutputConflictError, SoupExpError
 from soup_exp.utils.checks import check_stage_settings
-from soup_exp.utils.config import config_get, is_secret_key, scrub_secrets, to_plain
-from soup_exp.utils.io import STORAGE_ERRNOS, atomic_write_json, atomic_write_text
+from soup_exp.utils.config import (
+    apply_secret_overrides,
+    config_get,
+    is_secret_key,
+    scrub_secrets,
+    to_plain,
+)
+from soup_exp.utils.io import (
+    STORAGE_ERRNOS,
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temp_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +63,7 @@ def claim_output_dir(cfg: DictConfig) -> Path:
     out_dir = Path(cfg.out_dir)
     identity = experiment_identity(cfg)
     marker = out_dir / MARKER
+    remove_stale_temp_files(out_dir, recursive=False)  # a killed write of the marker, pipeline.json, ...
     if marker.exists():
         existing = read_record(marker)
         differs = {k for k in identity if k in existing and existing[k] != identity[k]}
@@ -113,9 +125,12 @@ def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], Any], claim: bool =
 
     ``claim=False`` for stages that only read an experiment's results (report). Running
     out of space or permission anywhere is a user error too: the message names the file.
+    Secret overrides (handed over in the environment) are set on ``cfg`` here.
     """
     name = cfg.get("stage", "")
     try:
+        scrub_hydra_files()
+        cfg = apply_secret_overrides(cfg)
         check_config(cfg)
         if cfg.get("cpu_threads"):
             torch.set_num_threads(int(cfg.cpu_threads))

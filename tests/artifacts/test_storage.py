@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from unprivileged import run_unprivileged, shared_dir, write_protect
+from child_process import run_in_child, shared_dir, write_protect
 
 from soup_exp.artifacts import write_run, write_weights
 from soup_exp.artifacts.results import ResultsFormatError, ResultsStore, read_results
@@ -60,7 +60,7 @@ def test_linking_a_write_protected_ingredient_needs_no_write_access():
         target = root / "soups" / "best" / "model.safetensors"
         target.parent.mkdir(parents=True)
         target.parent.chmod(0o777)
-        status, err = run_unprivileged(lambda: write_weights(target, link_from=source))
+        status, err = run_in_child(lambda: write_weights(target, link_from=source), unprivileged=True)
         assert status == 0, err
         assert target.read_bytes() == source.read_bytes() and _mode(source) == 0o444
 
@@ -104,7 +104,7 @@ def test_a_read_only_folder_names_the_file():
     with shared_dir() as root:
         (root / "ro").mkdir()
         (root / "ro").chmod(0o555)
-        status, err = run_unprivileged(lambda: atomic_write_json(root / "ro" / "exp" / "soup.json", {}))
+        status, err = run_in_child(lambda: atomic_write_json(root / "ro" / "exp" / "soup.json", {}), unprivileged=True)
     assert status == 1
     assert f"WriteError: cannot write {root}/ro/exp/soup.json: Permission denied ({root}/ro is not writable" in err
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from child_process import kill_before_commit, run_in_child
 from eval_testkit import make_dataset
 from omegaconf import OmegaConf
 
@@ -160,3 +162,23 @@ def test_the_preprocessed_cache_is_readable_by_the_group(experiment):
         os.umask(old)
     cached = list((experiment["tmp"] / "cache").iterdir())
     assert cached and {oct(stat.S_IMODE(p.stat().st_mode)) for p in cached} == {oct(0o640)}
+
+
+def test_kill_9_at_any_commit_point_resumes_to_identical_rows(experiment, monkeypatch):
+    cfg = experiment["cfg"]
+    cfg.eval.models_per_pass = 1  # one row at a time
+    cfg.eval.cache.enabled = False  # no reader threads: torch's thread pool is not fork-safe
+    results = Path(cfg.results_file)
+
+    def accuracies():
+        return {name: {k: v for k, v in row.items() if k not in ("meta", "path")} for name, row in _rows(experiment).items()}
+
+    run_evaluate(cfg)
+    expected = accuracies()
+    for n in (1, 2):  # before the first row's commit, before the second's
+        results.unlink()
+        status, err = run_in_child(lambda: (kill_before_commit(n), run_evaluate(cfg)))  # noqa: B023
+        assert status == -signal.SIGKILL, err
+        assert len(results.read_text().splitlines()) == n - 1 if results.exists() else n == 1
+        run_evaluate(cfg)
+        assert accuracies() == expected and not list(results.parent.glob("*.tmp"))

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections import namedtuple
 
 import pytest
+from child_process import kill_before_commit, run_in_child, shared_dir, write_protect
 from hydra import compose, initialize_config_dir
 from safetensors.torch import save_file
-from unprivileged import run_unprivileged, shared_dir, write_protect
 
 from soup_exp.errors import ConfigError
 from soup_exp.evaluate import discover_models
@@ -122,7 +123,7 @@ def test_write_protected_ingredients_are_souped_by_another_user(make_run, make_s
         write_protect(out / "ingredients")
         out.chmod(0o777)
         cfg = _cfg(out)
-        status, err = run_unprivileged(lambda: run_stage(cfg, run_soups))
+        status, err = run_in_child(lambda: run_stage(cfg, run_soups), unprivileged=True)
         assert status == 0, err
         assert json.loads((out / "soups" / "uniform" / "soup.json").read_text())["ingredients"] == ["ft_0", "ft_1"]
 
@@ -142,3 +143,54 @@ def test_temp_files_of_a_killed_soup_are_removed(experiment):
     leftover.write_bytes(b"half a soup")
     run_soups(_cfg(experiment))
     assert not leftover.exists() and os.listdir(leftover.parent) == ["model.safetensors", "soup.json"]
+
+
+def _soups(out) -> dict[str, tuple[dict, dict, dict]]:
+    """Each soup's tensors (as lists), weights metadata and soup.json, paths made relative
+    and the timestamp dropped."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    found = {}
+    for record in sorted((out / "soups").glob("*/soup.json")):
+        info = json.loads(record.read_text().replace(str(out), "<out>"))
+        info.pop("created")
+        weights = str(record.with_name("model.safetensors"))
+        with safe_open(weights, "pt") as f:
+            metadata = f.metadata()
+        found[record.parent.name] = ({k: v.tolist() for k, v in load_file(weights).items()}, metadata, info)
+    return found
+
+
+def test_kill_9_at_any_commit_point_resumes_to_identical_soups(tmp_path, make_run, make_sd, monkeypatch):
+    import shutil
+
+    from soup_exp.soups.context import SoupContext
+
+    target = make_sd(99)["head.bias"]
+    monkeypatch.setattr(SoupContext, "evaluate", lambda self, sd: -float((sd["head.bias"] - target).abs().sum()))
+    monkeypatch.setattr(SoupContext, "candidate_buffer", lambda self: {})
+    pristine = tmp_path / "pristine"
+    for i in range(3):
+        make_run(pristine / "ingredients", f"ft_{i}", make_sd(i), held_out_accuracy=0.5 + i / 10)
+
+    def trial(name):
+        out = tmp_path / name
+        shutil.copytree(pristine, out)
+        return out, _cfg(out, "recipes=[uniform,greedy]")
+
+    out, cfg = trial("uninterrupted")
+    commits = [0]
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (commits.__setitem__(0, commits[0] + 1), real(src, dst))[1])
+    run_stage(cfg, run_soups)
+    monkeypatch.setattr(os, "replace", real)
+    expected = _soups(out)
+    assert set(expected) == {"uniform", "greedy"} and commits[0] >= 8
+    for n in range(1, commits[0] + 1):
+        out, cfg = trial(f"killed_{n}")
+        status, err = run_in_child(lambda: (kill_before_commit(n), run_stage(cfg, run_soups)))  # noqa: B023
+        assert status == -signal.SIGKILL, err
+        run_stage(cfg, run_soups)
+        assert _soups(out) == expected, f"killed before commit {n}"
+        assert not [p for p in out.rglob("*.tmp")], f"killed before commit {n}: temp files left"

@@ -1,9 +1,10 @@
-"""Run test code where file permissions hold, even when the tests run as root.
+"""Run test code in a forked child: one that may be killed (``kill -9``) at a chosen point,
+or one where file permissions hold even when the tests run as root.
 
 Root ignores read-only modes, so a test that write-protects a file would pass whether or
-not the code needs write access. ``run_unprivileged`` forks and, under root, drops to the
-``nobody`` user before calling the function; ``shared_dir`` makes a folder that user can
-reach (pytest's own temp root is private to its owner). The child may not be able to read
+not the code needs write access. ``run_in_child(fn, unprivileged=True)`` drops to the
+``nobody`` user before calling ``fn``; ``shared_dir`` makes a folder that user can reach
+(pytest's own temp root is private to its owner). Such a child may not be able to read
 the Python installation either: import what ``fn`` needs before calling it.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import traceback
@@ -21,8 +23,24 @@ from pathlib import Path
 NOBODY = 65534
 
 
-def run_unprivileged(fn: Callable[[], object]) -> tuple[int, str]:
-    """``fn()`` in a forked child without root's override; ``(exit status, stderr)``."""
+def kill_before_commit(n: int) -> None:
+    """Make this process die by SIGKILL just before its ``n``-th ``os.replace``: the commit
+    of an atomic write, whose temp file is then complete but not in place (or equally,
+    right after the commit before). For children of :func:`run_in_child` only."""
+    real, count = os.replace, [0]
+
+    def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        count[0] += 1
+        if count[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(src, dst)
+
+    os.replace = replace
+
+
+def run_in_child(fn: Callable[[], object], unprivileged: bool = False) -> tuple[int, str]:
+    """``fn()`` in a forked child (without root's override when ``unprivileged``);
+    ``(exit status, or minus the signal that killed it; stderr)``."""
     with tempfile.TemporaryFile() as err:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -32,7 +50,7 @@ def run_unprivileged(fn: Callable[[], object]) -> tuple[int, str]:
             try:
                 os.dup2(err.fileno(), 2)
                 sys.stderr = os.fdopen(2, "w", buffering=1)
-                if os.geteuid() == 0:
+                if unprivileged and os.geteuid() == 0:
                     os.setgid(NOBODY)
                     os.setuid(NOBODY)
                 fn()
