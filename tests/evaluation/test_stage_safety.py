@@ -15,12 +15,12 @@ import torch
 from child_process import kill_before_commit, run_in_child
 from eval_testkit import make_dataset
 from omegaconf import OmegaConf
+from stage_errors import stage_error
 
 from soup_exp.data import registry
 from soup_exp.evaluate import NonFiniteModelError, run_evaluate
 from soup_exp.models import build_classifier
 from soup_exp.utils import io
-from soup_exp.utils.experiment import run_stage
 from soup_exp.utils.io import atomic_save_safetensors, atomic_write_json
 
 MODEL = {"source": "open_clip", "name": "soup-tiny-vit", "pretrained": None}
@@ -51,14 +51,6 @@ def experiment(tmp_path, monkeypatch):
                                 run / "model.safetensors")
         atomic_write_json(run / "ingredient.json", {"name": f"ft_{i}", "kind": "finetune"})
     return {"cfg": cfg, "datasets": datasets, "out": out, "tmp": tmp_path}
-
-
-def _stage_error(cfg, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_:
-        run_stage(cfg, run_evaluate)
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 def _rows(experiment) -> dict[str, dict]:
@@ -102,7 +94,7 @@ def test_a_model_with_nan_weights_keeps_its_old_row(experiment):
 def test_a_truncated_weights_file_is_named(experiment, capsys):
     weights = experiment["out"] / "ingredients" / "run0" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:300])
-    err = _stage_error(experiment["cfg"], capsys)
+    err = stage_error(experiment["cfg"], run_evaluate, capsys)
     assert f"{weights}: not a readable safetensors file" in err
 
 
@@ -113,20 +105,20 @@ def test_a_damaged_soup_json_is_named(experiment, capsys, content, expected):
     soup = experiment["out"] / "soups" / "uniform" / "soup.json"
     soup.parent.mkdir(parents=True)
     soup.write_text(content)
-    assert f"{soup}{expected}" in _stage_error(experiment["cfg"], capsys)
+    assert f"{soup}{expected}" in stage_error(experiment["cfg"], run_evaluate, capsys)
 
 
 @pytest.mark.parametrize("setting, value", [("batch_size", 0), ("models_per_pass", -1), ("force", "yes")])
 def test_eval_settings_are_checked_first(experiment, capsys, setting, value):
     experiment["cfg"].eval[setting] = value
-    assert f"eval.{setting}={value!r}: expected" in _stage_error(experiment["cfg"], capsys)
+    assert f"eval.{setting}={value!r}: expected" in stage_error(experiment["cfg"], run_evaluate, capsys)
     assert not Path(experiment["cfg"].results_file).exists()
 
 
 def test_a_non_numeric_accuracy_is_named(experiment, capsys):
     results = Path(experiment["cfg"].results_file)
     results.write_text('{"name": "ft_0", "kind": "finetune", "ImageNet": "72%"}\n')
-    err = _stage_error(experiment["cfg"], capsys)
+    err = stage_error(experiment["cfg"], run_evaluate, capsys)
     assert f"{results}, line 1: ImageNet='72%' in row 'ft_0' is not an accuracy" in err
 
 

@@ -12,6 +12,7 @@ import pytest
 from child_process import kill_before_commit, run_in_child, shared_dir, write_protect
 from hydra import compose, initialize_config_dir
 from safetensors.torch import save_file
+from stage_errors import stage_error
 
 from soup_exp.errors import ConfigError
 from soup_exp.evaluate import discover_models
@@ -29,15 +30,6 @@ def _cfg(out, *overrides):
         return compose(config_name="soup", overrides=[
             f"paths.output_dir={out.parent}", f"name={out.name}", "progress=false", "logger=disabled",
             "recipes=[uniform]", *overrides])
-
-
-def _stage_error(cfg, capsys) -> str:
-    """The one line the soup stage prints for a user error (exit status 2)."""
-    with pytest.raises(SystemExit) as exit_:
-        run_stage(cfg, run_soups)
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture
@@ -64,7 +56,7 @@ def test_symlinked_runs_are_souped_and_evaluated_alike(experiment, tmp_path, mak
 def test_a_name_with_separators_writes_nothing_outside(experiment, capsys):
     record = experiment / "ingredients" / "ft_1" / "ingredient.json"
     atomic_write_json(record, {**json.loads(record.read_text()), "name": "../../x"})
-    err = _stage_error(_cfg(experiment), capsys)
+    err = stage_error(_cfg(experiment), run_soups, capsys)
     assert f"{record}: name '../../x' is not a valid name" in err
     assert not (experiment.parent / "x").exists() and not (experiment / "x").exists()
 
@@ -77,12 +69,12 @@ def test_a_name_with_separators_writes_nothing_outside(experiment, capsys):
 def test_damaged_ingredient_json_is_named(experiment, capsys, content, expected):
     record = experiment / "ingredients" / "ft_1" / "ingredient.json"
     record.write_text(content)
-    assert f"{record}" in _stage_error(_cfg(experiment), capsys)
-    assert expected in _stage_error(_cfg(experiment), capsys)
+    err = stage_error(_cfg(experiment), run_soups, capsys)
+    assert str(record) in err and expected in err
 
 
 def test_no_ingredients_yet(tmp_path, capsys):
-    err = _stage_error(_cfg(tmp_path / "fresh"), capsys)
+    err = stage_error(_cfg(tmp_path / "fresh"), run_soups, capsys)
     assert "ingredients does not exist: no ingredients yet?" in err
 
 
@@ -132,7 +124,7 @@ def test_a_full_disk_stops_the_stage_naming_the_file(experiment, capsys, monkeyp
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(io.shutil, "disk_usage",  # the soups' disk is full; experiment.json fits
                         lambda path: usage(10**9, 0, 64 if "soups" in str(path) else 10**9))
-    err = _stage_error(_cfg(experiment), capsys)
+    err = stage_error(_cfg(experiment), run_soups, capsys)
     assert f"cannot write {experiment}/soups/uniform/model.safetensors: No space left on device" in err
     assert "needed, 64 B free" in err
 
