@@ -63,9 +63,8 @@ def claim_output_dir(cfg: DictConfig) -> Path:
     out_dir = Path(cfg.out_dir)
     identity = experiment_identity(cfg)
     marker = out_dir / MARKER
-    remove_stale_temp_files(out_dir, recursive=False)  # a killed write of the marker, pipeline.json, ...
-    if marker.exists():
-        existing = read_record(marker)
+    existing = read_record(marker) if marker.exists() else None
+    if existing is not None:
         differs = {k for k in identity if k in existing and existing[k] != identity[k]}
         if differs:
             raise OutputConflictError(
@@ -74,12 +73,12 @@ def claim_output_dir(cfg: DictConfig) -> Path:
                 "Choose another experiment name (name=...) or output root "
                 "(paths.output_dir=... or SOUP_OUTPUT_DIR), or delete that directory."
             )
-        if set(identity) - set(existing):
-            atomic_write_json(marker, {**existing, **identity})
-        return out_dir
-    check_writable(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(marker, identity)
+    else:
+        check_writable(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out_dir, recursive=False)  # a killed write of the marker, pipeline.json, ...
+    if existing is None or set(identity) - set(existing):
+        atomic_write_json(marker, {**(existing or {}), **identity})
     return out_dir
 
 
@@ -198,13 +197,12 @@ def scrub_hydra_files() -> None:
         hydra_cfg = HydraConfig.get()
     except ValueError:
         return
-    files = []
-    if hydra_cfg.output_subdir is not None:
-        files.append(Path(hydra_cfg.runtime.output_dir) / str(hydra_cfg.output_subdir) / "config.yaml")
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        files.append(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    run_dir, subdir = OmegaConf.select(hydra_cfg, "runtime.output_dir"), hydra_cfg.get("output_subdir")
+    sweep_dir = OmegaConf.select(hydra_cfg, "sweep.dir") if hydra_cfg.get("mode") == RunMode.MULTIRUN else None
+    files = [Path(run_dir) / str(subdir) / "config.yaml" if run_dir and subdir else None,
+             Path(sweep_dir) / "multirun.yaml" if sweep_dir else None]
     for path in files:
-        if not path.is_file():
+        if path is None or not path.is_file():
             continue
         saved = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         if not isinstance(saved, dict):
