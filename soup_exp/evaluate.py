@@ -40,6 +40,7 @@ from soup_exp.soups.ingredients import all_finite
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.hashing import stable_hash
+from soup_exp.utils.io import remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +305,7 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
 
     eval_cfg = cfg.eval
     store = ResultsStore(cfg.results_file)
+    remove_stale_temp_files(store.path.parent, recursive=False)
     previous = {row["name"]: row for row in store.rows()}
     entries = select_models(discover_models(cfg), to_plain(cfg.models))
     if not entries:

@@ -29,16 +29,17 @@ from torch import nn
 from soup_exp.artifacts import INGREDIENT_FILE, ingredient_record, is_finished_run, load_weights
 from soup_exp.data.classes import ClassSpace
 from soup_exp.errors import ConfigError, SoupExpError
-from soup_exp.tracking.wandb_run import loggable_config
 from soup_exp.training import ingredient as store
 from soup_exp.training.augment import train_transform
 from soup_exp.training.checkpoint import checkpoint_path
 from soup_exp.training.distributed import DistContext, setup_distributed, teardown_distributed
 from soup_exp.training.settings import TrainSettings, train_settings
 from soup_exp.training.sweep import SweepDraw, apply_sweep
-from soup_exp.utils.config import to_plain
+from soup_exp.utils.config import loggable_config, to_plain
 from soup_exp.utils.entry import stage_entry
+from soup_exp.utils.experiment import check_names
 from soup_exp.utils.hashing import stable_hash
+from soup_exp.utils.io import remove_stale_temp_files
 from soup_exp.utils.runtime import code_version
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def resolve_run(cfg: DictConfig) -> RunSpec:
 
     cfg = copy.deepcopy(cfg)
     draw = apply_sweep(cfg)
+    check_names(cfg)
     settings = train_settings(cfg.train)
     classes = class_space(cfg.data)
     return RunSpec(cfg, draw, settings, classes, run_identity(cfg, settings, draw, classes))
@@ -151,6 +153,7 @@ def run_finetune(cfg: DictConfig) -> Path:
     spec = resolve_run(cfg)
     cfg, settings, draw, classes, identity, out_dir = (
         spec.cfg, spec.settings, spec.draw, spec.classes, spec.identity, spec.out_dir)
+    remove_stale_temp_files(out_dir)
     if store.existing_ingredient(out_dir, identity) is not None:
         log.info("%s is already a finished ingredient of this configuration; nothing to do", out_dir)
         return out_dir

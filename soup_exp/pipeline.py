@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from soup_exp.errors import SoupExpError
-from soup_exp.tracking.wandb_run import loggable_config
+from soup_exp.utils.config import apply_secret_overrides, loggable_config
 from soup_exp.utils.entry import STAGES, packaged_config_dir, stage_entry
 from soup_exp.utils.io import atomic_write_json
 from soup_exp.utils.text import plural
@@ -86,7 +86,8 @@ def _search_path() -> tuple[str, ...]:
 
 
 def compose_stage(stage: str, overrides: Sequence[str], extra: Sequence[str] = ()) -> DictConfig:
-    return compose(config_name=stage, overrides=[*overrides_for(stage, overrides), *extra])
+    """``stage``'s config with this run's overrides (secret ones come from the environment)."""
+    return apply_secret_overrides(compose(config_name=stage, overrides=[*overrides_for(stage, overrides), *extra]))
 
 
 def prepare_inputs(cfg: DictConfig) -> None:

@@ -32,7 +32,7 @@ from soup_exp.reporting.table import RENDERERS, Table, build_table, render, to_m
 from soup_exp.tracking.wandb_run import start_run
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
-from soup_exp.utils.io import atomic_write_text
+from soup_exp.utils.io import atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     report_dir = Path(str(cfg["report_dir"])).expanduser()
     formats = _formats(cfg)
     per_recipe = str(cfg["per_recipe"])
+    remove_stale_temp_files(report_dir)
 
     rows = results_rows(to_plain(cfg["results"]))
     soups = _read_soups(cfg["soups_dir"])

@@ -24,6 +24,7 @@ from soup_exp.soups.ingredients import Ingredient, load_ingredients
 from soup_exp.soups.recipe import Recipe, Soup, load_recipe, soups_of
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
+from soup_exp.utils.io import remove_stale_temp_files
 from soup_exp.utils.runtime import code_version
 from soup_exp.utils.text import plural
 
@@ -76,6 +77,7 @@ def plan_soups(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list
 def run_soups(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
     """Cook every selected recipe in order; returns soup name -> directory."""
     recipes = selected_recipes(cfg)
+    remove_stale_temp_files(cfg.soups_dir)
     pool = to_plain(cfg.soup.pool)
     ingredients = load_ingredients(pool)
     log.info("souping %s from %s into %s: %s", plural(len(ingredients), "ingredient"), pool, cfg.soups_dir,

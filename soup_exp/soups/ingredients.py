@@ -40,10 +40,6 @@ class IngredientError(SoupExpError, ValueError):
     """Ingredients that cannot be souped; the message names the file and the keys."""
 
 
-class MissingIngredientPathError(IngredientError, FileNotFoundError):
-    """A pool entry (path) that does not exist."""
-
-
 class EmptyIngredientsError(IngredientError):
     pass
 
@@ -58,6 +54,10 @@ class IngredientMismatchError(IngredientError):
 
 class NonFiniteWeightsError(IngredientError):
     pass
+
+
+class IngredientNotFoundError(EmptyIngredientsError, FileNotFoundError):
+    """A pool path that does not exist (yet): no fine-tune has finished there."""
 
 
 class TensorSource:
@@ -267,9 +267,10 @@ def _from_path_or_glob(spec: str, kinds: frozenset[str] | None) -> list[Ingredie
         return [ing for m in matches for ing in _from_path(Path(m), kinds, explicit=False)]
     path = Path(spec).expanduser()
     if not path.exists():
-        raise MissingIngredientPathError(
-            f"ingredient path {path} does not exist; fine-tune some first (`soup-exp finetune`, or "
-            "the whole `soup-exp pipeline`), or point soup.pool at run directories, a sweep directory or a glob")
+        raise IngredientNotFoundError(
+            f"ingredient path {path} does not exist: no ingredients yet? Fine-tune some first "
+            "(`soup-exp finetune`, or `soup-exp pipeline`), or point soup.pool at your run directories"
+        )
     return _from_path(path, kinds, explicit=True)
 
 

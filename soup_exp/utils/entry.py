@@ -3,7 +3,9 @@
 The config tree ships inside the package (``soup_exp.conf``, mapped from the repository's
 top-level ``conf/``), so an installed wheel runs every stage. A user's ``--config-dir``
 becomes Hydra's primary config directory and the packaged tree is searched after it, so a
-user's file shadows a packaged one of the same name and adds to its groups.
+user's file shadows a packaged one of the same name and adds to its groups. Overrides of
+secret-named keys (``+hf_token=...``) are taken off the command line before Hydra parses
+it and set on the composed config (:mod:`soup_exp.utils.config`), so they reach no file.
 """
 
 from __future__ import annotations
@@ -162,9 +164,13 @@ def stage_entry(name: str) -> Callable[[], None]:
     def main() -> None:
         import hydra
 
+        from soup_exp.utils.config import hand_over_secrets, split_secret_overrides
+
         try:
             user_dir, args = split_config_dir(sys.argv[1:])
             check_experiment(args, user_dir)
+            args, secrets = split_secret_overrides(args)
+            hand_over_secrets(secrets)
         except ConfigError as err:
             print(f"soup-exp {name}: error: {err}", file=sys.stderr)
             sys.exit(2)
@@ -172,7 +178,7 @@ def stage_entry(name: str) -> Callable[[], None]:
             _search_packaged_configs_after(user_dir)
         _register_launchers()
         args = ["dry_run=true" if a == DRY_RUN_FLAG else a for a in args]
-        sys.argv = [sys.argv[0], *args]
+        sys.argv = [sys.argv[0], *args]  # what Hydra parses and W&B records: no secrets
         config_path = str(user_dir or packaged_config_dir())
         hydra.main(config_path=config_path, config_name=name, version_base="1.3")(task)()
 

@@ -23,7 +23,6 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from soup_exp.errors import SoupExpError
 from soup_exp.utils.entry import STAGES, Stage
 from soup_exp.utils.text import plural
 
@@ -61,8 +60,12 @@ def task_config(config: DictConfig) -> DictConfig:
 
 
 def common_checks(stage: Stage, cfg: DictConfig) -> None:
-    """What every stage needs before it starts: a valid class space, an output directory
-    that is not another experiment's."""
+    """What every stage needs before it starts: names that are path components, valid
+    settings, a valid class space, an output directory that is not another experiment's
+    and can be written."""
+    from soup_exp.utils.experiment import check_config
+
+    check_config(cfg)
     if cfg.get("data") is not None:
         from soup_exp.data.registry import class_space
 
@@ -137,7 +140,7 @@ class Preflight(Callback):
 
     @staticmethod
     def _preflight(cfg: DictConfig, jobs: Sequence[tuple[DictConfig, list[str]]], header: str) -> None:
-        from soup_exp.utils.experiment import exit_with_error
+        from soup_exp.utils.experiment import exit_with_error, user_error
 
         stage = STAGES[str(cfg.stage)]
         try:
@@ -147,8 +150,11 @@ class Preflight(Callback):
                 if cfg.get("dry_run"):
                     print(render_plan(stage.name, merge_plans(plan(stage, c, o) for c, o in jobs), header))
                     sys.exit(0)
-        except SoupExpError as err:
-            exit_with_error(stage.name, err)
+        except Exception as err:
+            mine = user_error(err)  # also ours when Hydra or OmegaConf wrapped it (a resolver's)
+            if mine is None:
+                raise
+            exit_with_error(stage.name, mine)
         if all(finished):
             sys.exit(0)
 
