@@ -4,8 +4,13 @@ A class is a shape, a hue and a texture, redundantly, so a tiny ViT learns it in
 at 32 px. Styles remove or corrupt different cues, as real shifts do: ``sketch`` keeps
 only edges (no colour), ``rendition`` posterises and shifts colours, ``adversarial``
 occludes and adds noise, ``objectnet`` rotates freely, shrinks the object and clutters
-the scene, ``v2`` is in-distribution with a small photometric drift. Every draw comes
-from the ``numpy`` generator passed in, so a seed fixes every pixel.
+the scene, ``v2`` is in-distribution with a small photometric drift. ImageNet's own
+photos (``photo``, ``v2``) mostly show a class in its usual setting (a background tinted
+with the class's context hue), as real ImageNet photos do; the pretraining's ``web``
+photos and every shift show objects anywhere. Fine-tuning on ImageNet learns that
+context, which helps in distribution and not under the shifts: the paper's
+accuracy-robustness trade-off. Every draw comes from the ``numpy`` generator passed in,
+so a seed fixes every pixel.
 """
 
 from __future__ import annotations
@@ -21,14 +26,23 @@ SUPERSAMPLE = 2
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "bar")
 TEXTURES = ("solid", "hstripes", "vstripes", "checker", "dots", "diagonal")
 GREYSCALE_FRACTION = 0.25
-STYLES = ("photo", "v2", "sketch", "rendition", "adversarial", "objectnet")
+CONTEXT_SHARE = 0.7  # ImageNet photos showing the class in its usual setting
+STYLES = ("photo", "v2", "web", "sketch", "rendition", "adversarial", "objectnet")
 
 
 def class_look(k: int) -> dict:
-    """Shape, hue and texture of the k-th class (distinct for the first 8 classes)."""
-    return {"shape": SHAPES[k % len(SHAPES)],
+    """Shape, hue and texture of the k-th class.
+
+    (shape, texture) is distinct for the first 24 classes, so every class can be told
+    apart without colour (sketches, greyscale photos). Hues follow the golden ratio: the
+    closest hues (k and k + 21, k + 13) belong to other shapes, and k + 8 shares the shape
+    but not the texture. Classes therefore differ by conjunctions of cues, as real ones do.
+    """
+    shape = k % len(SHAPES)
+    return {"shape": SHAPES[shape],
             "hue": (k * 0.381966 + 0.05) % 1.0,
-            "texture": TEXTURES[(k + k // len(SHAPES)) % len(TEXTURES)]}
+            "texture": TEXTURES[(shape + 2 * (k // len(SHAPES))) % len(TEXTURES)],
+            "context": (k * 0.754878 + 0.62) % 1.0}
 
 
 def _polygon(center, radius, rotation, points) -> list[tuple[float, float]]:
@@ -103,11 +117,19 @@ def hsv_rgb(h: float, s: float, v: float) -> np.ndarray:
     return np.asarray(colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0), 1), min(max(v, 0), 1)), np.float32) * 255
 
 
-def _background(rng: np.random.Generator, size: int, *, flat: bool = False, clutter: bool = False) -> np.ndarray:
-    a = hsv_rgb(rng.random(), rng.uniform(0.05, 0.3), rng.uniform(0.35, 0.9))
+def _background(rng: np.random.Generator, size: int, *, flat: bool = False, clutter: bool = False,
+                context: float | None = None) -> np.ndarray:
+    """A two-colour gradient: greyish and random, or tinted with a ``context`` hue."""
+    if context is None:
+        a = hsv_rgb(rng.random(), rng.uniform(0.05, 0.3), rng.uniform(0.35, 0.9))
+    else:
+        a = hsv_rgb(context + rng.uniform(-0.02, 0.02), rng.uniform(0.35, 0.6), rng.uniform(0.45, 0.85))
     if flat:
         return np.broadcast_to(a, (size, size, 3)).copy()
-    b = hsv_rgb(rng.random(), rng.uniform(0.05, 0.3), rng.uniform(0.35, 0.9))
+    if context is None:
+        b = hsv_rgb(rng.random(), rng.uniform(0.05, 0.3), rng.uniform(0.35, 0.9))
+    else:
+        b = hsv_rgb(context + rng.uniform(-0.04, 0.04), rng.uniform(0.35, 0.6), rng.uniform(0.45, 0.85))
     t = np.linspace(0, 1, size, dtype=np.float32)
     angle = rng.uniform(0, 2 * math.pi)
     ramp = (math.cos(angle) * t[None, :] + math.sin(angle) * t[:, None])
@@ -129,7 +151,7 @@ def _paste_object(canvas: np.ndarray, rng: np.random.Generator, look: dict, *, s
     mask = shape_mask(size, look["shape"], center, radius, rotation)
     colour = hsv_rgb(look["hue"] + rng.uniform(-hue_jitter, hue_jitter),
                      rng.uniform(0.65, 1.0), rng.uniform(0.7, 1.0))
-    pattern = texture_pattern(size, look["texture"], period=max(radius / 3.2, 3.0),
+    pattern = texture_pattern(size, look["texture"], period=max(radius / 2.4, 4.0),
                               rotation=rotation)
     obj = colour * (1 - texture_strength * pattern[..., None])
     alpha = np.asarray(mask, np.float32)[..., None] / 255
@@ -170,18 +192,19 @@ def render(look: dict, style: str, rng: np.random.Generator, size: int) -> Image
     """One ``size`` x ``size`` image of the class ``look`` in ``style``."""
     big = size * SUPERSAMPLE
     small_rotation = rng.uniform(-0.35, 0.35)
-    if style in ("photo", "v2"):
-        canvas = _background(rng, big)
-        _paste_object(canvas, rng, look, scale=(0.22, 0.36) if style == "photo" else (0.2, 0.32),
-                      rotation=small_rotation, hue_jitter=0.03 if style == "photo" else 0.06)
+    if style in ("photo", "v2", "web"):
+        in_context = style != "web" and rng.random() < CONTEXT_SHARE
+        canvas = _background(rng, big, context=look["context"] if in_context else None)
+        _paste_object(canvas, rng, look, scale=(0.26, 0.38) if style == "v2" else (0.28, 0.42),
+                      rotation=small_rotation, hue_jitter=0.06 if style == "v2" else 0.03)
         if style == "v2":
             canvas = canvas * rng.uniform(0.72, 0.9) + rng.uniform(-8, 8, 3).astype(np.float32)
-        img = _to_image(_noise(canvas, rng, 5.0 if style == "photo" else 9.0), size)
+        img = _to_image(_noise(canvas, rng, 9.0 if style == "v2" else 5.0), size)
         # Like real ImageNet's greyscale photos: shape and texture must carry the class too.
         return img.convert("L").convert("RGB") if rng.random() < GREYSCALE_FRACTION else img
     if style == "sketch":
         canvas = np.full((big, big, 3), 255.0, np.float32)
-        _paste_object(canvas, rng, look, scale=(0.22, 0.36), rotation=small_rotation,
+        _paste_object(canvas, rng, look, scale=(0.28, 0.42), rotation=small_rotation,
                       hue_jitter=0.03, texture_strength=0.8)
         grey = Image.fromarray(canvas.clip(0, 255).astype(np.uint8)).convert("L")
         edges = np.asarray(grey.filter(ImageFilter.FIND_EDGES), np.uint8).copy()
@@ -195,7 +218,7 @@ def render(look: dict, style: str, rng: np.random.Generator, size: int) -> Image
         canvas = _background(rng, big, flat=True)
         canvas = canvas * 0.5 + hsv_rgb(rng.random(), 0.9, 0.9) * 0.5
         tinted = dict(look, hue=look["hue"] + rng.choice([-1, 1]) * rng.uniform(0.02, 0.06))
-        mask = _paste_object(canvas, rng, tinted, scale=(0.22, 0.38), rotation=small_rotation,
+        mask = _paste_object(canvas, rng, tinted, scale=(0.28, 0.44), rotation=small_rotation,
                              hue_jitter=0.0, texture_strength=0.7)
         outline = ImageChops.subtract(mask.filter(ImageFilter.MaxFilter(7)), mask)
         canvas *= 1 - np.asarray(outline, np.float32)[..., None] / 255
@@ -203,7 +226,7 @@ def render(look: dict, style: str, rng: np.random.Generator, size: int) -> Image
         return ImageOps.posterize(img, 2).resize((size, size), Image.Resampling.BOX)
     if style == "adversarial":
         canvas = _background(rng, big)
-        mask = _paste_object(canvas, rng, look, scale=(0.2, 0.34), rotation=small_rotation, hue_jitter=0.08)
+        mask = _paste_object(canvas, rng, look, scale=(0.26, 0.4), rotation=small_rotation, hue_jitter=0.08)
         x0, y0, x1, y1 = mask.getbbox() or (0, 0, big, big)
         for _ in range(int(rng.integers(1, 3))):
             w, h = (x1 - x0) * rng.uniform(0.35, 0.6), (y1 - y0) * rng.uniform(0.35, 0.6)
@@ -215,7 +238,7 @@ def render(look: dict, style: str, rng: np.random.Generator, size: int) -> Image
     if style == "objectnet":
         canvas = _background(rng, big, clutter=True)
         _distractors(canvas, rng, int(rng.integers(2, 5)))
-        _paste_object(canvas, rng, look, scale=(0.12, 0.22), rotation=rng.uniform(0, 2 * math.pi),
+        _paste_object(canvas, rng, look, scale=(0.16, 0.28), rotation=rng.uniform(0, 2 * math.pi),
                       hue_jitter=0.08, texture_strength=0.35)
         _distractors(canvas, rng, int(rng.integers(1, 3)))
         canvas = canvas * rng.uniform(0.6, 0.9) + rng.uniform(0, 40)

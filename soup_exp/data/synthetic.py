@@ -15,12 +15,19 @@
 
 so the real readers (and nothing demo-specific) read it. Every image comes from a
 generator seeded by (seed, split, class, image number): the same settings give
-byte-identical files. Generation happens in a temporary sibling directory renamed into
-place, under a lock, so concurrent jobs never see a half-written tree.
+byte-identical files, however many processes draw them. Generation happens in a
+temporary sibling directory renamed into place, under a lock, so concurrent jobs never
+see a half-written tree.
+
+Like ImageNet's, the training labels are not all right: ``train_label_noise`` of the
+images filed under a class (the held-out split, carved from train, included) show another
+class. Evaluation sets are clean. Fitting those images is what individual fine-tunes do
+differently from each other, and what averaging their weights undoes.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import json
@@ -28,8 +35,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +55,7 @@ from soup_exp.utils.io import atomic_write_json, file_lock, read_json
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER = "synthetic.json"
 # Sub-directories of the root, as the real downloads name them (conf/data/synthetic.yaml).
 SUBDIRS = {
@@ -60,7 +67,8 @@ SUBDIRS = {
     "ObjectNet": "objectnet-1.0",
 }
 PRETRAIN_CSV = "pretrain/captions.csv"
-PRETRAIN_STYLES = (("photo", 0.6), ("sketch", 0.2), ("rendition", 0.2))
+PRETRAIN_STYLES = (("web", 0.6), ("sketch", 0.2), ("rendition", 0.2))
+GENERATE_CHUNK = 64  # images per task of a generating process
 UNMAPPED_OBJECTNET_FOLDERS = 2  # real ObjectNet has 200 folders no ImageNet class maps to
 SPLIT_CODES = {"train": 1, "val": 2, "v2": 3, "sketch": 4, "rendition": 5, "adversarial": 6,
                "objectnet": 7, "pretrain": 8, "unmapped": 9}
@@ -78,6 +86,7 @@ class SyntheticSpec:
     val_per_class: int
     shift_per_class: int
     pretrain_per_class: int
+    train_label_noise: float = 0.0
     version: int = GENERATOR_VERSION
 
     @classmethod
@@ -92,13 +101,17 @@ class SyntheticSpec:
             raise ConfigError(f"data.synthetic.classes must be ImageNet wnids; bad: {unknown or 'empty list'}")
         heldout = data_cfg.get("heldout") or {}
         carved = 0 if heldout.get("index_file") else int(heldout.get("per_class", 26))
+        noise = float(syn.get("train_label_noise") or 0.0)
+        if not 0.0 <= noise < 1.0:
+            raise ConfigError(f"data.synthetic.train_label_noise={noise}: expected a share in [0, 1)")
         return cls(root=str(Path(str(syn["root"])).absolute()),
                    classes=tuple(sorted(set(wnids), key=lookup.__getitem__)),
                    seed=int(syn["seed"]), image_size=int(syn["image_size"]),
                    train_images_per_class=int(syn["train_per_class"]) + carved,
                    val_per_class=int(syn["val_per_class"]),
                    shift_per_class=int(syn["shift_per_class"]),
-                   pretrain_per_class=int(syn.get("pretrain_per_class", 0)))
+                   pretrain_per_class=int(syn.get("pretrain_per_class", 0)),
+                   train_label_noise=noise)
 
 
 @dataclass(frozen=True)
@@ -140,7 +153,9 @@ def plan(spec: SyntheticSpec) -> list[_Item]:
             items.extend(_Item(name(i), style, k, (spec.seed, SPLIT_CODES[split], index, i), border)
                          for i in range(n))
 
-        add("train", spec.train_images_per_class, lambda i, w=wnid: f"imagenet/train/{w}/{w}_{i:05d}.JPEG", "photo")
+        items.extend(_noisy(_Item(f"imagenet/train/{wnid}/{wnid}_{i:05d}.JPEG", "photo", k,
+                                  (spec.seed, SPLIT_CODES["train"], index, i)), spec)
+                     for i in range(spec.train_images_per_class))
         add("val", spec.val_per_class,
             lambda i, w=wnid, base=val_number: f"imagenet/val/{w}/ILSVRC2012_val_{base + i + 1:08d}.JPEG", "photo")
         val_number += spec.val_per_class
@@ -161,6 +176,17 @@ def plan(spec: SyntheticSpec) -> list[_Item]:
                            "objectnet", (j + i) % len(spec.classes), (spec.seed, SPLIT_CODES["unmapped"], j, i),
                            README_BORDER_CROP) for i in range(max(spec.shift_per_class // 4, 1)))
     return items
+
+
+def _noisy(item: _Item, spec: SyntheticSpec) -> _Item:
+    """``item``, showing another class with probability ``spec.train_label_noise``."""
+    if not spec.train_label_noise:
+        return item
+    rng = np.random.default_rng([*item.key, 1])
+    if rng.random() >= spec.train_label_noise:
+        return item
+    other = (item.look_index + 1 + int(rng.integers(len(spec.classes) - 1))) % len(spec.classes)
+    return replace(item, look_index=other)
 
 
 def _pretrain_plan(spec: SyntheticSpec) -> list[tuple[_Item, str]]:
@@ -191,16 +217,38 @@ def _encode(item: _Item, spec: SyntheticSpec) -> bytes:
     return buffer.getvalue()
 
 
-def generate(spec: SyntheticSpec, dest: str | os.PathLike, final_root: str | os.PathLike | None = None) -> int:
+def _encode_chunk(items: list[_Item], spec: SyntheticSpec) -> list[bytes]:
+    return [_encode(item, spec) for item in items]
+
+
+def _encoded(items: list[_Item], spec: SyntheticSpec, workers: int) -> Iterator[bytes]:
+    """Every item's file bytes, in order; drawn in ``workers`` processes when above 1."""
+    if workers <= 1:
+        yield from map(_encode, items, [spec] * len(items))
+        return
+    chunks = [items[i:i + GENERATE_CHUNK] for i in range(0, len(items), GENERATE_CHUNK)]
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        for chunk in pool.map(_encode_chunk, chunks, [spec] * len(chunks)):
+            yield from chunk
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def generate(spec: SyntheticSpec, dest: str | os.PathLike, final_root: str | os.PathLike | None = None,
+             workers: int = 1) -> int:
     """Write the whole family into ``dest``; caption paths point under ``final_root``."""
     dest = Path(dest)
     final_root = Path(final_root or spec.root)
     pretrain = _pretrain_plan(spec)
     items = plan(spec) + [item for item, _ in pretrain]
-    for item in tqdm(items, desc="synthetic ImageNet family", unit="img", disable=None):
+    encoded = _encoded(items, spec, workers)
+    for item, data in tqdm(zip(items, encoded, strict=True), total=len(items),
+                           desc="synthetic ImageNet family", unit="img", disable=None):
         path = dest / item.relpath
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(_encode(item, spec))
+        path.write_bytes(data)
     mappings = dest / SUBDIRS["ObjectNet"] / "mappings"
     mappings.mkdir(parents=True, exist_ok=True)
     for name in MAPPING_FILES:
@@ -244,7 +292,7 @@ def ensure_synthetic(data_cfg: Mapping) -> Path:
         try:
             log.info("generating the synthetic ImageNet family (%d classes, seed %d) in %s",
                      len(spec.classes), spec.seed, root)
-            count = generate(spec, tmp, final_root=root)
+            count = generate(spec, tmp, final_root=root, workers=default_workers())
             os.chmod(tmp, 0o755)
             if root.exists():
                 os.replace(root, stale)

@@ -46,7 +46,10 @@ class TrainImages(Dataset):
 
 
 class seeded_rngs:  # noqa: N801 - used like a function
-    """Seed python, numpy and torch (CPU) RNGs for one sample; restore them afterwards."""
+    """Seed python, numpy and torch (CPU) RNGs for one sample; restore them afterwards.
+
+    Only torch's CPU generator: ``torch.manual_seed`` would also queue a lazy CUDA seeding
+    that records a stack trace, milliseconds per sample where CUDA is not initialised."""
 
     def __init__(self, seed: int):
         self.seed = seed
@@ -55,7 +58,7 @@ class seeded_rngs:  # noqa: N801 - used like a function
         self.saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         random.seed(self.seed)
         np.random.seed(self.seed % 2**32)
-        torch.manual_seed(self.seed)
+        torch.default_generator.manual_seed(self.seed)
 
     def __exit__(self, *exc) -> None:
         py, npy, th = self.saved

@@ -18,10 +18,20 @@ def pad_index(value: Any, width: Any = 3) -> str:
         raise ConfigError(f"soup.pad: {value!r} is not an integer (sweep.index must be one)") from err
 
 
+def member_seed(sweep_seed: Any, index: Any) -> int:
+    """``${soup.member_seed:${sweep.seed},${sweep.index}}``: a sweep member's own training
+    seed (data order, augmentation draws), distinct across members and sweep seeds, as the
+    separate runs of a random search have."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(sweep_seed), int(index)]).generate_state(1)[0] % 2**31)
+
+
 RESOLVERS = {
     # The launch directory, so relative defaults become absolute before jobs move around.
     "soup.cwd": lambda: os.getcwd(),
     "soup.pad": pad_index,
+    "soup.member_seed": member_seed,
 }
 
 

@@ -10,7 +10,8 @@ from soup_exp.data.checker import check_datasets
 from soup_exp.data.classes import ClassSpace
 from soup_exp.data.images import load_image
 from soup_exp.data.registry import build_eval_dataset, build_train_samples
-from soup_exp.data.synthetic import SUBDIRS, SyntheticSpec, ensure_synthetic, generate
+from soup_exp.data.drawing import class_look
+from soup_exp.data.synthetic import SUBDIRS, SyntheticSpec, ensure_synthetic, generate, plan
 
 CLASSES = ["n02883205", "n07753592"]  # bow tie, banana: in R, A and ObjectNet
 
@@ -28,10 +29,10 @@ def tree_files(root):
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
 
 
-def test_same_seed_gives_byte_identical_files(tmp_path):
-    spec = SyntheticSpec.from_data_cfg(synthetic_cfg(tmp_path / "final"))
+def test_same_seed_gives_byte_identical_files_in_any_number_of_processes(tmp_path):
+    spec = SyntheticSpec.from_data_cfg(synthetic_cfg(tmp_path / "final", train_label_noise=0.3))
     generate(spec, tmp_path / "a", final_root=tmp_path / "final")
-    generate(spec, tmp_path / "b", final_root=tmp_path / "final")
+    generate(spec, tmp_path / "b", final_root=tmp_path / "final", workers=2)
     files = tree_files(tmp_path / "a")
     assert files == tree_files(tmp_path / "b") and len(files) > 40
     match, mismatch, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", files, shallow=False)
@@ -92,6 +93,25 @@ def test_objectnet_images_carry_a_border(tmp_path):
     assert root.name == "syn"
 
 
+def test_train_label_noise_shows_other_classes_in_train_only(tmp_path):
+    classes = ["n02883205", "n02906734", "n02948072", "n07753592"]
+    cfg = synthetic_cfg(tmp_path, classes=classes, train_per_class=400, val_per_class=50)
+    clean, noisy = (plan(SyntheticSpec.from_data_cfg({**cfg, "synthetic": {**cfg["synthetic"], "train_label_noise": p}}))
+                    for p in (0.0, 0.2))
+    assert [item.key for item in clean] == [item.key for item in noisy]
+    changed = [(a, b) for a, b in zip(clean, noisy, strict=True) if a.look_index != b.look_index]
+    assert all(a.relpath.startswith("imagenet/train/") for a, _ in changed)
+    train = [a for a in clean if a.relpath.startswith("imagenet/train/")]
+    assert len(train) == 4 * 402 and 0.17 < len(changed) / len(train) < 0.23
+    assert {b.look_index for _, b in changed} == {0, 1, 2, 3}
+
+
+def test_class_looks_differ_without_colour():
+    looks = [class_look(k) for k in range(24)]
+    assert len({(look["shape"], look["texture"]) for look in looks}) == 24
+    assert len({round(look["hue"], 3) for look in looks}) == 24
+
+
 def test_spec_validation(tmp_path):
     from soup_exp.errors import ConfigError
 
@@ -99,3 +119,5 @@ def test_spec_validation(tmp_path):
         SyntheticSpec.from_data_cfg({"synthetic": None})
     with pytest.raises(ConfigError, match="wnids"):
         SyntheticSpec.from_data_cfg(synthetic_cfg(tmp_path, classes=["banana"]))
+    with pytest.raises(ConfigError, match="train_label_noise"):
+        SyntheticSpec.from_data_cfg(synthetic_cfg(tmp_path, train_label_noise=1.5))
