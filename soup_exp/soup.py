@@ -20,23 +20,18 @@ from soup_exp.artifacts import check_name, write_soup_dir
 from soup_exp.errors import ConfigError
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.ingredients import Ingredient, load_ingredients
-from soup_exp.soups.recipe import Recipe, Soup, load_recipe, soups_of
+from soup_exp.soups.recipe import Recipe, Soup, soups_of
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
+from soup_exp.utils.plugins import selected_plugins
 from soup_exp.utils.runtime import code_version
 
 log = logging.getLogger(__name__)
 
 
 def selected_recipes(cfg: DictConfig) -> list[Recipe]:
-    """The recipes of ``cfg.recipes`` in selection order, parameters checked.
-
-    Entries without ``_target_`` are settings an experiment gives a recipe that is not
-    selected this time (e.g. ``recipes.learned_by_layer.epochs`` with ``recipes=[uniform]``).
-    """
-    nodes = to_plain(cfg.get("recipes")) or {}
-    recipes = [load_recipe(check_name(name, "recipe"), node) for name, node in nodes.items()
-               if isinstance(node, dict) and node.get("_target_")]
+    """The recipes of ``cfg.recipes`` in selection order, parameters checked."""
+    recipes = [Recipe.of(p) for p in selected_plugins(to_plain(cfg.get("recipes")), "recipes", check_name)]
     if not recipes:
         raise ConfigError("no recipe selected: choose some with recipes=[uniform,greedy,...] "
                           "(one file each in the recipes/ config group)")
