@@ -3,7 +3,7 @@
 Inputs first (the demo's generated data and pretrained start, both cached), then the
 zero-shot model, the LP init and the fine-tuning sweep as a real Hydra multirun (so a
 `launcher=` override sends it to submitit or SLURM exactly as `soup-exp finetune -m`
-would), then soups, evaluation and the report, each composed from its own primary
+would), then soups, evaluation, the analyses and the report, each composed from its own primary
 config with the same user overrides.
 """
 
@@ -126,6 +126,7 @@ STEPS: dict[str, Callable[[DictConfig, Sequence[str]], Any]] = {
     "finetune": run_finetunes,
     "soup": _composed("soup"),
     "evaluate": _composed("evaluate"),
+    "analyze": _composed("analyze"),
     "report": _composed("report"),
 }
 

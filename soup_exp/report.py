@@ -1,5 +1,6 @@
 """`soup-exp report`: results files in; table (md/tex/csv), figures (png/pdf) and a W&B
-run out. Also reads the authors' published files, so their table can be rebuilt.
+run out. Also reads the authors' published files, so their table can be rebuilt, and
+lists the figures `soup-exp analyze` left in ``analysis_dir``.
 The table and figure code lives in :mod:`soup_exp.reporting`."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from soup_exp.artifacts import SOUP_FILE, find_dirs, soup_record
+from soup_exp.artifacts.analysis import analysis_records
 from soup_exp.artifacts.results import read_results
 from soup_exp.errors import ConfigError
 from soup_exp.reporting.figures import (
@@ -61,6 +63,7 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
         outputs.update(_write_table(reproduction, report_dir / "reproduction", formats))
         print(to_markdown(reproduction))
     outputs.update(_write_figures(rows, soups, report_dir / "figures"))
+    outputs.update(analysis_outputs(cfg["analysis_dir"]))
 
     _log_to_wandb(cfg, table, comparison, outputs, len(rows))
     print(to_markdown(table))
@@ -95,6 +98,17 @@ def _write_figures(rows: list[dict[str, Any]], soups: list[dict[str, Any]], out_
     return {path.name: path for path in paths}
 
 
+def analysis_outputs(analysis_dir: Any) -> dict[str, Path]:
+    """The figures and tables `soup-exp analyze` wrote, listed (not recomputed)."""
+    outputs = {}
+    for record in analysis_records(Path(str(analysis_dir)).expanduser()):
+        folder = Path(record["_dir"])
+        for name in record.get("outputs") or []:
+            if (folder / name).is_file():
+                outputs[f"analysis/{folder.name}/{name}"] = folder / name
+    return outputs
+
+
 def _read_soups(soups_dir: Any) -> list[dict[str, Any]]:
     """Every ``soup.json`` under ``soups_dir`` (one per recipe directory), if it exists."""
     if not soups_dir:
@@ -127,9 +141,9 @@ def _log_to_wandb(
         for key, tab in (("results_table", table), ("comparison_table", comparison)):
             if tab is not None:
                 run.log_table(key, ["method", "model", *(k for k, _ in tab.columns)], _table_data(tab))
-        for path in outputs.values():
+        for key, path in outputs.items():
             if path.suffix == ".png":
-                run.log_image(f"figures/{path.stem}", path)
+                run.log_image(f"figures/{Path(key).with_suffix('')}", path)
         summary = {
             f"{row.slot}/{key}": value
             for row in table.rows

@@ -1,0 +1,145 @@
+"""`soup-exp analyze`: the analysis suite on the soup stage's pool of ingredients.
+
+Analyses are plugins (:mod:`soup_exp.analysis`): the ``analysis`` config group holds one
+file per analysis, and ``analysis=[landscape,angles,...]`` selects and orders them. Every
+selected analysis's parameters are checked before the first one runs. Each writes its
+figures (PNG + PDF), their data (CSV) and ``analysis.json`` to
+``<analysis_dir>/<name>/`` (:mod:`soup_exp.artifacts.analysis`); an analysis already done
+for the same pool, settings and parameters is skipped, and an interrupted one resumes from
+its saved partial results. Figures, tables and numbers go to one W&B run.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from soup_exp.analysis.context import AnalysisContext
+from soup_exp.artifacts import check_name
+from soup_exp.artifacts.analysis import file_stats, finished_analysis, write_analysis_record
+from soup_exp.errors import ConfigError
+from soup_exp.soups.ingredients import load_ingredients
+from soup_exp.utils.config import to_plain
+from soup_exp.utils.entry import stage_entry
+from soup_exp.utils.plugins import Plugin, selected_plugins
+from soup_exp.utils.runtime import code_version
+
+log = logging.getLogger(__name__)
+
+
+def selected_analyses(cfg: DictConfig) -> list[Plugin]:
+    """The analyses of ``cfg.analysis`` in selection order, parameters checked."""
+    analyses = selected_plugins(to_plain(cfg.get("analysis")), "analysis", check_name)
+    if not analyses:
+        raise ConfigError("no analysis selected: choose some with analysis=[landscape,angles,...] "
+                          "(one file each in the analysis/ config group)")
+    return analyses
+
+
+def run_analyze(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
+    """Run every selected analysis in order; returns analysis name -> its folder."""
+    analyses = selected_analyses(cfg)
+    pool = to_plain(cfg.soup.pool)
+    ingredients = load_ingredients(pool)
+    log.info("analysing %d ingredients from %s into %s: %s", len(ingredients), pool, cfg.analysis_dir,
+             ", ".join(a.name for a in analyses))
+    own_run = run is None
+    if own_run:
+        from soup_exp.tracking import start_run
+
+        run = start_run(cfg, "analyze", name=f"{cfg.name}-analyze")
+    ctx = AnalysisContext(cfg, ingredients, run)
+    made: dict[str, Path] = {}
+    try:
+        for analysis in analyses:
+            folder = ctx.analysis_dir / analysis.name
+            key = ctx.key_for(analysis.target, analysis.params)
+            record = finished_analysis(folder, key)
+            if record is not None:
+                log.info("analysis '%s' already done for this pool and these parameters: %s (delete it to redo it)",
+                         analysis.name, folder)
+            else:
+                record = _run_one(ctx, analysis, key)
+            made[analysis.name] = folder
+            _log_to_wandb(run, record, folder)
+    finally:
+        if own_run:
+            run.finish()
+    print(summary(made))
+    return made
+
+
+def _run_one(ctx: AnalysisContext, analysis: Plugin, key: str) -> dict[str, Any]:
+    ctx.begin(analysis.name, key)
+    started = time.perf_counter()
+    numbers = analysis(ctx)
+    seconds = round(time.perf_counter() - started, 1)
+    record = {
+        "name": analysis.name, "label": analysis.label, "target": analysis.target, "params": analysis.params,
+        "key": key, "inputs": file_stats(sorted(ctx.inputs)), "numbers": numbers or {},
+        "outputs": [p.name for p in ctx.outputs], "seconds": seconds, "code_version": code_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_analysis_record(ctx.folder, record)
+    log.info("analysis %s finished in %.1f s: %s", analysis.name, seconds,
+             ", ".join(str(p) for p in ctx.outputs if p.suffix == ".png") or "no figures")
+    return record
+
+
+def _log_to_wandb(run: Any, record: dict[str, Any], folder: Path) -> None:
+    """Each figure as an image, each CSV as a table, scalar numbers in the summary."""
+    name = record["name"]
+    for output in record.get("outputs") or []:
+        path = folder / output
+        if path.suffix == ".png":
+            run.log_image(f"analysis/{name}/{path.stem}", path)
+        elif path.suffix == ".csv":
+            columns, rows = read_table(path)
+            run.log_table(f"analysis/{name}/{path.stem}", columns, rows)
+    run.summary({f"analysis/{name}/{k}": v for k, v in _scalars(record.get("numbers") or {})})
+
+
+def read_table(path: Path) -> tuple[list[str], list[list[Any]]]:
+    """A CSV written by :func:`soup_exp.reporting.figures.save_data`, numbers as floats."""
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        columns = next(reader, [])
+        return columns, [[_number(cell) for cell in row] for row in reader]
+
+
+def _number(cell: str) -> Any:
+    if cell == "":
+        return None
+    try:
+        return float(cell)
+    except ValueError:
+        return cell
+
+
+def _scalars(numbers: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    found = []
+    for key, value in numbers.items():
+        if isinstance(value, dict):
+            found += _scalars(value, f"{prefix}{key}/")
+        elif isinstance(value, int | float | str) and not isinstance(value, bool):
+            found.append((f"{prefix}{key}", value))
+    return found
+
+
+def summary(made: dict[str, Path]) -> str:
+    lines = ["analyses written:"]
+    for name, folder in made.items():
+        figures = sorted(p.name for p in folder.glob("*.png"))
+        lines.append(f"  {name}: {folder} ({', '.join(figures) or 'no figures'})")
+    return "\n".join(lines)
+
+
+main = stage_entry("analyze")
+
+if __name__ == "__main__":
+    main()

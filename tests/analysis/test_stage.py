@@ -1,0 +1,110 @@
+"""`soup-exp analyze` end to end on the tiny world: every analysis, resume, W&B, plugins."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from soup_exp.analyze import run_analyze
+from soup_exp.errors import ConfigError
+
+USER_REPO = Path(__file__).parents[1] / "user_repo"
+SMALL = ["analysis.landscape.grid=3", "analysis.landscape.train_images=60", "analysis.angles.max_pairs=3",
+         "analysis.num_ingredients.draws=2", "analysis.greedy_ablation.orders=2",
+         "analysis.greedy_ablation.tolerances=[0.0,0.01]"]
+FIGURES = {
+    "landscape": ["landscape_error", "landscape_train_loss"],
+    "angles": ["soup_gain_vs_angle", "soup_gain_vs_ensemble_gain"],
+    "num_ingredients": ["num_ingredients"],
+    "greedy_ablation": ["greedy_orders", "greedy_tolerance"],
+    "calibration": ["calibration_ece", "reliability"],
+}
+
+
+def test_a_second_run_recomputes_nothing_and_new_parameters_redo_it(world, caplog, fake_run):
+    cheap = ["analysis=[num_ingredients]", "analysis.num_ingredients.ks=[1,5]", "analysis.num_ingredients.greedy=null"]
+    first = run_analyze(world.cfg(*cheap), run=fake_run())
+    passes = len(world.forward_passes)
+    assert passes > 0
+    with caplog.at_level("INFO"):
+        assert run_analyze(world.cfg(*cheap), run=fake_run()) == first
+    assert len(world.forward_passes) == passes and "already done" in caplog.text
+    record = first["num_ingredients"] / "analysis.json"
+    before = record.stat().st_mtime_ns
+    run_analyze(world.cfg(*cheap, "analysis.num_ingredients.draws=1"), run=fake_run())
+    assert record.stat().st_mtime_ns != before and len(world.forward_passes) > passes
+
+
+@pytest.mark.slow
+def test_every_analysis_then_nothing_again(world, cook, caplog, fake_run):
+    cook("uniform", "greedy", "ensemble")
+    run = fake_run()
+    made = run_analyze(world.cfg(*SMALL), run=run)
+    assert list(made) == list(FIGURES)
+    for name, stems in FIGURES.items():
+        folder = world.out / "report" / "analysis" / name
+        assert made[name] == folder
+        record = json.loads((folder / "analysis.json").read_text())
+        assert record["name"] == name and record["numbers"] and record["seconds"] >= 0
+        assert record["outputs"] == [f"{s}.{x}" for s in stems for x in ("png", "pdf", "csv")]
+        for stem in stems:
+            assert f"analysis/{name}/{stem}" in run.images and f"analysis/{name}/{stem}" in run.tables
+        assert not (folder / ".partial.json").exists()
+    assert run.summaries["analysis/angles/pairs"] == 3
+    calibration = json.loads((world.out / "report" / "analysis" / "calibration" / "analysis.json").read_text())
+    assert any(path.endswith("soups/ensemble/soup.json") for path in calibration["inputs"])  # soups it read
+
+    passes = len(world.forward_passes)
+    with caplog.at_level("INFO"):
+        again = run_analyze(world.cfg(*SMALL), run=fake_run())
+    assert again == made and len(world.forward_passes) == passes  # nothing recomputed
+    assert caplog.text.count("already done") == len(FIGURES)
+
+    caplog.clear()  # another parameter, or a soup cooked again, redoes only what depends on it
+    cook_dir = world.out / "soups" / "ensemble"
+    for path in cook_dir.iterdir():
+        path.unlink()
+    cook_dir.rmdir()
+    cook("ensemble")
+    with caplog.at_level("INFO"):
+        run_analyze(world.cfg(*SMALL, "analysis.angles.max_pairs=2"), run=fake_run())
+    assert caplog.text.count("already done") == len(FIGURES) - 2
+    redone = [line for line in caplog.text.splitlines() if "finished in" in line]
+    assert sorted(line.split("analysis ")[1].split()[0] for line in redone) == ["angles", "calibration"]
+
+
+def test_parameters_are_checked_before_anything_runs(world, fake_run):
+    with pytest.raises(ConfigError, match=r"analysis\.landscape\.grid=1: expected a value in \[2, inf\]"):
+        run_analyze(world.cfg("analysis.landscape.grid=1"), run=fake_run())
+    with pytest.raises(ConfigError, match=r"analysis\.angles: unknown parameter\(s\) \['pairs'\]"):
+        run_analyze(world.cfg("+analysis.angles.pairs=3"), run=fake_run())
+    with pytest.raises(ConfigError, match=r"analysis\.angles\.max_pairs='many': expected a finite number"):
+        run_analyze(world.cfg("analysis.angles.max_pairs=many"), run=fake_run())
+    with pytest.raises(ConfigError, match="no analysis selected"):
+        run_analyze(world.cfg("analysis=[]"), run=fake_run())
+    assert not (world.out / "report").exists()
+
+
+def test_a_metric_outside_the_suite_is_one_clear_error(world, fake_run):
+    with pytest.raises(ConfigError, match=r"'ImageNetX' is not in the evaluation suite"):
+        run_analyze(world.cfg("analysis=[angles]", "analysis.angles.metric=ImageNetX"), run=fake_run())
+
+
+def test_a_user_analysis_from_a_config_dir(world, monkeypatch, fake_run):
+    monkeypatch.syspath_prepend(str(USER_REPO))
+    monkeypatch.delitem(sys.modules, "my_analyses", raising=False)
+    cfg = world.cfg("analyses=mine", config_dir=USER_REPO / "conf")
+    run = fake_run()
+    made = run_analyze(cfg, run=run)
+    assert list(made) == ["calibration", "held_out_vs"]
+    record = json.loads((made["held_out_vs"] / "analysis.json").read_text())
+    assert record["target"] == "my_analyses.held_out_vs" and record["params"] == {"dataset": "ImageNetSketch",
+                                                                                    "top": None}
+    assert record["numbers"]["models"] == 5
+    assert sorted(record["outputs"]) == ["held_out_vs.csv", "held_out_vs.pdf", "held_out_vs.png"]
+    assert "analysis/held_out_vs/held_out_vs" in run.images
+    with pytest.raises(ConfigError, match=r"analysis\.held_out_vs\.top=0"):
+        run_analyze(world.cfg("analyses=mine", "analysis.held_out_vs.top=0", config_dir=USER_REPO / "conf"),
+                    run=fake_run())
