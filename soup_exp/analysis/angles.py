@@ -131,7 +131,10 @@ def angles_analysis(
                      "differs_in": differs_in(ctx.hparams(a), ctx.hparams(b)),
                      "accuracy_a": individual[i], "accuracy_b": individual[j], "soup_accuracy": soup,
                      "ensemble_accuracy": ensemble, "soup_gain": soup - mean, "ensemble_gain": ensemble - mean})
-    from soup_exp.reporting.analysis_figures import plot_soup_gain_vs_angle, plot_soup_vs_ensemble_gain
+    from soup_exp.reporting.analysis_figures import (
+        plot_soup_gain_vs_angle,
+        plot_soup_vs_ensemble_gain,
+    )
 
     ctx.register(plot_soup_gain_vs_angle(rows, metric, ctx.out("soup_gain_vs_angle")))
     ctx.register(plot_soup_vs_ensemble_gain(rows, metric, ctx.out("soup_gain_vs_ensemble_gain")))

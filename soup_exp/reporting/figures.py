@@ -20,6 +20,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
 from soup_exp.errors import SoupExpError
@@ -322,15 +323,18 @@ def plot_learned_coefficients(soup: Mapping[str, Any], out_base: str | Path) -> 
     return [*save_figure(fig, out_base), save_data(["row", *ingredients], data, out_base)]
 
 
-_DIRECTIONS = tuple((math.cos(math.radians(a)), math.sin(math.radians(a))) for a in (30, -30, 150, -150, 90, -90, 0, 180))
-_RADII = (5, 11, 19, 30)
+# Label offsets (points) tried in turn: beside the point, then stacked above and below it
+# on either side, so a tight cluster gets a column of labels with leader lines.
+_OFFSETS = tuple((dx, dy) for dy in (4, -10, *(s * k for k in range(14, 90, 10) for s in (1, -1)))
+                 for dx in (6, -6))
+_LEADER_FROM = 12  # points: farther labels get a thin line to their point
 
 
 def annotate_apart(fig: Figure, ax: Any, points: Sequence[tuple[str, float, float]], fontsize: float = 7) -> None:
     """Name each point where its label overlaps no other label and no labelled marker and
-    stays inside the axes: offsets are tried in eight directions at growing distances; if
-    none is free, the one overlapping least is taken. Call once the axes are complete (the
-    layout is fixed first so that positions measured here are the final ones)."""
+    stays inside the axes (the first free offset of ``_OFFSETS``; if none is free, the one
+    overlapping least). Call once the axes are complete: the layout is fixed first, so the
+    positions measured here are the final ones."""
     if not points:
         return
     fig.draw_without_rendering()
@@ -344,23 +348,22 @@ def annotate_apart(fig: Figure, ax: Any, points: Sequence[tuple[str, float, floa
     for index, (text, x, y) in enumerate(points):
         obstacles = placed + [m for i, m in enumerate(markers) if i != index]
         best = None
-        for radius in _RADII:
-            for cx, cy in _DIRECTIONS:
-                label = ax.annotate(text, (x, y), xytext=(radius * cx, radius * cy), textcoords="offset points",
-                                    fontsize=fontsize, ha="left" if cx > 0.1 else "right" if cx < -0.1 else "center",
-                                    va="bottom" if cy > 0.1 else "top" if cy < -0.1 else "center")
-                label.set_in_layout(False)
-                box = label.get_window_extent(renderer)
-                cost = sum(_overlap(box, other) for other in obstacles) + (0 if _inside(box, frame) else 1e6)
-                if best is None or cost < best[0]:
-                    if best is not None:
-                        best[1].remove()
-                    best = (cost, label, box)
-                else:
-                    label.remove()
-                if cost == 0:
-                    break
-            if best is not None and best[0] == 0:
+        for dx, dy in _OFFSETS:
+            leader = {"arrowprops": {"arrowstyle": "-", "color": GREY, "linewidth": 0.5, "shrinkA": 0, "shrinkB": 3}} \
+                if abs(dy) > _LEADER_FROM else {}
+            label = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                                ha="left" if dx > 0 else "right", va="center", **leader)
+            label.set_in_layout(False)
+            label.update_positions(renderer)
+            box = Text.get_window_extent(label, renderer)  # the words, not the leader line
+            cost = sum(_overlap(box, other) for other in obstacles) + (0 if _inside(box, frame) else 1e6)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, label, box)
+            else:
+                label.remove()
+            if cost == 0:
                 break
         placed.append(best[2])
 

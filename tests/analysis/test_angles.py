@@ -8,7 +8,13 @@ import math
 import pytest
 import torch
 
-from soup_exp.analysis.angles import angles_analysis, angles_degrees, choose_pairs, differs_in, direction_gram
+from soup_exp.analysis.angles import (
+    angles_analysis,
+    angles_degrees,
+    choose_pairs,
+    differs_in,
+    direction_gram,
+)
 from soup_exp.soups.ingredients import resolve_ingredients
 
 SHAPES = {"image_encoder.w": (6, 5), "image_encoder.b": (7,), "head.weight": (3, 4), "steps": ()}

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from soup_exp.analyze import run_analyze
 from soup_exp.errors import ConfigError
 
