@@ -11,6 +11,7 @@ its saved partial results. Figures, tables and numbers go to one W&B run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import time
@@ -22,7 +23,6 @@ from omegaconf import DictConfig
 from soup_exp.analysis.context import AnalysisContext
 from soup_exp.artifacts import check_name
 from soup_exp.artifacts.analysis import file_stats, finished_analysis, write_analysis_record
-from soup_exp.errors import ConfigError
 from soup_exp.soups.ingredients import load_ingredients
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
@@ -34,42 +34,31 @@ log = logging.getLogger(__name__)
 
 def selected_analyses(cfg: DictConfig) -> list[Plugin]:
     """The analyses of ``cfg.analysis`` in selection order, parameters checked."""
-    analyses = selected_plugins(to_plain(cfg.get("analysis")), "analysis", check_name)
-    if not analyses:
-        raise ConfigError("no analysis selected: choose some with analysis=[landscape,angles,...] "
-                          "(one file each in the analysis/ config group)")
-    return analyses
+    return selected_plugins(to_plain(cfg.get("analysis")), "analysis", check_name, "landscape,angles")
 
 
 def run_analyze(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
-    """Run every selected analysis in order; returns analysis name -> its folder."""
-    analyses = selected_analyses(cfg)
-    pool = to_plain(cfg.soup.pool)
-    ingredients = load_ingredients(pool)
-    log.info("analysing %d ingredients from %s into %s: %s", len(ingredients), pool, cfg.analysis_dir,
-             ", ".join(a.name for a in analyses))
-    own_run = run is None
-    if own_run:
-        from soup_exp.tracking import start_run
+    """Run every selected analysis in order; returns analysis name -> its folder. ``run``:
+    a W&B run to log to (default: the stage's own, finished on return)."""
+    from soup_exp.tracking import start_run
 
-        run = start_run(cfg, "analyze", name=f"{cfg.name}-analyze")
-    ctx = AnalysisContext(cfg, ingredients, run)
+    analyses = selected_analyses(cfg)
+    ingredients = load_ingredients(to_plain(cfg.soup.pool))
+    log.info("analysing %d ingredients into %s: %s", len(ingredients), cfg.analysis_dir,
+             ", ".join(a.name for a in analyses))
     made: dict[str, Path] = {}
-    try:
+    with contextlib.nullcontext(run) if run is not None else start_run(cfg, "analyze", f"{cfg.name}-analyze") as run:
+        ctx = AnalysisContext(cfg, ingredients, run)
         for analysis in analyses:
-            folder = ctx.analysis_dir / analysis.name
             key = ctx.key_for(analysis.target, analysis.params)
-            record = finished_analysis(folder, key)
+            record = finished_analysis(ctx.analysis_dir / analysis.name, key)
             if record is not None:
                 log.info("analysis '%s' already done for this pool and these parameters: %s (delete it to redo it)",
-                         analysis.name, folder)
+                         analysis.name, ctx.analysis_dir / analysis.name)
             else:
                 record = _run_one(ctx, analysis, key)
-            made[analysis.name] = folder
-            _log_to_wandb(run, record, folder)
-    finally:
-        if own_run:
-            run.finish()
+            made[analysis.name] = ctx.analysis_dir / analysis.name
+            _log_to_wandb(run, record, made[analysis.name])
     print(summary(made))
     return made
 

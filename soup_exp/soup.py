@@ -17,7 +17,6 @@ from typing import Any
 from omegaconf import DictConfig
 
 from soup_exp.artifacts import check_name, write_soup_dir
-from soup_exp.errors import ConfigError
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.ingredients import Ingredient, load_ingredients
 from soup_exp.soups.recipe import Recipe, Soup, soups_of
@@ -31,11 +30,8 @@ log = logging.getLogger(__name__)
 
 def selected_recipes(cfg: DictConfig) -> list[Recipe]:
     """The recipes of ``cfg.recipes`` in selection order, parameters checked."""
-    recipes = [Recipe.of(p) for p in selected_plugins(to_plain(cfg.get("recipes")), "recipes", check_name)]
-    if not recipes:
-        raise ConfigError("no recipe selected: choose some with recipes=[uniform,greedy,...] "
-                          "(one file each in the recipes/ config group)")
-    return recipes
+    return [Recipe.of(p) for p in selected_plugins(to_plain(cfg.get("recipes")), "recipes", check_name,
+                                                   "uniform,greedy")]
 
 
 def run_soups(cfg: DictConfig, run: Any = None) -> dict[str, Path]:

@@ -15,7 +15,7 @@ costs a second, not a learned soup.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,20 +44,15 @@ class Soup:
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Recipe(Plugin):
     """A selected recipe: its config name, callable, parameters and table label."""
 
-    name: str
-    fn: Callable[..., Any]
-    params: dict[str, Any]
-    label: str
-
     def cook(self, ctx: Any) -> Any:
-        return self.fn(ctx, **self.params)
+        return self(ctx)
 
     @classmethod
     def of(cls, plugin: Plugin) -> Recipe:
-        return cls(plugin.name, plugin.fn, plugin.params, plugin.label)
+        return cls(plugin.name, plugin.fn, plugin.params, plugin.label, plugin.target)
 
 
 def load_recipe(name: str, node: Mapping[str, Any]) -> Recipe:

@@ -74,14 +74,19 @@ def load_plugin(group: str, name: str, node: Mapping[str, Any]) -> Plugin:
     return Plugin(name, fn, params, str(node.get("label") or name), str(target))
 
 
-def selected_plugins(nodes: Mapping[str, Any] | None, group: str, check_name: Callable[[str, str], str]) -> list[Plugin]:
-    """The plugins of a composed group in selection order, parameters checked.
+def selected_plugins(nodes: Mapping[str, Any] | None, group: str, check_name: Callable[[str, str], str],
+                     example: str) -> list[Plugin]:
+    """The plugins of a composed group in selection order, parameters checked; at least one.
 
     Entries without ``_target_`` are settings an experiment gives a plugin that is not
     selected this time (e.g. ``recipes.learned_by_layer.epochs`` with ``recipes=[uniform]``).
     """
-    return [load_plugin(group, check_name(name, group), node) for name, node in (nodes or {}).items()
-            if isinstance(node, Mapping) and node.get("_target_")]
+    plugins = [load_plugin(group, check_name(name, group), node) for name, node in (nodes or {}).items()
+               if isinstance(node, Mapping) and node.get("_target_")]
+    if not plugins:
+        raise ConfigError(f"nothing selected in {group}: choose with {group}=[{example},...] "
+                          f"(one file each in the {group}/ config group)")
+    return plugins
 
 
 def check_params(fn: Callable[..., Any], params: Mapping[str, Any], where: str) -> None:

@@ -83,7 +83,7 @@ def test_parameters_are_checked_before_anything_runs(world, fake_run):
         run_analyze(world.cfg("+analysis.angles.pairs=3"), run=fake_run())
     with pytest.raises(ConfigError, match=r"analysis\.angles\.max_pairs='many': expected a finite number"):
         run_analyze(world.cfg("analysis.angles.max_pairs=many"), run=fake_run())
-    with pytest.raises(ConfigError, match="no analysis selected"):
+    with pytest.raises(ConfigError, match="nothing selected in analysis"):
         run_analyze(world.cfg("analysis=[]"), run=fake_run())
     assert not (world.out / "report").exists()
 
