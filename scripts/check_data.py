@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except SoupExpError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(render_table(reports))
+    print(render_table(reports, data_dir=str(cfg.paths.data_dir)))
     return 1 if any(r.failed for r in reports) else 0
 
 

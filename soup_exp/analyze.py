@@ -15,6 +15,7 @@ import contextlib
 import csv
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,10 @@ from soup_exp.artifacts.analysis import file_stats, finished_analysis, write_ana
 from soup_exp.soups.ingredients import load_ingredients
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
+from soup_exp.utils.io import remove_stale_temp_files
 from soup_exp.utils.plugins import Plugin, selected_plugins
 from soup_exp.utils.runtime import code_version
+from soup_exp.utils.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,34 @@ def selected_analyses(cfg: DictConfig) -> list[Plugin]:
     return selected_plugins(to_plain(cfg.get("analysis")), "analysis", check_name, "landscape,angles")
 
 
+def check_analyze(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Analyses and their parameters, and a pool that holds ingredients, before anything is created."""
+    selected_analyses(cfg)
+    load_ingredients(to_plain(cfg.soup.pool))
+
+
+def plan_analyze(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
+    """A dry run's lines: the pool, each selected analysis and whether it is already done."""
+    from soup_exp.errors import SoupExpError
+    from soup_exp.utils.preflight import logger_line
+
+    pool = to_plain(cfg.soup.pool)
+    try:
+        ingredients = load_ingredients(pool)
+    except (SoupExpError, FileNotFoundError):
+        ingredients = []
+    ctx = AnalysisContext(cfg, ingredients, run=None) if ingredients else None
+    lines = [f"pool: {pool}: " + (plural(len(ingredients), "finished ingredient") if ingredients
+                                  else "no finished ingredients yet")]
+    for analysis in selected_analyses(cfg):
+        folder = Path(str(cfg.analysis_dir)) / analysis.name
+        done = ctx is not None and finished_analysis(folder, ctx.key_for(analysis.target, analysis.params))
+        params = ", ".join(f"{k}={v}" for k, v in analysis.params.items())
+        lines.append(f"{analysis.name} [{'done, skipped' if done else 'to run'}] {analysis.label}"
+                     + (f": {params}" if params else ""))
+    return {"analyze": lines, "outputs": [f"analyses: {cfg.analysis_dir}", logger_line(cfg)]}
+
+
 def run_analyze(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
     """Run every selected analysis in order; returns analysis name -> its folder. ``run``:
     a W&B run to log to (default: the stage's own, finished on return)."""
@@ -44,6 +75,7 @@ def run_analyze(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
 
     analyses = selected_analyses(cfg)
     ingredients = load_ingredients(to_plain(cfg.soup.pool))
+    remove_stale_temp_files(cfg.analysis_dir)
     log.info("analysing %d ingredients into %s: %s", len(ingredients), cfg.analysis_dir,
              ", ".join(a.name for a in analyses))
     made: dict[str, Path] = {}

@@ -13,7 +13,7 @@ from soup_exp.utils.entry import STAGES, available_options
 
 
 def usage() -> str:
-    lines = ["usage: soup-exp <stage> [--config-dir DIR] [hydra overrides]", "", "stages:"]
+    lines = ["usage: soup-exp <stage> [--config-dir DIR] [--dry-run] [hydra overrides]", "", "stages:"]
     lines += [f"  {name:<10} {stage.summary}" for name, stage in STAGES.items()]
     lines += [
         "",
@@ -22,9 +22,11 @@ def usage() -> str:
         "",
         "examples:",
         "  soup-exp pipeline experiment=demo",
+        "  soup-exp pipeline experiment=demo --dry-run      # what it would do; writes nothing",
         "  soup-exp finetune -m sweep=paper_vitb32 'sweep.index=range(71)' launcher=slurm",
         "  soup-exp soup 'recipes=[uniform,greedy]'",
         "  soup-exp report results=outputs/demo/results.jsonl compare=paper_vitb32",
+        "  soup-exp report results=paper_vitb32             # the authors' published numbers",
         "",
         "`soup-exp <stage> --help` shows that stage's configuration (Hydra); --config-dir adds",
         "your own configs (experiments, recipes, datasets, models), searched before the packaged ones.",

@@ -35,11 +35,12 @@ from soup_exp.artifacts import (
 )
 from soup_exp.artifacts.results import ACCURACY_KEYS, avg_shifts
 from soup_exp.errors import ConfigError
-from soup_exp.evaluation.evaluator import Evaluator, build_evaluator
+from soup_exp.evaluation.evaluator import Evaluator, build_evaluator, evaluation_suite
 from soup_exp.soups.ingredients import all_finite
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.hashing import stable_hash
+from soup_exp.utils.io import remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -242,9 +243,53 @@ def check_data(cfg: DictConfig) -> list[dict]:
     verify = str(cfg.check_data).lower() == "verify"
     reports = check_datasets(cfg.data, list(cfg.eval.datasets), verify=verify,
                              num_threads=max(1, int(cfg.get("num_workers") or 1)))
-    print(render_table(reports))
+    data_dir = (cfg.get("paths") or {}).get("data_dir")
+    print(render_table(reports, data_dir=str(data_dir) if data_dir else None))
     raise_on_failure(reports)
     return [asdict(r) for r in reports]
+
+
+def check_evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> bool:
+    """Known dataset names whose roots exist; ``check_data`` runs the whole (read-only)
+    check here, before Hydra creates a run directory for it."""
+    from soup_exp.data.registry import EVAL_DATASETS
+
+    extra = to_plain(cfg.data.get("datasets")) or {}
+    unknown = [n for n in evaluation_suite(cfg) if n not in EVAL_DATASETS and n not in extra]
+    if unknown:
+        raise ConfigError(f"eval.datasets: unknown {unknown}; known: {', '.join([*EVAL_DATASETS, *extra])} "
+                          "(add your own as a file in the datasets config group, see docs/extending.md)")
+    if cfg.get("check_data"):
+        check_data(cfg)
+        return True
+    from soup_exp.utils.preflight import require_roots
+
+    require_roots(cfg, evaluation_suite(cfg))
+    return False
+
+
+def plan_evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
+    """A dry run's lines: the datasets, each model found and whether its row is already there."""
+    from soup_exp.artifacts.results import ResultsStore
+    from soup_exp.utils.preflight import dataset_lines, logger_line
+
+    previous = {row["name"]: row for row in ResultsStore(cfg.results_file).rows()}
+    done, todo = [], []
+    for entry in select_models(discover_models(cfg), to_plain(cfg.models)):
+        row = previous.get(entry.name)
+        same = row is not None and (row.get("meta") or {}).get("weights") == entry.fingerprint()
+        (done if same else todo).append(entry.name)
+    lines = []
+    if todo:
+        lines.append(f"to evaluate ({len(todo)}): {', '.join(todo)}")
+    if done:
+        lines.append(f"done, a row for these weights ({len(done)}; skipped unless the datasets changed): "
+                     f"{', '.join(done)}")
+    return {
+        "data": dataset_lines(cfg, evaluation_suite(cfg)),
+        "evaluate": lines or [f"no models yet in {cfg.zeroshot_dir}, {cfg.ingredients_dir} or {cfg.soups_dir}"],
+        "outputs": [f"results: {cfg.results_file}", logger_line(cfg)],
+    }
 
 
 def run_evaluate(cfg: DictConfig) -> list[dict]:
@@ -260,6 +305,7 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
 
     eval_cfg = cfg.eval
     store = ResultsStore(cfg.results_file)
+    remove_stale_temp_files(store.path.parent, recursive=False)
     previous = {row["name"]: row for row in store.rows()}
     entries = select_models(discover_models(cfg), to_plain(cfg.models))
     if not entries:
@@ -272,8 +318,8 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
     evaluator = build_evaluator(cfg, backbone.preprocess_val, classes)
     identities = {name: evaluator.dataset(name).identity() for name in evaluator.names}
     transform = " ".join(evaluator.transform.key.split())
-    metas = {e.name: {"weights": e.fingerprint(), "eval_transform": transform, "datasets": identities}
-             for e in entries}
+    metas = {e.name: {"weights": e.fingerprint(), "eval_transform": transform, "datasets": identities,
+                      "classes": classes.identity()} for e in entries}
     todo = [e for e in entries if eval_cfg.force or not _up_to_date(previous.get(e.name), metas[e.name])]
     for entry in entries:
         if entry not in todo:

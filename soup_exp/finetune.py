@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +29,17 @@ from torch import nn
 from soup_exp.artifacts import INGREDIENT_FILE, ingredient_record, is_finished_run, load_weights
 from soup_exp.data.classes import ClassSpace
 from soup_exp.errors import ConfigError, SoupExpError
-from soup_exp.tracking.wandb_run import loggable_config
 from soup_exp.training import ingredient as store
 from soup_exp.training.augment import train_transform
+from soup_exp.training.checkpoint import checkpoint_path
 from soup_exp.training.distributed import DistContext, setup_distributed, teardown_distributed
 from soup_exp.training.settings import TrainSettings, train_settings
 from soup_exp.training.sweep import SweepDraw, apply_sweep
-from soup_exp.utils.config import to_plain
+from soup_exp.utils.config import loggable_config, to_plain
 from soup_exp.utils.entry import stage_entry
+from soup_exp.utils.experiment import check_names
 from soup_exp.utils.hashing import stable_hash
+from soup_exp.utils.io import remove_stale_temp_files
 from soup_exp.utils.runtime import code_version
 
 log = logging.getLogger(__name__)
@@ -58,19 +60,104 @@ class Job:
     run: Any = None
 
 
-def run_finetune(cfg: DictConfig) -> Path:
-    """Train (or find) the ingredient described by ``cfg``; returns its directory."""
-    cfg = copy.deepcopy(cfg)
-    draw = apply_sweep(cfg)
-    settings = train_settings(cfg.train)
-    out_dir = Path(settings.output_dir)
+@dataclass(frozen=True)
+class RunSpec:
+    """One run resolved from its config, before anything is loaded: its sweep draw, its
+    validated settings, its classes and its identity."""
+
+    cfg: DictConfig
+    draw: SweepDraw
+    settings: TrainSettings
+    classes: ClassSpace
+    identity: dict[str, Any]
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.settings.output_dir)
+
+
+def resolve_run(cfg: DictConfig) -> RunSpec:
+    """Apply the sweep draw to a copy of ``cfg`` and validate every hyperparameter."""
     from soup_exp.data.registry import class_space
 
+    cfg = copy.deepcopy(cfg)
+    draw = apply_sweep(cfg)
+    check_names(cfg)
+    settings = train_settings(cfg.train)
     classes = class_space(cfg.data)
-    identity = run_identity(cfg, settings, draw, classes)
+    return RunSpec(cfg, draw, settings, classes, run_identity(cfg, settings, draw, classes))
+
+
+def check_finetune(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Everything that can fail before training, checked before anything is created."""
+    from soup_exp.utils.preflight import require_roots
+
+    spec = resolve_run(cfg)
+    if store.existing_ingredient(spec.out_dir, spec.identity) is None:
+        check_init(spec)
+        require_roots(cfg, ["ImageNet2p"])  # held-out (and training set): ImageNet train
+
+
+def plan_finetune(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
+    """A dry run's lines: the run, its datasets and outputs, and whether it is already done."""
+    from soup_exp.utils.preflight import classes_line, dataset_lines, logger_line
+
+    spec = resolve_run(cfg)
+    datasets = ["ImageNet2p"] + (["train"] if spec.settings.mode != "zeroshot" else [])
+    return {
+        "data": [classes_line(cfg), *dataset_lines(cfg, datasets)],
+        "finetune": [describe_run(spec)],
+        "outputs": [f"zero-shot model: {spec.out_dir}" if spec.settings.mode == "zeroshot"
+                    else f"ingredients: {spec.out_dir.parent}", logger_line(cfg),
+                    f"Hydra logs: {Path(str(cfg.out_dir)) / 'hydra'}"],
+    }
+
+
+def describe_run(spec: RunSpec) -> str:
+    """``name [status] mode (start): the hyperparameters that matter for the mode``."""
+    s = spec.settings
+    if store.existing_ingredient(spec.out_dir, spec.identity) is not None:
+        status = "done, skipped"
+    elif checkpoint_path(spec.out_dir).is_file():
+        status = "resumes from its checkpoint"
+    else:
+        status = "to run"
+    if s.mode == "finetune":
+        start = f"from {s.init_from}" if s.init_from else f"from the pretrained model, {s.head_init} head"
+        keys = ["lr", "weight_decay", "epochs", "max_steps", "batch_size", "warmup_steps",
+                "label_smoothing", "mix", "aug"]
+        values = {k: getattr(s, k) for k in keys if k != "max_steps" or s.max_steps}
+    elif s.mode == "lp":
+        start, values = "on frozen features", {f"lp.{k}": v for k, v in asdict(s.lp).items()}
+    else:
+        start, values = "prompt-ensemble head", {}
+    drawn = f"; sweep {spec.draw.kind} {spec.draw.name}" if spec.draw.kind != "none" else ""
+    settings = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
+    return f"{spec.out_dir.name} [{status}] {s.mode} {start}{drawn}" + (f": {settings}" if settings else "")
+
+
+def _short(value: Any) -> str:
+    return "none" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def check_init(spec: RunSpec) -> dict[str, Any] | None:
+    """The ``ingredient.json`` of ``train.init_from`` for an LP-FT run, checked against this run."""
+    s = spec.settings
+    if s.mode != "finetune" or not s.init_from:
+        return None
+    return init_ingredient_info(Path(s.init_from), spec.cfg.model, spec.classes)
+
+
+def run_finetune(cfg: DictConfig) -> Path:
+    """Train (or find) the ingredient described by ``cfg``; returns its directory."""
+    spec = resolve_run(cfg)
+    cfg, settings, draw, classes, identity, out_dir = (
+        spec.cfg, spec.settings, spec.draw, spec.classes, spec.identity, spec.out_dir)
+    remove_stale_temp_files(out_dir)
     if store.existing_ingredient(out_dir, identity) is not None:
         log.info("%s is already a finished ingredient of this configuration; nothing to do", out_dir)
         return out_dir
+    check_init(spec)  # before the directory and the W&B run exist
 
     ctx = setup_distributed(str(cfg.get("device", "auto")))
     try:
@@ -174,10 +261,12 @@ def initial_model(job: Job) -> tuple[nn.Module, Any]:
 
     s = job.settings
     if s.init_from:
-        info = _init_ingredient_info(Path(s.init_from), job)
+        info = init_ingredient_info(Path(s.init_from), job.cfg.model, job.classes)
         backbone = build_backbone(job.cfg.model, pretrained=False)
         head = nn.Linear(backbone.feature_dim, job.classes.num_classes)
         model = load_weights(ImageClassifier(backbone.image_encoder, head), s.init_from)
+        log.info("fine-tuning from ingredient %s (%s, held-out accuracy %s): %s", info.get("name"),
+                 info.get("kind"), store.percent_text(info.get("held_out_accuracy")), s.init_from)
         job.metrics["init"] = {"from": str(s.init_from), "name": info.get("name"),
                                "held_out_accuracy": info.get("held_out_accuracy")}
         return model, backbone
@@ -190,7 +279,7 @@ def initial_model(job: Job) -> tuple[nn.Module, Any]:
     return ImageClassifier(backbone.image_encoder, head), backbone
 
 
-def _init_ingredient_info(path: Path, job: Job) -> dict[str, Any]:
+def init_ingredient_info(path: Path, model_cfg: DictConfig, classes: ClassSpace) -> dict[str, Any]:
     if not is_finished_run(path):
         raise SoupExpError(
             f"train.init_from={path} is not a finished ingredient (no {INGREDIENT_FILE}). "
@@ -200,11 +289,11 @@ def _init_ingredient_info(path: Path, job: Job) -> dict[str, Any]:
     info = ingredient_record(path)
     from soup_exp.models.backbones import model_id_for
 
-    expected = model_id_for(to_plain(job.cfg.model))
+    expected = model_id_for(to_plain(model_cfg))
     if info.get("base_model") != expected:
         raise SoupExpError(f"train.init_from={path} was trained from {info.get('base_model')}, "
                            f"but this run's model is {expected}")
-    if list(info.get("classes") or []) != list(job.classes.indices):
+    if list(info.get("classes") or []) != list(classes.indices):
         raise SoupExpError(f"train.init_from={path} predicts other classes than data.classes of this run")
     return info
 
@@ -213,7 +302,8 @@ def zeroshot_head_for(backbone: Any, job: Job) -> nn.Linear:
     from soup_exp.models import zeroshot_head
 
     try:
-        return zeroshot_head(backbone, job.classes.classnames, device=job.ctx.device)
+        show = None if job.cfg.get("progress", True) else False  # None: a bar for > 100 classes
+        return zeroshot_head(backbone, job.classes.classnames, device=job.ctx.device, progress=show)
     except ValueError as err:
         raise ConfigError(str(err)) from err
 

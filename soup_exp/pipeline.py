@@ -9,6 +9,7 @@ config with the same user overrides.
 
 from __future__ import annotations
 
+import functools
 import logging
 import subprocess
 import sys
@@ -22,9 +23,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from soup_exp.errors import SoupExpError
-from soup_exp.tracking.wandb_run import loggable_config
+from soup_exp.utils.config import apply_secret_overrides, loggable_config
 from soup_exp.utils.entry import STAGES, packaged_config_dir, stage_entry
 from soup_exp.utils.io import atomic_write_json
+from soup_exp.utils.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +64,7 @@ def overrides_for(stage: str, overrides: Sequence[str]) -> list[str]:
     The pipeline accepts the union of every stage's keys; e.g. ``recipe.*`` means
     nothing to the fine-tuning stage and would make its composition fail.
     """
-    base = compose(config_name=stage, return_hydra_config=True)
-    known = set(base.keys()) | set(base.hydra.runtime.choices.keys()) | {"hydra"}
+    known = _known_keys(stage, _search_path())
     kept = []
     for override in overrides:
         if _override_key(override).split(".", 1)[0].split("/", 1)[0] in known:
@@ -71,8 +72,22 @@ def overrides_for(stage: str, overrides: Sequence[str]) -> list[str]:
     return kept
 
 
+@functools.cache
+def _known_keys(stage: str, search_path: tuple[str, ...]) -> frozenset[str]:
+    """Top-level keys and config groups of ``stage``'s config (per config search path)."""
+    base = compose(config_name=stage, return_hydra_config=True)
+    return frozenset(set(base.keys()) | set(base.hydra.runtime.choices.keys()) | {"hydra"})
+
+
+def _search_path() -> tuple[str, ...]:
+    from hydra.core.global_hydra import GlobalHydra
+
+    return tuple(f"{e.provider}={e.path}" for e in GlobalHydra.instance().config_loader().get_search_path().get_path())
+
+
 def compose_stage(stage: str, overrides: Sequence[str], extra: Sequence[str] = ()) -> DictConfig:
-    return compose(config_name=stage, overrides=[*overrides_for(stage, overrides), *extra])
+    """``stage``'s config with this run's overrides (secret ones come from the environment)."""
+    return apply_secret_overrides(compose(config_name=stage, overrides=[*overrides_for(stage, overrides), *extra]))
 
 
 def prepare_inputs(cfg: DictConfig) -> None:
@@ -94,27 +109,38 @@ def run_finetunes(cfg: DictConfig, overrides: Sequence[str]) -> None:
     dropped; ``sweep.*`` values (e.g. ``sweep.seed``) only reach the random sweep.
     """
     run_finetune = STAGES["finetune"].run()
-    fixed = [o for o in overrides if not _override_key(o).startswith("sweep")]
-    if cfg.model.source == "open_clip":
-        run_finetune(compose_stage("finetune", fixed, ["sweep=zeroshot"]))
-    run_finetune(compose_stage("finetune", fixed, ["sweep=lp_init"]))
+    for single in baseline_sweeps(cfg):
+        run_finetune(compose_stage("finetune", fixed_overrides(overrides), [f"sweep={single}"]))
 
     size = int(cfg.pipeline.sweep_size)
     if size <= 0:
         return
-    sweep_values = [o for o in overrides if _override_key(o) != "sweep"]
     command = [
         sys.executable, "-m", "soup_exp.finetune", *config_dir_args(), "--multirun",
-        *overrides_for("finetune", sweep_values),
-        f"sweep={cfg.pipeline.sweep}", f"sweep.index=range({size})",
-        f"train.init_from={Path(cfg.ingredients_dir) / LP_NAME}",
+        *sweep_overrides(cfg, overrides), f"sweep.index=range({size})",
     ]
-    log.info("fine-tuning sweep of %d runs: %s", size, " ".join(command))
+    log.info("fine-tuning sweep of %s: %s", plural(size, "run"), " ".join(command))
     if subprocess.run(command).returncode != 0:
         raise SoupExpError(
             f"the fine-tuning sweep failed; its logs are under {Path(cfg.out_dir) / 'hydra'}. "
             "Rerunning the pipeline resumes: finished ingredients are kept."
         )
+
+
+def baseline_sweeps(cfg: DictConfig) -> list[str]:
+    """The single runs before the sweep: the zero-shot model (CLIP backbones) and the LP init."""
+    return (["zeroshot"] if cfg.model.source == "open_clip" else []) + [LP_NAME]
+
+
+def fixed_overrides(overrides: Sequence[str]) -> list[str]:
+    return [o for o in overrides if not _override_key(o).startswith("sweep")]
+
+
+def sweep_overrides(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
+    """The fine-tuning sweep's overrides, but for ``sweep.index``."""
+    sweep_values = [o for o in overrides if _override_key(o) != "sweep"]
+    return [*overrides_for("finetune", sweep_values), f"sweep={cfg.pipeline.sweep}",
+            f"train.init_from={Path(cfg.ingredients_dir) / LP_NAME}"]
 
 
 def _composed(stage: str) -> Callable[[DictConfig, Sequence[str]], Any]:
@@ -131,11 +157,83 @@ STEPS: dict[str, Callable[[DictConfig, Sequence[str]], Any]] = {
 }
 
 
-def run_pipeline(cfg: DictConfig) -> dict[str, float]:
-    overrides = user_overrides()
+def check_stage_names(cfg: DictConfig) -> None:
     unknown = [s for s in cfg.pipeline.stages if s not in STEPS]
     if unknown:
         raise SoupExpError(f"pipeline.stages: unknown {unknown}; choose from {list(STEPS)}")
+
+
+def check_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """What can fail before the first stage: stage names, the sweep's hyperparameters, the
+    selected recipes, evaluation sets and analyses (each stage checks its inputs again when it starts)."""
+    check_stage_names(cfg)
+    stages = set(cfg.pipeline.stages)
+    if "finetune" in stages and int(cfg.pipeline.sweep_size) > 0:
+        from soup_exp.finetune import resolve_run
+
+        resolve_run(compose_stage("finetune", sweep_overrides(cfg, overrides), ["sweep.index=0"]))
+    if "soup" in stages:
+        from soup_exp.soup import selected_recipes
+
+        selected_recipes(compose_stage("soup", overrides))
+    if "evaluate" in stages:
+        from soup_exp.evaluate import check_evaluate
+
+        check_evaluate(compose_stage("evaluate", [o for o in overrides if _override_key(o) != "check_data"]))
+    if "analyze" in stages:
+        from soup_exp.analyze import selected_analyses
+
+        selected_analyses(compose_stage("analyze", overrides))
+
+
+def plan_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
+    """Every stage's dry-run lines, with the sweep's jobs as the multirun would draw them."""
+    from soup_exp.utils.preflight import dataset_lines, merge_plans
+
+    stages = list(cfg.pipeline.stages)
+    plans = [{"stages": [" -> ".join(stages)]}]
+    if "data" in stages:
+        lines = dataset_lines(cfg, [])
+        if cfg.model.get("pretrain"):
+            ready = "cached" if Path(str(cfg.model.pretrained)).is_file() else "pretrained here first"
+            lines.append(f"pretrained start: {cfg.model.pretrained} ({ready})")
+        plans.append({"data": lines})
+    if "finetune" in stages:
+        plans += _finetune_plans(cfg, overrides)
+    for stage in ("soup", "evaluate", "analyze", "report"):
+        if stage in stages:
+            plans.append(STAGES[stage].hook("plan")(compose_stage(stage, overrides), overrides))
+    plan = merge_plans(plans)
+    if "evaluate" in stages and "finetune" in stages:
+        plan["evaluate"].append("... and every model the stages above make")
+    plan.setdefault("outputs", []).append(f"pipeline.json, everything: {cfg.out_dir}")
+    return plan
+
+
+def _finetune_plans(cfg: DictConfig, overrides: Sequence[str]) -> list[dict[str, list[str]]]:
+    import copy
+
+    from soup_exp.finetune import describe_run, plan_finetune, resolve_run
+
+    plans = [plan_finetune(compose_stage("finetune", fixed_overrides(overrides), [f"sweep={single}"]))
+             for single in baseline_sweeps(cfg)]
+    size = int(cfg.pipeline.sweep_size)
+    if size > 0:
+        member = compose_stage("finetune", sweep_overrides(cfg, overrides))
+        launcher = next((o.split("=", 1)[1] for o in overrides if _override_key(o) == "launcher"), "local")
+        lines = [f"sweep {cfg.pipeline.sweep}: {plural(size, 'job')} "
+                 f"(a Hydra multirun, launcher={launcher})"]
+        for index in range(size):
+            job = copy.deepcopy(member)
+            job.sweep.index = index
+            lines.append(f"  {describe_run(resolve_run(job))}")
+        plans.append({"finetune": lines})
+    return plans
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, float]:
+    overrides = user_overrides()
+    check_stage_names(cfg)  # the rest of check_pipeline ran before Hydra created the run (preflight)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     for name in cfg.pipeline.stages:
@@ -164,7 +262,7 @@ def summary(cfg: DictConfig, timings: dict[str, float]) -> str:
         f"  soups       : {cfg.soups_dir}",
         f"  results     : {cfg.results_file}",
         f"  report      : {cfg.report_dir}",
-        f"  W&B ({cfg.logger.mode}) : {wandb_dir} ({len(runs)} runs)"
+        f"  W&B ({cfg.logger.mode}) : {wandb_dir} ({plural(len(runs), 'run')})"
         + ("; upload with `wandb sync " + str(wandb_dir) + "/offline-run-*`" if cfg.logger.mode == "offline" else ""),
         f"  everything  : {out}",
     ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 
 from soup_exp.artifacts import SOUP_FILE, find_dirs, soup_record
 from soup_exp.artifacts.analysis import analysis_records
-from soup_exp.artifacts.results import read_results
 from soup_exp.errors import ConfigError
 from soup_exp.reporting.figures import (
     SoupFileError,
@@ -23,15 +22,54 @@ from soup_exp.reporting.figures import (
     plot_greedy_trajectory,
     plot_learned_coefficients,
 )
-from soup_exp.reporting.paper import comparison_table, published_rows
+from soup_exp.reporting.paper import (
+    PUBLISHED,
+    comparison_table,
+    published_rows,
+    reference_rows,
+    results_rows,
+)
 from soup_exp.reporting.reproduction import reproduction_table
 from soup_exp.reporting.table import RENDERERS, Table, build_table, render, to_markdown
 from soup_exp.tracking.wandb_run import start_run
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
-from soup_exp.utils.io import atomic_write_text
+from soup_exp.utils.io import atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
+
+
+def check_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Formats, results and the comparison set, before anything is created."""
+    _formats(cfg)
+    results_rows(to_plain(cfg["results"]))
+    compare = cfg["compare"]
+    if compare:
+        reference_rows(str(compare))
+
+
+def plan_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
+    """A dry run's lines: which results are read, what they are compared with, where the report goes."""
+    from soup_exp.utils.preflight import logger_line
+
+    results = to_plain(cfg["results"])
+    entries = [results] if isinstance(results, str) else list(results or [])
+    lines = [f"results: {e} (the published files shipped with soup-exp)" if e in PUBLISHED
+             else f"results: {e}" + ("" if Path(str(e)).exists() else " (not written yet)") for e in entries]
+    compare = cfg["compare"]
+    if compare:
+        lines.append(f"compare with: {compare}")
+    report_dir = Path(str(cfg["report_dir"]))
+    outputs = [f"report: {report_dir} (table.{{{','.join(_formats(cfg))}}}, figures/)", logger_line(cfg)]
+    return {"report": lines, "outputs": outputs}
+
+
+def _formats(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
+    formats = list(cfg["formats"])
+    unknown = [f for f in formats if f not in RENDERERS]
+    if unknown:
+        raise ConfigError(f"formats={formats}: unknown {unknown}; expected any of {list(RENDERERS)}")
+    return formats
 
 
 def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
@@ -39,13 +77,11 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     ``cfg.report_dir``; log them to W&B; print the Markdown table. Returns
     ``{artefact name: path}`` (e.g. ``table.md``, ``figure1.png``)."""
     report_dir = Path(str(cfg["report_dir"])).expanduser()
-    formats = list(cfg["formats"])
-    unknown = [f for f in formats if f not in RENDERERS]
-    if unknown:
-        raise ConfigError(f"formats={formats}: unknown {unknown}; expected any of {list(RENDERERS)}")
+    formats = _formats(cfg)
     per_recipe = str(cfg["per_recipe"])
+    remove_stale_temp_files(report_dir)
 
-    rows = read_results(to_plain(cfg["results"]))
+    rows = results_rows(to_plain(cfg["results"]))
     soups = _read_soups(cfg["soups_dir"])
     rows = _with_ingredient_counts(rows, soups)
     table = build_table(rows, per_recipe=per_recipe)
@@ -55,7 +91,7 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     outputs: dict[str, Path] = {}
     outputs.update(_write_table(table, report_dir / "table", formats))
     compare = cfg["compare"]
-    comparison = comparison_table(table, str(compare), per_recipe=per_recipe) if compare else None
+    comparison = comparison_table(table, str(compare), per_recipe=per_recipe, our_rows=rows) if compare else None
     if comparison is not None:
         outputs.update(_write_table(comparison, report_dir / "comparison", formats))
     reproduction = reproduction_table(rows, published_rows("paper_vitb32"))
@@ -63,7 +99,7 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
         outputs.update(_write_table(reproduction, report_dir / "reproduction", formats))
         print(to_markdown(reproduction))
     outputs.update(_write_figures(rows, soups, report_dir / "figures"))
-    outputs.update(analysis_outputs(cfg["analysis_dir"]))
+    outputs.update(analysis_outputs(cfg.get("analysis_dir")))
 
     _log_to_wandb(cfg, table, comparison, outputs, len(rows))
     print(to_markdown(table))
@@ -100,7 +136,9 @@ def _write_figures(rows: list[dict[str, Any]], soups: list[dict[str, Any]], out_
 
 def analysis_outputs(analysis_dir: Any) -> dict[str, Path]:
     """The figures and tables `soup-exp analyze` wrote, listed (not recomputed)."""
-    outputs = {}
+    outputs: dict[str, Path] = {}
+    if not analysis_dir:
+        return outputs
     for record in analysis_records(Path(str(analysis_dir)).expanduser()):
         folder = Path(record["_dir"])
         for name in record.get("outputs") or []:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,10 @@ from soup_exp.soups.ingredients import Ingredient, load_ingredients
 from soup_exp.soups.recipe import Recipe, Soup, soups_of
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
+from soup_exp.utils.io import remove_stale_temp_files
 from soup_exp.utils.plugins import selected_plugins
 from soup_exp.utils.runtime import code_version
+from soup_exp.utils.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +37,41 @@ def selected_recipes(cfg: DictConfig) -> list[Recipe]:
                                                    "uniform,greedy")]
 
 
+def check_soups(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Recipes and their parameters, and a pool that holds ingredients, before anything is created."""
+    selected_recipes(cfg)
+    load_ingredients(to_plain(cfg.soup.pool))
+
+
+def plan_soups(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
+    """A dry run's lines: the pool, each selected recipe and whether its soup is already cooked."""
+    from soup_exp.artifacts import is_finished_soup
+    from soup_exp.errors import SoupExpError
+    from soup_exp.utils.preflight import dataset_lines, logger_line
+
+    pool = to_plain(cfg.soup.pool)
+    try:
+        names = [i.name for i in load_ingredients(pool)]
+        found = f"{plural(len(names), 'finished ingredient')} ({', '.join(names)})"
+    except (SoupExpError, FileNotFoundError):
+        found = "no finished ingredients yet"
+    lines = [f"pool: {pool}: {found}"]
+    for recipe in selected_recipes(cfg):
+        done = is_finished_soup(Path(str(cfg.soups_dir)) / recipe.name)
+        params = ", ".join(f"{k}={v}" for k, v in recipe.params.items())
+        lines.append(f"{recipe.name} [{'done, skipped' if done else 'to cook'}] {recipe.label}"
+                     + (f": {params}" if params else ""))
+    return {"data": dataset_lines(cfg, ["ImageNet2p"]), "soup": lines,
+            "outputs": [f"soups: {cfg.soups_dir}", logger_line(cfg)]}
+
+
 def run_soups(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
     """Cook every selected recipe in order; returns soup name -> directory."""
     recipes = selected_recipes(cfg)
+    remove_stale_temp_files(cfg.soups_dir)
     pool = to_plain(cfg.soup.pool)
     ingredients = load_ingredients(pool)
-    log.info("souping %d ingredients from %s into %s: %s", len(ingredients), pool, cfg.soups_dir,
+    log.info("souping %s from %s into %s: %s", plural(len(ingredients), "ingredient"), pool, cfg.soups_dir,
              ", ".join(r.name for r in recipes))
     own_run = run is None
     if own_run:

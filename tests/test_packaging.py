@@ -21,7 +21,8 @@ USER_REPO = Path(__file__).parent / "user_repo"
 
 def test_every_package_is_listed_for_the_wheel():
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "soup_exp").rglob("__init__.py")}
+    on_disk = {".".join(p.parent.relative_to(REPO).parts)
+               for top in ("soup_exp", "hydra_plugins") for p in (REPO / top).rglob("__init__.py")}
     assert on_disk | {"soup_exp.conf"} == listed
 
 

@@ -81,7 +81,9 @@ def test_smoke_figures_are_real_images(smoke_run):
     assert any(p.name.startswith("greedy_trajectory") for p in pngs)
     for png in pngs:
         with Image.open(png) as image:
-            assert image.size == (960, 720), png
+            width, height = image.size
+            # a by-layer coefficient map grows with the layers, so every layer keeps a readable label
+            assert width == 960 and (height == 720 or (png.name.startswith("coefficients_") and height > 720)), png
             lo, hi = image.convert("L").getextrema()
             assert hi - lo > 50, f"{png} is blank"
         assert png.with_suffix(".pdf").stat().st_size > 0

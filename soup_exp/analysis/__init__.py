@@ -9,6 +9,6 @@ The stage that runs them is :func:`soup_exp.analyze.run_analyze`.
 """
 
 from soup_exp.analysis.context import AnalysisContext, SoupEntry
-from soup_exp.utils.plugins import Range
+from soup_exp.utils.checks import Range
 
 __all__ = ["AnalysisContext", "Range", "SoupEntry"]

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from soup_exp.analysis.context import AnalysisContext
 from soup_exp.soups.ingredients import Ingredient, float_keys
 from soup_exp.soups.uniform import uniform_soup
-from soup_exp.utils.plugins import Range
+from soup_exp.utils.checks import Range
 
 log = logging.getLogger(__name__)
 

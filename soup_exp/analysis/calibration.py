@@ -20,7 +20,7 @@ import torch
 from soup_exp.analysis.context import AnalysisContext
 from soup_exp.artifacts.results import HELD_OUT
 from soup_exp.soups.ingredients import Ingredient
-from soup_exp.utils.plugins import Range
+from soup_exp.utils.checks import Range
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from soup_exp.analysis.context import AnalysisContext
 from soup_exp.soups.greedy import greedy_order, greedy_soup
 from soup_exp.soups.uniform import uniform_soup
-from soup_exp.utils.plugins import Range
+from soup_exp.utils.checks import Range
 
 log = logging.getLogger(__name__)
 

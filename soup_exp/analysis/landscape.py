@@ -24,7 +24,7 @@ from soup_exp.analysis.context import AnalysisContext
 from soup_exp.errors import ConfigError
 from soup_exp.soups.ingredients import Ingredient, float_keys
 from soup_exp.soups.streaming import finalize, weighted_sum
-from soup_exp.utils.plugins import Range
+from soup_exp.utils.checks import Range
 
 log = logging.getLogger(__name__)
 

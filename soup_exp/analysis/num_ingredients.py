@@ -12,13 +12,13 @@ import logging
 import math
 import random
 from collections.abc import Iterator, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from soup_exp.analysis.context import AnalysisContext
 from soup_exp.errors import ConfigError
 from soup_exp.soups.ingredients import Ingredient
 from soup_exp.soups.uniform import uniform_soup
-from soup_exp.utils.plugins import Range
+from soup_exp.utils.checks import Range
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def draw_subsets(n: int, ks: Sequence[int], draws: int, seed: int) -> Iterator[t
 def num_ingredients_analysis(
     ctx: AnalysisContext,
     *,
-    ks: str | list[int],
+    ks: Literal["all", "powers_of_two"] | list[Annotated[int, Range(1)]],
     draws: Annotated[int, Range(1)],
     seed: int,
     metrics: list[str],

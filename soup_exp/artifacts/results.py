@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import time
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from soup_exp.artifacts.dirs import LEGACY_KINDS
+from soup_exp.artifacts.dirs import INGREDIENT_FILE, LEGACY_KINDS, SOUP_FILE
 from soup_exp.errors import SoupExpError
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.utils.io import atomic_write_text, file_lock, json_default
@@ -135,14 +136,21 @@ def results_files(paths: Any) -> list[Path]:
     return files
 
 
-def normalise_row(row: Mapping[str, Any], source: Path | None = None) -> dict[str, Any]:
+def normalise_row(row: Mapping[str, Any], source: Path | None = None, where: str | None = None) -> dict[str, Any]:
     """A result row in our schema: ``name`` (from ``model_name`` if need be), ``kind`` and
-    ``recipe`` (inferred for the authors' files), ``avg_shifts`` when computable."""
+    ``recipe`` (inferred for the authors' files), ``avg_shifts`` when computable.
+    ``where`` (e.g. ``file, line 3``) prefixes errors."""
     out = dict(row)
     name = out.pop("model_name", None) if "name" not in out else out["name"]
+    where = where or (f"result row in {source}" if source else "result row")
     if not isinstance(name, str) or not name:
-        where = f" in {source}" if source else ""
-        raise ResultsFormatError(f"result row{where} has no 'name' (or 'model_name'): {dict(row)}")
+        raise ResultsFormatError(f"{where} has no 'name' (or 'model_name'): {dict(row)}")
+    for key in (*ACCURACY_KEYS, "avg_shifts"):
+        value = out.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not math.isfinite(value)):
+            raise ResultsFormatError(f"{where}: {key}={value!r} in row {name!r} is not an accuracy "
+                                     "(expected a fraction between 0 and 1, or null)")
     out = {"name": name, **{k: v for k, v in out.items() if k != "name"}}
     if "kind" not in out:
         kind, recipe = infer_kind(name, source)
@@ -182,13 +190,31 @@ def avg_shifts(row: Mapping[str, Any]) -> float | None:
     return sum(float(v) for v in values) / len(values)
 
 
+def row_class_space(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``{"count", "hash"}`` of the classes a row's model predicts: from ``meta.classes``
+    (written by the evaluate stage), else from the model's directory, else None."""
+    recorded = (row.get("meta") or {}).get("classes")
+    if isinstance(recorded, Mapping) and "count" in recorded:
+        return dict(recorded)
+    folder = Path(str(row["path"])) if row.get("path") else None
+    for name in (INGREDIENT_FILE, SOUP_FILE):
+        if folder is not None and (folder / name).is_file():
+            try:
+                classes = json.loads((folder / name).read_text()).get("classes")
+            except (OSError, ValueError):
+                return None
+            if isinstance(classes, list) and classes:
+                return {"count": len(classes), "hash": stable_hash([int(c) for c in classes])}
+    return None
+
+
 def with_metadata(row: dict[str, Any], config: Any = None) -> dict[str, Any]:
     """Add ``meta.time``, ``meta.code_version`` and ``meta.config_hash`` (of ``config``)."""
     meta = dict(row.get("meta") or {})
     meta.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     meta.setdefault("code_version", _code_version())
     if config is not None and "config_hash" not in meta:
-        from soup_exp.tracking.wandb_run import loggable_config
+        from soup_exp.utils.config import loggable_config
 
         meta["config_hash"] = stable_hash(loggable_config(config))
     return {**row, "meta": meta}
@@ -202,17 +228,31 @@ def _code_version() -> str:
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
+    """The rows of one file. A last line cut short (no newline: a crash while appending,
+    on a filesystem without atomic appends) is skipped with a warning; the next write
+    rewrites the file without it. Any other bad line is an error naming it."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ResultsFormatError(f"cannot read results file {path}: {err.strerror or err}") from err
+    lines = data.split(b"\n")
+    torn = len(lines) - 1 if not data.endswith(b"\n") else -1  # the unterminated line, if any
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        number = index + 1
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except ValueError as err:  # invalid JSON or UTF-8
+            if index == torn:
+                warnings.warn(f"{path}, line {number}: an incomplete last line (an interrupted write) is "
+                              f"skipped: {line[:60]!r}; the next evaluation rewrites the file without it",
+                              stacklevel=3)
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ResultsFormatError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise ResultsFormatError(f"{path}, line {number}: expected a JSON object per line")
-            yield normalise_row(row, source=path)
+            raise ResultsFormatError(f"{path}, line {number}: not valid JSON ({err})") from err
+        if not isinstance(row, dict):
+            raise ResultsFormatError(f"{path}, line {number}: expected a JSON object per line")
+        yield normalise_row(row, source=path, where=f"{path}, line {number}")
 
 
 def _dump(row: Mapping[str, Any]) -> str:

@@ -7,7 +7,7 @@ official counts (full class space only) and, when asked, files that do not decod
 
 from __future__ import annotations
 
-import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,8 +22,6 @@ from soup_exp.data.layout import DatasetLayoutError, FolderScan
 from soup_exp.data.objectnet import border_crop, scan_objectnet
 from soup_exp.data.registry import class_space
 from soup_exp.data.shifts import scan_sketch, scan_subset_shift, scan_v2
-
-log = logging.getLogger(__name__)
 
 OFFICIAL_IMAGES = {
     "ImageNetTrain": 1_281_167,
@@ -143,8 +141,9 @@ def _unreadable(paths: list[str], border_crop: int, name: str, num_threads: int)
     return [p for p in results if p]
 
 
-def render_table(reports: Sequence[DatasetReport]) -> str:
-    """A Markdown table of the reports, followed by the messages of those not ok."""
+def render_table(reports: Sequence[DatasetReport], data_dir: str | None = None) -> str:
+    """A Markdown table of the reports, then one note per dataset that is not ok, then
+    (given ``data_dir``, the resolved ``paths.data_dir``) where missing roots were looked for."""
     lines = ["| dataset | status | class folders | images | official | root |",
              "|---|---|---|---|---|---|"]
     for r in reports:
@@ -153,15 +152,31 @@ def render_table(reports: Sequence[DatasetReport]) -> str:
         official = "-" if r.official_images is None else f"{r.official_images:,}"
         lines.append(f"| {r.name} | {r.status} | {folders} | {images} | {official} | {r.root} |")
     notes = [f"{r.name} ({r.status}): {r.message}" for r in reports if r.message]
+    missing_under = [r for r in reports if r.status == "missing" and data_dir
+                     and Path(r.root or "/").is_relative_to(data_dir)]
+    if missing_under:
+        notes.append(data_dir_hint(str(data_dir)))
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
+def data_dir_hint(data_dir: str) -> str:
+    """Where the dataset roots come from and how to move them (most first runs miss this)."""
+    if os.environ.get("SOUP_DATA_DIR"):
+        source = "set by SOUP_DATA_DIR"
+    elif os.environ.get("SOUP_ROOT"):
+        source = "the default: $SOUP_ROOT/data"
+    else:
+        source = "the default: ./data under the current directory"
+    return (f"Dataset roots are looked up under paths.data_dir={data_dir} ({source}). Point all of them "
+            "elsewhere with SOUP_DATA_DIR=/path/to/datasets (or paths.data_dir=...), one with "
+            "data.roots.<name>=...; docs/datasets.md lists the folder each dataset needs.")
+
+
 def raise_on_failure(reports: Sequence[DatasetReport]) -> None:
-    """Raise one DatasetLayoutError listing every missing or broken dataset; warn on partial ones."""
-    for r in reports:
-        if r.status == "partial":
-            log.warning("%s is partial: %s", r.name, r.message)
+    """Raise one short DatasetLayoutError naming every missing or broken dataset; the table
+    printed before it holds the details, so they are not repeated."""
     failed = [r for r in reports if r.failed]
     if failed:
-        raise DatasetLayoutError("dataset check failed:\n" + "\n\n".join(
-            f"{r.name} ({r.status}): {r.message}" for r in failed))
+        raise DatasetLayoutError(
+            "dataset check failed for " + ", ".join(f"{r.name} ({r.status})" for r in failed)
+            + "; the notes under the table above say what is wrong with each")

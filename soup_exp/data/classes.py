@@ -8,12 +8,15 @@ subset for ImageNet-100 style ablations (and for the miniature demo data).
 
 from __future__ import annotations
 
+import difflib
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import timm
+
+from soup_exp.errors import ConfigError
 
 
 def _timm_info_file(name: str) -> Path:
@@ -69,27 +72,25 @@ class ClassSpace:
 
     @classmethod
     def from_config(cls, classes: None | str | Sequence[int | str]) -> ClassSpace:
-        """``None`` = all 1000; a list of wnids and/or indices; or a text file of them."""
+        """``None`` = all 1000; a list of wnids and/or indices; or a text file of them.
+
+        A bad entry is a :class:`ConfigError` naming it and the nearest valid wnid.
+        """
         if classes is None:
             return cls.full()
+        source = "data.classes"
         if isinstance(classes, str):
             path = Path(classes)
             if not path.is_file():
-                raise FileNotFoundError(
+                raise ConfigError(
                     f"data.classes={classes!r}: expected a file listing ImageNet wnids or "
                     "indices (one per line), a list, or null for all 1000 classes"
                 )
+            source = f"data.classes file {path}"
             classes = path.read_text().split()
-        lookup = wnid_to_index()
-        indices = set()
-        for c in classes:
-            if isinstance(c, int) or (isinstance(c, str) and c.isdigit()):
-                indices.add(int(c))
-            elif c in lookup:
-                indices.add(lookup[c])
-            else:
-                raise ValueError(f"data.classes: {c!r} is neither an ImageNet wnid nor an index")
-        return cls(tuple(sorted(indices)))
+        if not classes:
+            raise ConfigError(f"{source} is empty; list at least one ImageNet wnid or index (null = all 1000)")
+        return cls(tuple(sorted({class_index(c, source) for c in classes})))
 
     @property
     def num_classes(self) -> int:
@@ -109,6 +110,12 @@ class ClassSpace:
         names = imagenet_classnames()
         return [names[i] for i in self.indices]
 
+    def identity(self) -> dict[str, int | str]:
+        """Recorded in result rows, so reports can tell runs on other class spaces apart."""
+        from soup_exp.utils.hashing import stable_hash
+
+        return {"count": self.num_classes, "hash": stable_hash(list(self.indices))}
+
     @functools.cached_property
     def _local(self) -> dict[int, int]:
         return {g: j for j, g in enumerate(self.indices)}
@@ -116,3 +123,33 @@ class ClassSpace:
     def local_index(self, imagenet_index: int) -> int | None:
         """Column of ImageNet class ``imagenet_index`` in this space, or None if absent."""
         return self._local.get(imagenet_index)
+
+
+def class_index(entry: int | str, source: str = "data.classes") -> int:
+    """The ImageNet-1k index of one ``data.classes`` entry (a wnid or an index 0..999)."""
+    if isinstance(entry, bool) or not isinstance(entry, int | str):
+        raise ConfigError(f"{source}: {entry!r} is neither an ImageNet wnid (e.g. n01440764) nor an index 0..999")
+    if isinstance(entry, int) or entry.isdigit():
+        index = int(entry)
+        if not 0 <= index < 1000:
+            raise ConfigError(f"{source}: index {index} is out of range; ImageNet-1k indices are 0..999")
+        return index
+    lookup = wnid_to_index()
+    if entry in lookup:
+        return lookup[entry]
+    raise ConfigError(f"{source}: {entry!r} is not an ImageNet-1k wnid{_nearest_hint(entry)}; "
+                      "entries are wnids like n01440764 or indices 0..999")
+
+
+def _nearest_hint(entry: str) -> str:
+    """The closest wnid by spelling, or the wnid of the closest class name (``tench``)."""
+    wnids, names = imagenet_wnids(), imagenet_classnames()
+    close = difflib.get_close_matches(entry, wnids, n=1, cutoff=0.5)
+    if close:
+        return f" (nearest valid wnid: {close[0]}, {names[wnid_to_index()[close[0]]]})"
+    lowered = [n.lower() for n in names]
+    close = difflib.get_close_matches(entry.lower().replace("_", " "), lowered, n=1, cutoff=0.6)
+    if close:
+        index = lowered.index(close[0])
+        return f" (nearest valid wnid: {wnids[index]}, class {names[index]!r})"
+    return ""

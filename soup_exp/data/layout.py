@@ -58,8 +58,9 @@ def require_dir(path: Path, dataset: str, tree: str, what: str = "dataset root")
     if not path.is_dir():
         raise DatasetLayoutError(
             f"{dataset}: {what} {path} does not exist.\nExpected tree:\n{tree}\n"
-            f"Point data.roots.{dataset} (or paths.data_dir / SOUP_DATA_DIR) at it; "
-            "docs/datasets.md says where to get it."
+            f"Point data.roots.{dataset} at it, or move every dataset root with "
+            "SOUP_DATA_DIR=/path/to/datasets (or paths.data_dir=...; the default is ./data under the "
+            "current directory); docs/datasets.md says where to get it."
         )
 
 

@@ -23,7 +23,7 @@ V2_TREE = """\
 
 SKETCH_TREE = """\
 <data.roots.ImageNetSketch>/  (sketch)
-  n01440764/  n01440764_1028.JPEG ...   1000 wnid folders, 50,889 images
+  n01440764/  sketch_0.JPEG sketch_1.JPEG ...   1000 wnid folders, 50,889 images
   ..."""
 
 R_TREE = """\

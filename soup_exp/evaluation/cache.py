@@ -17,11 +17,9 @@ Training never reads this cache: its augmentation is random by design.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,7 +34,14 @@ from soup_exp.errors import SoupExpError
 from soup_exp.evaluation.sources import Batch, DecodedImages, DecodingSource, ordered_map
 from soup_exp.evaluation.transforms import SplitTransform
 from soup_exp.utils.hashing import stable_hash
-from soup_exp.utils.io import atomic_write_json, file_lock, read_json
+from soup_exp.utils.io import (
+    apply_umask,
+    atomic_write_json,
+    file_lock,
+    make_temp,
+    read_json,
+    remove_stale_temp_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -212,13 +217,13 @@ class PreprocessedCache:
         self._remove_abandoned(key)
         log.info("%s: building preprocessed cache %s (%s)", dataset.name, data, _human(nbytes))
         started = time.perf_counter()
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{key['entry']}.", suffix=".tmp", dir=self.dir)
-        tmp = Path(tmp_name)
+        tmp = make_temp(data)
         try:
-            with os.fdopen(fd, "wb") as out:
+            with open(tmp, "wb") as out:
                 self._write_images(dataset, transform, shape, out)
                 out.flush()
                 os.fsync(out.fileno())
+            apply_umask(tmp)
             won = _publish(tmp, data, nbytes)
         finally:
             tmp.unlink(missing_ok=True)
@@ -263,12 +268,7 @@ class PreprocessedCache:
     def _remove_abandoned(self, key: dict, idle_seconds: float = 600) -> None:
         """Delete temp files of crashed builds of this entry (a live build keeps writing,
         so its temp file is never idle this long)."""
-        now = time.time()
-        for tmp in self.dir.glob(f".{key['entry']}.*.tmp"):
-            with contextlib.suppress(OSError):
-                if now - tmp.stat().st_mtime > idle_seconds:
-                    log.info("removing abandoned partial cache file %s", tmp)
-                    tmp.unlink()
+        remove_stale_temp_files(self.dir, recursive=False, idle_seconds=idle_seconds, prefix=f".{key['entry']}.")
 
     def _prune_stale(self, key: dict) -> None:
         """Remove entries of the same dataset and transform whose files have changed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,18 +91,26 @@ def _feature_dim(encoder: nn.Module, image_size: int | tuple[int, int]) -> int:
         return int(encoder(torch.zeros(1, 3, *size)).shape[-1])
 
 
-class _DropRandomInitWarning(logging.Filter):
-    """open_clip warns 'initialized randomly' for skeletons whose weights are loaded later."""
+class _OpenClipChatter(logging.Filter):
+    """open_clip narrates every build on the root logger at INFO ("No potential checkpoint
+    path found ...", "Loading full pretrained weights ..."), which reads like a failure in
+    every stage; :func:`build_backbone` says in one line what was loaded instead. For
+    skeletons, whose weights are loaded next, its 'initialized randomly' warning goes too."""
+
+    def __init__(self, skeleton: bool) -> None:
+        super().__init__()
+        self.skeleton = skeleton
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "initialized randomly" not in record.getMessage()
+        if record.levelno < logging.WARNING and f"{os.sep}open_clip{os.sep}" in record.pathname:
+            return False
+        return not (self.skeleton and "initialized randomly" in record.getMessage())
 
 
 @contextlib.contextmanager
-def _quiet_random_init(active: bool) -> Iterator[None]:
-    root, quiet = logging.getLogger(), _DropRandomInitWarning()
-    if active:
-        root.addFilter(quiet)
+def _quiet_open_clip(skeleton: bool) -> Iterator[None]:
+    root, quiet = logging.getLogger(), _OpenClipChatter(skeleton)
+    root.addFilter(quiet)
     try:
         yield
     finally:
@@ -142,7 +151,7 @@ def _open_clip_backbone(model_cfg: Mapping, pretrained: bool) -> Backbone:
         **(to_plain(config_get(model_cfg, "kwargs")) or {}),
     )
     try:
-        with _quiet_random_init(not pretrained):
+        with _quiet_open_clip(skeleton=not pretrained):
             model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
                 name, pretrained=str(value) if (pretrained and value is not None) else None, **kwargs
             )
@@ -150,7 +159,8 @@ def _open_clip_backbone(model_cfg: Mapping, pretrained: bool) -> Backbone:
         raise
     except Exception as exc:  # network, hub, checksum, state-dict mismatch
         raise load_error(model_cfg, exc) from exc
-    tokenizer = open_clip.get_tokenizer(name)
+    with _quiet_open_clip(skeleton=not pretrained):
+        tokenizer = open_clip.get_tokenizer(name)
     if config_get(model_cfg, "grad_checkpointing", False):
         model.set_grad_checkpointing(True)
     visual = model.visual

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import open_clip
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from soup_exp.models.backbones import Backbone
 
@@ -38,16 +39,23 @@ def resolve_templates(templates: Templates) -> list[Callable[[str], str]]:
     return resolved
 
 
+# Classes per progress step: a multiple of open_clip's 10-class batches, so the batches,
+# and the numbers, are those of one open_clip call over all classes.
+CLASSES_PER_STEP = 100
+
+
 def zeroshot_head(
     backbone: Backbone,
     classnames: Sequence[str],
     templates: Templates = None,
     device: str | torch.device = "cpu",
+    progress: bool | None = None,
 ) -> nn.Linear:
     """Linear head ``(num_classes, feature_dim)`` from prompt-averaged text embeddings.
 
     ``templates=None`` uses the backbone's configured set (``model.zeroshot_templates``,
-    the 80 OpenAI templates unless a tiny text tower asks for fewer).
+    the 80 OpenAI templates unless a tiny text tower asks for fewer). ``progress``: a
+    labelled progress bar (default: when there are more than 100 classes).
     """
     model, tokenizer = backbone.clip_model, backbone.tokenizer
     if model is None or tokenizer is None:
@@ -60,10 +68,13 @@ def zeroshot_head(
     was_training = model.training
     model.to(device).eval()
     try:
-        weights = open_clip.build_zero_shot_classifier(
-            model, tokenizer, classnames=list(classnames), templates=chosen, device=device,
-            use_tqdm=len(classnames) > 100,
-        )
+        names = list(classnames)
+        steps = [names[i:i + CLASSES_PER_STEP] for i in range(0, len(names), CLASSES_PER_STEP)]
+        show = len(names) > CLASSES_PER_STEP if progress is None else progress
+        bar = tqdm(steps, desc=f"zero-shot head: {len(names)} classes x {len(chosen)} prompts",
+                   unit="x100 classes", disable=not show)
+        weights = torch.cat([open_clip.build_zero_shot_classifier(
+            model, tokenizer, classnames=step, templates=chosen, device=device) for step in bar], dim=1)
         logit_scale = model.logit_scale.detach().exp()
     finally:
         model.to(original_device).train(was_training)

@@ -27,8 +27,9 @@ from soup_exp.errors import SoupExpError
 from soup_exp.utils.io import atomic_path
 
 FIGSIZE = (6.4, 4.8)
-DPI = 150  # PNGs are exactly 960 x 720 pixels
+DPI = 150  # PNGs are 960 x 720 pixels; a by-layer coefficient map grows taller with its layers
 FORMATS = ("png", "pdf")
+LABEL_FONT = 7  # points: tick labels naming models and layers
 
 # Okabe & Ito (2008), "Color universal design": safe for deuteranopia, protanopia, tritanopia.
 PALETTE = {
@@ -246,9 +247,10 @@ def plot_greedy_trajectory(soup: Mapping[str, Any], out_base: str | Path) -> lis
     for step, y in zip(steps, ys, strict=True):
         best = max(best, y) if step.accepted else best
         running.append(best if best > -math.inf else y)
+    what = "ensemble" if soup.get("kind") == "ensemble" else "soup"
     fig, ax = new_figure()
-    color = STYLES["greedy"].color
-    ax.step(xs, running, where="post", color=color, linestyle="--", linewidth=1.0, label="Greedy soup so far")
+    color = STYLES["greedy_ensemble" if what == "ensemble" else "greedy"].color
+    ax.step(xs, running, where="post", color=color, linestyle="--", linewidth=1.0, label=f"Greedy {what}")
     kept = [(x, y) for x, y, s in zip(xs, ys, steps, strict=True) if s.accepted]
     dropped = [(x, y) for x, y, s in zip(xs, ys, steps, strict=True) if not s.accepted]
     if kept:
@@ -257,10 +259,10 @@ def plot_greedy_trajectory(soup: Mapping[str, Any], out_base: str | Path) -> lis
         ax.scatter(*zip(*dropped, strict=True), marker="o", s=36, facecolors="white", edgecolors=GREY,
                    linewidths=1.0, zorder=3, label="Rejected")
     if len(steps) <= 30:
-        ax.set_xticks(xs, [s.candidate for s in steps], rotation=60, ha="right", fontsize=6)
+        ax.set_xticks(xs, [s.candidate for s in steps], rotation=60, ha="right", fontsize=LABEL_FONT)
     ax.set_xlabel("Candidate (sorted by individual held-out accuracy)")
-    ax.set_ylabel("Held-out accuracy of soup with candidate (%)")
-    ax.set_title(f"{soup.get('name', 'greedy soup')}: {len(kept)} of {len(steps)} candidates kept", fontsize=9)
+    ax.set_ylabel(f"Held-out accuracy of {what} with candidate (%)")
+    ax.set_title(f"{soup.get('name', f'greedy {what}')}: {len(kept)} of {len(steps)} candidates kept", fontsize=9)
     style_axes(ax)
     ax.legend(fontsize=7)
     data = [[x, s.candidate, s.held_out, s.accepted, r / 100] for x, s, r in zip(xs, steps, running, strict=True)]
@@ -294,29 +296,36 @@ def coefficient_matrix(soup: Mapping[str, Any]) -> tuple[list[str], list[str], l
     return rows, ingredients, values
 
 
+LAYER_ROW_INCHES = 0.16  # one readable label (LABEL_FONT points) per layer row
+BETA_NOTE = "β: the learned temperature multiplying the logits (starts at 1)"
+
+
 def plot_learned_coefficients(soup: Mapping[str, Any], out_base: str | Path) -> list[Path]:
     """Per-model soups: a bar per ingredient. By-layer soups: a layers x ingredients
-    heatmap (a colour-vision-safe sequential map) with a colour bar."""
+    heatmap (a colour-vision-safe sequential map) with a colour bar, every layer labelled
+    (the figure grows with the number of layers rather than shrinking or skipping labels)."""
     rows, ingredients, values = coefficient_matrix(soup)
-    fig, ax = new_figure()
+    by_layer = len(rows) > 1
+    height = max(FIGSIZE[1], 1.8 + LAYER_ROW_INCHES * len(rows)) if by_layer else FIGSIZE[1]
+    fig = Figure(figsize=(FIGSIZE[0], height), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
     title = str(soup.get("name", "learned soup"))
     if soup.get("beta") is not None:
-        title += f" (β = {float(soup['beta']):.3g})"
-    if len(rows) == 1:
+        title += f" (β = {float(soup['beta']):.3g})\n{BETA_NOTE}"
+    if not by_layer:
         xs = range(len(ingredients))
         ax.bar(xs, values[0], color=STYLES["learned_per_model"].color, edgecolor="black", linewidth=0.6)
-        ax.set_xticks(list(xs), ingredients, rotation=60, ha="right", fontsize=6 if len(ingredients) > 12 else 8)
+        ax.set_xticks(list(xs), ingredients, rotation=60, ha="right", fontsize=LABEL_FONT)
         ax.set_ylabel("Mixing coefficient")
         ax.axhline(1 / len(ingredients), color="black", linestyle=":", linewidth=0.8, label="uniform")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=LABEL_FONT)
     else:
         image = ax.imshow(values, aspect="auto", cmap=SEQUENTIAL_CMAP, interpolation="nearest")
-        fig.colorbar(image, ax=ax, label="Mixing coefficient")
-        ax.set_xticks(range(len(ingredients)), ingredients, rotation=60, ha="right", fontsize=6)
-        short = _without_common_prefix(rows)
-        every = max(1, math.ceil(len(short) / 40))
-        ax.set_yticks(range(0, len(short), every), short[::every], fontsize=4 if len(short) > 20 else 7)
-        ax.set_ylabel("Layer")
+        fig.colorbar(image, ax=ax, label="Mixing coefficient", shrink=min(1.0, 6 / height))
+        ax.set_xticks(range(len(ingredients)), ingredients, rotation=60, ha="right", fontsize=LABEL_FONT)
+        prefix, labels = short_layer_names(rows)
+        ax.set_yticks(range(len(rows)), labels, fontsize=LABEL_FONT)
+        ax.set_ylabel(f"Parameter tensor{f' (prefix {prefix}. not shown)' if prefix else ''}")
     ax.set_xlabel("Ingredient")
     ax.set_title(title, fontsize=9)
     data = [[row, *vals] for row, vals in zip(rows, values, strict=True)]
@@ -378,12 +387,24 @@ def _inside(box: Bbox, frame: Bbox) -> bool:
     return box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
 
 
-def _without_common_prefix(names: list[str]) -> list[str]:
-    """Drop a first dotted component all layer names share (``image_encoder.``) to save width."""
-    parts = [n.split(".", 1) for n in names]
-    if all(len(p) == 2 and p[0] == parts[0][0] for p in parts):
-        return [p[1] for p in parts]
-    return names
+def short_layer_names(names: list[str]) -> tuple[str, list[str]]:
+    """``(prefix, names)``: the dotted prefix most layer names share
+    (``image_encoder.transformer.resblocks``) and the names without it, so the labels fit
+    beside the heatmap; names outside it stay whole."""
+    parts = [n.split(".") for n in names]
+    prefix: list[str] = []
+    while True:
+        depth = len(prefix)
+        heads = [p[depth] for p in parts if len(p) > depth + 1 and p[:depth] == prefix]
+        if not heads:
+            break
+        head = max(set(heads), key=heads.count)
+        if heads.count(head) * 2 <= len(names):
+            break
+        prefix.append(head)
+    width = len(prefix)
+    return ".".join(prefix), [".".join(p[width:]) if p[:width] == prefix and len(p) > width else n
+                              for p, n in zip(parts, names, strict=True)]
 
 
 def _first(entry: Mapping[str, Any], keys: Sequence[str]) -> Any:

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import torch
 from tqdm.auto import tqdm
 
+from soup_exp.artifacts import ArtifactError, read_record
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.ingredients import (
     Ingredient,
@@ -40,7 +41,7 @@ from soup_exp.soups.streaming import (
     weighted_sum,
 )
 from soup_exp.utils.hashing import stable_hash
-from soup_exp.utils.io import atomic_write_json, read_json
+from soup_exp.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def greedy_soup(
         order = candidate_order(names, scores, order)
         identity["order"] = order
     fingerprint = stable_hash(identity)
-    state = _load_state(state_file, fingerprint)
+    state = _load_state(state_file, fingerprint, len(ings))
     running: dict[str, torch.Tensor] = {}
     count = [0]  # ingredients in the running model
     floats = set(float_keys(ings[0]))
@@ -289,14 +290,27 @@ def _write(target: torch.Tensor, value: torch.Tensor) -> None:
         target.copy_(value)
 
 
-def _load_state(state_file: str | Path | None, fingerprint: str) -> dict[str, Any] | None:
+def _load_state(state_file: str | Path | None, fingerprint: str, size: int) -> dict[str, Any] | None:
+    """The saved progress of this pool's greedy soup, None to start afresh; a damaged file
+    is an error naming it (deleting it restarts the soup)."""
     if state_file is None or not Path(state_file).is_file():
         return None
-    state = read_json(state_file)
+    state = read_record(Path(state_file))
     if state.get("fingerprint") != fingerprint:
         log.warning("%s belongs to another ingredient pool or tolerance: starting afresh", state_file)
         return None
-    return {k: state[k] for k in ("position", "chosen", "best", "history")}
+    position, chosen, best, history = (state.get(k) for k in ("position", "chosen", "best", "history"))
+    valid = (_is_int(position) and 1 <= position <= size and isinstance(chosen, list) and chosen
+             and all(_is_int(i) and 0 <= i < size for i in chosen) and isinstance(best, int | float)
+             and not isinstance(best, bool) and isinstance(history, list))
+    if not valid:
+        raise ArtifactError(f"{state_file}: not a greedy soup state (expected position, chosen, best and "
+                            "history of this pool); delete it to restart the greedy soup")
+    return {"position": position, "chosen": chosen, "best": float(best), "history": history}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def greedy_recipe(ctx: SoupContext, *, tolerance: Annotated[float, Range(0.0)]) -> Soup:

@@ -56,6 +56,10 @@ class NonFiniteWeightsError(IngredientError):
     pass
 
 
+class IngredientNotFoundError(EmptyIngredientsError, FileNotFoundError):
+    """A pool path that does not exist (yet): no fine-tune has finished there."""
+
+
 class TensorSource:
     """Read-only, lazy access to a flat state dict."""
 
@@ -251,7 +255,7 @@ def resolve_ingredients(items: IngredientLike | Iterable[IngredientLike], *,
         raise EmptyIngredientsError(
             f"no ingredients found in {where}. Expected run directories holding "
             f"{WEIGHTS_FILE} + {INGREDIENT_FILE} (written by `soup-exp finetune`), .safetensors "
-            "files or state dicts; set recipe.ingredients to a sweep directory or glob."
+            "files or state dicts; set soup.pool to a sweep directory or glob."
         )
     _check_unique_names(result)
     return result
@@ -263,7 +267,10 @@ def _from_path_or_glob(spec: str, kinds: frozenset[str] | None) -> list[Ingredie
         return [ing for m in matches for ing in _from_path(Path(m), kinds, explicit=False)]
     path = Path(spec).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"ingredient path {path} does not exist")
+        raise IngredientNotFoundError(
+            f"ingredient path {path} does not exist: no ingredients yet? Fine-tune some first "
+            "(`soup-exp finetune`, or `soup-exp pipeline`), or point soup.pool at your run directories"
+        )
     return _from_path(path, kinds, explicit=True)
 
 

@@ -23,7 +23,8 @@ from typing import Annotated, Any
 import torch
 
 from soup_exp.errors import ConfigError
-from soup_exp.utils.plugins import Plugin, Range, check_params, load_plugin
+from soup_exp.utils.checks import Range
+from soup_exp.utils.plugins import Plugin, check_params, load_plugin
 
 __all__ = ["Annotated", "Range", "Recipe", "Soup", "check_params", "load_recipe", "soups_of"]
 

@@ -4,7 +4,8 @@ Tracking is a copy of what the stages already write locally (ingredient.json, so
 results.jsonl), so any W&B failure (no network, bad key, init timeout, a crashed
 service) is downgraded to one warning and the run continues as a no-op. Offline mode is
 the default because compute nodes often have no network; `wandb sync <run dir>` uploads
-later. The API key is read by wandb from ``WANDB_API_KEY`` only and never from configs.
+later. The API key is read by wandb from ``WANDB_API_KEY`` only and never from configs;
+the run's config is :func:`soup_exp.utils.config.loggable_config` (secrets dropped).
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from soup_exp.utils.config import config_get, to_plain
+from soup_exp.utils.config import (
+    REDACTED,
+    config_get,
+    is_secret_key,
+    loggable_config,
+    scrub_secrets,
+    to_plain,
+)
 
 log = logging.getLogger(__name__)
 
+__all__ = ["MODES", "REDACTED", "Run", "loggable_config", "scrub_secrets", "start_run"]
+
 MODES = ("offline", "online", "disabled")
-SECRET_MARKERS = ("key", "token", "secret", "password")
-REDACTED = "<redacted>"
 
 # Many sweep jobs start runs at once: no console capture, prompts, code or git snapshots.
 _QUIET_ENV = {
@@ -144,7 +150,7 @@ def start_run(
         raise ConfigError(f"logger.mode={mode!r} is not one of {', '.join(MODES)}")
     if mode == "disabled":
         return Run(None)
-    if any(marker in str(k).lower() for k in logger_cfg for marker in SECRET_MARKERS):
+    if any(is_secret_key(k) for k in logger_cfg):
         warnings.warn(
             "the logger config holds a key/token entry; it is ignored: W&B reads its API key "
             "from the WANDB_API_KEY environment variable only",
@@ -168,37 +174,6 @@ def start_run(
             stacklevel=2,
         )
         return Run(None)
-
-
-def scrub_secrets(obj: Any, secret_values: Sequence[str] = ()) -> Any:
-    """Drop every entry whose key names a key/token/secret/password; redact any string
-    that contains one of ``secret_values`` (the live API key, wherever it was pasted)."""
-    if isinstance(obj, Mapping):
-        return {
-            k: scrub_secrets(v, secret_values)
-            for k, v in obj.items()
-            if not any(marker in str(k).lower() for marker in SECRET_MARKERS)
-        }
-    if isinstance(obj, list | tuple):
-        return [scrub_secrets(v, secret_values) for v in obj]
-    if isinstance(obj, str) and any(s and s in obj for s in secret_values):
-        return REDACTED
-    return obj
-
-
-def loggable_config(cfg: Any) -> dict[str, Any]:
-    """The resolved config as plain data, with secrets removed (also for saved configs)."""
-    if OmegaConf.is_config(cfg):
-        try:
-            plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-        except Exception:  # an unresolvable interpolation must not stop logging
-            plain = OmegaConf.to_container(cfg, resolve=False)
-    elif isinstance(cfg, Mapping):
-        plain = dict(cfg)
-    else:
-        plain = {}
-    api_key = os.environ.get("WANDB_API_KEY", "")
-    return scrub_secrets(plain, [api_key] if len(api_key) >= 8 else [])
 
 
 def _init_wandb(

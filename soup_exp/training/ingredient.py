@@ -72,9 +72,9 @@ def write_ingredient(out_dir: Path, model: torch.nn.Module | Mapping[str, torch.
     if not keep_checkpoints:
         shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
     log.info("wrote ingredient %s (%s, held-out accuracy %s)", out_dir, info.get("kind"),
-             _pct(info.get("held_out_accuracy")))
+             percent_text(info.get("held_out_accuracy")))
     return out_dir
 
 
-def _pct(value: float | None) -> str:
+def percent_text(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"

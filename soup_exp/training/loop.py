@@ -36,6 +36,7 @@ from soup_exp.training.distributed import DistContext
 from soup_exp.training.optim import build_optimizer, cosine_with_warmup, effective_warmup
 from soup_exp.training.settings import TrainSettings
 from soup_exp.utils import runtime
+from soup_exp.utils.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +203,10 @@ def fit(
         state = _resume(trainer, ckpt_file, fingerprint, ctx, schedule)
     resumed_from = state.step
     if ctx.is_main:
-        log.info("training %d steps (%d per epoch, global batch %d = %d ranks x %d x %d accum), "
-                 "warmup %d%s", schedule.total_steps, schedule.steps_per_epoch, settings.batch_size,
-                 ctx.world_size, schedule.micro_batch, settings.grad_accum, schedule.warmup,
-                 f"; resumed at step {resumed_from}" if resumed_from else "")
+        log.info("training %s (%d per epoch, %s), warmup %d%s", plural(schedule.total_steps, "step"),
+                 schedule.steps_per_epoch, describe_batch(settings.batch_size, ctx.world_size,
+                                                          schedule.micro_batch, settings.grad_accum),
+                 schedule.warmup, f"; resumed at step {resumed_from}" if resumed_from else "")
 
     result = FitResult(steps=state.step, resumed_from=resumed_from, final_loss=None)
     bar = tqdm(total=schedule.total_steps, initial=state.step, desc=Path(settings.output_dir).name,
@@ -294,3 +295,13 @@ def _periodic_eval(trainer: Trainer, evaluate: Callable[[torch.nn.Module], float
         if run is not None:
             run.log({"eval/held_out_accuracy": accuracy}, step=step)
     ctx.barrier()
+
+
+def describe_batch(batch_size: int, world_size: int, micro_batch: int, grad_accum: int) -> str:
+    """``global batch 512 = 4 ranks x 64 x 2 accumulation steps``; the split only when there is one."""
+    if world_size == 1 and grad_accum == 1:
+        return f"batch {batch_size}"
+    parts = [plural(world_size, "rank"), str(micro_batch)]
+    if grad_accum != 1:
+        parts.append(plural(grad_accum, "accumulation step"))
+    return f"global batch {batch_size} = {' x '.join(parts)}"

@@ -6,18 +6,23 @@ in a sweep (negative lr, unknown augmentation string) costs seconds, not a queue
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig
 
 from soup_exp.errors import ConfigError
+from soup_exp.utils.checks import (
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    Range,
+    check_value,
+)
 from soup_exp.utils.config import to_plain
 
-MODES = ("zeroshot", "lp", "finetune")
-HEAD_INITS = ("zeroshot", "lp")
 # The fine-tuning image transform RandAugment is added to (soup_exp.training.augment.BASE_TRANSFORMS).
 BASE_TRANSFORMS = ("open_clip", "clip", "timm")
 
@@ -93,37 +98,44 @@ def train_settings(train_cfg: DictConfig | dict) -> TrainSettings:
     return settings
 
 
+SETTINGS: dict[str, Any] = {
+    "mode": Literal["zeroshot", "lp", "finetune"],
+    "head_init": Literal["zeroshot", "lp"],
+    "lr": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "epochs": POSITIVE_INT,
+    "max_steps": POSITIVE_INT | None,
+    "batch_size": POSITIVE_INT,
+    "grad_accum": POSITIVE_INT,
+    "warmup_steps": NON_NEGATIVE_INT,
+    "grad_clip": NON_NEGATIVE | None,
+    "label_smoothing": Annotated[float, Range(0.0, 1.0, high_open=True)],
+    "mix": NON_NEGATIVE,
+    "cutmix": NON_NEGATIVE,
+    "base_transform": Literal[BASE_TRANSFORMS],
+    "compile": bool,
+    "eval_every_steps": NON_NEGATIVE_INT,
+    "ckpt_every_steps": NON_NEGATIVE_INT,
+    "keep_checkpoints": bool,
+    "log_every_steps": NON_NEGATIVE_INT,
+    "lp.epochs": POSITIVE_INT,
+    "lp.lr": POSITIVE,
+    "lp.weight_decay": NON_NEGATIVE,
+    "lp.batch_size": POSITIVE_INT,
+    "lp.warmup_steps": NON_NEGATIVE_INT,
+}
+
+
 def validate(s: TrainSettings) -> None:
-    _one_of("train.mode", s.mode, MODES)
-    _one_of("train.head_init", s.head_init, HEAD_INITS)
-    _positive("train.lr", s.lr)
-    _non_negative("train.weight_decay", s.weight_decay)
-    _positive_int("train.epochs", s.epochs)
-    if s.max_steps is not None:
-        _positive_int("train.max_steps", s.max_steps)
-    _positive_int("train.batch_size", s.batch_size)
-    _positive_int("train.grad_accum", s.grad_accum)
+    values = {**asdict(s), **{f"lp.{k}": v for k, v in asdict(s.lp).items()}}
+    for key, hint in SETTINGS.items():
+        check_value(f"train.{key}", values[key], hint)
     if s.batch_size % s.grad_accum:
         raise ConfigError(
             f"train.batch_size={s.batch_size} is the global batch and must be divisible by "
             f"train.grad_accum={s.grad_accum}"
         )
-    _non_negative_int("train.warmup_steps", s.warmup_steps)
-    if s.grad_clip is not None:
-        _non_negative("train.grad_clip", s.grad_clip)
-    if not 0.0 <= s.label_smoothing < 1.0 or not math.isfinite(s.label_smoothing):
-        raise ConfigError(f"train.label_smoothing={s.label_smoothing!r}: expected a value in [0, 1)")
-    _non_negative("train.mix", s.mix)
-    _non_negative("train.cutmix", s.cutmix)
     validate_aug(s.aug)
-    _one_of("train.base_transform", s.base_transform, BASE_TRANSFORMS)
-    for key in ("eval_every_steps", "ckpt_every_steps", "log_every_steps"):
-        _non_negative_int(f"train.{key}", getattr(s, key))
-    _positive_int("train.lp.epochs", s.lp.epochs)
-    _positive("train.lp.lr", s.lp.lr)
-    _non_negative("train.lp.weight_decay", s.lp.weight_decay)
-    _positive_int("train.lp.batch_size", s.lp.batch_size)
-    _non_negative_int("train.lp.warmup_steps", s.lp.warmup_steps)
 
 
 def validate_aug(aug: str | None) -> None:
@@ -139,34 +151,3 @@ def validate_aug(aug: str | None) -> None:
             f"train.aug={aug!r} is not a timm RandAugment string; expected e.g. 'rand-m9-n2' "
             "(sections m<int>, n<int>, p<float>, mstd<float>, mmax<int>, inc<0|1>, t<name>) or null"
         )
-
-
-def _one_of(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
-
-
-def _number(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{key}={value!r}: expected a finite number")
-    return float(value)
-
-
-def _positive(key: str, value: Any) -> None:
-    if _number(key, value) <= 0:
-        raise ConfigError(f"{key}={value!r}: expected a positive number")
-
-
-def _non_negative(key: str, value: Any) -> None:
-    if _number(key, value) < 0:
-        raise ConfigError(f"{key}={value!r}: expected a number >= 0")
-
-
-def _positive_int(key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value!r}: expected an integer >= 1")
-
-
-def _non_negative_int(key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{key}={value!r}: expected an integer >= 0")

@@ -7,7 +7,9 @@ A sweep config (``conf/sweep/*.yaml``) has a ``kind``:
   reproducibly from ``(sweep.seed, sweep.index)``. Each key has its own random stream,
   so adding a key to a space never changes the draws of the others;
 - ``replay``: ``sweep.name`` (e.g. ``model_43``) replays a published setting from the
-  authors' ``hparam_info.json``.
+  authors' ``hparam_info.json`` (lr, weight decay, epochs, mixup, label smoothing,
+  RandAugment); ``sweep.whole_setting=true`` also applies what the paper held fixed across
+  its sweep (``sweep.fixed``: batch 512, 500 warmup steps, ...), over an experiment's values.
 
 Fixed ``train.*`` values of a sweep (e.g. ``init_from``) live in the sweep's YAML (it is a
 ``_global_`` package), so command-line overrides still win over them; the draw itself is
@@ -182,7 +184,24 @@ def _replay(sweep: DictConfig) -> SweepDraw:
             f"(known: model_0 .. model_{len(table) - 1})"
         )
     entry = table[name]
-    return SweepDraw("replay", name, None, None, train=replay_train_values(entry), drawn=dict(entry))
+    train = replay_train_values(entry)
+    if train.get("mode") != "lp" and sweep.get("whole_setting"):
+        train.update(to_plain(sweep.get("fixed")) or {})
+    return SweepDraw("replay", name, None, None, train=train, drawn=dict(entry))
+
+
+def describe_replay(draw: SweepDraw, sweep: DictConfig, train: DictConfig) -> str:
+    """Which ``train.*`` keys a replay sets, and which of the paper's fixed settings it
+    leaves to this config (an experiment's batch size, say) unless ``sweep.whole_setting``."""
+    sets = ", ".join(f"{k}={v}" for k, v in draw.train.items())
+    text = f"replay {draw.name} sets train.{{{sets}}}"
+    fixed = to_plain(sweep.get("fixed")) or {}
+    kept = {k: train.get(k) for k, v in fixed.items() if k not in draw.train and train.get(k) != v}
+    if kept and draw.train.get("mode") != "lp":
+        text += (f"; it keeps this config's {', '.join(f'{k}={v}' for k, v in kept.items())} where the "
+                 f"paper used {', '.join(f'{k}={fixed[k]}' for k in kept)}: add sweep.whole_setting=true "
+                 "to replay the whole published setting")
+    return text
 
 
 SWEEP_KINDS: dict[str, Callable[[DictConfig], SweepDraw]] = {
@@ -205,6 +224,8 @@ def apply_sweep(cfg: DictConfig) -> SweepDraw:
     unknown = sorted(set(result.train) - set(cfg.train))
     if unknown:
         raise ConfigError(f"sweep {result.name!r} sets unknown train keys {unknown}")
+    if result.kind == "replay":
+        log.info("%s", describe_replay(result, cfg.sweep, cfg.train))
     with open_dict(cfg):
         for key, value in result.train.items():
             cfg.train[key] = value

@@ -3,7 +3,9 @@
 The config tree ships inside the package (``soup_exp.conf``, mapped from the repository's
 top-level ``conf/``), so an installed wheel runs every stage. A user's ``--config-dir``
 becomes Hydra's primary config directory and the packaged tree is searched after it, so a
-user's file shadows a packaged one of the same name and adds to its groups.
+user's file shadows a packaged one of the same name and adds to its groups. Overrides of
+secret-named keys (``+hf_token=...``) are taken off the command line before Hydra parses
+it and set on the composed config (:mod:`soup_exp.utils.config`), so they reach no file.
 """
 
 from __future__ import annotations
@@ -38,9 +40,22 @@ class Stage:
     module: str  # `python -m <module>` runs the stage; the module defines `function`
     function: str
     claims_output: bool = True  # writes into the experiment's output directory
+    # module functions ``(cfg, overrides)``: checks before anything is created (raise a
+    # SoupExpError), and a dry run's plan (soup_exp.utils.preflight.Plan)
+    check: str | None = None
+    plan: str | None = None
 
     def run(self) -> Callable[..., Any]:
         return getattr(importlib.import_module(self.module), self.function)
+
+    def hook(self, kind: str) -> Callable[..., Any] | None:
+        """The stage's ``check`` or ``plan`` function, None when it has none."""
+        name = getattr(self, kind)
+        return getattr(importlib.import_module(self.module), name) if name else None
+
+    def claims(self, cfg: Any) -> bool:
+        """Whether this run writes into the experiment's output directory (a data check does not)."""
+        return self.claims_output and not cfg.get("check_data", False)
 
 
 STAGES: dict[str, Stage] = {
@@ -49,21 +64,22 @@ STAGES: dict[str, Stage] = {
         Stage("import", "the authors' released checkpoints (model_<i>.pt) as ingredients, offline",
               "soup_exp.import_release", "run_import"),
         Stage("finetune", "fine-tune one ingredient (zero-shot, LP init or end-to-end); -m for sweeps",
-              "soup_exp.finetune", "run_finetune"),
+              "soup_exp.finetune", "run_finetune", check="check_finetune", plan="plan_finetune"),
         Stage("soup", "cook the selected recipes (soups and baselines) from a pool of ingredients",
-              "soup_exp.soup", "run_soups"),
+              "soup_exp.soup", "run_soups", check="check_soups", plan="plan_soups"),
         Stage("evaluate", "evaluate models on held-out, ImageNet and the five shifts -> results.jsonl",
-              "soup_exp.evaluate", "run_evaluate"),
+              "soup_exp.evaluate", "run_evaluate", check="check_evaluate", plan="plan_evaluate"),
         Stage("analyze", "ablations and analyses: error landscape, angles, number of ingredients, greedy, calibration",
-              "soup_exp.analyze", "run_analyze"),
+              "soup_exp.analyze", "run_analyze", check="check_analyze", plan="plan_analyze"),
         Stage("report", "the paper's table and figures from results files (and the published numbers)",
-              "soup_exp.report", "run_report", claims_output=False),
+              "soup_exp.report", "run_report", claims_output=False, check="check_report", plan="plan_report"),
         Stage("pipeline", "all stages in order for one experiment (e.g. experiment=demo)",
-              "soup_exp.pipeline", "run_pipeline"),
+              "soup_exp.pipeline", "run_pipeline", check="check_pipeline", plan="plan_pipeline"),
     ]
 }
 
 _CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+DRY_RUN_FLAG = "--dry-run"  # = the override dry_run=true
 
 
 def split_config_dir(args: Sequence[str]) -> tuple[Path | None, list[str]]:
@@ -127,6 +143,17 @@ def _search_packaged_configs_after(user_dir: Path) -> None:
     Plugins.instance().register(PackagedConfigs)
 
 
+def _register_launchers() -> None:
+    """soup-exp's watched submitit launchers (hydra_plugins.soup_exp_launchers): Hydra's
+    plugin scan misses them in an editable install, so they are registered by hand."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.soup_exp_launchers.watched import WatchedLocalLauncher, WatchedSlurmLauncher
+
+    for launcher in (WatchedLocalLauncher, WatchedSlurmLauncher):
+        Plugins.instance().register(launcher)
+
+
 def stage_entry(name: str) -> Callable[[], None]:
     """``main()`` for `python -m soup_exp.<name>`: compose ``<name>.yaml`` and run the stage."""
     stage = STAGES[name]
@@ -134,21 +161,26 @@ def stage_entry(name: str) -> Callable[[], None]:
     def task(cfg: Any) -> Any:
         from soup_exp.utils.experiment import run_stage
 
-        claim = stage.claims_output and not cfg.get("check_data", False)
-        return run_stage(cfg, stage.run(), claim=claim)
+        return run_stage(cfg, stage.run(), claim=stage.claims(cfg))
 
     def main() -> None:
         import hydra
 
+        from soup_exp.utils.config import hand_over_secrets, split_secret_overrides
+
         try:
             user_dir, args = split_config_dir(sys.argv[1:])
             check_experiment(args, user_dir)
+            args, secrets = split_secret_overrides(args)
+            hand_over_secrets(secrets)
         except ConfigError as err:
             print(f"soup-exp {name}: error: {err}", file=sys.stderr)
             sys.exit(2)
         if user_dir is not None:
             _search_packaged_configs_after(user_dir)
-        sys.argv = [sys.argv[0], *args]
+        _register_launchers()
+        args = ["dry_run=true" if a == DRY_RUN_FLAG else a for a in args]
+        sys.argv = [sys.argv[0], *args]  # what Hydra parses and W&B records: no secrets
         config_path = str(user_dir or packaged_config_dir())
         hydra.main(config_path=config_path, config_name=name, version_base="1.3")(task)()
 

@@ -1,74 +1,197 @@
-"""What every stage does around its work: claim the output directory, turn user
-errors into one clear message, and log where things went."""
+"""What every stage does around its work: check the settings and names, claim the output
+directory, turn user errors into one clear message, and log where things went."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from soup_exp.errors import OutputConflictError, SoupExpError
-from soup_exp.utils.config import to_plain
-from soup_exp.utils.io import atomic_write_json, read_json
+from soup_exp.utils.checks import check_stage_settings
+from soup_exp.utils.config import (
+    apply_secret_overrides,
+    config_get,
+    is_secret_key,
+    scrub_secrets,
+    to_plain,
+)
+from soup_exp.utils.io import (
+    STORAGE_ERRNOS,
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temp_files,
+)
 
 log = logging.getLogger(__name__)
 
 MARKER = "experiment.json"
+NAME_KEYS = ("name", "sweep.name")  # config values that become folder names
 
 
 def experiment_identity(cfg: DictConfig) -> dict[str, Any]:
-    """What makes two runs 'the same experiment': its name, data classes and model."""
-    model = cfg.get("model") or {}
+    """What makes two runs 'the same experiment': its name, data classes and model (with
+    its pretrained start: ``model_id``, e.g. ``open_clip:ViT-B-32:openai``)."""
+    from soup_exp.models.backbones import model_id_for
+
+    model = to_plain(cfg.get("model")) or {}
     data = cfg.get("data") or {}
     return {
         "name": cfg.name,
         "model": {k: model.get(k) for k in ("source", "name")},
+        "model_id": model_id_for(model) if model.get("name") else None,
         "classes": to_plain(data.get("classes")),
     }
 
 
-def claim_output_dir(cfg: DictConfig) -> Path:
-    """Create ``cfg.out_dir`` or check that it already belongs to this experiment.
+def check_output_dir(cfg: DictConfig) -> dict[str, Any] | None:
+    """The marker of ``cfg.out_dir`` if the directory is already this experiment's (None
+    when it is new and can be created); raise if it is another experiment's.
 
     Two experiments writing into one directory would mix their ingredients into each
-    other's soups, so a mismatch stops the run before anything is written.
+    other's soups, so a mismatch stops the run before anything is written. A marker from
+    an older version that lacks a key is accepted (and completed when the run claims it).
     """
+    from soup_exp.artifacts import read_record
+
     out_dir = Path(cfg.out_dir)
-    identity = experiment_identity(cfg)
     marker = out_dir / MARKER
-    if marker.exists():
-        existing = read_json(marker)
-        if existing != identity:
-            raise OutputConflictError(
-                f"output directory {out_dir} holds a different experiment:\n"
-                f"  there: {existing}\n  this run: {identity}\n"
-                "Choose another experiment name (name=...) or output root "
-                "(paths.output_dir=... or SOUP_OUTPUT_DIR), or delete that directory."
-            )
-        return out_dir
+    if not marker.exists():
+        check_writable(out_dir)
+        return None
+    existing, identity = read_record(marker), experiment_identity(cfg)
+    differs = {k for k in identity if k in existing and existing[k] != identity[k]}
+    if differs:
+        raise OutputConflictError(
+            f"output directory {out_dir} holds a different experiment ({', '.join(sorted(differs))} "
+            f"differ):\n  there: {existing}\n  this run: {identity}\n"
+            "Choose another experiment name (name=...) or output root "
+            "(paths.output_dir=... or SOUP_OUTPUT_DIR), or delete that directory."
+        )
+    return existing
+
+
+def claim_output_dir(cfg: DictConfig) -> Path:
+    """Create ``cfg.out_dir`` or check that it already belongs to this experiment."""
+    out_dir = Path(cfg.out_dir)
+    existing = check_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(marker, identity)
+    remove_stale_temp_files(out_dir, recursive=False)  # a killed write of the marker, pipeline.json, ...
+    identity = experiment_identity(cfg)
+    if existing is None or set(identity) - set(existing):
+        atomic_write_json(out_dir / MARKER, {**(existing or {}), **identity})
     return out_dir
+
+
+def check_names(cfg: Any) -> None:
+    """``name`` and ``sweep.name`` become folder names: single path components only."""
+    from soup_exp.artifacts import check_name
+
+    for key in NAME_KEYS:
+        value = config_get(cfg, key)
+        if value is not None:
+            check_name(value, key)
+
+
+def check_config(cfg: Any) -> None:
+    """Everything about a stage config that can be checked before the stage starts."""
+    check_names(cfg)
+    check_stage_settings(cfg)
+
+
+def user_error(err: BaseException | None) -> SoupExpError | None:
+    """``err`` if it is a user error, or the user error that Hydra or OmegaConf wrapped
+    (a resolver's or a ``_target_``'s); None for anything else, which is a bug."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    for _ in range(10):
+        if isinstance(err, SoupExpError):
+            return err
+        if not isinstance(err, HydraException | OmegaConfBaseException):
+            return None
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def exit_with_error(stage: str, message: Any) -> NoReturn:
+    """The one line a user error prints, then exit status 2."""
+    log.debug("stage failed", exc_info=True)
+    print(f"soup-exp {stage}: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], Any], claim: bool = True) -> Any:
     """Run one stage; user errors become a single message and exit status 2.
 
-    ``claim=False`` for stages that only read an experiment's results (report).
+    ``claim=False`` for stages that only read an experiment's results (report). Running
+    out of space or permission anywhere is a user error too: the message names the file.
+    Secret overrides (handed over in the environment) are set on ``cfg`` here.
     """
-    if cfg.get("cpu_threads"):
-        torch.set_num_threads(int(cfg.cpu_threads))
+    name = cfg.get("stage", "")
     try:
+        scrub_hydra_files()
+        cfg = apply_secret_overrides(cfg)
+        check_config(cfg)
+        if cfg.get("cpu_threads"):
+            torch.set_num_threads(int(cfg.cpu_threads))
         if claim:
             claim_output_dir(cfg)
         return stage(cfg)
-    except SoupExpError as err:
+    except Exception as err:
+        mine = user_error(err)
         log.debug("stage failed", exc_info=True)
-        print(f"soup-exp {cfg.get('stage', '')}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        if mine is not None:
+            exit_with_error(name, mine)
+        if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+            exit_with_error(name, f"{err.strerror or err}: {err.filename or ''}".rstrip(": "))
+        raise
 
+
+# ---- before Hydra starts the job ----------------------------------------------------------
+
+
+def check_writable(directory: Path) -> None:
+    """``directory``, or the ancestor it would be created in, accepts new files."""
+    from soup_exp.utils.io import WriteError
+
+    existing = directory
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WriteError(f"output directory {directory} cannot be written ({existing} is read-only for this "
+                         "user); choose another output root (paths.output_dir=... or SOUP_OUTPUT_DIR)")
+
+
+def scrub_hydra_files() -> None:
+    """Drop secret-named entries from the configs Hydra saved before the job started
+    (``.hydra/config.yaml``, a sweep's ``multirun.yaml``); secret overrides never reach
+    them (see :func:`soup_exp.utils.config.split_secret_overrides`), this catches secrets
+    written in config files."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return
+    run_dir, subdir = OmegaConf.select(hydra_cfg, "runtime.output_dir"), hydra_cfg.get("output_subdir")
+    sweep_dir = OmegaConf.select(hydra_cfg, "sweep.dir") if hydra_cfg.get("mode") == RunMode.MULTIRUN else None
+    files = [Path(run_dir) / str(subdir) / "config.yaml" if run_dir and subdir else None,
+             Path(sweep_dir) / "multirun.yaml" if sweep_dir else None]
+    for path in files:
+        if path is None or not path.is_file():
+            continue
+        saved = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        if not isinstance(saved, dict):
+            continue
+        clean = {k: v if k == "hydra" else scrub_secrets(v)  # Hydra's own section holds no secrets
+                 for k, v in saved.items() if k == "hydra" or not is_secret_key(k)}
+        if clean != saved:
+            atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(clean)))

@@ -3,47 +3,140 @@
 Every artefact soup-exp produces (weights, ingredient/soup metadata, results, splits,
 caches) is written to a temporary file in the destination directory and renamed into
 place, so a crash or preemption never leaves a half-written file under the final name.
+Temporary files are named ``.<name>.<pid>@<host>.<random>.tmp``: the next run of a stage
+removes the ones whose writer is gone (:func:`remove_stale_temp_files`). A write that
+fails for want of space or permission is a :class:`WriteError` naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from soup_exp.errors import SoupExpError
+
+log = logging.getLogger(__name__)
+
+# Errors of the storage, not of the program: reported as one line naming the file.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+STALE_TEMP_SECONDS = 15 * 60  # a live writer touches its temp file far more often than this
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
+_WRITER = re.compile(r"\.(\d+)@([A-Za-z0-9_-]+)\.[^.]*\.tmp$")
+
+
+class WriteError(SoupExpError, OSError):
+    """A file could not be written (no space, no permission, a read-only filesystem)."""
+
+    def __str__(self) -> str:  # the message alone, whatever errno and filename say
+        return str(self.args[0]) if self.args else ""
+
+
+def write_error(path: str | os.PathLike, err: OSError, size: int | None = None) -> WriteError:
+    """One clear message for a failed write of ``path``: what failed and what to do."""
+    path = Path(path)
+    reason = err.strerror or str(err)
+    if err.errno in _SPACE_ERRNOS:
+        free = _free_bytes(path.parent)
+        needed = f"{human_bytes(size)} needed" if size is not None else "size unknown"
+        have = f"{human_bytes(free)} free" if free is not None else "free space unknown"
+        hint = "free some space or write elsewhere (paths.output_dir=..., paths.cache_dir=...)"
+        message = f"cannot write {path}: {reason} ({needed}, {have} in {_existing(path.parent)}); {hint}"
+    else:
+        message = (f"cannot write {path}: {reason} ({_existing(path.parent)} is not writable by this user); "
+                   "choose another output location (paths.output_dir=... or SOUP_OUTPUT_DIR) or fix its permissions")
+    error = WriteError(message)
+    error.errno, error.filename = err.errno, str(path)
+    return error
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing ancestor (where the filesystem is)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        return shutil.disk_usage(_existing(directory)).free
+    except OSError:
+        return None
+
+
+def make_temp(path: str | os.PathLike) -> Path:
+    """An empty temp file next to ``path``, named for :func:`remove_stale_temp_files`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}@{_HOST}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
     The file gets the permissions of a plain ``open()`` under the user's umask (temp files
     are created 0600), so teammates on shared storage can read results. A temp file that
-    was replaced by a hard link to an existing file keeps that file's mode.
+    was replaced by a hard link to an existing file keeps that file's mode. ``size`` (the
+    bytes about to be written, when known) is checked against the free space first.
+    Running out of space or permission is a :class:`WriteError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        free = _free_bytes(path.parent) if size is not None else None
+        if free is not None and size > free:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        tmp_path = make_temp(path)
+    except OSError as err:
+        if err.errno in STORAGE_ERRNOS:
+            raise write_error(path, err, size) from err
+        raise
     try:
         yield tmp_path
         if tmp_path.stat().st_nlink == 1:
-            os.chmod(tmp_path, 0o666 & ~current_umask())
+            apply_umask(tmp_path)
         fd = os.open(tmp_path, os.O_RDONLY)  # read-only: a linked ingredient may be write-protected
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp_path, path)
+    except OSError as err:
+        ours = err.filename is None or str(err.filename) in (str(tmp_path), str(path))
+        if err.errno in STORAGE_ERRNOS and ours and not isinstance(err, WriteError):
+            raise write_error(path, err, size) from err
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give a file made by ``mkstemp`` (mode 0600) the mode a plain ``open()`` would."""
+    os.chmod(path, 0o666 & ~current_umask())
 
 
 def current_umask() -> int:
@@ -61,7 +154,7 @@ def current_umask() -> int:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size=len(data)) as tmp:
         tmp.write_bytes(data)
 
 
@@ -87,8 +180,16 @@ def atomic_save_safetensors(
     from safetensors.torch import save_file
 
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(flat, str(tmp), metadata=dict(metadata) if metadata else None)
+    size = sum(t.numel() * t.element_size() for t in flat.values())
+    with atomic_path(path, size=size) as tmp:
+        try:
+            save_file(flat, str(tmp), metadata=dict(metadata) if metadata else None)
+        except Exception as err:  # safetensors reports I/O failures as its own error type
+            code = re.search(r"code: (\d+)|os error (\d+)", str(err))
+            if code is None:
+                raise
+            number = int(code.group(1) or code.group(2))
+            raise OSError(number, os.strerror(number), str(tmp)) from err
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -137,3 +238,52 @@ def file_lock(path: str | os.PathLike, waiting: str | None = None) -> Iterator[N
         yield
     finally:
         lock.release()
+
+
+def remove_stale_temp_files(directory: str | os.PathLike, recursive: bool = True,
+                            idle_seconds: float = STALE_TEMP_SECONDS, prefix: str = ".") -> list[Path]:
+    """Delete temp files (``.<name>.*.tmp``, ``.tmp*``) left in ``directory`` by killed writers.
+
+    A temp file is stale when its writer (``<pid>@<host>`` in its name) was a process on
+    this host that has exited, or when nobody touched it for ``idle_seconds`` (a writer on
+    another host, or a name from an older version). A live writer's file is never removed.
+    Each stage calls this on the directories it writes, at its start.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            if name.startswith(prefix) and (name.endswith(".tmp") or name.startswith(".tmp")):
+                candidate = Path(root) / name
+                if _abandoned(candidate, idle_seconds):
+                    with contextlib.suppress(FileNotFoundError):
+                        candidate.unlink()
+                        removed.append(candidate)
+        if not recursive:
+            break
+    for path in removed:
+        log.info("removed %s, left by an interrupted write", path)
+    return removed
+
+
+def _abandoned(path: Path, idle_seconds: float) -> bool:
+    writer = _WRITER.search(path.name)
+    if writer is not None and writer.group(2) == _HOST:
+        pid = int(writer.group(1))
+        return pid != os.getpid() and not _process_alive(pid)
+    try:
+        return time.time() - path.stat().st_mtime > idle_seconds
+    except OSError:
+        return False
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

@@ -11,37 +11,17 @@ so a typo or an out-of-range value costs a second, not an hour::
 from __future__ import annotations
 
 import inspect
-import math
-import types
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 from soup_exp.errors import ConfigError
+from soup_exp.utils.checks import check_value
 
-__all__ = ["Annotated", "Plugin", "Range", "check_params", "load_plugin", "selected_plugins"]
+__all__ = ["Plugin", "check_params", "load_plugin", "selected_plugins"]
 
 # Keys of a plugin file that are the stage's, not the callable's parameters.
 STAGE_KEYS = ("_target_", "label")
-
-
-@dataclass(frozen=True)
-class Range:
-    """A bound on a numeric parameter, checked at config time: ``Annotated[float, Range(0)]``."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-
-    def check(self, key: str, value: float) -> None:
-        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
-        too_high = self.high is not None and value > self.high
-        if too_low or too_high:
-            low = "-inf" if self.low is None else f"{self.low:g}"
-            high = "inf" if self.high is None else f"{self.high:g}"
-            bracket = "(" if self.low_open or self.low is None else "["
-            raise ConfigError(f"{key}={value!r}: expected a value in {bracket}{low}, {high}]")
 
 
 @dataclass(frozen=True)
@@ -103,10 +83,11 @@ def check_params(fn: Callable[..., Any], params: Mapping[str, Any], where: str) 
     missing = sorted(p.name for p in accepted if p.default is p.empty and p.name not in params)
     if missing:
         raise ConfigError(f"{where}: missing parameter(s) {missing} for {_qualname(fn)}")
+    defaults = {p.name: p.default for p in accepted}
     for key, value in params.items():
         hint = _annotation(fn, key)
-        if hint is not None:
-            _check_value(f"{where}.{key}", value, hint)
+        if hint is not None and not (value is None and defaults.get(key) is None):
+            check_value(f"{where}.{key}", value, hint)
 
 
 def _annotation(fn: Callable[..., Any], name: str) -> Any:
@@ -119,51 +100,6 @@ def _annotation(fn: Callable[..., Any], name: str) -> Any:
         except Exception:
             return None
     return annotation
-
-
-def _check_value(key: str, value: Any, hint: Any) -> None:
-    base, bounds = hint, ()
-    if typing.get_origin(hint) is Annotated:
-        base, *bounds = typing.get_args(hint)
-    origin = typing.get_origin(base)
-    if value is None:
-        return
-    if origin in (typing.Union, types.UnionType):
-        _check_union(key, value, [arm for arm in typing.get_args(base) if arm is not type(None)])
-    elif origin is typing.Literal:
-        if value not in typing.get_args(base):
-            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(map(str, typing.get_args(base)))}")
-    elif origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}={value!r}: expected a list")
-        (item,) = typing.get_args(base) or (Any,)
-        for i, element in enumerate(value):
-            _check_value(f"{key}[{i}]", element, item)
-    elif base in (int, float):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ConfigError(f"{key}={value!r}: expected a finite number")
-        if base is int and not isinstance(value, int):
-            raise ConfigError(f"{key}={value!r}: expected an integer")
-    elif base is bool and not isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r}: expected true or false")
-    elif base is str and not isinstance(value, str):
-        raise ConfigError(f"{key}={value!r}: expected a string")
-    for bound in bounds:
-        if isinstance(bound, Range):
-            bound.check(key, value)
-
-
-def _check_union(key: str, value: Any, arms: list[Any]) -> None:
-    """``X | Y``: the value passes when it passes one arm."""
-    expected = []
-    for arm in arms:
-        try:
-            _check_value(key, value, arm)
-            return
-        except ConfigError as err:
-            expected.append(str(err).rpartition(": expected ")[2])
-    if expected:
-        raise ConfigError(f"{key}={value!r}: expected {' or '.join(expected)}")
 
 
 def _qualname(fn: Callable[..., Any]) -> str:

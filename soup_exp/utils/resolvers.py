@@ -10,7 +10,12 @@ from omegaconf import OmegaConf
 
 def pad_index(value: Any, width: Any = 3) -> str:
     """``${soup.pad:${sweep.index},3}`` -> ``007``: sortable sweep member names."""
-    return f"{int(value):0{int(width)}d}"
+    try:
+        return f"{int(value):0{int(width)}d}"
+    except (TypeError, ValueError) as err:
+        from soup_exp.errors import ConfigError
+
+        raise ConfigError(f"soup.pad: {value!r} is not an integer (sweep.index must be one)") from err
 
 
 RESOLVERS = {

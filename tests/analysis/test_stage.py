@@ -83,6 +83,10 @@ def test_parameters_are_checked_before_anything_runs(world, fake_run):
         run_analyze(world.cfg("+analysis.angles.pairs=3"), run=fake_run())
     with pytest.raises(ConfigError, match=r"analysis\.angles\.max_pairs='many': expected a finite number"):
         run_analyze(world.cfg("analysis.angles.max_pairs=many"), run=fake_run())
+    with pytest.raises(ConfigError, match=r"num_ingredients\.ks=7: expected one of all, powers_of_two or a list"):
+        run_analyze(world.cfg("analysis.num_ingredients.ks=7"), run=fake_run())
+    with pytest.raises(ConfigError, match=r"num_ingredients\.ks=\[1, 0\]: expected one of .* or a value in \[1, inf\]"):
+        run_analyze(world.cfg("analysis.num_ingredients.ks=[1,0]"), run=fake_run())
     with pytest.raises(ConfigError, match="nothing selected in analysis"):
         run_analyze(world.cfg("analysis=[]"), run=fake_run())
     assert not (world.out / "report").exists()

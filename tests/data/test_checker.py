@@ -1,6 +1,10 @@
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from soup_exp.data.checker import OFFICIAL_IMAGES, check_datasets, raise_on_failure, render_table
 from soup_exp.data.classes import ClassSpace
@@ -20,7 +24,7 @@ def test_full_trees_are_partial_against_official_counts(data_cfg):
     assert reports["ImageNetSketch"].official_images == OFFICIAL_IMAGES["ImageNetSketch"] == 50_889
     table = render_table(reports.values())
     assert "| ImageNetA | partial | 200/200 | 200 | 7,500 |" in table
-    raise_on_failure(list(reports.values()))  # partial only warns
+    raise_on_failure(list(reports.values()))  # partial: said once, in the notes under the table
 
 
 def test_missing_and_malformed(data_cfg, tmp_path):
@@ -32,12 +36,11 @@ def test_missing_and_malformed(data_cfg, tmp_path):
     assert reports["ImageNetA"].status == "missing"
     assert reports["ImageNetV2"].status == "error" and "Expected tree" in reports["ImageNetV2"].message
     assert reports["ImageNetTrain"].status == "partial"  # ImageNet2p is checked as train
-    try:
+    with pytest.raises(DatasetLayoutError) as error:
         raise_on_failure(list(reports.values()))
-    except DatasetLayoutError as err:
-        assert "ImageNetA (missing)" in str(err) and "ImageNetV2 (error)" in str(err)
-    else:
-        raise AssertionError("expected a failure")
+    message = str(error.value)
+    assert "ImageNetA (missing)" in message and "ImageNetV2 (error)" in message
+    assert "Expected tree" not in message and "\n" not in message  # the table's notes hold the details
 
 
 def test_subset_counts_and_unreadable_files(data_cfg, tmp_path):
@@ -71,3 +74,34 @@ def test_script_takes_overrides_after_dataset_names(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 1 and "ObjectNet" in out and "ImageNetSketch" in out and "ImageNetR" not in out
     assert str(tmp_path) in out  # the override reached the config
+
+
+def test_missing_roots_say_where_they_were_looked_for(data_cfg, tmp_path, monkeypatch):
+    monkeypatch.delenv("SOUP_ROOT")
+    cfg = {**data_cfg, "roots": {**data_cfg["roots"], "ImageNetA": str(tmp_path / "data" / "imagenet-a")}}
+    reports = check_datasets(cfg, ["ImageNetA", "ImageNetR"])
+    table = render_table(reports, data_dir=str(tmp_path / "data"))
+    assert f"paths.data_dir={tmp_path / 'data'} (the default: ./data under the current directory)" in table
+    assert "SOUP_DATA_DIR=/path/to/datasets" in table
+    assert "paths.data_dir" not in render_table(reports)  # no data_dir given: no hint
+    monkeypatch.setenv("SOUP_DATA_DIR", str(tmp_path / "data"))
+    assert "(set by SOUP_DATA_DIR)" in render_table(reports, data_dir=str(tmp_path / "data"))
+
+
+def test_data_check_prints_each_problem_once_and_creates_nothing(tmp_path):
+    """`soup-exp evaluate check_data=true` in an empty folder: the table, one note per
+    dataset, the data-dir hint, a one-line error; no outputs/ folder (a read-only check)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOUP_")}
+    (tmp_path / "data" / "imagenet-r").mkdir(parents=True)  # present but empty: an error
+    result = subprocess.run([sys.executable, "-m", "soup_exp.cli", "evaluate", "check_data=true",
+                             f"paths.cache_dir={tmp_path / 'cache'}"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    out = result.stdout + result.stderr
+    assert out.count("ImageNetA (missing): root") == 1
+    assert out.count("imagenet-r holds no sub-folders") == 1 and out.count("Expected tree") == 1
+    assert out.count("the default: ./data under the current directory") == 1
+    assert "WARNING" not in out and "Traceback" not in out
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "ImageNetA (missing)" in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

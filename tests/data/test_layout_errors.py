@@ -100,3 +100,15 @@ def test_shift_without_any_class_in_subset(tmp_path):
     tench = ClassSpace.from_config([imagenet_wnids()[0]])  # not in ImageNet-R's 200
     with pytest.raises(DatasetLayoutError, match="none of its 200 classes"):
         build_eval_dataset("ImageNetR", {"roots": {"ImageNetR": str(tmp_path)}}, tench)
+
+
+def test_sketch_tree_shows_the_release_file_names(tmp_path):
+    wnid_tree(tmp_path, FEW.wnids[:2])
+    with pytest.raises(DatasetLayoutError, match=r"n01440764/  sketch_0\.JPEG sketch_1\.JPEG"):
+        read_imagenet_sketch(tmp_path, FEW)
+
+
+def test_a_missing_root_says_where_the_default_is_and_how_to_move_it(tmp_path):
+    with pytest.raises(DatasetLayoutError) as error:
+        read_imagenet_sketch(tmp_path / "nope", FEW)
+    assert "SOUP_DATA_DIR" in str(error.value) and "./data under the current directory" in str(error.value)

@@ -179,5 +179,6 @@ def test_check_data_runs_the_checker_instead(experiment, monkeypatch, capsys, mo
     assert [r["name"] for r in reports] == SUITE and not os.path.exists(cfg.results_file)
     assert "| ImageNetA | ok |" in capsys.readouterr().out
     monkeypatch.setattr(checker, "check_datasets", lambda *a, **k: [checker.DatasetReport("ImageNetA", "/x", "missing", message="no folder /x")])
-    with pytest.raises(checker.DatasetLayoutError, match="no folder /x"):
+    with pytest.raises(checker.DatasetLayoutError, match=r"check failed for ImageNetA \(missing\)"):
         run_evaluate(cfg)
+    assert capsys.readouterr().out.count("no folder /x") == 1  # said once, under the table

@@ -120,3 +120,24 @@ def test_a_users_backbone_builder_by_target(monkeypatch):
     assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 5)
     with pytest.raises(BackboneLoadError, match="not a soup_exp.models.Backbone"):
         build_backbone({"_target_": "operator.is_", "name": "x"})
+
+
+def test_the_log_says_what_was_loaded_and_open_clip_stays_quiet(tmp_path, caplog):
+    """One line naming the pretrained weights for a pretrained build; a skeleton (weights
+    loaded next from an ingredient) logs nothing at INFO, nor does open_clip's narration
+    ('No potential checkpoint path found ...') reach the stage's log."""
+    import logging
+
+    model = open_clip.create_model("soup-tiny-vit")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "clip.safetensors"))
+    cfg = tiny_clip_cfg(str(tmp_path / "clip.safetensors"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        build_backbone(cfg, pretrained=True)
+    infos = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert infos == ["built backbone open_clip:soup-tiny-vit:clip.safetensors with its pretrained weights"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        build_backbone(cfg, pretrained=False)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == []
+    assert not any("not loaded" in r.getMessage() or "randomly" in r.getMessage() for r in caplog.records)

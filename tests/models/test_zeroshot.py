@@ -44,3 +44,19 @@ def test_timm_backbone_has_no_zeroshot_head():
     backbone = build_backbone(dict(source="timm", name="test_vit", pretrained=None, kwargs=dict(img_size=32)), pretrained=False)
     with pytest.raises(ValueError, match="head_init=lp"):
         zeroshot_head(backbone, ["a", "b"])
+
+
+def test_head_for_many_classes_has_a_labelled_progress_bar_and_the_same_numbers(capsys):
+    from soup_exp.data.classes import imagenet_classnames
+
+    backbone = build_backbone(tiny_clip_cfg(None), pretrained=False)
+    names = list(imagenet_classnames()[:150])
+    head = zeroshot_head(backbone, names, templates="simple", progress=True)
+    assert "zero-shot head: 150 classes x 7 prompts" in capsys.readouterr().err
+    backbone.clip_model.eval()
+    whole = open_clip.build_zero_shot_classifier(backbone.clip_model, backbone.tokenizer, classnames=names,
+                                                 templates=resolve_templates("simple"))
+    scale = backbone.clip_model.logit_scale.exp().item()
+    torch.testing.assert_close(head.weight, scale * whole.T, rtol=0, atol=0)
+    zeroshot_head(backbone, names[:3], templates="simple")  # few classes: no bar by default
+    assert "zero-shot head" not in capsys.readouterr().err

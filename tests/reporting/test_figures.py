@@ -140,3 +140,40 @@ def test_every_figure_saves_its_data(tmp_path, greedy_soup_json, learned_soup_js
     paths = plot_learned_coefficients(learned_soup_json, tmp_path / "learned")
     rows = list(csv.DictReader(paths[2].open()))
     assert len(rows) == 12 and list(rows[0]) == ["row", "ft_0", "ft_1", "ft_2"]
+
+
+@pytest.fixture
+def captured_figures(monkeypatch, tmp_path):
+    """The matplotlib Figure each plot function draws, instead of figure files."""
+    import soup_exp.reporting.figures as figures
+
+    monkeypatch.chdir(tmp_path)  # the figures' CSVs
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, out_base, formats=figures.FORMATS: drawn.append(fig) or [])
+    return drawn
+
+
+def test_greedy_ensemble_trajectory_is_labelled_as_an_ensemble(greedy_soup_json, captured_figures):
+    plot_greedy_trajectory({**greedy_soup_json, "name": "greedy_ensemble", "kind": "ensemble"}, "x")
+    plot_greedy_trajectory(greedy_soup_json, "y")
+    ensemble, soup = (fig.axes[0] for fig in captured_figures)
+    assert [t.get_text() for t in ensemble.get_legend().get_texts()][0] == "Greedy ensemble"
+    assert "ensemble with candidate" in ensemble.get_ylabel()
+    assert [t.get_text() for t in soup.get_legend().get_texts()][0] == "Greedy soup"
+    assert all(label.get_fontsize() >= 7 for label in ensemble.get_xticklabels())
+
+
+def test_by_layer_coefficients_label_every_layer_readably_and_explain_beta(captured_figures):
+    layers = [f"image_encoder.transformer.resblocks.{i // 4}.{part}" for i, part in
+              zip(range(60), ["attn.in_proj_weight", "attn.in_proj_bias", "ln_1.weight", "ln_1.bias"] * 15, strict=True)]
+    soup = {"name": "learned_by_layer", "ingredients": ["a", "b", "c"], "beta": 1.39,
+            "coefficients": {name: [0.2, 0.3, 0.5] for name in layers + ["head.weight", "head.bias"]}}
+    plot_learned_coefficients(soup, "z")
+    (fig,) = captured_figures
+    ax = fig.axes[0]
+    labels = ax.get_yticklabels()
+    assert len(labels) == 62 and all(label.get_fontsize() >= 7 for label in labels)
+    assert labels[0].get_text() == "0.attn.in_proj_weight" and labels[-1].get_text() == "head.bias"
+    assert "image_encoder.transformer.resblocks" in ax.get_ylabel()
+    assert fig.get_figheight() >= 0.16 * 62  # the figure grows with the layers, labels do not shrink
+    assert "β = 1.39" in ax.get_title() and "temperature" in ax.get_title()

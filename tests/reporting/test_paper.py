@@ -59,3 +59,55 @@ def test_reproduction_check_puts_each_import_beside_its_published_numbers():
     assert table.cell(uniform[1], "ImageNet") == "79.97"  # the authors' uniform soup of 72
     assert table.notes[1] == "ImageNet: max |Δ| 0.12 points (+0.12); 1 of 2 within 0.1"
     assert reproduction_table([{"name": "ft", "kind": "finetune", "ImageNet": 0.5}]) is None
+
+
+def _on_classes(rows, count):
+    return [{**row, "meta": {"classes": {"count": count, "hash": f"h{count}"}}} for row in rows]
+
+
+def test_comparing_other_class_spaces_warns_and_says_so_in_the_table(our_rows, caplog):
+    import logging
+
+    from soup_exp.data.classes import ClassSpace
+
+    with caplog.at_level(logging.WARNING):
+        table = comparison_table(build_table(our_rows), "paper_vitb32", our_rows=_on_classes(our_rows, 8))
+    assert "our results are on 8 classes, paper's on 1000 classes" in caplog.text
+    assert table.notes[0].startswith("Warning: our results are on 8 classes")
+    caplog.clear()
+    full = [{**row, "meta": {"classes": ClassSpace.full().identity()}} for row in our_rows]
+    with caplog.at_level(logging.WARNING):
+        table = comparison_table(build_table(our_rows), "paper_vitb32", our_rows=full)
+    assert caplog.text == "" and not any("Warning" in n for n in table.notes)
+
+
+def test_class_space_of_rows_without_meta_comes_from_the_model_directory(tmp_path, our_rows, caplog):
+    import json
+    import logging
+
+    run = tmp_path / "ft_0"
+    run.mkdir()
+    (run / "ingredient.json").write_text(json.dumps({"name": "ft_0", "classes": [1, 5, 9]}))
+    rows = [{**our_rows[0], "path": str(run)}]
+    with caplog.at_level(logging.WARNING):
+        comparison_table(build_table(rows), "paper_vitb32", our_rows=rows)
+    assert "our results are on 3 classes" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # nothing to tell the class space from: no warning
+        comparison_table(build_table(our_rows), "paper_vitb32", our_rows=our_rows)
+    assert caplog.text == ""
+
+
+def test_results_by_the_name_of_a_published_set(tmp_path, monkeypatch):
+    from soup_exp.reporting.paper import results_rows
+
+    rows = results_rows("paper_vitb32")
+    assert {"model_43", "greedy_soup", "learned_soup"} <= {r["name"] for r in rows}
+    store = ResultsStore(tmp_path / "mine.jsonl")
+    store.upsert({"name": "mine", "kind": "soup", "ImageNet": 0.5})
+    both = results_rows([str(store.path), "paper_vitb32"])
+    assert {"mine", "model_43"} <= {r["name"] for r in both}
+    monkeypatch.chdir(tmp_path)  # a folder named like the set is a path, and wins
+    (tmp_path / "paper_vitb32").mkdir()
+    (tmp_path / "paper_vitb32" / "r.jsonl").write_text('{"name": "local", "kind": "soup"}\n')
+    assert [r["name"] for r in results_rows("paper_vitb32")] == ["local"]

@@ -82,3 +82,12 @@ def test_report_on_the_authors_files_with_wandb_disabled(tmp_path):
     assert set(outputs) == {"table.md", "figure1.png", "figure1.pdf", "figure1.csv"}
     assert "| Greedy soup | 83.98 | 81.03 |" in outputs["table.md"].read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+
+def test_report_of_the_published_set_by_name(tmp_path):
+    cfg = {"name": "paper", "results": "paper_vitb32", "compare": None, "report_dir": str(tmp_path / "report"),
+           "formats": ["md"], "logger": {"mode": "disabled"}, "per_recipe": "best",
+           "soups_dir": str(tmp_path / "no-soups")}
+    outputs = run_report(cfg)
+    table = outputs["table.md"].read_text()
+    assert "| Greedy soup | 83.98 | 81.03 |" in table and "Learned soup (paper text)" in table

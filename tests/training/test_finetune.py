@@ -75,3 +75,11 @@ def test_non_finite_loss_names_the_step_and_last_checkpoint(tiny_root: Path, com
         run_finetune(compose_tiny(tiny_root, "train.epochs=2", "train.ckpt_every_steps=2", "sweep.name=boom"))
     assert (tiny_root / "outputs/t/ingredients/boom/checkpoints/last.pt").is_file()
     assert not (tiny_root / "outputs/t/ingredients/boom/ingredient.json").exists()
+
+
+def test_the_batch_is_described_without_plural_slips() -> None:
+    from soup_exp.training.loop import describe_batch
+
+    assert describe_batch(64, 1, 64, 1) == "batch 64"
+    assert describe_batch(64, 1, 32, 2) == "global batch 64 = 1 rank x 32 x 2 accumulation steps"
+    assert describe_batch(512, 4, 128, 1) == "global batch 512 = 4 ranks x 128"

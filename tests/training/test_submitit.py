@@ -33,3 +33,25 @@ def test_submitit_local_multirun_writes_two_ingredients(tiny_root: Path, compose
         assert set(load_file(str(ingredients / info["name"] / "model.safetensors"))) == \
             set(load_file(str(lp / "model.safetensors")))
     assert list((tiny_root / "outputs" / "t" / "hydra").rglob(".submitit")), "jobs did not go through submitit"
+    # the launcher said which jobs it submitted, where each logs, and how they went
+    shown = done.stdout + done.stderr
+    assert "submitted 2 jobs (local)" in shown and shown.count("_log.out (stderr: ") == 2
+    assert "#0 " in shown and "sweep.index=0" in shown and "2/2 done" in shown
+    assert not list((tiny_root / "outputs").rglob("%j")), "submitit left a literal %j folder"
+
+
+def test_progress_line_is_the_last_bar_a_job_wrote(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from hydra_plugins.soup_exp_launchers.watched import latest_progress, status_line
+
+    err = tmp_path / "1_0_log.err"
+    err.write_text("loading\nft_000:  10%|#  | 1/10\rft_000:  40%|####  | 4/10 [00:02<00:03]\r")
+    assert latest_progress(err) == "ft_000:  40%|####  | 4/10 [00:02<00:03]"
+    assert latest_progress(tmp_path / "absent.err") == ""
+    jobs = [SimpleNamespace(paths=SimpleNamespace(stderr=err)), SimpleNamespace(paths=SimpleNamespace(stderr=err)),
+            SimpleNamespace(paths=SimpleNamespace(stderr=tmp_path / "2_0_log.err"))]
+    line = status_line(jobs, ["#0 sweep.index=0", "#1 sweep.index=1", "#2 sweep.index=2"],
+                       ["RUNNING", "FINISHED", "FAILED"], elapsed=75)
+    assert line.splitlines()[0] == "[1:15] 1/3 done, 1 failed, 1 running"
+    assert "#0 running: ft_000:  40%" in line and f"#2 failed: see {tmp_path / '2_0_log.err'}" in line

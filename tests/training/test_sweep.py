@@ -151,3 +151,26 @@ def test_randaugment_weights_are_validated() -> None:
                           "sweep.space.aug.p_off=0").sweep
     with pytest.raises(ConfigError, match="num_layers_weights needs one weight"):
         resolve_sweep(sweep)
+
+
+def test_a_replay_on_the_demo_says_what_it_keeps_and_whole_setting_replays_everything(caplog) -> None:
+    import logging
+
+    partial = _finetune_cfg("experiment=demo", "sweep=replay", "sweep.name=model_43")
+    with caplog.at_level(logging.INFO, logger="soup_exp.training.sweep"):
+        apply_sweep(partial)
+    assert (partial.train.batch_size, partial.train.warmup_steps) == (64, 20)  # the demo's
+    assert "replay model_43 sets train.{lr=" in caplog.text and "epochs=11" in caplog.text
+    assert "keeps this config's batch_size=64, warmup_steps=20 where the paper used batch_size=512, " \
+           "warmup_steps=500" in caplog.text and "sweep.whole_setting=true" in caplog.text
+
+    whole = _finetune_cfg("experiment=smoke", "sweep=replay", "sweep.name=model_43", "sweep.whole_setting=true",
+                          "train.max_steps=3")
+    draw = apply_sweep(whole)
+    settings = train_settings(whole.train)
+    assert (settings.batch_size, settings.warmup_steps, settings.grad_clip) == (512, 500, 1.0)
+    assert settings.max_steps is None and settings.epochs == 11  # epochs as published, never capped
+    assert draw.train["batch_size"] == 512
+    lp = _finetune_cfg("experiment=demo", "sweep=replay", "sweep.name=model_0", "sweep.whole_setting=true")
+    apply_sweep(lp)
+    assert lp.train.mode == "lp" and lp.train.batch_size == 64  # the LP init is no fine-tune

@@ -1,0 +1,1 @@
+"""soup-exp's Hydra launcher plugins (Hydra finds plugins only under ``hydra_plugins``)."""

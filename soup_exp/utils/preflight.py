@@ -1,0 +1,245 @@
+"""Before Hydra creates anything: check a run's config, or print a dry run's plan.
+
+Hydra makes the run (or sweep) directory, saves the config there and opens the log file
+before the task starts, so a run that failed its config checks used to leave an output
+directory (and, inside the stage, a W&B run) behind. :class:`Preflight` is a Hydra
+callback (``conf/hydra/default.yaml``); Hydra calls ``on_run_start`` and
+``on_multirun_start`` before it writes anything. It runs the checks every stage shares
+(``data.classes``, the output directory's owner) and the stage's own (``Stage.check``),
+then either lets the run start or, with ``dry_run=true`` (``--dry-run``), prints what the
+run would do (``Stage.plan``) and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from soup_exp.utils.entry import STAGES, Stage
+from soup_exp.utils.text import plural
+
+# A dry run's plan: section title -> lines, printed in the order of PLAN_SECTIONS.
+Plan = dict[str, list[str]]
+PLAN_SECTIONS = ("stages", "data", "finetune", "soup", "evaluate", "analyze", "report", "outputs")
+
+
+def merge_plans(plans: Iterable[Plan]) -> Plan:
+    """Sections of all ``plans``, each line once (a sweep's jobs share their datasets)."""
+    merged: Plan = {}
+    for plan in plans:
+        for section, lines in plan.items():
+            seen = merged.setdefault(section, [])
+            seen.extend(line for line in lines if line not in seen)
+    return merged
+
+
+def render_plan(stage: str, plan: Plan, header: str = "") -> str:
+    order = [s for s in PLAN_SECTIONS if s in plan] + [s for s in plan if s not in PLAN_SECTIONS]
+    lines = [f"soup-exp {stage}: dry run, nothing is written{header}"]
+    for section in order:
+        if plan[section]:
+            lines.append(f"{section}:")
+            lines += [f"  {line}" for line in plan[section]]
+    return "\n".join(lines)
+
+
+def task_config(config: DictConfig) -> DictConfig:
+    """The config the task will get: Hydra's node removed (as Hydra's run_job does)."""
+    cfg = copy.deepcopy(config)
+    with read_write(cfg), open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+def common_checks(stage: Stage, cfg: DictConfig) -> None:
+    """What every stage needs before it starts: names that are path components, valid
+    settings, a valid class space, an output directory that is not another experiment's
+    and can be written."""
+    from soup_exp.utils.experiment import check_config
+
+    check_config(cfg)
+    if cfg.get("data") is not None:
+        from soup_exp.data.registry import class_space
+
+        class_space(cfg.data)
+    if stage.claims(cfg):
+        from soup_exp.utils.experiment import check_output_dir
+
+        check_output_dir(cfg)
+
+
+def check(stage: Stage, cfg: DictConfig, overrides: Sequence[str]) -> bool:
+    """Run every check; True when the stage's check already did the whole (read-only) run."""
+    common_checks(stage, cfg)
+    own = stage.hook("check")
+    return bool(own(cfg, overrides)) if own is not None else False
+
+
+def plan(stage: Stage, cfg: DictConfig, overrides: Sequence[str]) -> Plan:
+    own = stage.hook("plan")
+    return own(cfg, overrides) if own is not None else {}
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The overrides of each job of a multirun, as Hydra's basic sweeper expands them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()]
+    arguments += list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, max_batch_size=None) for job in batch]
+
+
+def launcher_name(config: DictConfig) -> str:
+    choices = OmegaConf.select(config, "hydra.runtime.choices") or {}
+    return str(choices.get("launcher") or choices.get("hydra/launcher") or "basic")
+
+
+@contextlib.contextmanager
+def quiet_logs(enabled: bool = True, logger: str = "soup_exp") -> Iterator[None]:
+    """The package's INFO records off for the duration (warnings and errors still show)."""
+    target = logging.getLogger(logger)
+    level = target.level
+    if enabled:
+        target.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
+
+
+class Preflight(Callback):
+    """Checks (and dry runs) before Hydra writes the run's directory."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        cfg = task_config(config)
+        overrides = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+        self._preflight(cfg, [(cfg, overrides)], header="")
+
+    def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
+        from hydra import compose
+
+        cfg = task_config(config)
+        jobs = sweep_jobs(config)
+        # A real run checks its first job here (composing every job of a large sweep would
+        # take a while; a later job with a bad value fails in its own run); a dry run lists all.
+        wanted = jobs if cfg.get("dry_run") else jobs[:1]
+        composed = [(compose(config_name=config_name, overrides=job), job) for job in wanted]
+        header = f" ({plural(len(jobs), 'job')}, launcher {launcher_name(config)})"
+        self._preflight(cfg, composed, header=header)
+
+    @staticmethod
+    def _preflight(cfg: DictConfig, jobs: Sequence[tuple[DictConfig, list[str]]], header: str) -> None:
+        from soup_exp.utils.experiment import exit_with_error, user_error
+
+        stage = STAGES[str(cfg.stage)]
+        try:
+            # the run itself says what it does, so its checks stay silent; a data check is the run
+            with quiet_logs(enabled=not cfg.get("check_data")):
+                finished = [check(stage, job_cfg, overrides) for job_cfg, overrides in jobs]
+                if cfg.get("dry_run"):
+                    print(render_plan(stage.name, merge_plans(plan(stage, c, o) for c, o in jobs), header))
+                    sys.exit(0)
+        except Exception as err:
+            mine = user_error(err)  # also ours when Hydra or OmegaConf wrapped it (a resolver's)
+            if mine is None:
+                raise
+            exit_with_error(stage.name, mine)
+        if all(finished):
+            sys.exit(0)
+
+
+def require_roots(cfg: DictConfig, names: Sequence[str]) -> None:
+    """Every dataset root ``names`` read from exists (a stat each; layouts are checked by
+    the readers and by check_data). Generated data appears on first use, so it passes."""
+    from soup_exp.data.checker import data_dir_hint
+    from soup_exp.data.layout import DatasetLayoutError
+
+    if cfg.data.get("synthetic"):
+        return
+    missing = {f"{name} ({root})" for name, root in dataset_roots(cfg, names) if root and not Path(root).exists()}
+    if missing:
+        raise DatasetLayoutError(f"dataset root(s) not found: {', '.join(sorted(missing))}. "
+                                 + data_dir_hint(str(cfg.paths.data_dir)))
+
+
+def dataset_roots(cfg: DictConfig, names: Sequence[str]) -> list[tuple[str, str | None]]:
+    """``(name, root folder)`` of each dataset: held-out and training sets read ImageNet train."""
+    roots: Mapping[str, Any] = cfg.data.get("roots") or {}
+    extra: Mapping[str, Any] = cfg.data.get("datasets") or {}
+    found = []
+    for name in names:
+        if name in ("ImageNet2p", "train"):
+            found.append((name, str(Path(str(roots.get("ImageNet"))) / "train")))
+        elif name in extra:
+            found.append((name, (extra[name] or {}).get("root")))
+        else:
+            root = roots.get("ImageNet" if name == "ImageNetReal" else name)
+            found.append((name, str(root) if root else None))
+    return found
+
+
+# ---- plan lines the stages share ----------------------------------------------------------
+
+def exists_mark(path: str | Path) -> str:
+    return "" if Path(str(path)).exists() else "  [missing]"
+
+
+def dataset_lines(cfg: DictConfig, names: Sequence[str]) -> list[str]:
+    """One line per evaluation or training set: where it is read from, and whether it is there."""
+    from soup_exp.data.registry import EVAL_DATASETS
+
+    data = cfg.data
+    roots: Mapping[str, Any] = data.get("roots") or {}
+    synthetic = data.get("synthetic")
+    lines = []
+    for name in names:
+        if name in ("ImageNet2p", "train"):
+            heldout = data.heldout
+            train = Path(str(roots.get("ImageNet"))) / "train"
+            mark = "" if synthetic else exists_mark(train)
+            if name == "train":
+                lines.append(f"train: {train} minus the held-out split{mark}")
+            elif heldout.get("index_file"):
+                lines.append(f"ImageNet2p (held-out): the split in {heldout.index_file} of {train}{mark}")
+            else:
+                lines.append(f"ImageNet2p (held-out): {heldout.per_class} images/class of {train} "
+                             f"(seed {heldout.seed}){mark}")
+        elif name in EVAL_DATASETS:
+            root_key = "ImageNet" if name == "ImageNetReal" else name
+            root = roots.get(root_key)
+            lines.append(f"{name}: {root}{'' if synthetic or not root else exists_mark(root)}")
+        else:
+            spec = (data.get("datasets") or {}).get(name) or {}
+            root = spec.get("root")
+            lines.append(f"{name}: {root or spec.get('_target_') or '(your dataset)'}"
+                         f"{exists_mark(root) if root else ''}")
+    if synthetic:
+        state = "present" if Path(str(synthetic.root)).is_dir() else "generated on first use"
+        lines.insert(0, f"synthetic ImageNet family at {synthetic.root} ({state})")
+    return lines
+
+
+def classes_line(cfg: DictConfig) -> str:
+    from soup_exp.data.registry import class_space
+
+    space = class_space(cfg.data)
+    if space.is_full:
+        return "classes: all 1000 ImageNet classes"
+    shown = ", ".join(space.wnids[:4]) + (", ..." if space.num_classes > 4 else "")
+    return f"classes: {space.num_classes} ({shown})"
+
+
+def logger_line(cfg: DictConfig) -> str:
+    mode = cfg.logger.mode
+    return "W&B: disabled" if mode == "disabled" else f"W&B ({mode}): {Path(str(cfg.logger.dir)) / 'wandb'}"

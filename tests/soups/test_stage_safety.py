@@ -1,0 +1,189 @@
+"""The soup stage under bad input and on shared storage: symlinked pools, hostile names,
+damaged files, write-protected ingredients, a full disk; each a one-line error (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections import namedtuple
+
+import pytest
+from child_process import kill_before_commit, run_in_child, shared_dir, write_protect
+from hydra import compose, initialize_config_dir
+from safetensors.torch import save_file
+from stage_errors import stage_error
+
+from soup_exp.errors import ConfigError
+from soup_exp.evaluate import discover_models
+from soup_exp.soup import run_soups
+from soup_exp.soups import greedy_soup
+from soup_exp.soups.ingredients import IngredientMismatchError
+from soup_exp.utils import io
+from soup_exp.utils.entry import packaged_config_dir
+from soup_exp.utils.experiment import run_stage
+from soup_exp.utils.io import atomic_write_json
+
+
+def _cfg(out, *overrides):
+    with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
+        return compose(config_name="soup", overrides=[
+            f"paths.output_dir={out.parent}", f"name={out.name}", "progress=false", "logger=disabled",
+            "recipes=[uniform]", *overrides])
+
+
+@pytest.fixture
+def experiment(tmp_path, make_run, make_sd):
+    out = tmp_path / "exp"
+    for i in range(2):
+        make_run(out / "ingredients", f"ft_{i}", make_sd(i), held_out_accuracy=0.5 + i / 10)
+    return out
+
+
+def test_symlinked_runs_are_souped_and_evaluated_alike(experiment, tmp_path, make_run, make_sd):
+    elsewhere = make_run(tmp_path / "scratch", "ft_9", make_sd(9), held_out_accuracy=0.4)
+    pool = experiment / "ingredients"
+    (pool / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (pool / "again").symlink_to(pool / "ft_0", target_is_directory=True)  # the same run twice
+    (pool / "loop").symlink_to(pool, target_is_directory=True)  # a cycle
+    (pool / "knot").symlink_to(pool / "knot")  # a link to itself: ELOOP
+    made = run_soups(_cfg(experiment))
+    souped = json.loads((made["uniform"] / "soup.json").read_text())["ingredients"]
+    evaluated = [e.name for e in discover_models(_cfg(experiment)) if e.kind == "finetune"]
+    assert sorted(souped) == sorted(evaluated) == ["ft_0", "ft_1", "ft_9"]
+
+
+def test_a_name_with_separators_writes_nothing_outside(experiment, capsys):
+    record = experiment / "ingredients" / "ft_1" / "ingredient.json"
+    atomic_write_json(record, {**json.loads(record.read_text()), "name": "../../x"})
+    err = stage_error(_cfg(experiment), run_soups, capsys)
+    assert f"{record}: name '../../x' is not a valid name" in err
+    assert not (experiment.parent / "x").exists() and not (experiment / "x").exists()
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json", "is not valid JSON"),
+    ("[1, 2]", "must hold a JSON object, found list"),
+    ('{"name": "ft_1", "held_out_accuracy": "high"}', "held_out_accuracy must be a number"),
+])
+def test_damaged_ingredient_json_is_named(experiment, capsys, content, expected):
+    record = experiment / "ingredients" / "ft_1" / "ingredient.json"
+    record.write_text(content)
+    err = stage_error(_cfg(experiment), run_soups, capsys)
+    assert str(record) in err and expected in err
+
+
+def test_no_ingredients_yet(tmp_path, capsys):
+    err = stage_error(_cfg(tmp_path / "fresh"), run_soups, capsys)
+    assert "ingredients does not exist: no ingredients yet?" in err
+
+
+def test_raw_safetensors_of_another_base_model_is_refused(experiment, tmp_path, make_sd):
+    foreign = tmp_path / "foreign.safetensors"
+    save_file(make_sd(5), str(foreign), metadata={"base_model": "open_clip:ViT-L-14:openai"})
+    pool = f"soup.pool=[{experiment / 'ingredients'},{foreign}]"
+    with pytest.raises(IngredientMismatchError, match=r"foreign.safetensors: base_model 'open_clip:ViT-L-14"):
+        run_soups(_cfg(experiment, pool))
+
+
+@pytest.mark.parametrize("setting", ["recipes.learned_per_model.batch_size=0",
+                                     "recipes.learned_per_model.batch_size=-5",
+                                     "recipes.greedy.tolerance=-1", "recipes.greedy.tolerance=null"])
+def test_recipe_settings_are_checked_before_cooking(experiment, setting):
+    cfg = _cfg(experiment, "recipes=[uniform,greedy,learned_per_model]", setting)
+    with pytest.raises(ConfigError, match=setting.split("=")[0].replace(".", r"\.")):
+        run_soups(cfg)
+    assert not (experiment / "soups").exists()
+
+
+@pytest.mark.parametrize("state", ["{torn", "[]", '{"fingerprint": "%s", "position": "x"}'])
+def test_damaged_greedy_state_is_named(experiment, state):
+    state_file = experiment / "soups" / "greedy" / "state.json"
+    greedy_soup(experiment / "ingredients", None, lambda sd: 0.5, state_file=state_file)
+    fingerprint = json.loads(state_file.read_text())["fingerprint"]
+    state_file.write_text(state.replace("%s", fingerprint))
+    with pytest.raises(Exception, match=f"{state_file}.*(JSON|not a greedy soup state)") as caught:
+        greedy_soup(experiment / "ingredients", None, lambda sd: 0.5, state_file=state_file)
+    assert type(caught.value).__name__ == "ArtifactError"
+
+
+def test_write_protected_ingredients_are_souped_by_another_user(make_run, make_sd):
+    with shared_dir() as root:
+        out = root / "exp"
+        for i in range(2):
+            make_run(out / "ingredients", f"ft_{i}", make_sd(i))
+        write_protect(out / "ingredients")
+        out.chmod(0o777)
+        cfg = _cfg(out)
+        status, err = run_in_child(lambda: run_stage(cfg, run_soups), unprivileged=True)
+        assert status == 0, err
+        assert json.loads((out / "soups" / "uniform" / "soup.json").read_text())["ingredients"] == ["ft_0", "ft_1"]
+
+
+def test_a_full_disk_stops_the_stage_naming_the_file(experiment, capsys, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(io.shutil, "disk_usage",  # the soups' disk is full; experiment.json fits
+                        lambda path: usage(10**9, 0, 64 if "soups" in str(path) else 10**9))
+    err = stage_error(_cfg(experiment), run_soups, capsys)
+    assert f"cannot write {experiment}/soups/uniform/model.safetensors: No space left on device" in err
+    assert "needed, 64 B free" in err
+
+
+def test_temp_files_of_a_killed_soup_are_removed(experiment):
+    leftover = experiment / "soups" / "uniform" / f".model.safetensors.999999999@{io._HOST}.abcdef.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a soup")
+    run_soups(_cfg(experiment))
+    assert not leftover.exists() and os.listdir(leftover.parent) == ["model.safetensors", "soup.json"]
+
+
+def _soups(out) -> dict[str, tuple[dict, dict, dict]]:
+    """Each soup's tensors (as lists), weights metadata and soup.json, paths made relative
+    and the timestamp dropped."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    found = {}
+    for record in sorted((out / "soups").glob("*/soup.json")):
+        info = json.loads(record.read_text().replace(str(out), "<out>"))
+        info.pop("created")
+        weights = str(record.with_name("model.safetensors"))
+        with safe_open(weights, "pt") as f:
+            metadata = f.metadata()
+        found[record.parent.name] = ({k: v.tolist() for k, v in load_file(weights).items()}, metadata, info)
+    return found
+
+
+def test_kill_9_at_any_commit_point_resumes_to_identical_soups(tmp_path, make_run, make_sd, monkeypatch):
+    import shutil
+
+    from soup_exp.soups.context import SoupContext
+
+    target = make_sd(99)["head.bias"]
+    monkeypatch.setattr(SoupContext, "evaluate", lambda self, sd: -float((sd["head.bias"] - target).abs().sum()))
+    monkeypatch.setattr(SoupContext, "candidate_buffer", lambda self: {})
+    pristine = tmp_path / "pristine"
+    for i in range(3):
+        make_run(pristine / "ingredients", f"ft_{i}", make_sd(i), held_out_accuracy=0.5 + i / 10,
+                 held_out_precision="fp32")
+
+    def trial(name):
+        out = tmp_path / name
+        shutil.copytree(pristine, out)
+        return out, _cfg(out, "recipes=[uniform,greedy]")
+
+    out, cfg = trial("uninterrupted")
+    commits = [0]
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (commits.__setitem__(0, commits[0] + 1), real(src, dst))[1])
+    run_stage(cfg, run_soups)
+    monkeypatch.setattr(os, "replace", real)
+    expected = _soups(out)
+    assert set(expected) == {"uniform", "greedy"} and commits[0] >= 8
+    for n in range(1, commits[0] + 1):
+        out, cfg = trial(f"killed_{n}")
+        status, err = run_in_child(lambda: (kill_before_commit(n), run_stage(cfg, run_soups)))  # noqa: B023
+        assert status == -signal.SIGKILL, err
+        run_stage(cfg, run_soups)
+        assert _soups(out) == expected, f"killed before commit {n}"
+        assert not [p for p in out.rglob("*.tmp")], f"killed before commit {n}: temp files left"

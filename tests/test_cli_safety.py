@@ -1,0 +1,101 @@
+"""The real command line: hostile names write nothing anywhere; secret overrides travel in
+the environment, not in configs; an experiment's output directory refuses another model.
+(Secrets end to end: tests/training/test_secrets.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from child_process import run_in_child, shared_dir
+from hydra import compose, initialize_config_dir
+
+from soup_exp.errors import OutputConflictError
+from soup_exp.evaluate import run_evaluate
+from soup_exp.utils.config import (
+    SECRETS_ENV,
+    apply_secret_overrides,
+    hand_over_secrets,
+    loggable_config,
+    split_secret_overrides,
+)
+from soup_exp.utils.entry import packaged_config_dir
+from soup_exp.utils.experiment import claim_output_dir, experiment_identity, run_stage
+
+
+def _cli(root: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SOUP_ROOT": str(root), "SOUP_CACHE_DIR": str(root / "cache"),
+           "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    for key in ("SOUP_OUTPUT_DIR", SECRETS_ENV):
+        env.pop(key, None)
+    return subprocess.run([sys.executable, "-m", "soup_exp.cli", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("override", ["name=../../escaped", "sweep.name=../.."])
+def test_path_names_are_refused_before_anything_is_written(tmp_path, override):
+    root = tmp_path / "deep" / "root"
+    root.mkdir(parents=True)
+    result = _cli(root, "finetune", "experiment=smoke", override, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("soup-exp finetune: error: ") and "is not a valid name" in lines[-1]
+    assert "Traceback" not in result.stderr
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # not even Hydra's run directory
+
+
+def test_secret_overrides_travel_in_the_environment(monkeypatch):
+    monkeypatch.delenv(SECRETS_ENV, raising=False)
+    args = ["experiment=demo", "+hf_token=abc", "++logger.api_key='x=y'", "~model.secret_sauce",
+            "hydra.job.config.override_dirname.exclude_keys=[a]", "train.lr=0.1", "--multirun"]
+    public, secret = split_secret_overrides(args)
+    assert secret == ["+hf_token=abc", "++logger.api_key='x=y'"]
+    assert public == ["experiment=demo", "~model.secret_sauce", "hydra.job.config.override_dirname.exclude_keys=[a]",
+                      "train.lr=0.1", "--multirun"]
+    hand_over_secrets(secret)
+    hand_over_secrets(["+data.password=p4ss"])
+    with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
+        cfg = apply_secret_overrides(compose(config_name="soup"))
+    assert (cfg.hf_token, cfg.logger.api_key, cfg.data.password) == ("abc", "x=y", "p4ss")
+    plain = loggable_config(cfg)
+    assert "hf_token" not in plain and "api_key" not in plain["logger"] and "password" not in plain["data"]
+
+
+def _experiment(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
+        return compose(config_name="evaluate", overrides=[f"paths.output_dir={tmp_path}", *overrides])
+
+
+def test_an_output_directory_refuses_another_pretrained_start(tmp_path):
+    claim_output_dir(_experiment(tmp_path, "experiment=smoke"))
+    claim_output_dir(_experiment(tmp_path, "experiment=smoke"))
+    with pytest.raises(OutputConflictError, match=r"(?s)\(model_id differ\).*soup-tiny-vit-smoke.safetensors"):
+        claim_output_dir(_experiment(tmp_path, "experiment=demo", "name=smoke"))
+    with pytest.raises(OutputConflictError, match="model, model_id differ"):
+        claim_output_dir(_experiment(tmp_path, "experiment=smoke", "model=vit_b16"))
+
+
+def test_markers_of_older_versions_are_completed(tmp_path):
+    cfg = _experiment(tmp_path, "experiment=smoke")
+    marker = tmp_path / "smoke" / "experiment.json"
+    marker.parent.mkdir()
+    old = {k: v for k, v in experiment_identity(cfg).items() if k != "model_id"}
+    marker.write_text(json.dumps(old))
+    claim_output_dir(cfg)
+    assert '"model_id": "open_clip:soup-tiny-vit:soup-tiny-vit-smoke.safetensors"' in marker.read_text()
+
+
+def test_a_read_only_output_root_is_one_line():
+    with shared_dir() as root:
+        (root / "ro").mkdir()
+        (root / "ro").chmod(0o555)
+        cfg = _experiment(root / "ro", "experiment=smoke")
+        experiment_identity(cfg)  # imports what the child needs (it may not read the Python install)
+        status, err = run_in_child(lambda: run_stage(cfg, run_evaluate), unprivileged=True)
+    assert status == 2, err
+    assert err == (f"soup-exp evaluate: error: output directory {root}/ro/smoke cannot be written ({root}/ro is "
+                   "read-only for this user); choose another output root (paths.output_dir=... or SOUP_OUTPUT_DIR)\n")
