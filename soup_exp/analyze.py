@@ -126,20 +126,24 @@ def _log_to_wandb(run: Any, record: dict[str, Any], folder: Path) -> None:
 
 
 def read_table(path: Path) -> tuple[list[str], list[list[Any]]]:
-    """A CSV written by :func:`soup_exp.reporting.figures.save_data`, numbers as floats."""
+    """A CSV written by :func:`soup_exp.reporting.figures.save_data`, typed per column as a
+    W&B table needs: a column whose filled cells all parse as numbers holds floats, any
+    other holds strings; empty cells are None."""
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
         columns = next(reader, [])
-        return columns, [[_number(cell) for cell in row] for row in reader]
+        rows = list(reader)
+    numeric = [all(_is_number(row[i]) for row in rows if i < len(row) and row[i] != "") for i in range(len(columns))]
+    return columns, [[None if cell == "" else float(cell) if numeric[i] else cell for i, cell in enumerate(row)]
+                     for row in rows]
 
 
-def _number(cell: str) -> Any:
-    if cell == "":
-        return None
+def _is_number(cell: str) -> bool:
     try:
-        return float(cell)
+        float(cell)
     except ValueError:
-        return cell
+        return False
+    return True
 
 
 def _scalars(numbers: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -113,3 +113,28 @@ def test_a_user_analysis_from_a_config_dir(world, monkeypatch, fake_run):
     with pytest.raises(ConfigError, match=r"analysis\.held_out_vs\.top=0"):
         run_analyze(world.cfg("analyses=mine", "analysis.held_out_vs.top=0", config_dir=USER_REPO / "conf"),
                     run=fake_run())
+
+
+def test_figures_tables_and_numbers_reach_an_offline_wandb_run(world, cook, recwarn):
+    from wandb_reader import read_offline_run
+
+    cook("greedy")  # the greedy curve's rows leave the `draw` column empty: W&B must still take the table
+    made = run_analyze(world.cfg("analysis=[num_ingredients]", "analysis.num_ingredients.ks=[1,2]",
+                                 "analysis.num_ingredients.draws=1", "logger.mode=offline"))
+    assert not [w for w in recwarn if "W&B" in str(w.message)], [str(w.message) for w in recwarn]
+    (run_dir,) = (world.out / "wandb").glob("offline-run-*")
+    logged = read_offline_run(run_dir)
+    assert logged.job_type == "analyze" and logged.group == world.out.name
+    assert [p.name.split("_")[0] for p in (run_dir / "files" / "media" / "images").rglob("*.png")] == ["num"]
+    assert len(list((run_dir / "files" / "media" / "table").rglob("*.table.json"))) == 1
+    record = json.loads((made["num_ingredients"] / "analysis.json").read_text())
+    assert logged.summary["analysis/num_ingredients/ImageNet2p/best_individual"] == pytest.approx(
+        record["numbers"]["ImageNet2p"]["best_individual"])
+
+
+def test_tables_for_wandb_are_typed_per_column(tmp_path):
+    from soup_exp.analyze import read_table
+    from soup_exp.reporting.figures import save_data
+
+    path = save_data(["name", "k", "draw"], [["7", 1, ""], ["ft_1", 2, 0]], tmp_path / "t")
+    assert read_table(path) == (["name", "k", "draw"], [["7", 1.0, None], ["ft_1", 2.0, 0.0]])
