@@ -138,3 +138,32 @@ def test_tables_for_wandb_are_typed_per_column(tmp_path):
 
     path = save_data(["name", "k", "draw"], [["7", 1, ""], ["ft_1", 2, 0]], tmp_path / "t")
     assert read_table(path) == (["name", "k", "draw"], [["7", 1.0, None], ["ft_1", 2.0, 0.0]])
+
+
+@pytest.mark.slow
+def test_every_analysis_on_a_users_pool_of_imported_checkpoints(world, tmp_path, fake_run):
+    """A pool outside the experiment, as `soup-exp import` writes it: model_<i> folders, the LP
+    init as model_0, hyperparameters only in sweep.drawn, no init_from, no zero-shot model."""
+    import shutil
+
+    pool = tmp_path / "imported"
+    for index, run in enumerate(sorted((world.out / "ingredients").iterdir())):  # ft_0..ft_3, lp_init
+        name = f"model_{(index + 1) % 5}"
+        shutil.copytree(run, pool / name)
+        info = json.loads((run / "ingredient.json").read_text())
+        drawn = (info.get("sweep") or {}).get("drawn")
+        record = {"name": name, "kind": info["kind"], "base_model": info["base_model"],
+                  "sweep": {"kind": "release", "name": name, "index": None, "seed": None, "drawn": drawn}}
+        (pool / name / "ingredient.json").write_text(json.dumps(record))
+    shutil.rmtree(world.out / "ingredients")
+    shutil.rmtree(world.out / "zeroshot")
+
+    made = run_analyze(world.cfg(*SMALL, f"soup.pool={pool}"), run=fake_run())
+    assert list(made) == list(FIGURES)
+    records = {name: json.loads((folder / "analysis.json").read_text()) for name, folder in made.items()}
+    assert records["landscape"]["numbers"]["origin"] == "model_0"  # the release's LP init
+    assert records["angles"]["numbers"]["initialisation"] == "model_0"
+    assert records["num_ingredients"]["numbers"]["pool"] == 5
+    assert set(records["calibration"]["numbers"]["ece"]) == {f"model_{i}" for i in range(5)}
+    for name, stems in FIGURES.items():
+        assert all((made[name] / f"{stem}.{x}").is_file() for stem in stems for x in ("png", "pdf", "csv"))
