@@ -41,7 +41,8 @@ def _analysis(folder):
     save_figure(fig, folder / "reliability")
     save_data(["x"], [[1]], folder / "reliability")
     (folder / "analysis.json").write_text(json.dumps({
-        "name": "calibration", "outputs": ["reliability.png", "reliability.pdf", "reliability.csv"]}))
+        "name": "calibration", "label": "Calibration", "numbers": {"bins": 15, "ece": {"ft_0": {"ImageNet": 0.1}}},
+        "outputs": ["reliability.png", "reliability.pdf", "reliability.csv"]}))
 
 
 def test_report_writes_tables_figures_and_an_offline_run(tmp_path, our_rows, greedy_soup_json, learned_soup_json, capsys):
@@ -51,8 +52,12 @@ def test_report_writes_tables_figures_and_an_offline_run(tmp_path, our_rows, gre
         f"{fig}.{f}" for fig in ("figure1", "greedy_trajectory_greedy", "coefficients_learned_by_layer")
         for f in ("png", "pdf")
     } | {"figure1.csv", "greedy_trajectory_greedy.csv", "coefficients_learned_by_layer.csv"} | {
-        f"analysis/calibration/reliability.{f}" for f in ("png", "pdf", "csv")}  # listed, not redrawn
+        f"analysis/calibration/reliability.{f}" for f in ("png", "pdf", "csv")} | {"analyses.md"}  # listed, not redrawn
     assert set(outputs) == expected
+    index = outputs["analyses.md"].read_text()
+    assert "## Calibration" in index and "bins: 15" in index
+    assert "![reliability](analysis/calibration/reliability.png)" in index
+    assert "[data](analysis/calibration/reliability.csv)" in index
     assert all(p.is_file() and p.stat().st_size > 0 for p in outputs.values())
     table_md = outputs["table.md"].read_text()
     assert "Greedy soup (2 models)" in table_md  # count taken from soup.json
