@@ -167,3 +167,63 @@ def test_every_analysis_on_a_users_pool_of_imported_checkpoints(world, tmp_path,
     assert set(records["calibration"]["numbers"]["ece"]) == {f"model_{i}" for i in range(5)}
     for name, stems in FIGURES.items():
         assert all((made[name] / f"{stem}.{x}").is_file() for stem in stems for x in ("png", "pdf", "csv"))
+
+
+class Preempted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", ["angles", "num_ingredients"])
+def test_an_interrupted_analysis_resumes_without_redoing_finished_work(world, cook, fake_run, monkeypatch, name):
+    """Preempted at its second group of candidates, the analysis keeps what it finished: the
+    rerun evaluates only the candidates it had not."""
+    from soup_exp.analysis.context import AnalysisContext
+
+    cook("greedy")
+    groups = []
+    real = AnalysisContext._evaluate_group
+
+    def group(self, items, datasets):
+        groups.append([key for key, _ in items])
+        if interrupt and len(groups) == 2:
+            raise Preempted
+        yield from real(self, items, datasets)
+
+    monkeypatch.setattr(AnalysisContext, "_evaluate_group", group)
+    own = [o for o in [*SMALL, "analysis.num_ingredients.ks=[1,2,3]"] if o.startswith(f"analysis.{name}.")]
+    cfg = world.cfg(f"analysis=[{name}]", *own)
+    interrupt = True
+    with pytest.raises(Preempted):
+        run_analyze(cfg, run=fake_run())
+    folder = world.out / "report" / "analysis" / name
+    assert (folder / ".partial.json").is_file() and not (folder / "analysis.json").exists()
+    finished = set(groups[0])
+    groups.clear()
+    interrupt = False
+    run_analyze(cfg, run=fake_run())
+    again = [key for keys in groups for key in keys]
+    assert again and not finished & set(again)
+    assert (folder / "analysis.json").is_file() and not (folder / ".partial.json").exists()
+
+
+def test_interrupted_greedy_ablations_rerun_only_the_unfinished_greedy_runs(world, fake_run, monkeypatch):
+    from soup_exp.analysis import greedy_ablation
+
+    runs = []
+    real = greedy_ablation.greedy_soup
+
+    def greedy(*args, state_file, **kwargs):
+        runs.append(state_file.stem)
+        if interrupt and len(runs) == 3:
+            raise Preempted
+        return real(*args, state_file=state_file, **kwargs)
+
+    monkeypatch.setattr(greedy_ablation, "greedy_soup", greedy)
+    cfg = world.cfg("analysis=[greedy_ablation]", *(o for o in SMALL if o.startswith("analysis.greedy_ablation.")))
+    interrupt = True
+    with pytest.raises(Preempted):
+        run_analyze(cfg, run=fake_run())
+    done, runs[:] = runs[:2], []
+    interrupt = False
+    run_analyze(cfg, run=fake_run())
+    assert done == ["tolerance_0", "tolerance_0.01"] and runs == ["random_0", "random_1"]  # the third resumes
