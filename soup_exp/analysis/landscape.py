@@ -116,7 +116,12 @@ def landscape_analysis(
     over the plane through ``origin`` and ``models`` (two names; default: the two best
     ingredients on held-out besides the origin)."""
     zero = ctx.initialisation(origin)
-    a, b = _pair(ctx, zero, models)
+    pair = _pair(ctx, zero, models)
+    if pair is None:
+        log.warning("landscape: the pool has fewer than two fine-tuned models besides %s; nothing to draw "
+                    "(name two models with analysis.landscape.models=[a,b])", zero.name)
+        return {"models": []}
+    a, b = pair
     plane = Plane.through(zero, a, b)
     train_evaluator, train_set = ctx.train_subset(train_images, seed)
     ctx.datasets_for([error_on])
@@ -157,7 +162,8 @@ def landscape_analysis(
     }
 
 
-def _pair(ctx: AnalysisContext, origin: Ingredient, models: list[str] | None) -> tuple[Ingredient, Ingredient]:
+def _pair(ctx: AnalysisContext, origin: Ingredient, models: list[str] | None) -> tuple[Ingredient, Ingredient] | None:
+    """The two named models, else the two best fine-tunes on held-out (None: fewer than two)."""
     if models is not None:
         if len(models) != 2:
             raise ConfigError(f"analysis.landscape.models={models}: name exactly two models (or null for the "
@@ -166,8 +172,7 @@ def _pair(ctx: AnalysisContext, origin: Ingredient, models: list[str] | None) ->
     candidates = sorted((i for i, ing in enumerate(ctx.ingredients)
                          if ing.name != origin.name and ing.info.get("kind") != "lp"), key=lambda i: -ctx.scores[i])
     if len(candidates) < 2:
-        raise ConfigError(f"landscape: the pool has fewer than two fine-tuned models besides {origin.name}; "
-                          "name two models with analysis.landscape.models=[a,b]")
+        return None
     return ctx.ingredients[candidates[0]], ctx.ingredients[candidates[1]]
 
 

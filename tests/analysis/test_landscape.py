@@ -92,3 +92,13 @@ def test_an_interrupted_landscape_resumes_where_it_stopped(context, monkeypatch)
     numbers = landscape_analysis(ctx, **params)
     assert len(calls) == 13 - 4 and numbers["origin"] == "lp_init"
     assert numbers["models"] == [ctx.names[i] for i in sorted(range(4), key=lambda i: -ctx.scores[i])[:2]]
+
+
+def test_a_pool_with_one_fine_tune_has_no_landscape_and_says_so(context, world, caplog):
+    ingredients = world.out / "ingredients"
+    ctx = context("landscape", f"soup.pool=[{ingredients / 'lp_init'},{ingredients / 'ft_0'}]")
+    with caplog.at_level("WARNING"):
+        numbers = landscape_analysis(ctx, origin="auto", models=None, grid=3, margin=0.1, error_on="ImageNet2p",
+                                     train_images=60, seed=0)
+    assert numbers == {"models": []} and ctx.outputs == []
+    assert "fewer than two fine-tuned models besides lp_init" in caplog.text
