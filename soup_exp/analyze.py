@@ -28,7 +28,7 @@ from soup_exp.soups.ingredients import load_ingredients
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.io import remove_stale_temp_files
-from soup_exp.utils.plugins import Plugin, selected_plugins
+from soup_exp.utils.plugins import Plugin, plan_line, selected_plugins
 from soup_exp.utils.runtime import code_version
 from soup_exp.utils.text import plural
 
@@ -61,10 +61,8 @@ def plan_analyze(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, li
                                   else "no finished ingredients yet")]
     for analysis in selected_analyses(cfg):
         folder = Path(str(cfg.analysis_dir)) / analysis.name
-        done = ctx is not None and finished_analysis(folder, ctx.key_for(analysis.target, analysis.params))
-        params = ", ".join(f"{k}={v}" for k, v in analysis.params.items())
-        lines.append(f"{analysis.name} [{'done, skipped' if done else 'to run'}] {analysis.label}"
-                     + (f": {params}" if params else ""))
+        done = ctx is not None and finished_analysis(folder, ctx.key_for(analysis.target, analysis.params)) is not None
+        lines.append(plan_line(analysis, done, "to run"))
     return {"analyze": lines, "outputs": [f"analyses: {cfg.analysis_dir}", logger_line(cfg)]}
 
 

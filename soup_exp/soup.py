@@ -24,7 +24,7 @@ from soup_exp.soups.recipe import Recipe, Soup, soups_of
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.io import remove_stale_temp_files
-from soup_exp.utils.plugins import selected_plugins
+from soup_exp.utils.plugins import plan_line, selected_plugins
 from soup_exp.utils.runtime import code_version
 from soup_exp.utils.text import plural
 
@@ -57,10 +57,7 @@ def plan_soups(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list
         found = "no finished ingredients yet"
     lines = [f"pool: {pool}: {found}"]
     for recipe in selected_recipes(cfg):
-        done = is_finished_soup(Path(str(cfg.soups_dir)) / recipe.name)
-        params = ", ".join(f"{k}={v}" for k, v in recipe.params.items())
-        lines.append(f"{recipe.name} [{'done, skipped' if done else 'to cook'}] {recipe.label}"
-                     + (f": {params}" if params else ""))
+        lines.append(plan_line(recipe, is_finished_soup(Path(str(cfg.soups_dir)) / recipe.name), "to cook"))
     return {"data": dataset_lines(cfg, ["ImageNet2p"]), "soup": lines,
             "outputs": [f"soups: {cfg.soups_dir}", logger_line(cfg)]}
 

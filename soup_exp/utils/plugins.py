@@ -18,7 +18,7 @@ from typing import Any
 from soup_exp.errors import ConfigError
 from soup_exp.utils.checks import check_value
 
-__all__ = ["Plugin", "check_params", "load_plugin", "selected_plugins"]
+__all__ = ["Plugin", "check_params", "load_plugin", "plan_line", "selected_plugins"]
 
 # Keys of a plugin file that are the stage's, not the callable's parameters.
 STAGE_KEYS = ("_target_", "label")
@@ -67,6 +67,12 @@ def selected_plugins(nodes: Mapping[str, Any] | None, group: str, check_name: Ca
         raise ConfigError(f"nothing selected in {group}: choose with {group}=[{example},...] "
                           f"(one file each in the {group}/ config group)")
     return plugins
+
+
+def plan_line(plugin: Plugin, done: bool, todo: str) -> str:
+    """A dry run's line for a selected plugin: name, status, label and parameters."""
+    params = ", ".join(f"{k}={v}" for k, v in plugin.params.items())
+    return f"{plugin.name} [{'done, skipped' if done else todo}] {plugin.label}" + (f": {params}" if params else "")
 
 
 def check_params(fn: Callable[..., Any], params: Mapping[str, Any], where: str) -> None:
