@@ -19,17 +19,19 @@ def usage() -> str:
         "",
         f"experiments: {', '.join(available_options('experiment'))}",
         f"recipes:     {', '.join(available_options('recipes'))}",
+        f"analyses:    {', '.join(available_options('analysis'))}",
         "",
         "examples:",
         "  soup-exp pipeline experiment=demo",
         "  soup-exp pipeline experiment=demo --dry-run      # what it would do; writes nothing",
         "  soup-exp finetune -m sweep=paper_vitb32 'sweep.index=range(71)' launcher=slurm",
         "  soup-exp soup 'recipes=[uniform,greedy]'",
+        "  soup-exp analyze 'analysis=[landscape,angles]'",
         "  soup-exp report results=outputs/demo/results.jsonl compare=paper_vitb32",
         "  soup-exp report results=paper_vitb32             # the authors' published numbers",
         "",
-        "`soup-exp <stage> --help` shows that stage's configuration (Hydra); --config-dir adds",
-        "your own configs (experiments, recipes, datasets, models), searched before the packaged ones.",
+        "`soup-exp <stage> --help` shows that stage's configuration (Hydra); --config-dir adds your",
+        "own configs (experiments, recipes, analyses, datasets, models), searched before the packaged ones.",
     ]
     return "\n".join(lines)
 

@@ -3,7 +3,7 @@
 Inputs first (the demo's generated data and pretrained start, both cached), then the
 zero-shot model, the LP init and the fine-tuning sweep as a real Hydra multirun (so a
 `launcher=` override sends it to submitit or SLURM exactly as `soup-exp finetune -m`
-would), then soups, evaluation and the report, each composed from its own primary
+would), then soups, evaluation, the analyses and the report, each composed from its own primary
 config with the same user overrides.
 """
 
@@ -152,6 +152,7 @@ STEPS: dict[str, Callable[[DictConfig, Sequence[str]], Any]] = {
     "finetune": run_finetunes,
     "soup": _composed("soup"),
     "evaluate": _composed("evaluate"),
+    "analyze": _composed("analyze"),
     "report": _composed("report"),
 }
 
@@ -164,7 +165,7 @@ def check_stage_names(cfg: DictConfig) -> None:
 
 def check_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """What can fail before the first stage: stage names, the sweep's hyperparameters, the
-    selected recipes and evaluation sets (each stage checks its inputs again when it starts)."""
+    selected recipes, evaluation sets and analyses (each stage checks its inputs again when it starts)."""
     check_stage_names(cfg)
     stages = set(cfg.pipeline.stages)
     if "finetune" in stages and int(cfg.pipeline.sweep_size) > 0:
@@ -179,6 +180,10 @@ def check_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
         from soup_exp.evaluate import check_evaluate
 
         check_evaluate(compose_stage("evaluate", [o for o in overrides if _override_key(o) != "check_data"]))
+    if "analyze" in stages:
+        from soup_exp.analyze import selected_analyses
+
+        selected_analyses(compose_stage("analyze", overrides))
 
 
 def plan_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
@@ -195,7 +200,7 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, l
         plans.append({"data": lines})
     if "finetune" in stages:
         plans += _finetune_plans(cfg, overrides)
-    for stage in ("soup", "evaluate", "report"):
+    for stage in ("soup", "evaluate", "analyze", "report"):
         if stage in stages:
             plans.append(STAGES[stage].hook("plan")(compose_stage(stage, overrides), overrides))
     plan = merge_plans(plans)

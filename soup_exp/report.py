@@ -1,10 +1,12 @@
 """`soup-exp report`: results files in; table (md/tex/csv), figures (png/pdf) and a W&B
-run out. Also reads the authors' published files, so their table can be rebuilt.
+run out. Also reads the authors' published files, so their table can be rebuilt, and
+lists the figures `soup-exp analyze` left in ``analysis_dir``.
 The table and figure code lives in :mod:`soup_exp.reporting`."""
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from soup_exp.artifacts import SOUP_FILE, find_dirs, soup_record
+from soup_exp.artifacts.analysis import analysis_records
 from soup_exp.errors import ConfigError
 from soup_exp.reporting.figures import (
     SoupFileError,
@@ -97,6 +100,7 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
         outputs.update(_write_table(reproduction, report_dir / "reproduction", formats))
         print(to_markdown(reproduction))
     outputs.update(_write_figures(rows, soups, report_dir / "figures"))
+    outputs.update(analysis_outputs(cfg.get("analysis_dir"), report_dir))
 
     _log_to_wandb(cfg, table, comparison, outputs, len(rows))
     print(to_markdown(table))
@@ -131,6 +135,43 @@ def _write_figures(rows: list[dict[str, Any]], soups: list[dict[str, Any]], out_
     return {path.name: path for path in paths}
 
 
+def analysis_outputs(analysis_dir: Any, report_dir: Path) -> dict[str, Path]:
+    """The figures and tables `soup-exp analyze` wrote, listed (not recomputed), and
+    ``analyses.md``, which shows each analysis's figures and headline numbers."""
+    outputs: dict[str, Path] = {}
+    records = analysis_records(Path(str(analysis_dir)).expanduser()) if analysis_dir else []
+    for record in records:
+        folder = Path(record["_dir"])
+        for name in record.get("outputs") or []:
+            if (folder / name).is_file():
+                outputs[f"analysis/{folder.name}/{name}"] = folder / name
+    if records:
+        index = report_dir / "analyses.md"
+        atomic_write_text(index, analysis_index(records, report_dir))
+        outputs[index.name] = index
+    return outputs
+
+
+def analysis_index(records: Sequence[Mapping[str, Any]], report_dir: Path) -> str:
+    """Markdown: per analysis, its label, its top-level numbers, its figures (links relative
+    to the report folder) and the CSV of each."""
+    lines = ["# Analyses", ""]
+    for record in records:
+        folder = Path(record["_dir"])
+        where = os.path.relpath(folder, report_dir)
+        lines += [f"## {record.get('label') or folder.name}", ""]
+        numbers = {k: v for k, v in (record.get("numbers") or {}).items()
+                   if isinstance(v, str | int | float) and not isinstance(v, bool)}
+        if numbers:
+            lines += [", ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in numbers.items()),
+                      ""]
+        for name in record.get("outputs") or []:
+            if name.endswith(".png"):
+                stem = name[: -len(".png")]
+                lines += [f"![{stem}]({where}/{name})", f"[data]({where}/{stem}.csv) · [pdf]({where}/{stem}.pdf)", ""]
+    return "\n".join(lines)
+
+
 def _read_soups(soups_dir: Any) -> list[dict[str, Any]]:
     """Every ``soup.json`` under ``soups_dir`` (one per recipe directory), if it exists."""
     if not soups_dir:
@@ -163,9 +204,9 @@ def _log_to_wandb(
         for key, tab in (("results_table", table), ("comparison_table", comparison)):
             if tab is not None:
                 run.log_table(key, ["method", "model", *(k for k, _ in tab.columns)], _table_data(tab))
-        for path in outputs.values():
+        for key, path in outputs.items():
             if path.suffix == ".png":
-                run.log_image(f"figures/{path.stem}", path)
+                run.log_image(f"figures/{Path(key).with_suffix('')}", path)
         summary = {
             f"{row.slot}/{key}": value
             for row in table.rows

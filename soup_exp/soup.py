@@ -18,13 +18,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from soup_exp.artifacts import check_name, write_soup_dir
-from soup_exp.errors import ConfigError
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.ingredients import Ingredient, load_ingredients
-from soup_exp.soups.recipe import Recipe, Soup, load_recipe, soups_of
+from soup_exp.soups.recipe import Recipe, Soup, soups_of
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.io import remove_stale_temp_files
+from soup_exp.utils.plugins import plan_line, selected_plugins
 from soup_exp.utils.runtime import code_version
 from soup_exp.utils.text import plural
 
@@ -32,18 +32,9 @@ log = logging.getLogger(__name__)
 
 
 def selected_recipes(cfg: DictConfig) -> list[Recipe]:
-    """The recipes of ``cfg.recipes`` in selection order, parameters checked.
-
-    Entries without ``_target_`` are settings an experiment gives a recipe that is not
-    selected this time (e.g. ``recipes.learned_by_layer.epochs`` with ``recipes=[uniform]``).
-    """
-    nodes = to_plain(cfg.get("recipes")) or {}
-    recipes = [load_recipe(check_name(name, "recipe"), node) for name, node in nodes.items()
-               if isinstance(node, dict) and node.get("_target_")]
-    if not recipes:
-        raise ConfigError("no recipe selected: choose some with recipes=[uniform,greedy,...] "
-                          "(one file each in the recipes/ config group)")
-    return recipes
+    """The recipes of ``cfg.recipes`` in selection order, parameters checked."""
+    return [Recipe.of(p) for p in selected_plugins(to_plain(cfg.get("recipes")), "recipes", check_name,
+                                                   "uniform,greedy")]
 
 
 def check_soups(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
@@ -66,10 +57,7 @@ def plan_soups(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list
         found = "no finished ingredients yet"
     lines = [f"pool: {pool}: {found}"]
     for recipe in selected_recipes(cfg):
-        done = is_finished_soup(Path(str(cfg.soups_dir)) / recipe.name)
-        params = ", ".join(f"{k}={v}" for k, v in recipe.params.items())
-        lines.append(f"{recipe.name} [{'done, skipped' if done else 'to cook'}] {recipe.label}"
-                     + (f": {params}" if params else ""))
+        lines.append(plan_line(recipe, is_finished_soup(Path(str(cfg.soups_dir)) / recipe.name), "to cook"))
     return {"data": dataset_lines(cfg, ["ImageNet2p"]), "soup": lines,
             "outputs": [f"soups: {cfg.soups_dir}", logger_line(cfg)]}
 

@@ -72,6 +72,22 @@ def test_smoke_soups_results_report_and_wandb(smoke_run):
 
 
 @pytest.mark.slow
+def test_smoke_runs_every_analysis_into_the_report(smoke_run):
+    out, _ = smoke_run
+    analyses = out / "report" / "analysis"
+    names = ("landscape", "angles", "num_ingredients", "greedy_ablation", "calibration")
+    for name in names:
+        record = json.loads((analyses / name / "analysis.json").read_text())
+        pngs = [o for o in record["outputs"] if o.endswith(".png")]
+        assert pngs, name
+        for png in pngs:  # each figure in both formats, its data beside it
+            stem = png[: -len(".png")]
+            assert all((analyses / name / f"{stem}.{x}").stat().st_size > 0 for x in ("png", "pdf", "csv"))
+    index = (out / "report" / "analyses.md").read_text()
+    assert all(f"](analysis/{name}/" in index for name in names)
+
+
+@pytest.mark.slow
 def test_smoke_figures_are_real_images(smoke_run):
     from PIL import Image
 
@@ -98,7 +114,7 @@ def test_smoke_logs_an_offline_wandb_run_per_stage(smoke_run):
     by_stage: dict[str, list] = {}
     for run in runs:
         by_stage.setdefault(run.job_type, []).append(run)
-    assert set(by_stage) == {"finetune", "soup", "evaluate", "report"}
+    assert set(by_stage) == {"finetune", "soup", "evaluate", "analyze", "report"}
     assert all(run.group == "smoke" for run in runs)
     finetunes = {run.name: run for run in by_stage["finetune"]}
     assert {"zeroshot", "lp_init"} <= set(finetunes)

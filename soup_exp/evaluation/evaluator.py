@@ -209,7 +209,7 @@ class Evaluator:
                     if len(members) == 1:
                         scores = dataset.project(logits[position[id(members[0])]])
                     else:
-                        scores = self._scores(_mean([self.member_logits(logits[position[id(m)]], ds_name)
+                        scores = self.ensemble_scores(_mean([self.member_logits(logits[position[id(m)]], ds_name)
                                                      for m in members]), ds_name)
                     correct[name] += (scores.argmax(dim=1) == batch_targets).sum()
             for name in groups:
@@ -251,10 +251,12 @@ class Evaluator:
         """Accuracy of averaged :meth:`member_logits` (rows in dataset order)."""
         dataset = self.dataset(dataset_name)
         self._check_rows(mean_logits, dataset_name)
-        predictions = self._scores(mean_logits.float(), dataset_name).argmax(dim=1).cpu()
+        predictions = self.ensemble_scores(mean_logits.float(), dataset_name).argmax(dim=1).cpu()
         return (predictions == dataset.targets).sum().item() / len(dataset)
 
-    def _scores(self, mean_member_logits: torch.Tensor, dataset_name: str) -> torch.Tensor:
+    def ensemble_scores(self, mean_member_logits: torch.Tensor, dataset_name: str) -> torch.Tensor:
+        """The per-target scores an ensemble predicts from (argmax) and is calibrated on
+        (softmax), from averaged :meth:`member_logits`."""
         if self.ensemble_logits == "projected":
             return mean_member_logits
         return self.dataset(dataset_name).project(mean_member_logits)
@@ -322,15 +324,17 @@ def configured_numerics(cfg: Mapping) -> str:
 
 
 def build_evaluator(
-    cfg: Mapping, preprocess: Any, classes: Any, names: Sequence[str] | None = None
+    cfg: Mapping, preprocess: Any, classes: Any, names: Sequence[str] | None = None,
+    extra: Sequence[LabeledImages] = (),
 ) -> Evaluator:
     """The evaluator of a stage config: datasets ``names`` (default ``cfg.eval.datasets``)
-    built by the data registry for the model's class space ``classes``."""
+    built by the data registry for the model's class space ``classes``, then ``extra``
+    (datasets built elsewhere, e.g. a fixed subset of the training images)."""
     from soup_exp.data.registry import build_eval_dataset
 
     eval_cfg = cfg["eval"]
     names = list(names if names is not None else evaluation_suite(cfg))
-    datasets = [build_eval_dataset(name, cfg["data"], classes) for name in names]
+    datasets = [*(build_eval_dataset(name, cfg["data"], classes) for name in names), *extra]
     cache_dir = eval_cfg["cache"]["dir"] if eval_cfg["cache"]["enabled"] else None
     workers = eval_cfg["num_workers"] if eval_cfg["num_workers"] is not None else cfg["num_workers"]
     return Evaluator(

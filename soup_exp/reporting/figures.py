@@ -1,9 +1,12 @@
 """The paper's figures: Figure 1 (ImageNet vs distribution shifts), the greedy-soup
-trajectory, learned-soup coefficients. Each is saved as PNG and PDF.
+trajectory, learned-soup coefficients; and the shared style of every figure soup-exp draws.
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects directly (Agg rendering, no
-pyplot state), so reports work on headless nodes and inside notebooks alike. Styles
-differ by marker shape and fill, not only colour, so printouts in greyscale stay legible.
+pyplot state), so reports work on headless nodes and inside notebooks alike. Each is saved
+as PNG and PDF with its data as CSV beside it (:func:`save_data`), so users can restyle it.
+Colours are the Okabe-Ito palette (distinguishable with every common colour-vision
+deficiency) and styles also differ by marker shape and fill, so greyscale printouts stay
+legible. Points are labelled only where the legend cannot say what they are.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 
 from soup_exp.errors import SoupExpError
 from soup_exp.utils.io import atomic_path
@@ -26,20 +31,85 @@ DPI = 150  # PNGs are 960 x 720 pixels; a by-layer coefficient map grows taller 
 FORMATS = ("png", "pdf")
 LABEL_FONT = 7  # points: tick labels naming models and layers
 
-# Figure 1 marker per style key (see _style_key): shape and fill tell them apart in grey.
-STYLES: dict[str, dict[str, Any]] = {
-    "finetune": {"marker": "o", "s": 22, "facecolors": "0.7", "edgecolors": "0.35", "label": "Fine-tuned models"},
-    "lp": {"marker": "v", "s": 70, "facecolors": "white", "edgecolors": "black", "label": "LP init"},
-    "zeroshot": {"marker": "P", "s": 80, "facecolors": "white", "edgecolors": "black", "label": "Zero-shot"},
-    "uniform": {"marker": "*", "s": 220, "facecolors": "black", "edgecolors": "black", "label": "Uniform soup"},
-    "greedy": {"marker": "D", "s": 80, "facecolors": "black", "edgecolors": "black", "label": "Greedy soup"},
-    "learned_per_model": {"marker": "^", "s": 90, "facecolors": "0.3", "edgecolors": "black", "label": "Learned soup"},
-    "learned_by_layer": {"marker": ">", "s": 90, "facecolors": "0.3", "edgecolors": "black", "label": "Learned soup (by layer)"},
-    "model_stock": {"marker": "X", "s": 90, "facecolors": "0.5", "edgecolors": "black", "label": "Model stock"},
-    "ensemble": {"marker": "s", "s": 80, "facecolors": "white", "edgecolors": "black", "label": "Ensemble"},
-    "greedy_ensemble": {"marker": "s", "s": 80, "facecolors": "0.55", "edgecolors": "black", "label": "Greedy ensemble"},
-    "wise_ft": {"marker": "p", "s": 80, "facecolors": "0.85", "edgecolors": "black", "label": "WiSE-FT"},
+# Okabe & Ito (2008), "Color universal design": safe for deuteranopia, protanopia, tritanopia.
+PALETTE = {
+    "black": "#000000", "orange": "#E69F00", "sky_blue": "#56B4E9", "green": "#009E73",
+    "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7",
 }
+GREY = "#999999"  # individual fine-tunes: many points, in the background
+CYCLE = ("blue", "vermillion", "green", "orange", "purple", "sky_blue", "black")
+SEQUENTIAL_CMAP = "cividis"  # perceptually uniform and colour-vision-deficiency safe
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one kind of model is drawn in every figure: colour, marker, fill, size, legend label."""
+
+    label: str
+    color: str
+    marker: str
+    filled: bool = True
+    size: float = 70
+
+    def scatter(self) -> dict[str, Any]:
+        return {"marker": self.marker, "s": self.size, "label": self.label, "linewidths": 0.9,
+                "facecolors": self.color if self.filled else "white", "edgecolors": self.color}
+
+    def line(self) -> dict[str, Any]:
+        return {"color": self.color, "marker": self.marker, "markersize": math.sqrt(self.size) * 0.8,
+                "markerfacecolor": self.color if self.filled else "white", "markeredgecolor": self.color}
+
+
+# Per style key (see style_key): the model kinds and the paper's recipes.
+STYLES: dict[str, Style] = {
+    "finetune": Style("Fine-tuned models", GREY, "o", size=18),
+    "lp": Style("LP init", PALETTE["black"], "v", filled=False),
+    "zeroshot": Style("Zero-shot", PALETTE["black"], "P", size=80),
+    "uniform": Style("Uniform soup", PALETTE["blue"], "*", size=200),
+    "greedy": Style("Greedy soup", PALETTE["vermillion"], "D", size=70),
+    "learned_per_model": Style("Learned soup", PALETTE["green"], "^", size=80),
+    "learned_by_layer": Style("Learned soup (by layer)", PALETTE["green"], ">", filled=False, size=80),
+    "model_stock": Style("Model stock", PALETTE["purple"], "X", size=80),
+    "ensemble": Style("Ensemble", PALETTE["sky_blue"], "s", size=70),
+    "greedy_ensemble": Style("Greedy ensemble", PALETTE["sky_blue"], "s", filled=False, size=70),
+    "wise_ft": Style("WiSE-FT", PALETTE["orange"], "o", size=14),
+}
+_EXTRA_MARKERS = ("h", "8", "d", "<", "H", "p")
+
+
+def style_key(row: Mapping[str, Any]) -> str:
+    """The style of a result row or soup: its recipe for soups and ensembles, else its kind."""
+    kind = str(row.get("kind") or "finetune")
+    if kind in ("soup", "ensemble"):
+        return str(row.get("recipe") or kind)
+    return kind
+
+
+def style_for(key: str, row: Mapping[str, Any] | None = None) -> Style:
+    """The style of ``key``; a recipe without one (a user's) gets a stable marker and colour
+    and the label the table gives it."""
+    if key in STYLES:
+        return STYLES[key]
+    digest = sum(map(ord, key))
+    label = str((row or {}).get("label") or key)
+    return Style(label, PALETTE[CYCLE[digest % len(CYCLE)]], _EXTRA_MARKERS[digest % len(_EXTRA_MARKERS)])
+
+
+def style_order(key: str) -> int:
+    return list(STYLES).index(key) if key in STYLES else len(STYLES)
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
+    """A figure of the standard size (960 x 720 px) with its axes (one, a row or a grid,
+    as ``Figure.subplots`` returns them)."""
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    axes = fig.subplots(nrows, ncols, **kwargs)
+    return fig, axes
+
+
+def style_axes(ax: Any) -> None:
+    ax.grid(True, color="0.9", linewidth=0.6, zorder=0)
+    ax.set_axisbelow(True)
 
 
 class SoupFileError(SoupExpError, ValueError):
@@ -75,36 +145,58 @@ def save_data(columns: Sequence[str], rows: Sequence[Sequence[Any]], out_base: s
 
 def plot_figure1(rows: Sequence[Mapping[str, Any]], out_base: str | Path) -> list[Path]:
     """ImageNet top-1 (x) against the mean over the five shifts (y), as in the paper's
-    Figure 1: fine-tuned models as grey points, soups/ensembles/baselines marked and named."""
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        if row.get("ImageNet") is None or row.get("avg_shifts") is None:
-            continue
-        groups.setdefault(_style_key(row), []).append(row)
-    if not groups:
+    Figure 1: fine-tuned models as unlabelled grey points, WiSE-FT as a curve through its
+    alphas, soups, ensembles and baselines marked and named by the legend."""
+    plotted = [r for r in rows if r.get("ImageNet") is not None and r.get("avg_shifts") is not None]
+    if not plotted:
         warnings.warn("no result has both ImageNet and avg_shifts; Figure 1 is skipped", stacklevel=2)
         return []
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
-    ax = fig.add_subplot()
+    fig = figure1(plotted)
+    data = [[r["name"], r.get("kind"), r.get("recipe"), r.get("label"), r.get("alpha"), r.get("interpolated"),
+             r["ImageNet"], r["avg_shifts"]] for r in plotted]
+    columns = ["name", "kind", "recipe", "label", "alpha", "interpolated", "ImageNet", "avg_shifts"]
+    return [*save_figure(fig, out_base), save_data(columns, data, out_base)]
+
+
+def figure1(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """The Figure 1 canvas for rows that all have ``ImageNet`` and ``avg_shifts``."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(style_key(row), []).append(row)
+    fig, ax = new_figure()
     labelled: list[tuple[str, float, float]] = []
-    for key in sorted(groups, key=lambda k: list(STYLES).index(k) if k in STYLES else len(STYLES)):
+    for key in sorted(groups, key=style_order):
         members = groups[key]
-        style = dict(STYLES.get(key) or _new_style(key, members[0]))
+        style = style_for(key, members[0])
+        if key == "wise_ft":
+            _wise_ft_curves(ax, members, style)
+            continue
         xs = [100 * float(r["ImageNet"]) for r in members]
         ys = [100 * float(r["avg_shifts"]) for r in members]
-        ax.scatter(xs, ys, linewidths=0.8, zorder=3 if key != "finetune" else 2, **style)
-        if key != "finetune":
+        ax.scatter(xs, ys, zorder=3 if key != "finetune" else 2, **style.scatter())
+        if key != "finetune" and len(members) > 1:  # the legend names the style, not which one
             labelled += [(str(r["name"]), x, y) for r, x, y in zip(members, xs, ys, strict=True)]
-    ax.margins(x=0.1, y=0.06)
-    _annotate_apart(fig, ax, labelled)
+    ax.margins(x=0.08, y=0.08)
     ax.set_xlabel("ImageNet top-1 accuracy (%)")
     ax.set_ylabel("Avg. accuracy on 5 distribution shifts (%)")
-    ax.grid(True, color="0.9", linewidth=0.6, zorder=0)
-    ax.legend(fontsize=7, loc="best", frameon=True)
-    data = [[r["name"], r.get("kind"), r.get("recipe"), r.get("label"), r["ImageNet"], r["avg_shifts"]]
-            for members in groups.values() for r in members]
-    return [*save_figure(fig, out_base),
-            save_data(["name", "kind", "recipe", "label", "ImageNet", "avg_shifts"], data, out_base)]
+    style_axes(ax)
+    ax.legend(fontsize=7, loc="best", frameon=True, framealpha=0.9)
+    annotate_apart(fig, ax, labelled)
+    return fig
+
+
+def _wise_ft_curves(ax: Any, rows: Sequence[Mapping[str, Any]], style: Style) -> None:
+    """One line per interpolated model through its alphas (zero-shot end to fine-tuned end)."""
+    curves: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        curves.setdefault(str(row.get("interpolated") or "?"), []).append(row)
+    dashes = ("-", "--", ":", "-.")
+    for index, (of, members) in enumerate(sorted(curves.items())):
+        members = sorted(members, key=lambda r: float(r.get("alpha") if r.get("alpha") is not None else math.inf))
+        xs = [100 * float(r["ImageNet"]) for r in members]
+        ys = [100 * float(r["avg_shifts"]) for r in members]
+        ax.plot(xs, ys, linestyle=dashes[index % len(dashes)], linewidth=1.2, zorder=2.5,
+                label=f"{style.label} of {of} (α = 0 … 1)", **style.line())
 
 
 @dataclass(frozen=True)
@@ -156,23 +248,26 @@ def plot_greedy_trajectory(soup: Mapping[str, Any], out_base: str | Path) -> lis
         best = max(best, y) if step.accepted else best
         running.append(best if best > -math.inf else y)
     what = "ensemble" if soup.get("kind") == "ensemble" else "soup"
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
-    ax = fig.add_subplot()
-    ax.step(xs, running, where="post", color="black", linestyle="--", linewidth=1.0, label=f"Greedy {what}")
+    fig, ax = new_figure()
+    color = STYLES["greedy_ensemble" if what == "ensemble" else "greedy"].color
+    ax.step(xs, running, where="post", color=color, linestyle="--", linewidth=1.0, label=f"Greedy {what}")
     kept = [(x, y) for x, y, s in zip(xs, ys, steps, strict=True) if s.accepted]
     dropped = [(x, y) for x, y, s in zip(xs, ys, steps, strict=True) if not s.accepted]
     if kept:
-        ax.scatter(*zip(*kept, strict=True), marker="o", s=36, color="black", zorder=3, label="Added")
+        ax.scatter(*zip(*kept, strict=True), marker="o", s=36, color=color, zorder=3, label="Added")
     if dropped:
-        ax.scatter(*zip(*dropped, strict=True), marker="o", s=36, facecolors="white", edgecolors="0.3", zorder=3, label="Rejected")
+        ax.scatter(*zip(*dropped, strict=True), marker="o", s=36, facecolors="white", edgecolors=GREY,
+                   linewidths=1.0, zorder=3, label="Rejected")
     if len(steps) <= 30:
         ax.set_xticks(xs, [s.candidate for s in steps], rotation=60, ha="right", fontsize=LABEL_FONT)
     ax.set_xlabel("Candidate (sorted by individual held-out accuracy)")
     ax.set_ylabel(f"Held-out accuracy of {what} with candidate (%)")
     ax.set_title(f"{soup.get('name', f'greedy {what}')}: {len(kept)} of {len(steps)} candidates kept", fontsize=9)
-    ax.grid(True, color="0.9", linewidth=0.6, zorder=0)
+    style_axes(ax)
     ax.legend(fontsize=7)
-    return save_figure(fig, out_base)
+    data = [[x, s.candidate, s.held_out, s.accepted, r / 100] for x, s, r in zip(xs, steps, running, strict=True)]
+    return [*save_figure(fig, out_base),
+            save_data(["step", "candidate", "held_out", "accepted", "soup_held_out"], data, out_base)]
 
 
 def coefficient_matrix(soup: Mapping[str, Any]) -> tuple[list[str], list[str], list[list[float]]]:
@@ -207,8 +302,8 @@ BETA_NOTE = "β: the learned temperature multiplying the logits (starts at 1)"
 
 def plot_learned_coefficients(soup: Mapping[str, Any], out_base: str | Path) -> list[Path]:
     """Per-model soups: a bar per ingredient. By-layer soups: a layers x ingredients
-    heatmap in grey levels with a colour bar, every layer labelled (the figure grows with
-    the number of layers rather than shrinking or skipping labels)."""
+    heatmap (a colour-vision-safe sequential map) with a colour bar, every layer labelled
+    (the figure grows with the number of layers rather than shrinking or skipping labels)."""
     rows, ingredients, values = coefficient_matrix(soup)
     by_layer = len(rows) > 1
     height = max(FIGSIZE[1], 1.8 + LAYER_ROW_INCHES * len(rows)) if by_layer else FIGSIZE[1]
@@ -219,13 +314,13 @@ def plot_learned_coefficients(soup: Mapping[str, Any], out_base: str | Path) -> 
         title += f" (β = {float(soup['beta']):.3g})\n{BETA_NOTE}"
     if not by_layer:
         xs = range(len(ingredients))
-        ax.bar(xs, values[0], color="0.45", edgecolor="black", linewidth=0.6)
+        ax.bar(xs, values[0], color=STYLES["learned_per_model"].color, edgecolor="black", linewidth=0.6)
         ax.set_xticks(list(xs), ingredients, rotation=60, ha="right", fontsize=LABEL_FONT)
         ax.set_ylabel("Mixing coefficient")
         ax.axhline(1 / len(ingredients), color="black", linestyle=":", linewidth=0.8, label="uniform")
         ax.legend(fontsize=LABEL_FONT)
     else:
-        image = ax.imshow(values, aspect="auto", cmap="Greys", interpolation="nearest")
+        image = ax.imshow(values, aspect="auto", cmap=SEQUENTIAL_CMAP, interpolation="nearest")
         fig.colorbar(image, ax=ax, label="Mixing coefficient", shrink=min(1.0, 6 / height))
         ax.set_xticks(range(len(ingredients)), ingredients, rotation=60, ha="right", fontsize=LABEL_FONT)
         prefix, labels = short_layer_names(rows)
@@ -233,30 +328,63 @@ def plot_learned_coefficients(soup: Mapping[str, Any], out_base: str | Path) -> 
         ax.set_ylabel(f"Parameter tensor{f' (prefix {prefix}. not shown)' if prefix else ''}")
     ax.set_xlabel("Ingredient")
     ax.set_title(title, fontsize=9)
-    return save_figure(fig, out_base)
+    data = [[row, *vals] for row, vals in zip(rows, values, strict=True)]
+    return [*save_figure(fig, out_base), save_data(["row", *ingredients], data, out_base)]
 
 
-_LABEL_OFFSETS = ((5, 4), (5, -11), (-5, 4), (-5, -11), (5, 14), (-5, -21), (5, -21), (-5, 14))
+# Label offsets (points) tried in turn: beside the point, then stacked above and below it
+# on either side, so a tight cluster gets a column of labels with leader lines.
+_OFFSETS = tuple((dx, dy) for dy in (4, -10, *(s * k for k in range(14, 90, 10) for s in (1, -1)))
+                 for dx in (6, -6))
+_LEADER_FROM = 12  # points: farther labels get a thin line to their point
 
 
-def _annotate_apart(fig: Figure, ax: Any, points: Sequence[tuple[str, float, float]]) -> None:
-    """Name each point, trying a few offsets so labels of nearby points do not overlap."""
+def annotate_apart(fig: Figure, ax: Any, points: Sequence[tuple[str, float, float]], fontsize: float = 7) -> None:
+    """Name each point where its label overlaps no other label and no labelled marker and
+    stays inside the axes (the first free offset of ``_OFFSETS``; if none is free, the one
+    overlapping least). Call once the axes are complete: the layout is fixed first, so the
+    positions measured here are the final ones."""
+    if not points:
+        return
+    fig.draw_without_rendering()
     renderer = FigureCanvasAgg(fig).get_renderer()
-    placed: list[Any] = []
-    for text, x, y in points:
-        for dx, dy in _LABEL_OFFSETS:
-            label = ax.annotate(
-                text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7,
-                ha="left" if dx > 0 else "right",
-            )
-            box = label.get_window_extent(renderer)
-            if not any(box.overlaps(other) for other in placed):
+    frame = ax.get_window_extent(renderer)
+    markers = []
+    for _, x, y in points:
+        px, py = ax.transData.transform((x, y))
+        markers.append(Bbox.from_extents(px - 4, py - 4, px + 4, py + 4))
+    placed: list[Bbox] = []
+    for index, (text, x, y) in enumerate(points):
+        obstacles = placed + [m for i, m in enumerate(markers) if i != index]
+        best = None
+        for dx, dy in _OFFSETS:
+            leader = {"arrowprops": {"arrowstyle": "-", "color": GREY, "linewidth": 0.5, "shrinkA": 0, "shrinkB": 3}} \
+                if abs(dy) > _LEADER_FROM else {}
+            label = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                                ha="left" if dx > 0 else "right", va="center", **leader)
+            label.set_in_layout(False)
+            label.update_positions(renderer)
+            box = Text.get_window_extent(label, renderer)  # the words, not the leader line
+            cost = sum(_overlap(box, other) for other in obstacles) + (0 if _inside(box, frame) else 1e6)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, label, box)
+            else:
+                label.remove()
+            if cost == 0:
                 break
-            label.remove()
-        else:
-            label = ax.annotate(text, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=7)
-            box = label.get_window_extent(renderer)
-        placed.append(box)
+        placed.append(best[2])
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return width * height if width > 0 and height > 0 else 0.0
+
+
+def _inside(box: Bbox, frame: Bbox) -> bool:
+    return box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
 
 
 def short_layer_names(names: list[str]) -> tuple[str, list[str]]:
@@ -277,23 +405,6 @@ def short_layer_names(names: list[str]) -> tuple[str, list[str]]:
     width = len(prefix)
     return ".".join(prefix), [".".join(p[width:]) if p[:width] == prefix and len(p) > width else n
                               for p, n in zip(parts, names, strict=True)]
-
-
-def _style_key(row: Mapping[str, Any]) -> str:
-    kind = str(row.get("kind", "finetune"))
-    if kind in ("soup", "ensemble"):
-        return str(row.get("recipe") or kind)
-    return kind
-
-
-_EXTRA_MARKERS = ("h", "8", "d", "<", "H", "p")
-
-
-def _new_style(key: str, row: Mapping[str, Any]) -> dict[str, Any]:
-    """A marker for a recipe Figure 1 has no style for (a user's), labelled as the table does."""
-    marker = _EXTRA_MARKERS[sum(map(ord, key)) % len(_EXTRA_MARKERS)]
-    return {"marker": marker, "s": 70, "facecolors": "0.5", "edgecolors": "black",
-            "label": str(row.get("label") or key)}
 
 
 def _first(entry: Mapping[str, Any], keys: Sequence[str]) -> Any:

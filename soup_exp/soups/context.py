@@ -115,17 +115,29 @@ class SoupContext:
 
     def heldout_logits(self, index: int) -> torch.Tensor:
         """Raw held-out logits of ingredient ``index``, computed once and cached on disk."""
+        return self.logits(self.ingredients[index], HELD_OUT)
+
+    def logits(self, model: Ingredient, dataset: str) -> torch.Tensor:
+        """Raw logits of ``model`` (an ingredient, the zero-shot model, a soup) on ``dataset``
+        in dataset order; cached on disk by weights file, dataset and numerics."""
         from soup_exp.artifacts import read_weights
         from soup_exp.utils.io import atomic_save_safetensors
 
-        ing = self.ingredients[index]
-        path = self.soups_dir / ".cache" / "heldout_logits" / f"{ing.name}-{self._weights_key(ing)}.safetensors"
-        if path.is_file():
-            return read_weights(path)["logits"]
-        self.skeleton.load_state_dict(ing.state_dict(), strict=True)
-        logits = self.evaluator.logits(self.skeleton, HELD_OUT)
-        atomic_save_safetensors({"logits": logits}, path)
+        path = None
+        if model.path is not None:
+            path = self.logits_dir / dataset / f"{model.name}-{self._weights_key(model, dataset)}.safetensors"
+            if path.is_file():
+                return read_weights(path)["logits"]
+        self.skeleton.load_state_dict(model.state_dict(), strict=True)
+        logits = self.evaluator.logits(self.skeleton, dataset)
+        if path is not None:
+            atomic_save_safetensors({"logits": logits}, path)
         return logits
+
+    @property
+    def logits_dir(self) -> Path:
+        """Where logits are cached (shared by the soup and analyze stages)."""
+        return self.soups_dir / ".cache" / "logits"
 
     def logits_accuracy(self, logits: torch.Tensor) -> float:
         """Held-out accuracy of raw logits (rows in held-out order)."""
@@ -136,11 +148,12 @@ class SoupContext:
         generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         return self.evaluator.batches(HELD_OUT, batch_size, shuffle=True, generator=generator)
 
-    def _weights_key(self, ing: Ingredient) -> str:
+    def _weights_key(self, ing: Ingredient, dataset: str) -> str:
         stat = ing.path.stat() if ing.path is not None else None
         return stable_hash({"path": str(ing.path), "size": stat.st_size if stat else None,
                             "mtime": stat.st_mtime_ns if stat else None,
-                            "data": self.evaluator.dataset(HELD_OUT).identity(),
+                            "data": self.evaluator.dataset(dataset).identity(),
+                            "transform": self.evaluator.transform.key,
                             "precision": self.evaluator.precision})
 
     @cached_property

@@ -72,6 +72,16 @@ def greedy_order(names: Sequence[str], scores: Sequence[float]) -> list[int]:
     return order
 
 
+def candidate_order(names: Sequence[str], scores: Sequence[float], order: Sequence[int] | None) -> list[int]:
+    """``order`` checked to be a permutation of the ingredients, or the paper's order."""
+    if order is None:
+        return greedy_order(names, scores)
+    order = [int(i) for i in order]
+    if sorted(order) != list(range(len(names))):
+        raise IngredientError(f"a greedy order must list each of the {len(names)} ingredients once, got {order}")
+    return order
+
+
 def run_greedy_rule(
     names: Sequence[str],
     scores: Sequence[float],
@@ -83,10 +93,13 @@ def run_greedy_rule(
     save_state: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
     desc: str = "greedy",
+    order: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The greedy rule over an abstract "soup": ``try_candidate(i)`` scores the current
-    members plus ``i``; ``accept(i)`` adds it. Returns the state (chosen, history, best)."""
-    order = greedy_order(names, scores)
+    members plus ``i``; ``accept(i)`` adds it. Returns the state (chosen, history, best).
+    Candidates come in ``order`` (default :func:`greedy_order`, the paper's), the first
+    of which starts the soup."""
+    order = candidate_order(names, scores, order)
     if state is None:
         first = order[0]
         state = {
@@ -168,6 +181,7 @@ def greedy_soup(
     progress: bool = False,
     arithmetic: str = "sum",
     precision: str | None = None,
+    order: Sequence[int] | None = None,
 ) -> GreedyResult:
     """The paper's greedy soup; ``evaluate(state_dict) -> held-out accuracy``.
 
@@ -183,16 +197,24 @@ def greedy_soup(
     whose recorded held-out accuracy was measured at other numerics is re-scored first, so
     that candidates and ingredients are compared alike.
 
+    ``order`` tries the candidates in another order than the paper's (best held-out
+    first), e.g. a random one for ablations; its first ingredient starts the soup.
+
     With ``state_file`` the run resumes after preemption where it stopped (the file is
-    bound to the ingredient names, scores, tolerance and arithmetic; a different pool
-    starts afresh).
+    bound to the ingredient names, scores, tolerance, arithmetic and order; a different
+    pool starts afresh).
     """
     ings = load_ingredients(ingredients)
     names = [ing.name for ing in ings]
     scores = held_out_scores_for(ings, held_out_scores, evaluate, precision=precision)
     averaging = check_arithmetic(arithmetic) == "authors"
     identity = {"names": names, "scores": scores, "tolerance": tolerance}
-    fingerprint = stable_hash(identity if not averaging else {**identity, "arithmetic": arithmetic})
+    if averaging:
+        identity["arithmetic"] = arithmetic
+    if order is not None:
+        order = candidate_order(names, scores, order)
+        identity["order"] = order
+    fingerprint = stable_hash(identity)
     state = _load_state(state_file, fingerprint, len(ings))
     running: dict[str, torch.Tensor] = {}
     count = [0]  # ingredients in the running model
@@ -246,14 +268,14 @@ def greedy_soup(
             atomic_write_json(state_file, {**s, "fingerprint": fingerprint, "names": names})
 
     if state is None:
-        rebuild([greedy_order(names, scores)[0]])
+        rebuild([candidate_order(names, scores, order)[0]])
     else:
         log.info("resuming greedy soup from %s: %d/%d candidates done, %d kept",
                  state_file, state["position"], len(ings), len(state["chosen"]))
         rebuild(state["chosen"])
     final = run_greedy_rule(names, scores, try_candidate, accept, tolerance=tolerance,
                             state=state, save_state=save, progress=progress,
-                            desc="greedy soup")
+                            desc="greedy soup", order=order)
     soup = finalize(running, 1.0 if averaging else 1.0 / len(final["chosen"]), ings[0])
     return GreedyResult(soup, list(final["chosen"]), final["history"], float(final["best"]), names)
 

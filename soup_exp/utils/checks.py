@@ -46,7 +46,7 @@ NON_NEGATIVE_INT = Annotated[int, Range(0)]
 
 
 def check_value(key: str, value: Any, hint: Any) -> None:
-    """``value`` fits ``hint`` (int, float, bool, str, Literal, list[...], ``X | None``,
+    """``value`` fits ``hint`` (int, float, bool, str, Literal, list[...], unions such as ``X | None``,
     Annotated with :class:`Range`); anything else is a ConfigError naming ``key``."""
     base, bounds = hint, ()
     if typing.get_origin(hint) is Annotated:
@@ -56,8 +56,7 @@ def check_value(key: str, value: Any, hint: Any) -> None:
         options = [a for a in typing.get_args(base) if a is not type(None)]
         if value is None and len(options) < len(typing.get_args(base)):
             return
-        if len(options) == 1:
-            check_value(key, value, options[0])
+        _check_union(key, value, options)
         return
     if value is None:
         raise ConfigError(f"{key} is null: expected {_describe(base)}")
@@ -82,6 +81,21 @@ def check_value(key: str, value: Any, hint: Any) -> None:
     for bound in bounds:
         if isinstance(bound, Range):
             bound.check(key, value)
+
+
+def _check_union(key: str, value: Any, options: list[Any]) -> None:
+    """``X | Y``: the value passes when it fits one option; else every option is named."""
+    if len(options) == 1:
+        check_value(key, value, options[0])
+        return
+    expected = []
+    for option in options:
+        try:
+            check_value(key, value, option)
+            return
+        except ConfigError as err:
+            expected.append(str(err).rpartition(": expected ")[2])
+    raise ConfigError(f"{key}={value!r}: expected {' or '.join(expected)}")
 
 
 def _describe(hint: Any) -> str:

@@ -69,6 +69,8 @@ STAGES: dict[str, Stage] = {
               "soup_exp.soup", "run_soups", check="check_soups", plan="plan_soups"),
         Stage("evaluate", "evaluate models on held-out, ImageNet and the five shifts -> results.jsonl",
               "soup_exp.evaluate", "run_evaluate", check="check_evaluate", plan="plan_evaluate"),
+        Stage("analyze", "ablations and analyses: error landscape, angles, number of ingredients, greedy, calibration",
+              "soup_exp.analyze", "run_analyze", check="check_analyze", plan="plan_analyze"),
         Stage("report", "the paper's table and figures from results files (and the published numbers)",
               "soup_exp.report", "run_report", claims_output=False, check="check_report", plan="plan_report"),
         Stage("pipeline", "all stages in order for one experiment (e.g. experiment=demo)",

@@ -28,7 +28,7 @@ from soup_exp.utils.text import plural
 
 # A dry run's plan: section title -> lines, printed in the order of PLAN_SECTIONS.
 Plan = dict[str, list[str]]
-PLAN_SECTIONS = ("stages", "data", "finetune", "soup", "evaluate", "report", "outputs")
+PLAN_SECTIONS = ("stages", "data", "finetune", "soup", "evaluate", "analyze", "report", "outputs")
 
 
 def merge_plans(plans: Iterable[Plan]) -> Plan:

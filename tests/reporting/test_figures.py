@@ -76,11 +76,78 @@ def test_learned_coefficients_by_layer_and_per_model(tmp_path, learned_soup_json
         coefficient_matrix({"coefficients": [[0.1, 0.2], [0.3]]})
 
 
+def _colours(fig):
+    from matplotlib.colors import to_hex
+
+    found = set()
+    for ax in fig.axes:
+        for collection in ax.collections:
+            found |= {to_hex(c) for c in collection.get_facecolors()} | {to_hex(c) for c in collection.get_edgecolors()}
+        found |= {to_hex(line.get_color()) for line in ax.lines}
+    return found
+
+
+def test_figure1_style_unlabelled_fine_tunes_wise_ft_curve_and_palette(our_rows):
+    from matplotlib.colors import to_hex
+
+    from soup_exp.reporting.figures import GREY, PALETTE, figure1
+
+    rows = [{**r, "avg_shifts": 0.5 + 0.01 * i} for i, r in enumerate(our_rows)]
+    rows += [{**rows[-1], "name": "wise_ft_0.0", "alpha": 0.0, "ImageNet": 0.6, "avg_shifts": 0.58},
+             {**rows[-1], "name": "wise_ft_1.0", "alpha": 1.0, "ImageNet": 0.8, "avg_shifts": 0.55}]
+    fig = figure1(rows)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == []  # the legend names every style; fine-tunes stay unlabelled
+    (curve,) = [line for line in ax.lines if line.get_label().startswith("WiSE-FT")]
+    xs = list(curve.get_xdata())
+    wise = sorted((r for r in rows if r["kind"] == "wise_ft"), key=lambda r: r["alpha"])
+    assert xs == [100 * r["ImageNet"] for r in wise] and xs[0] == 60.0 and xs[-1] == 80.0  # alpha 0 -> 1
+    assert _colours(fig) <= {to_hex(c) for c in PALETTE.values()} | {GREY.lower(), "#ffffff"}
+    labels = {t.get_text() for t in ax.get_legend().get_texts()}
+    assert {"Fine-tuned models", "Uniform soup", "Greedy soup", "Ensemble", "Zero-shot", "LP init"} <= labels
+
+
+def test_figure1_labels_points_the_legend_cannot_tell_apart_without_overlaps():
+    from soup_exp.reporting.figures import figure1
+
+    rows = [{"name": f"greedy_seed{i}", "kind": "soup", "recipe": "greedy", "ImageNet": 0.80 + 0.0004 * i,
+             "avg_shifts": 0.50 + 0.0003 * (i % 3)} for i in range(8)]
+    rows += [{"name": f"ft_{i}", "kind": "finetune", "ImageNet": 0.7 + 0.01 * i, "avg_shifts": 0.45} for i in range(10)]
+    fig = figure1(rows)
+    ax = fig.axes[0]
+    texts = ax.texts
+    assert sorted(t.get_text() for t in texts) == sorted(f"greedy_seed{i}" for i in range(8))
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    for t in texts:
+        t.update_positions(renderer)
+    boxes = [Text.get_window_extent(t, renderer) for t in texts]  # the words (leader lines may cross)
+    frame = ax.get_window_extent(renderer)
+    for i, box in enumerate(boxes):
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        for other in boxes[i + 1:]:
+            assert not box.overlaps(other), (box, other)
+
+
+def test_every_figure_saves_its_data(tmp_path, greedy_soup_json, learned_soup_json):
+    import csv
+
+    paths = plot_greedy_trajectory(greedy_soup_json, tmp_path / "greedy")
+    rows = list(csv.DictReader(paths[2].open()))
+    assert [r["candidate"] for r in rows] == ["ft_2", "ft_0", "ft_1", "lp"]
+    assert [r["accepted"] for r in rows] == ["True", "True", "False", "False"]
+    paths = plot_learned_coefficients(learned_soup_json, tmp_path / "learned")
+    rows = list(csv.DictReader(paths[2].open()))
+    assert len(rows) == 12 and list(rows[0]) == ["row", "ft_0", "ft_1", "ft_2"]
+
+
 @pytest.fixture
-def captured_figures(monkeypatch):
-    """The matplotlib Figure each plot function draws, instead of files."""
+def captured_figures(monkeypatch, tmp_path):
+    """The matplotlib Figure each plot function draws, instead of figure files."""
     import soup_exp.reporting.figures as figures
 
+    monkeypatch.chdir(tmp_path)  # the figures' CSVs
     drawn = []
     monkeypatch.setattr(figures, "save_figure", lambda fig, out_base, formats=figures.FORMATS: drawn.append(fig) or [])
     return drawn

@@ -27,8 +27,22 @@ def _experiment(tmp_path, our_rows, greedy_soup_json, learned_soup_json):
         folder = tmp_path / "out" / "exp" / "soups" / soup["name"]
         folder.mkdir(parents=True)
         (folder / "soup.json").write_text(json.dumps(soup))
+    _analysis(tmp_path / "out" / "exp" / "report" / "analysis" / "calibration")
     return _compose(f"paths.output_dir={tmp_path / 'out'}", "name=exp", "compare=paper_vitb32",
                     "logger.project=soup-test")
+
+
+def _analysis(folder):
+    """What `soup-exp analyze` leaves: a figure, its data and the record listing them."""
+    from soup_exp.reporting.figures import new_figure, save_data, save_figure
+
+    fig, ax = new_figure()
+    ax.plot([0, 1], [1, 0])
+    save_figure(fig, folder / "reliability")
+    save_data(["x"], [[1]], folder / "reliability")
+    (folder / "analysis.json").write_text(json.dumps({
+        "name": "calibration", "label": "Calibration", "numbers": {"bins": 15, "ece": {"ft_0": {"ImageNet": 0.1}}},
+        "outputs": ["reliability.png", "reliability.pdf", "reliability.csv"]}))
 
 
 def test_report_writes_tables_figures_and_an_offline_run(tmp_path, our_rows, greedy_soup_json, learned_soup_json, capsys):
@@ -37,8 +51,13 @@ def test_report_writes_tables_figures_and_an_offline_run(tmp_path, our_rows, gre
     expected = {f"{t}.{f}" for t in ("table", "comparison") for f in ("md", "tex", "csv")} | {
         f"{fig}.{f}" for fig in ("figure1", "greedy_trajectory_greedy", "coefficients_learned_by_layer")
         for f in ("png", "pdf")
-    } | {"figure1.csv"}
+    } | {"figure1.csv", "greedy_trajectory_greedy.csv", "coefficients_learned_by_layer.csv"} | {
+        f"analysis/calibration/reliability.{f}" for f in ("png", "pdf", "csv")} | {"analyses.md"}  # listed, not redrawn
     assert set(outputs) == expected
+    index = outputs["analyses.md"].read_text()
+    assert "## Calibration" in index and "bins: 15" in index
+    assert "![reliability](analysis/calibration/reliability.png)" in index
+    assert "[data](analysis/calibration/reliability.csv)" in index
     assert all(p.is_file() and p.stat().st_size > 0 for p in outputs.values())
     table_md = outputs["table.md"].read_text()
     assert "Greedy soup (2 models)" in table_md  # count taken from soup.json
@@ -52,7 +71,8 @@ def test_report_writes_tables_figures_and_an_offline_run(tmp_path, our_rows, gre
     assert abs(logged.summary["greedy/ImageNet"] - 0.82) < 1e-9
     assert logged.summary["num_results"] == len(our_rows)
     images = list((run_dirs[0] / "files" / "media" / "images").rglob("*.png"))
-    assert len(images) == 3
+    assert len(images) == 4
+    assert any(p.parent.name == "calibration" and p.name.startswith("reliability") for p in images)
     tables = list((run_dirs[0] / "files" / "media" / "table").rglob("*.table.json"))
     assert len(tables) == 2
 

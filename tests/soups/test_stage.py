@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -32,6 +33,7 @@ class FakeEvaluator:
 
     device = torch.device("cpu")
     precision = "fp32"
+    transform = SimpleNamespace(key="fixed-transform")
 
     def __init__(self, x, y):
         self.x, self.y = x, y
