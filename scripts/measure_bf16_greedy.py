@@ -44,7 +44,6 @@ class HeldOut:
     def __init__(self, cfg) -> None:
         from soup_exp.soups.context import HELD_OUT, SoupContext
         from soup_exp.soups.ingredients import load_ingredients
-
         from soup_exp.utils.config import to_plain
 
         self.ctx = SoupContext(cfg, load_ingredients(to_plain(cfg.soup.pool)), run=None)

@@ -40,7 +40,7 @@ from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.experiment import check_names
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.utils.io import remove_stale_temp_files
-from soup_exp.utils.runtime import code_version
+from soup_exp.utils.runtime import code_version, threads_beside_loader
 
 log = logging.getLogger(__name__)
 
@@ -232,12 +232,14 @@ def _finetune(job: Job) -> tuple[nn.Module, Any]:
 
     dataset = TrainImages(samples, train_transform(backbone, s.base_transform, s.aug))
     evaluate = _periodic_evaluator(job, backbone) if s.eval_every_steps and job.ctx.is_main else None
-    result = fit(
-        model, dataset, s, ctx=job.ctx, num_classes=job.classes.num_classes,
-        fingerprint=store.fingerprint(job.identity), seed=int(job.cfg.get("seed", 0)),
-        precision=str(job.cfg.get("precision", "bf16")), num_workers=int(job.cfg.get("num_workers", 0)),
-        evaluate=evaluate, run=job.run, progress=bool(job.cfg.get("progress", True)),
-    )
+    workers = int(job.cfg.get("num_workers", 0))
+    with threads_beside_loader(job.ctx.device, workers):
+        result = fit(
+            model, dataset, s, ctx=job.ctx, num_classes=job.classes.num_classes,
+            fingerprint=store.fingerprint(job.identity), seed=int(job.cfg.get("seed", 0)),
+            precision=str(job.cfg.get("precision", "bf16")), num_workers=workers,
+            evaluate=evaluate, run=job.run, progress=bool(job.cfg.get("progress", True)),
+        )
     job.metrics["train"] = {
         "steps": result.steps, "resumed_from_step": result.resumed_from, "final_loss": result.final_loss,
         "seconds": round(result.seconds, 1), "train_images": len(samples),

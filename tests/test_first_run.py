@@ -47,7 +47,7 @@ def test_dry_run_of_a_sweep_lists_every_job_and_writes_nothing(tmp_path):
     assert "soup-exp finetune: dry run, nothing is written (3 jobs, launcher local)" in out
     for name in ("ft_000", "ft_001", "ft_002"):
         assert f"{name} [to run] finetune from the pretrained model, zeroshot head; sweep random {name}: lr=" in out
-    assert "ImageNet2p (held-out): 26 images/class" in out and "generated on first use" in out
+    assert "ImageNet2p (held-out): 10 images/class" in out and "generated on first use" in out
     assert f"ingredients: {tmp_path / 'outputs' / 'smoke' / 'ingredients'}" in out
     assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent / f"{tmp_path.name}-cache").exists()
 

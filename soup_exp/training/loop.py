@@ -195,7 +195,7 @@ def fit(
     sampler = SeededDistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, seed=seed)
     loader = DataLoader(dataset, batch_size=schedule.micro_batch, sampler=sampler, drop_last=True,
                         num_workers=num_workers, pin_memory=ctx.device.type == "cuda",
-                        persistent_workers=False)
+                        persistent_workers=num_workers > 0)  # not forked again every epoch
 
     ckpt_file = checkpoint_path(settings.output_dir)
     state = TrainState()

@@ -17,6 +17,22 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+@contextlib.contextmanager
+def threads_beside_loader(device: torch.device, num_workers: int):
+    """On CPU, leave the loader workers their cores: torch's threads and the workers would
+    otherwise oversubscribe the machine (a tiny model then trains at half speed)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    before = torch.get_num_threads()
+    wanted = max(1, cores - num_workers) if device.type == "cpu" and num_workers > 0 else before
+    torch.set_num_threads(min(before, wanted))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def effective_precision(device: torch.device, precision: str) -> str:
     """The numerics ``precision`` really gives on ``device``: ``bf16`` on CUDA, else ``fp32``."""
     return "bf16" if device.type == "cuda" and precision == "bf16" else "fp32"

@@ -4,6 +4,7 @@ continues exactly where the interrupted run was."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -54,3 +55,36 @@ def test_augmentation_depends_only_on_the_sample_seed(tmp_path) -> None:
     state = torch.get_rng_state()
     images[(0, 5)]
     assert torch.equal(state, torch.get_rng_state()), "per-sample seeding must not leak into the caller"
+
+
+def test_sample_seeding_touches_only_the_cpu_generator(monkeypatch) -> None:
+    """Seeding every sample must not queue CUDA work (torch.manual_seed records a stack
+    trace per call where CUDA is not initialised) yet draw what torch.manual_seed would."""
+    from soup_exp.training.data import seeded_rngs
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: pytest.fail("CUDA seeded per sample"))
+    before = torch.get_rng_state()
+    with seeded_rngs(1234):
+        drawn = torch.rand(3)
+    monkeypatch.undo()
+    torch.manual_seed(1234)
+    assert torch.equal(drawn, torch.rand(3))
+    torch.set_rng_state(before)
+
+
+def test_training_threads_leave_the_loader_its_cores(monkeypatch) -> None:
+    from soup_exp.utils.runtime import threads_beside_loader
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with threads_beside_loader(torch.device("cpu"), 1):
+            assert torch.get_num_threads() == 3
+        with threads_beside_loader(torch.device("cpu"), 8):
+            assert torch.get_num_threads() == 1
+        with threads_beside_loader(torch.device("cpu"), 0):
+            assert torch.get_num_threads() == 4
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)

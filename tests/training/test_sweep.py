@@ -57,6 +57,14 @@ def test_72_draws_stay_in_the_paper_ranges_with_its_off_structure() -> None:
     assert other.train != draws[5]
 
 
+def test_each_member_trains_with_its_own_seed() -> None:
+    """Separate runs of a random search differ in data order and augmentation draws too."""
+    seeds = {_finetune_cfg(f"sweep={sweep}", f"sweep.index={i}", f"sweep.seed={s}").seed
+             for sweep in ("paper_vitb32", "demo") for i in range(4) for s in (0, 1)}
+    assert len(seeds) == 8  # distinct across members and sweep seeds, the same for both sweeps
+    assert _finetune_cfg("sweep=demo", "sweep.index=2").seed == _finetune_cfg("sweep=demo", "sweep.index=2").seed
+
+
 def test_member_names_and_ingredient_dirs() -> None:
     cfg = _finetune_cfg("sweep=paper_vitb32", "sweep.index=7")
     assert cfg.sweep.name == "ft_007"
