@@ -52,6 +52,7 @@ from soup_exp.data.objectnet import (
 )
 from soup_exp.errors import ConfigError
 from soup_exp.utils.io import atomic_write_json, file_lock, read_json
+from soup_exp.utils.runtime import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -232,10 +233,6 @@ def _encoded(items: list[_Item], spec: SyntheticSpec, workers: int) -> Iterator[
             yield from chunk
 
 
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def generate(spec: SyntheticSpec, dest: str | os.PathLike, final_root: str | os.PathLike | None = None,
              workers: int = 1) -> int:
     """Write the whole family into ``dest``; caption paths point under ``final_root``."""
@@ -292,7 +289,7 @@ def ensure_synthetic(data_cfg: Mapping) -> Path:
         try:
             log.info("generating the synthetic ImageNet family (%d classes, seed %d) in %s",
                      len(spec.classes), spec.seed, root)
-            count = generate(spec, tmp, final_root=root, workers=default_workers())
+            count = generate(spec, tmp, final_root=root, workers=available_cores())
             os.chmod(tmp, 0o755)
             if root.exists():
                 os.replace(root, stale)

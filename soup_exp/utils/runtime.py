@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -17,13 +18,16 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (a SLURM or taskset allocation, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def threads_beside_loader(device: torch.device, num_workers: int):
     """On CPU, leave the loader workers their cores: torch's threads and the workers would
     otherwise oversubscribe the machine (a tiny model then trains at half speed)."""
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     before = torch.get_num_threads()
     wanted = max(1, cores - num_workers) if device.type == "cpu" and num_workers > 0 else before
     torch.set_num_threads(min(before, wanted))
