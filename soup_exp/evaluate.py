@@ -35,7 +35,7 @@ from soup_exp.artifacts import (
 )
 from soup_exp.artifacts.results import ACCURACY_KEYS, avg_shifts
 from soup_exp.errors import ConfigError
-from soup_exp.evaluation.evaluator import Evaluator, build_evaluator, evaluation_suite
+from soup_exp.evaluation.evaluator import EnsembleSums, Evaluator, build_evaluator, evaluation_suite
 from soup_exp.soups.ingredients import all_finite
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
@@ -181,10 +181,14 @@ def ensemble_accuracies(
         models = {str(i): _load(skeleton, w) for i, w in enumerate(group)}
         for name in evaluator.names:
             for raw in evaluator.logits_many(models, name).values():
-                logits = evaluator.member_logits(raw, name)
-                sums[name] = logits.clone() if name not in sums else sums[name].add_(logits)
+                logits = evaluator.member_logits(raw, name).double()
+                sums[name] = logits if name not in sums else sums[name].add_(logits)
         del models
-    accuracies = {name: evaluator.ensemble_accuracy(total / len(weights), name) for name, total in sums.items()}
+    return _with_avg_shifts({name: evaluator.ensemble_accuracy(total.div_(len(weights)).float(), name)
+                             for name, total in sums.items()})
+
+
+def _with_avg_shifts(accuracies: dict[str, float]) -> dict[str, float]:
     mean_shift = avg_shifts(accuracies)
     if mean_shift is not None:
         accuracies["avg_shifts"] = mean_shift
@@ -340,6 +344,10 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
                 log.error("%s is not evaluated (%s); its previous result row, if any, is kept", entry.name, err)
 
             singles = [e for e in todo if not e.ensemble]
+            ensembles = [e for e in todo if e.ensemble]
+            # ensembles of models evaluated now are scored from those passes' logits
+            sums = EnsembleSums(evaluator, {e.name: [str(w.resolve()) for w in e.weights] for e in ensembles},
+                                {e.name: str(e.weights[0].resolve()) for e in singles})
             for group in _chunks(singles, eval_cfg.models_per_pass):
                 models = {}
                 for entry in group:
@@ -347,14 +355,18 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
                         models[entry.name] = _load(skeleton, entry.weights[0])
                     except NonFiniteModelError as err:
                         skip(entry, err)
-                results = evaluator.evaluate(models) if models else {}
+                results = evaluator.evaluate(models, on_logits=sums) if models else {}
                 del models
                 for entry in group:
                     if entry.name in results:
                         record(entry, results[entry.name])
-            for entry in (e for e in todo if e.ensemble):
+            for entry in ensembles:
                 try:
-                    record(entry, ensemble_accuracies(evaluator, skeleton, entry.weights, eval_cfg.models_per_pass))
+                    if sums.complete(entry.name, evaluator.names):
+                        accuracies = _with_avg_shifts(sums.accuracies(entry.name, evaluator.names))
+                    else:
+                        accuracies = ensemble_accuracies(evaluator, skeleton, entry.weights, eval_cfg.models_per_pass)
+                    record(entry, accuracies)
                 except NonFiniteModelError as err:
                     skip(entry, err)
             columns = sorted({k for row in rows for k in row if k not in {"meta", "path"}},

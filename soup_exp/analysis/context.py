@@ -236,11 +236,11 @@ class AnalysisContext(SoupContext):
         """The scores a logit ensemble predicts from, from its members' cached logits."""
         total = None
         for member in members:
-            logits = self.evaluator.member_logits(self.logits(member, dataset), dataset).float()
-            total = logits.clone() if total is None else total.add_(logits)
+            logits = self.evaluator.member_logits(self.logits(member, dataset), dataset).to(torch.float64, copy=True)
+            total = logits if total is None else total.add_(logits)
         if total is None:
             raise ValueError("an ensemble needs at least one member")
-        return self.evaluator.ensemble_scores(total.div_(len(members)), dataset)
+        return self.evaluator.ensemble_scores(total.div_(len(members)).float(), dataset)
 
     def ensemble_accuracies(self, members: Sequence[Ingredient], datasets: Iterable[str]) -> dict[str, float]:
         result = {}

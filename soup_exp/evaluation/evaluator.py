@@ -32,6 +32,7 @@ from soup_exp.utils.runtime import autocast, effective_precision, resolve_device
 log = logging.getLogger(__name__)
 
 ModelOrEnsemble = nn.Module | Sequence[nn.Module]
+LogitsSink = Callable[[str, str, torch.Tensor, torch.Tensor], None]
 ENSEMBLE_LOGITS = ("projected", "raw")
 PRECISIONS = ("fp32", "bf16")
 
@@ -194,7 +195,8 @@ class Evaluator:
 
     @torch.inference_mode()
     def _run(
-        self, groups: Mapping[str, list[nn.Module]], dataset_names: Sequence[str]
+        self, groups: Mapping[str, list[nn.Module]], dataset_names: Sequence[str],
+        on_logits: LogitsSink | None = None,
     ) -> dict[str, dict[str, float]]:
         unique = list({id(m): m for members in groups.values() for m in members}.values())
         position = {id(m): i for i, m in enumerate(unique)}
@@ -207,7 +209,10 @@ class Evaluator:
                 batch_targets = targets[indices.to(self.device, non_blocking=True)]
                 for name, members in groups.items():
                     if len(members) == 1:
-                        scores = dataset.project(logits[position[id(members[0])]])
+                        raw = logits[position[id(members[0])]]
+                        if on_logits is not None:
+                            on_logits(name, ds_name, indices, raw)
+                        scores = dataset.project(raw)
                     else:
                         scores = self.ensemble_scores(_mean([self.member_logits(logits[position[id(m)]], ds_name)
                                                      for m in members]), ds_name)
@@ -223,17 +228,19 @@ class Evaluator:
     # ---- public API ---------------------------------------------------------------
 
     def evaluate(
-        self, models: Mapping[str, ModelOrEnsemble], datasets: Sequence[str] | None = None
+        self, models: Mapping[str, ModelOrEnsemble], datasets: Sequence[str] | None = None,
+        on_logits: LogitsSink | None = None,
     ) -> dict[str, dict[str, float]]:
         """``{model: {dataset: accuracy, ..., "avg_shifts": ...}}`` for every model on every
         dataset (or on ``datasets``), in one pass over each dataset. A value that is a
         sequence of modules is a logit ensemble (see :meth:`member_logits`); a module
-        shared between entries runs once per batch."""
+        shared between entries runs once per batch. ``on_logits(model, dataset, indices,
+        raw_logits)`` sees every batch of every single model (see :class:`EnsembleSums`)."""
         groups = {name: _members(value) for name, value in models.items()}
         names = list(datasets) if datasets is not None else self.names
         for name in names:
             self.dataset(name)
-        return self._run(groups, names)
+        return self._run(groups, names, on_logits)
 
     def evaluate_ensembles(
         self, members: Mapping[str, Sequence[nn.Module]], datasets: Sequence[str] | None = None
@@ -306,9 +313,65 @@ class Evaluator:
 
 
 def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Members' logits averaged as every ensemble path averages them: summed in float64
+    (exact for float32 values within 2**29 of each other in size, so the members' order does
+    not matter), divided, back to float32."""
     if len(tensors) == 1:
         return tensors[0]
-    return torch.stack(tensors).mean(dim=0)
+    total = tensors[0].double()
+    for tensor in tensors[1:]:
+        total = total + tensor
+    return total.div_(len(tensors)).float()
+
+
+class EnsembleSums:
+    """Logit ensembles scored from passes that evaluate their members anyway.
+
+    Fed as an ``on_logits`` sink, it adds each member's per-batch logits (as
+    :meth:`Evaluator.member_logits`) into a float64 running sum for every ensemble that
+    holds the member, so an ensemble of already-evaluated models costs no forward pass of
+    its own. Memory: one logit matrix per ensemble and dataset, on the evaluator's device.
+    ``members`` maps each ensemble to its member keys; ``key_of`` maps the names models
+    are evaluated under to those keys.
+    """
+
+    def __init__(self, evaluator: Evaluator, members: Mapping[str, Sequence[str]],
+                 key_of: Mapping[str, str]) -> None:
+        self.evaluator = evaluator
+        self.members = {name: list(keys) for name, keys in members.items()}
+        self.key_of = dict(key_of)
+        self._holders: dict[str, list[str]] = {}
+        for name, keys in self.members.items():
+            for key in keys:
+                self._holders.setdefault(key, []).append(name)
+        self._sums: dict[tuple[str, str], torch.Tensor] = {}
+        self._seen: dict[tuple[str, str], set[str]] = {}
+
+    def __call__(self, model: str, dataset: str, indices: torch.Tensor, raw_logits: torch.Tensor) -> None:
+        key = self.key_of.get(model)
+        if key not in self._holders:
+            return
+        logits = self.evaluator.member_logits(raw_logits, dataset).double()
+        rows = indices.to(logits.device)
+        for name in self._holders[key]:
+            total = self._sums.get((name, dataset))
+            if total is None:
+                total = self._sums[name, dataset] = logits.new_zeros(len(self.evaluator.dataset(dataset)),
+                                                                     logits.shape[1])
+            total.index_add_(0, rows, logits)
+            self._seen.setdefault((name, dataset), set()).add(key)
+
+    def complete(self, name: str, datasets: Sequence[str]) -> bool:
+        """Whether every member of ``name`` was added on each of ``datasets``."""
+        wanted = set(self.members[name])
+        return all(self._seen.get((name, dataset), set()) >= wanted for dataset in datasets)
+
+    def accuracies(self, name: str, datasets: Sequence[str]) -> dict[str, float]:
+        """The ensemble's accuracy on each of ``datasets`` (all members must be in)."""
+        count = len(self.members[name])
+        return {dataset: self.evaluator.ensemble_accuracy((self._sums.pop((name, dataset)) / count).float(),
+                                                          dataset)
+                for dataset in datasets}
 
 
 def evaluation_suite(cfg: Mapping) -> list[str]:

@@ -111,6 +111,23 @@ def test_ensemble_modes_agree_where_projection_selects_columns(suite):
     assert selecting and all(results["projected"][n] == results["raw"][n] for n in selecting)
 
 
+@pytest.mark.parametrize("mode", ["projected", "raw"])
+def test_ensemble_sums_from_member_passes_equal_one_pass_over_the_ensemble(suite, mode):
+    from soup_exp.evaluation.evaluator import EnsembleSums
+
+    rng = np.random.default_rng(5)
+    members = {f"m{i}": LookupModel(rng.normal(size=(10, 10))) for i in range(3)}
+    evaluator = Evaluator(suite["datasets"], eval_transform(), batch_size=3, progress=False, ensemble_logits=mode)
+    expected = evaluator.evaluate_ensembles({"ens": list(members.values())})["ens"]
+    sums = EnsembleSums(evaluator, {"ens": ["m2", "m0", "m1"], "pair": ["m0", "m1"]},
+                        {name: name for name in members})
+    evaluator.evaluate({"m1": members["m1"]}, on_logits=sums)  # members arrive over separate passes,
+    assert not sums.complete("ens", evaluator.names)          # in another order than listed
+    evaluator.evaluate({"m2": members["m2"], "m0": members["m0"]}, on_logits=sums)
+    assert sums.complete("ens", evaluator.names) and sums.complete("pair", evaluator.names)
+    scored = sums.accuracies("ens", evaluator.names)
+    assert scored == {name: expected[name] for name in evaluator.names}
+
 def test_invalid_modes_are_config_errors(suite):
     with pytest.raises(ConfigError, match="ensemble_logits='mean'"):
         Evaluator(suite["datasets"], eval_transform(), ensemble_logits="mean")

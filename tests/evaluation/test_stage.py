@@ -182,3 +182,22 @@ def test_check_data_runs_the_checker_instead(experiment, monkeypatch, capsys, mo
     with pytest.raises(checker.DatasetLayoutError, match=r"check failed for ImageNetA \(missing\)"):
         run_evaluate(cfg)
     assert capsys.readouterr().out.count("no folder /x") == 1  # said once, under the table
+
+
+def test_ensemble_of_models_evaluated_now_is_scored_from_their_passes(experiment, monkeypatch):
+    import soup_exp.evaluate as stage
+
+    reread = []
+    from_files = stage.ensemble_accuracies
+    monkeypatch.setattr(stage, "ensemble_accuracies", lambda *args, **kw: reread.append(1) or from_files(*args, **kw))
+    cfg = experiment["cfg"]
+    first = {r["name"]: r for r in run_evaluate(cfg)}
+    assert reread == []  # all three members were evaluated in this run (over two passes)
+    expected = _expected(experiment)["ensemble"]
+    assert {k: first["ensemble"][k] for k in expected} == pytest.approx(expected, abs=1e-12)
+
+    weights = experiment["out"] / "ingredients" / "run1" / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    again = {r["name"]: r for r in run_evaluate(cfg)}
+    assert reread == [1]  # ft_0 and ft_2 were not evaluated now: the ensemble reads its members
+    assert {k: again["ensemble"][k] for k in expected} == {k: first["ensemble"][k] for k in expected}
