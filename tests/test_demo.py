@@ -48,6 +48,17 @@ def test_pipeline_sweep_seed_reaches_and_changes_the_sweep(monkeypatch):
         assert member_draws(seeded, 5) == member_draws(seeded, 5)
 
 
+
+def test_pipeline_hands_search_space_changes_to_every_member(monkeypatch):
+    """The pipeline's own config holds no search space, so a change to it is written with
+    Hydra's ``++`` (add or override) and reaches each member's draw."""
+    with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
+        default = multirun_command(monkeypatch, ["experiment=demo"])
+        wider = multirun_command(monkeypatch, ["experiment=demo", "++sweep.space.lr.high=9e-3"])
+        assert "++sweep.space.lr.high=9e-3" in wider
+        for index in range(4):
+            assert member_draws(wider, index)["lr"] > member_draws(default, index)["lr"]
+
 @pytest.mark.slow
 def test_demo_effect_holds_with_margin_for_two_seeds(tmp_path, monkeypatch):
     """The demo itself, for two sweep seeds: the paper's effect, each claim with a margin
