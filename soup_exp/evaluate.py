@@ -33,7 +33,7 @@ from soup_exp.artifacts import (
     run_weights,
     soup_record,
 )
-from soup_exp.artifacts.results import ACCURACY_KEYS, avg_shifts
+from soup_exp.artifacts.results import ACCURACY_KEYS, with_avg_shifts
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation.evaluator import EnsembleSums, Evaluator, build_evaluator, evaluation_suite
 from soup_exp.soups.ingredients import all_finite
@@ -184,15 +184,8 @@ def ensemble_accuracies(
                 logits = evaluator.member_logits(raw, name).double()
                 sums[name] = logits if name not in sums else sums[name].add_(logits)
         del models
-    return _with_avg_shifts({name: evaluator.ensemble_accuracy(total.div_(len(weights)).float(), name)
+    return with_avg_shifts({name: evaluator.ensemble_accuracy(total.div_(len(weights)).float(), name)
                              for name, total in sums.items()})
-
-
-def _with_avg_shifts(accuracies: dict[str, float]) -> dict[str, float]:
-    mean_shift = avg_shifts(accuracies)
-    if mean_shift is not None:
-        accuracies["avg_shifts"] = mean_shift
-    return accuracies
 
 
 def _row(entry: ModelEntry, accuracies: Mapping[str, float], meta: Mapping[str, Any],
@@ -206,10 +199,7 @@ def _row(entry: ModelEntry, accuracies: Mapping[str, float], meta: Mapping[str, 
         for name, identity in (before.get("datasets") or {}).items():
             if name not in accuracies and isinstance((previous or {}).get(name), int | float):
                 kept[name], kept_ids[name] = previous[name], identity
-    merged = {**kept, **{k: v for k, v in accuracies.items() if k != "avg_shifts"}}
-    mean_shift = avg_shifts(merged)
-    if mean_shift is not None:
-        merged["avg_shifts"] = mean_shift
+    merged = with_avg_shifts({**kept, **{k: v for k, v in accuracies.items() if k != "avg_shifts"}})
     info = entry.info
     row: dict[str, Any] = {"name": entry.name, "kind": entry.kind}
     row.update({k: info[k] for k in ROW_FIELDS if info.get(k) is not None})
@@ -363,7 +353,7 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
             for entry in ensembles:
                 try:
                     if sums.complete(entry.name, evaluator.names):
-                        accuracies = _with_avg_shifts(sums.accuracies(entry.name, evaluator.names))
+                        accuracies = with_avg_shifts(sums.accuracies(entry.name, evaluator.names))
                     else:
                         accuracies = ensemble_accuracies(evaluator, skeleton, entry.weights, eval_cfg.models_per_pass)
                     record(entry, accuracies)

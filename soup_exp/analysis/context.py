@@ -22,7 +22,7 @@ import torch
 
 from soup_exp.artifacts import SOUP_FILE, WEIGHTS_FILE, find_dirs, is_finished_run, soup_record
 from soup_exp.artifacts.analysis import file_stats, read_partial, write_partial
-from soup_exp.artifacts.results import HELD_OUT, SHIFTS, avg_shifts
+from soup_exp.artifacts.results import HELD_OUT, SHIFTS, with_avg_shifts
 from soup_exp.errors import ConfigError
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.ingredients import Ingredient, SafetensorsSource, resolve_ingredients
@@ -230,7 +230,7 @@ class AnalysisContext(SoupContext):
         """Accuracy of a saved model on ``datasets`` (plus ``avg_shifts`` when all five are
         there), from its cached logits."""
         result = {name: self.evaluator.accuracy_from_logits(self.logits(model, name), name) for name in datasets}
-        return _with_avg_shifts(result)
+        return with_avg_shifts(result)
 
     def ensemble_scores(self, members: Sequence[Ingredient], dataset: str) -> torch.Tensor:
         """The scores a logit ensemble predicts from, from its members' cached logits."""
@@ -247,7 +247,7 @@ class AnalysisContext(SoupContext):
         for name in datasets:
             predictions = self.ensemble_scores(members, name).argmax(dim=1).cpu()
             result[name] = (predictions == self.evaluator.dataset(name).targets).float().mean().item()
-        return _with_avg_shifts(result)
+        return with_avg_shifts(result)
 
     def target_scores(self, model: Ingredient, dataset: str) -> torch.Tensor:
         """Per-target scores of a saved model on ``dataset`` (projected logits)."""
@@ -308,9 +308,4 @@ class AnalysisContext(SoupContext):
 def _weights_of(soup_dir: Path, record: Mapping[str, Any]) -> Ingredient:
     path = soup_dir / WEIGHTS_FILE
     return Ingredient(str(record["name"]), SafetensorsSource(path), path=path, info=dict(record))
-
-
-def _with_avg_shifts(accuracies: dict[str, float]) -> dict[str, float]:
-    mean = avg_shifts(accuracies)
-    return {**accuracies, AVG_SHIFTS: mean} if mean is not None else accuracies
 

@@ -190,6 +190,14 @@ def avg_shifts(row: Mapping[str, Any]) -> float | None:
     return sum(float(v) for v in values) / len(values)
 
 
+def with_avg_shifts(accuracies: dict[str, float]) -> dict[str, float]:
+    """``accuracies`` with its ``avg_shifts`` entry (when all five shifts are there), in place."""
+    mean = avg_shifts(accuracies)
+    if mean is not None:
+        accuracies["avg_shifts"] = mean
+    return accuracies
+
+
 def row_class_space(row: Mapping[str, Any]) -> dict[str, Any] | None:
     """``{"count", "hash"}`` of the classes a row's model predicts: from ``meta.classes``
     (written by the evaluate stage), else from the model's directory, else None."""

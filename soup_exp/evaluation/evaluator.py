@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from soup_exp.artifacts.results import HELD_OUT, avg_shifts
+from soup_exp.artifacts.results import HELD_OUT, with_avg_shifts
 from soup_exp.data.base import LabeledImages
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation.cache import CachedImages, PreprocessedCache
@@ -219,11 +219,7 @@ class Evaluator:
                     correct[name] += (scores.argmax(dim=1) == batch_targets).sum()
             for name in groups:
                 results[name][ds_name] = correct[name].item() / len(dataset)
-        for accuracies in results.values():
-            mean_shift = avg_shifts(accuracies)
-            if mean_shift is not None:
-                accuracies["avg_shifts"] = mean_shift
-        return results
+        return {name: with_avg_shifts(accuracies) for name, accuracies in results.items()}
 
     # ---- public API ---------------------------------------------------------------
 

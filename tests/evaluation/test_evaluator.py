@@ -3,10 +3,11 @@ import pytest
 import torch
 from eval_testkit import LookupModel, eval_transform
 
+from soup_exp.artifacts.results import avg_shifts
 from soup_exp.data.base import LabeledImages
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation import sources
-from soup_exp.evaluation.evaluator import Evaluator, avg_shifts
+from soup_exp.evaluation.evaluator import Evaluator
 
 
 def _evaluator(suite, cache=False, **kwargs):
