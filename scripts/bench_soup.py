@@ -11,6 +11,8 @@ For N ingredients shaped like an open_clip image classifier (default ViT-B/32 + 
 
     python scripts/bench_soup.py                       # 16 x ViT-B/32, in /tmp/soup-bench
     python scripts/bench_soup.py --n 4 --model soup-tiny-vit --classes 10   # quick check
+    python scripts/bench_soup.py --n 8 --batch 256 --device cuda --skip cold uniform greedy \
+        --placements auto pinned_host   # the learned step on a GPU, stacks on it and in pinned host memory
 """
 
 from __future__ import annotations
@@ -160,14 +162,23 @@ def work_greedy(args) -> dict:
 def work_learned(args) -> dict:
     import torch
 
-    from soup_exp.soups import learned_soup
+    from soup_exp.soups import learned, learned_soup
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.placement == "pinned_host":  # as if the stacks did not fit on the device
+        learned.DEVICE_MEMORY_FRACTION = 0.0
     skeleton, size = build_skeleton(args.model, args.classes)
+    skeleton.to(device)
     hw = size if isinstance(size, tuple) else (size, size)
     g = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(args.batch, 3, *hw, generator=g), torch.randint(0, args.classes, (args.batch,), generator=g))
+    batches = [(torch.randn(args.batch, 3, *hw, generator=g).to(device),
+                torch.randint(0, args.classes, (args.batch,), generator=g).to(device))
                for _ in range(args.steps + 1)]
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     # plain forward + backward of one model at the same batch
     skeleton.train(False)
@@ -175,17 +186,23 @@ def work_learned(args) -> dict:
         p.requires_grad_(True)
     plain = []
     for images, targets in batches:
+        sync()
         t0 = time.perf_counter()
         skeleton.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(skeleton(images), targets).backward()
+        sync()
         plain.append(time.perf_counter() - t0)
     skeleton.zero_grad(set_to_none=True)
 
-    stamps: list[float] = []
-    learned_soup(files_of(args)[: args.learned_n], skeleton, batches, mode="by_layer", epochs=1,
-                 on_step=lambda point: stamps.append(time.perf_counter()))
-    learned = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    return {"plain_step": min(plain[1:]), "learned_step": min(learned), "steps": len(learned)}
+    stamps: list[float] = []  # on_step reads the loss, which waits for the device
+    result = learned_soup(files_of(args)[: args.learned_n], skeleton, batches, mode="by_layer", epochs=1,
+                          device=device, on_step=lambda point: stamps.append(time.perf_counter()))
+    steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    out = {"plain_step": min(plain[1:]), "learned_step": min(steps), "steps": len(steps),
+           "placement": result.placement}
+    if device.type == "cuda":
+        out["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
 
 
 WORKERS = {"raw": work_raw, "raw_mmap": work_raw_mmap, "uniform": work_uniform, "greedy": work_greedy, "learned": work_learned}
@@ -205,10 +222,10 @@ def run_worker(args) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def measure(args, worker: str, cold: bool = False) -> dict:
+def measure(args, worker: str, cold: bool = False, extra: tuple[str, ...] = ()) -> dict:
     if cold and not drop_caches():
         return {"skipped": "cannot drop the page cache (not root?)"}
-    cmd = [sys.executable, __file__, "--worker", worker, *sys.argv[1:]]
+    cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", worker, *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -244,21 +261,30 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     parser.add_argument("--no-prefetch", action="store_true", help="uniform soup without the read-ahead thread")
     parser.add_argument("--arithmetic", default="sum", choices=["sum", "authors"], help="soup arithmetic (the paper preset: authors)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["cold", "greedy", "learned"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["cold", "uniform", "greedy", "learned"],
+                        help="uniform: the warm uniform timing and its peak RSS (cold needs its own skip)")
+    parser.add_argument("--device", default="cpu", help="where the learned-soup step runs (cpu | cuda | cuda:N)")
+    parser.add_argument("--placements", nargs="+", default=["auto"], choices=["auto", "pinned_host"],
+                        help="learned step: where the stacked ingredients live (auto: the device when they fit)")
+    parser.add_argument("--placement", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--json", default=None, help="also write the rows and the raw measurements here")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return run_worker(args)
+    if args.device == "cpu" and "pinned_host" in args.placements:
+        parser.error("--placements pinned_host needs a CUDA --device (on CPU the stacks are in host memory anyway)")
 
     print(f"ingredients: {args.n} x {args.model} + {args.classes}-way head ({args.dtype}) in {args.dir}; "
           f"arithmetic {args.arithmetic}", flush=True)
     make_ingredients(args)
     one = files_of(args)[0].stat().st_size / 2**20
     print(f"one ingredient: {one:.0f} MiB; all: {one * args.n / 1024:.2f} GiB; threads: {args.threads}")
-    rows = []
+    rows, raw = [], {}
     if "cold" not in args.skip:
         raw_c = fastest_raw(args, cold=True)
         uni_c = measure(args, "uniform", cold=True)
+        raw.update(raw_cold=raw_c, uniform_cold=uni_c)
         if "skipped" in raw_c:
             print("cold: skipped,", raw_c["skipped"])
         else:
@@ -266,21 +292,24 @@ def main() -> None:
             rows.append(("uniform cold vs raw read", f"{uni_c['seconds']:.2f}s vs {raw_c['seconds']:.2f}s "
                          f"({raw_c['bytes'] / 2**20 / raw_c['seconds']:.0f} MiB/s, {raw_c['how']})",
                          verdict(ratio, LIMITS["uniform_cold"])))
-    measure(args, "raw")  # warm the page cache
-    raw_w, uni_w = fastest_raw(args, cold=False), measure(args, "uniform")
-    rows.append(("uniform warm vs raw read", f"{uni_w['seconds']:.2f}s vs {raw_w['seconds']:.2f}s ({raw_w['how']})",
-                 verdict(uni_w["seconds"] / raw_w["seconds"], LIMITS["uniform_warm"])))
-    rss = uni_w["peak_rss_mib"] - uni_w["base_rss_mib"]
-    rows.append(("uniform peak RSS vs one ingredient", f"+{rss:.0f} MiB over {uni_w['base_rss_mib']:.0f} MiB after imports",
-                 verdict(rss / one, LIMITS["uniform_rss"])))
+    if "uniform" not in args.skip:
+        measure(args, "raw")  # warm the page cache
+        raw_w, uni_w = fastest_raw(args, cold=False), measure(args, "uniform")
+        raw.update(raw_warm=raw_w, uniform_warm=uni_w)
+        rows.append(("uniform warm vs raw read", f"{uni_w['seconds']:.2f}s vs {raw_w['seconds']:.2f}s ({raw_w['how']})",
+                     verdict(uni_w["seconds"] / raw_w["seconds"], LIMITS["uniform_warm"])))
+        rss = uni_w["peak_rss_mib"] - uni_w["base_rss_mib"]
+        rows.append(("uniform peak RSS vs one ingredient", f"+{rss:.0f} MiB over {uni_w['base_rss_mib']:.0f} MiB after imports",
+                     verdict(rss / one, LIMITS["uniform_rss"])))
     if "greedy" not in args.skip:
-        gr = measure(args, "greedy")
+        gr = raw["greedy"] = measure(args, "greedy")
         rss = gr["peak_rss_mib"] - gr["base_rss_mib"]
         rows.append(("greedy peak RSS vs one ingredient", f"+{rss:.0f} MiB ({gr['seconds']:.1f}s, kept {gr['kept']}; "
                      "includes the evaluation skeleton)", verdict(rss / one, LIMITS["greedy_rss"])))
-    if "learned" not in args.skip:
-        le = measure(args, "learned")
-        rows.append((f"learned step (N={args.learned_n}, batch {args.batch}) vs plain fwd+bwd",
+    for placement in args.placements if "learned" not in args.skip else ():
+        le = raw[f"learned_{placement}"] = measure(args, "learned", extra=("--placement", placement))
+        where = "" if args.device == "cpu" else f", {args.device}, stacks on {le['placement']}"
+        rows.append((f"learned step (N={args.learned_n}, batch {args.batch}{where}) vs plain fwd+bwd",
                      f"{le['learned_step']:.3f}s vs {le['plain_step']:.3f}s",
                      verdict(le["learned_step"] / le["plain_step"], LIMITS["learned_step"])))
     print()
@@ -288,6 +317,9 @@ def main() -> None:
     print("|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k not in ("worker", "placement")},
+                                               "rows": rows, "raw": raw}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

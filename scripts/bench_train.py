@@ -7,7 +7,13 @@ much of the accelerator the input pipeline keeps busy (target on a GPU: >= 0.9 f
 ViT-B/32 at batch 256).
 
     python scripts/bench_train.py --model tiny_clip --batch 64 --device cpu --workers 2
-    python scripts/bench_train.py --model vit_b32 --batch 256 --device cuda --workers 16
+    python scripts/bench_train.py --model vit_b32 --batch 256 --device cuda --workers 14 --warmup 14 --steps 42
+
+DataLoader workers each build whole batches and all start together, so the first
+``--workers`` batches arrive at once: time whole rounds (``--warmup`` = ``--workers``,
+``--steps`` a multiple of it) or the pipeline looks faster than it is. The JPEGs are
+``--files`` distinct files read over and over (all in the page cache, as they would be
+anyway once written): decoding costs the same, writing them does not grow with the steps.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
@@ -34,18 +40,26 @@ from soup_exp.training.loop import Schedule, Trainer
 from soup_exp.training.settings import train_settings
 from soup_exp.utils.entry import packaged_config_dir
 
-CONF = packaged_config_dir()
+
+def finetune_config(args: argparse.Namespace):
+    """The fine-tuning stage's composed config (its train/ defaults included) for this run."""
+    with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
+        return compose(config_name="finetune", overrides=[
+            f"model={args.model}", "model.pretrained=null", "model.cache_dir=null", "logger=disabled",
+            "train.output_dir=unused", "train.lr=1e-5", f"train.batch_size={args.batch}",
+            f"train.aug={args.aug}", "train.warmup_steps=0", f"train.compile={args.compile}"])
 
 
-def write_jpegs(folder: Path, count: int, size: int, seed: int = 0) -> list[tuple[str, int]]:
-    """Noise JPEGs at ``size`` px (ImageNet-like file sizes at 256+ px)."""
+def write_jpegs(folder: Path, count: int, size: int, distinct: int, seed: int = 0) -> list[tuple[str, int]]:
+    """``count`` samples over at most ``distinct`` noise JPEGs at ``size`` px (ImageNet-like
+    file sizes at 256+ px)."""
     rng = np.random.default_rng(seed)
-    samples = []
-    for i in range(count):
+    paths = []
+    for i in range(min(count, distinct)):
         path = folder / f"{i:06d}.JPEG"
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, quality=90)
-        samples.append((str(path), i % 10))
-    return samples
+        paths.append(str(path))
+    return [(paths[i % len(paths)], i % 10) for i in range(count)]
 
 
 def timed(step, batches, warmup: int, device: torch.device) -> float:
@@ -72,7 +86,8 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20, help="timed steps (after --warmup)")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps (use --workers on a GPU)")
+    parser.add_argument("--files", type=int, default=1024, help="distinct JPEGs the samples cycle through")
     parser.add_argument("--image-size", type=int, default=None, help="JPEG side (default: 2x model input)")
     parser.add_argument("--aug", default="rand-m9-n2")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -84,16 +99,11 @@ def main() -> None:
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    model_cfg = OmegaConf.load(CONF / "model" / f"{args.model}.yaml")
-    model_cfg.pretrained = None
-    model_cfg.cache_dir = None
-    backbone = build_backbone(model_cfg, pretrained=False)
+    cfg = finetune_config(args)
+    backbone = build_backbone(cfg.model, pretrained=False)
     model = ImageClassifier(backbone.image_encoder, nn.Linear(backbone.feature_dim, 1000))
     input_size = int(getattr(backbone.image_encoder, "image_size", (224, 224))[0])
-    train_cfg = OmegaConf.merge(OmegaConf.load(CONF / "train" / "default.yaml"), {
-        "output_dir": "unused", "lr": 1e-5, "batch_size": args.batch, "aug": args.aug,
-        "warmup_steps": 0, "compile": args.compile})
-    settings = train_settings(train_cfg)
+    settings = train_settings(cfg.train)
     steps = args.warmup + args.steps
     ctx = DistContext(device=device)
     schedule = Schedule(micro_batch=args.batch, steps_per_epoch=steps, total_steps=steps * 2, warmup=0)
@@ -103,7 +113,7 @@ def main() -> None:
         trainer.train_step(micro_batches, i)
 
     with tempfile.TemporaryDirectory() as tmp:
-        samples = write_jpegs(Path(tmp), args.batch * steps, args.image_size or 2 * input_size)
+        samples = write_jpegs(Path(tmp), args.batch * steps, args.image_size or 2 * input_size, args.files)
         dataset = TrainImages(samples, with_randaugment(backbone.preprocess_train, args.aug))
         sampler = SeededDistributedSampler(dataset, num_replicas=1, rank=0, seed=0)
         loader = DataLoader(dataset, batch_size=args.batch, sampler=sampler, drop_last=True,
@@ -121,7 +131,7 @@ def main() -> None:
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     figures = {
         "model": args.model, "device": str(device), "batch": args.batch, "workers": args.workers,
-        "aug": args.aug, "real_images_per_s": round(real, 1), "in_memory_images_per_s": round(limit, 1),
+        "aug": args.aug, "warmup": args.warmup, "steps": args.steps, "real_images_per_s": round(real, 1), "in_memory_images_per_s": round(limit, 1),
         "ratio": round(real / limit, 3),
         ("peak_gpu_memory_gib" if device.type == "cuda" else "peak_rss_gib"): round(peak, 2),
     }

@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from child_process import run_in_child, shared_dir
 from hydra import compose, initialize_config_dir
+from stage_errors import stage_error
 
 from soup_exp.errors import OutputConflictError
 from soup_exp.evaluate import run_evaluate
@@ -99,3 +101,23 @@ def test_a_read_only_output_root_is_one_line():
     assert status == 2, err
     assert err == (f"soup-exp evaluate: error: output directory {root}/ro/smoke cannot be written ({root}/ro is "
                    "read-only for this user); choose another output root (paths.output_dir=... or SOUP_OUTPUT_DIR)\n")
+
+
+def _no_stage(cfg):
+    raise AssertionError("the stage started")
+
+
+def test_a_cuda_device_on_a_machine_without_one_is_one_line_before_the_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = _experiment(tmp_path, "experiment=smoke", "device=cuda")
+    err = stage_error(cfg, _no_stage, capsys)
+    assert err.startswith("soup-exp evaluate: error: device=cuda: torch sees no CUDA device on this machine")
+    assert "use device=cpu, or device=auto" in err
+    assert not (tmp_path / "smoke").exists()  # refused before the output directory was claimed
+
+
+def test_a_cuda_index_beyond_the_machines_devices_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    err = stage_error(_experiment(tmp_path, "experiment=smoke", "device=cuda:2"), _no_stage, capsys)
+    assert "device=cuda:2: this machine has 2 CUDA devices (cuda:0 to cuda:1)" in err

@@ -28,6 +28,7 @@ from soup_exp.utils.io import (
     atomic_write_text,
     remove_stale_temp_files,
 )
+from soup_exp.utils.runtime import require_device
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], Any], claim: bool =
         scrub_hydra_files()
         cfg = apply_secret_overrides(cfg)
         check_config(cfg)
+        require_device(str(cfg.get("device", "auto")))
         if cfg.get("cpu_threads"):
             torch.set_num_threads(int(cfg.cpu_threads))
         if claim:

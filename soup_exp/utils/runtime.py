@@ -10,12 +10,28 @@ from pathlib import Path
 import torch
 
 import soup_exp
+from soup_exp.errors import ConfigError
+from soup_exp.utils.text import plural
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def require_device(device: str) -> None:
+    """Refuse a CUDA ``device`` this process cannot use, before the stage starts (torch
+    would otherwise fail at the first model moved there, minutes into a pipeline)."""
+    wanted = resolve_device(device)
+    if wanted.type != "cuda":
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(f"device={device}: torch sees no CUDA device on this machine (torch {torch.__version__}, "
+                          f"CUDA build {torch.version.cuda}); use device=cpu, or device=auto to take a GPU when there is one")
+    if wanted.index is not None and wanted.index >= count:
+        raise ConfigError(f"device={device}: this machine has {plural(count, 'CUDA device')} (cuda:0 to cuda:{count - 1})")
 
 
 def available_cores() -> int:

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,3 +18,27 @@ def test_bench_soup_smoke(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "| uniform warm vs raw read |" in out.stdout
     assert "| uniform peak RSS vs one ingredient |" in out.stdout
+
+
+@pytest.mark.slow
+def test_bench_soup_learned_step_alone_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--n", "2", "--learned-n", "2", "--model", "soup-tiny-vit", "--classes", "4",
+         "--batch", "2", "--steps", "2", "--dir", str(tmp_path / "ingredients"), "--threads", "1",
+         "--skip", "cold", "uniform", "greedy", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    figures = json.loads(out.read_text())
+    (row,) = figures["rows"]
+    assert row[0].startswith("learned step (N=2, batch 2)")
+    learned = figures["raw"]["learned_auto"]
+    assert learned["placement"] == "device" and learned["steps"] == 2  # --steps + 1 batches, timed between steps
+    assert "uniform_warm" not in figures["raw"]
+
+
+def test_bench_soup_refuses_pinned_host_on_cpu(tmp_path):
+    run = subprocess.run([sys.executable, str(SCRIPT), "--dir", str(tmp_path), "--placements", "pinned_host"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "needs a CUDA --device" in run.stderr
