@@ -173,19 +173,13 @@ def _chunks(items: Sequence, size: int) -> list[Sequence]:
 def ensemble_accuracies(
     evaluator: Evaluator, skeleton: torch.nn.Module, weights: Sequence[Path], models_per_pass: int
 ) -> dict[str, float]:
-    """Accuracy of the logit ensemble of ``weights``: member logits (projected or raw, as
-    the evaluator's ``ensemble_logits`` says) summed over member groups of
-    ``models_per_pass`` (so members need not fit in memory together), then averaged."""
-    sums: dict[str, torch.Tensor] = {}
-    for group in _chunks(list(weights), models_per_pass):
-        models = {str(i): _load(skeleton, w) for i, w in enumerate(group)}
-        for name in evaluator.names:
-            for raw in evaluator.logits_many(models, name).values():
-                logits = evaluator.member_logits(raw, name).double()
-                sums[name] = logits if name not in sums else sums[name].add_(logits)
-        del models
-    return with_avg_shifts({name: evaluator.ensemble_accuracy(total.div_(len(weights)).float(), name)
-                             for name, total in sums.items()})
+    """Accuracy of the logit ensemble of ``weights``, its members read ``models_per_pass``
+    at a time (so they need not fit in memory together) into :class:`EnsembleSums`."""
+    keys = [str(i) for i in range(len(weights))]
+    sums = EnsembleSums(evaluator, {"ensemble": keys}, {key: key for key in keys})
+    for group in _chunks(list(zip(keys, weights, strict=True)), models_per_pass):
+        evaluator.evaluate({key: _load(skeleton, path) for key, path in group}, on_logits=sums)
+    return with_avg_shifts(sums.accuracies("ensemble", evaluator.names))
 
 
 def _row(entry: ModelEntry, accuracies: Mapping[str, float], meta: Mapping[str, Any],

@@ -24,6 +24,7 @@ from soup_exp.artifacts import SOUP_FILE, WEIGHTS_FILE, find_dirs, is_finished_r
 from soup_exp.artifacts.analysis import file_stats, read_partial, write_partial
 from soup_exp.artifacts.results import HELD_OUT, SHIFTS, with_avg_shifts
 from soup_exp.errors import ConfigError
+from soup_exp.evaluation.evaluator import mean_member_logits
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.ingredients import Ingredient, SafetensorsSource, resolve_ingredients
 from soup_exp.utils.config import to_plain
@@ -234,13 +235,9 @@ class AnalysisContext(SoupContext):
 
     def ensemble_scores(self, members: Sequence[Ingredient], dataset: str) -> torch.Tensor:
         """The scores a logit ensemble predicts from, from its members' cached logits."""
-        total = None
-        for member in members:
-            logits = self.evaluator.member_logits(self.logits(member, dataset), dataset).to(torch.float64, copy=True)
-            total = logits if total is None else total.add_(logits)
-        if total is None:
-            raise ValueError("an ensemble needs at least one member")
-        return self.evaluator.ensemble_scores(total.div_(len(members)).float(), dataset)
+        mean = mean_member_logits(self.evaluator.member_logits(self.logits(member, dataset), dataset)
+                                  for member in members)
+        return self.evaluator.ensemble_scores(mean, dataset)
 
     def ensemble_accuracies(self, members: Sequence[Ingredient], datasets: Iterable[str]) -> dict[str, float]:
         result = {}

@@ -14,7 +14,7 @@ from the JPEGs; both give bit-identical model inputs (see :mod:`soup_exp.evaluat
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -214,8 +214,8 @@ class Evaluator:
                             on_logits(name, ds_name, indices, raw)
                         scores = dataset.project(raw)
                     else:
-                        scores = self.ensemble_scores(_mean([self.member_logits(logits[position[id(m)]], ds_name)
-                                                     for m in members]), ds_name)
+                        scores = self.ensemble_scores(mean_member_logits(
+                            self.member_logits(logits[position[id(m)]], ds_name) for m in members), ds_name)
                     correct[name] += (scores.argmax(dim=1) == batch_targets).sum()
             for name in groups:
                 results[name][ds_name] = correct[name].item() / len(dataset)
@@ -308,16 +308,18 @@ class Evaluator:
         return accuracy
 
 
-def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Members' logits averaged as every ensemble path averages them: summed in float64
-    (exact for float32 values within 2**29 of each other in size, so the members' order does
-    not matter), divided, back to float32."""
-    if len(tensors) == 1:
-        return tensors[0]
-    total = tensors[0].double()
-    for tensor in tensors[1:]:
-        total = total + tensor
-    return total.div_(len(tensors)).float()
+def mean_member_logits(member_logits: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Members' logits (as :meth:`Evaluator.member_logits`) averaged as every ensemble path
+    averages them: summed in float64 (exact for float32 values within 2**29 of each other in
+    size, so the members' order does not matter), divided, back to float32. Reads the
+    members one at a time, so they need not be in memory together."""
+    total, count = None, 0
+    for logits in member_logits:
+        total = logits.double() if total is None else total + logits
+        count += 1
+    if total is None:
+        raise ValueError("an ensemble needs at least one member")
+    return (total / count).float()
 
 
 class EnsembleSums:
