@@ -11,15 +11,19 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from soup_exp.errors import OutputConflictError, SoupExpError
+from soup_exp.errors import ConfigError, OutputConflictError, SoupExpError
 from soup_exp.utils.checks import check_stage_settings
 from soup_exp.utils.config import (
     apply_secret_overrides,
     config_get,
     is_secret_key,
+    known_secret_values,
     scrub_secrets,
+    stash_secrets,
+    take_secrets_out,
     to_plain,
 )
 from soup_exp.utils.io import (
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MARKER = "experiment.json"
 NAME_KEYS = ("name", "sweep.name")  # config values that become folder names
+NAME_MAX_BYTES = 255  # NAME_MAX of ext4, XFS, Lustre, GPFS and NFS alike
 
 
 def experiment_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -66,6 +71,7 @@ def check_output_dir(cfg: DictConfig) -> dict[str, Any] | None:
     if not marker.exists():
         check_writable(out_dir)
         return None
+    check_writable(out_dir)  # an existing one may be read-only, or another user's
     existing, identity = read_record(marker), experiment_identity(cfg)
     differs = {k for k in identity if k in existing and existing[k] != identity[k]}
     if differs:
@@ -98,6 +104,9 @@ def check_names(cfg: Any) -> None:
         value = config_get(cfg, key)
         if value is not None:
             check_name(value, key)
+            if len(str(value).encode()) > NAME_MAX_BYTES:
+                raise ConfigError(f"{key} is {len(str(value).encode())} bytes long: names become folder names, "
+                                  f"which file systems limit to {NAME_MAX_BYTES} bytes; choose a shorter {key}")
 
 
 def check_config(cfg: Any) -> None:
@@ -137,8 +146,8 @@ def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], Any], claim: bool =
     """
     name = cfg.get("stage", "")
     try:
-        scrub_hydra_files()
         cfg = apply_secret_overrides(cfg)
+        scrub_hydra_files(cfg)
         check_config(cfg)
         require_device(str(cfg.get("device", "auto")))
         if cfg.get("cpu_threads"):
@@ -168,14 +177,33 @@ def check_writable(directory: Path) -> None:
         existing = existing.parent
     if not os.access(existing, os.W_OK | os.X_OK):
         raise WriteError(f"output directory {directory} cannot be written ({existing} is read-only for this "
-                         "user); choose another output root (paths.output_dir=... or SOUP_OUTPUT_DIR)")
+                         f"user{_owner_note(existing)}); choose another output root (paths.output_dir=... "
+                         "or SOUP_OUTPUT_DIR)")
 
 
-def scrub_hydra_files() -> None:
-    """Drop secret-named entries from the configs Hydra saved before the job started
-    (``.hydra/config.yaml``, a sweep's ``multirun.yaml``); secret overrides never reach
-    them (see :func:`soup_exp.utils.config.split_secret_overrides`), this catches secrets
-    written in config files."""
+def _owner_note(path: Path) -> str:
+    """``", it belongs to <user>"`` when another user owns ``path``."""
+    import pwd
+
+    try:
+        owner = path.stat().st_uid
+    except OSError:
+        return ""
+    if owner == os.geteuid():
+        return ""
+    try:
+        return f", it belongs to {pwd.getpwuid(owner).pw_name}"
+    except KeyError:
+        return f", it belongs to user id {owner}"
+
+
+
+def scrub_hydra_files(cfg: Any = None) -> None:
+    """Drop secret-named entries, and redact known secret values (those of ``cfg``, the
+    handed-over overrides, ``WANDB_API_KEY``), in the files Hydra saved before the job
+    started (``.hydra/config.yaml``, ``hydra.yaml``, a sweep's ``multirun.yaml``). The
+    :class:`KeepSecretsOut` callback keeps them out of the run's own copies; this catches a
+    sweep job's, which Hydra composes from the config files again."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -183,9 +211,11 @@ def scrub_hydra_files() -> None:
         hydra_cfg = HydraConfig.get()
     except ValueError:
         return
+    values = known_secret_values(cfg) if cfg is not None else known_secret_values()
     run_dir, subdir = OmegaConf.select(hydra_cfg, "runtime.output_dir"), hydra_cfg.get("output_subdir")
     sweep_dir = OmegaConf.select(hydra_cfg, "sweep.dir") if hydra_cfg.get("mode") == RunMode.MULTIRUN else None
-    files = [Path(run_dir) / str(subdir) / "config.yaml" if run_dir and subdir else None,
+    saved_dir = Path(run_dir) / str(subdir) if run_dir and subdir else None
+    files = [saved_dir / "config.yaml" if saved_dir else None, saved_dir / "hydra.yaml" if saved_dir else None,
              Path(sweep_dir) / "multirun.yaml" if sweep_dir else None]
     for path in files:
         if path is None or not path.is_file():
@@ -193,7 +223,52 @@ def scrub_hydra_files() -> None:
         saved = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         if not isinstance(saved, dict):
             continue
-        clean = {k: v if k == "hydra" else scrub_secrets(v)  # Hydra's own section holds no secrets
-                 for k, v in saved.items() if k == "hydra" or not is_secret_key(k)}
+        clean = scrub_secrets(saved, values)
         if clean != saved:
             atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(clean)))
+
+
+class KeepSecretsOut(Callback):
+    """Takes secrets out of the composed config before Hydra saves it (``config.yaml``,
+    ``multirun.yaml``) and submitit pickles it, and out of a job's result; the stage gets
+    them back from the environment (:func:`soup_exp.utils.config.apply_secret_overrides`).
+
+    A secret-named ``hydra.job.env_set`` entry is set in this process's environment instead,
+    which the job inherits."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _take_secrets_out(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _take_secrets_out(config)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        values = known_secret_values(config)
+        for saved in (getattr(job_return, "cfg", None), getattr(job_return, "hydra_cfg", None)):
+            if OmegaConf.is_config(saved):
+                _env_set_secrets_out(saved)
+                take_secrets_out(saved, values)
+
+
+def _take_secrets_out(config: DictConfig) -> None:
+    values = known_secret_values(config)
+    for name, value in _env_set_secrets_out(config).items():
+        os.environ[name] = value
+    taken = take_secrets_out(config, values)
+    if taken:
+        stash_secrets(taken)
+
+
+def _env_set_secrets_out(config: DictConfig) -> dict[str, str]:
+    """Remove the secret-named ``hydra.job.env_set`` entries of ``config``; return them."""
+    from omegaconf import read_write
+
+    env_set = OmegaConf.select(config, "hydra.job.env_set")
+    if env_set is None:
+        return {}
+    secret = {str(k): str(env_set[k]) for k in list(env_set.keys()) if is_secret_key(k)}
+    if secret:
+        with read_write(env_set), open_dict(env_set):
+            for name in secret:
+                del env_set[name]
+    return secret
