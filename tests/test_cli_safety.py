@@ -99,8 +99,36 @@ def test_a_read_only_output_root_is_one_line():
         experiment_identity(cfg)  # imports what the child needs (it may not read the Python install)
         status, err = run_in_child(lambda: run_stage(cfg, run_evaluate), unprivileged=True)
     assert status == 2, err
+    owner = ", it belongs to root" if os.geteuid() == 0 else ""
     assert err == (f"soup-exp evaluate: error: output directory {root}/ro/smoke cannot be written ({root}/ro is "
-                   "read-only for this user); choose another output root (paths.output_dir=... or SOUP_OUTPUT_DIR)\n")
+                   f"read-only for this user{owner}); choose another output root (paths.output_dir=... or "
+                   "SOUP_OUTPUT_DIR)\n")
+
+
+@pytest.mark.parametrize("mode", [0o555, 0o755])  # read-only; another user's (root's, run as nobody)
+def test_an_existing_experiment_directory_that_cannot_be_written_is_one_line(mode):
+    if os.geteuid() != 0 and mode == 0o755:
+        pytest.skip("another user's directory needs root to set up")
+    with shared_dir() as root:
+        cfg = _experiment(root, "experiment=smoke")
+        claim_output_dir(cfg)  # the experiment exists, with its marker
+        (root / "smoke").chmod(mode)
+        status, err = run_in_child(lambda: run_stage(cfg, run_evaluate), unprivileged=True)
+    assert status == 2, err
+    assert err.startswith(f"soup-exp evaluate: error: output directory {root}/smoke cannot be written "
+                          f"({root}/smoke is read-only for this user") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
+def test_a_name_longer_than_a_folder_name_can_be_is_one_line(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    result = _cli(root, "finetune", "experiment=smoke", "name=" + "n" * 300, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "soup-exp finetune: error: name is 300 bytes long: names become folder names, which file systems "
+        "limit to 255 bytes; choose a shorter name")
+    assert "Traceback" not in result.stderr and [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
 def _no_stage(cfg):

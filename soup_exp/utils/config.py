@@ -250,10 +250,12 @@ def apply_secret_overrides(cfg: Any) -> Any:
 def take_secrets_out(cfg: Any, values: Sequence[str]) -> list[list[Any]]:
     """Remove, in place, every secret-named entry of a composed config outside ``hydra``
     and redact each string holding one of ``values``; return ``[dotted key, original]`` for
-    each, so the stage can set them back (:func:`stash_secrets`)."""
+    each, so the stage can set them back (:func:`stash_secrets`). Nothing changes unless
+    every original can be handed over (is JSON)."""
     from omegaconf import DictConfig, ListConfig, read_write
 
     taken: list[list[Any]] = []
+    changes: list[tuple[Any, Any, bool]] = []  # (node, key, delete rather than redact)
 
     def visit(node: Any, prefix: str) -> None:
         keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
@@ -262,17 +264,24 @@ def take_secrets_out(cfg: Any, values: Sequence[str]) -> list[list[Any]]:
                 continue
             dotted = f"{prefix}{key}"
             child = node._get_node(key)
-            raw = child._value() if hasattr(child, "_value") else child
+            raw = _unresolved(child) if isinstance(child, DictConfig | ListConfig) else child._value()
             if isinstance(node, DictConfig) and is_secret_key(key):
-                taken.append([dotted, _unresolved(child)])
-                del node[key]
+                taken.append([dotted, raw])
+                changes.append((node, key, True))
             elif isinstance(child, DictConfig | ListConfig):
                 visit(child, f"{dotted}.")
             elif isinstance(raw, str) and any(v in raw for v in values):
                 taken.append([dotted, raw])
-                node[key] = REDACTED
+                changes.append((node, key, False))
 
-    if OmegaConf.is_config(cfg):
-        with read_write(cfg), open_dict(cfg):
-            visit(cfg, "")
+    if not OmegaConf.is_config(cfg):
+        return taken
+    visit(cfg, "")
+    json.dumps(taken)
+    with read_write(cfg), open_dict(cfg):
+        for node, key, delete in changes:
+            if delete:
+                del node[key]
+            else:
+                node[key] = REDACTED
     return taken
