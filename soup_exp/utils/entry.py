@@ -154,6 +154,29 @@ def _register_launchers() -> None:
         Plugins.instance().register(launcher)
 
 
+def _save_hydra_configs_atomically(stage: str) -> None:
+    """Hydra writes ``.hydra/config.yaml`` (and hydra.yaml, overrides.yaml) before the job
+    starts; written through :func:`soup_exp.utils.io.atomic_write_text` instead, a full
+    disk or a permission problem there is the stage's one-line error, not a traceback."""
+    import hydra.core.utils as hydra_utils
+
+    def save_config(cfg: Any, filename: str, output_dir: Path) -> None:
+        from omegaconf import OmegaConf
+
+        from soup_exp.utils.experiment import exit_with_error
+        from soup_exp.utils.io import WriteError, atomic_write_text
+
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(output_dir / filename, OmegaConf.to_yaml(cfg))
+        except WriteError as err:
+            exit_with_error(stage, err)
+        except OSError as err:
+            exit_with_error(stage, f"cannot write {output_dir / filename}: {err.strerror or err}")
+
+    hydra_utils._save_config = save_config
+
+
 def stage_entry(name: str) -> Callable[[], None]:
     """``main()`` for `python -m soup_exp.<name>`: compose ``<name>.yaml`` and run the stage."""
     stage = STAGES[name]
@@ -179,6 +202,7 @@ def stage_entry(name: str) -> Callable[[], None]:
         if user_dir is not None:
             _search_packaged_configs_after(user_dir)
         _register_launchers()
+        _save_hydra_configs_atomically(name)
         args = ["dry_run=true" if a == DRY_RUN_FLAG else a for a in args]
         sys.argv = [sys.argv[0], *args]  # what Hydra parses and W&B records: no secrets
         config_path = str(user_dir or packaged_config_dir())

@@ -193,9 +193,33 @@ def atomic_save_safetensors(
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through a temp file; for training checkpoints we wrote ourselves."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` through a temp file; for training checkpoints we wrote ourselves.
+
+    torch's zip writer reports a failed write (a full disk) as ``RuntimeError: ... unexpected
+    pos``, without an errno; that is the disk-full :class:`WriteError` naming ``path``."""
+    size = tensor_bytes(obj)
+    with atomic_path(path, size=size) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:
+            if not _TORCH_WRITE_FAILED.search(str(err)):
+                raise
+            tmp.unlink(missing_ok=True)  # so the message counts the space it held as free
+            raise write_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)), size) from err
+
+
+_TORCH_WRITE_FAILED = re.compile(r"unexpected pos|PytorchStreamWriter failed writing|file write failed")
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of every tensor in a (nested) dict/list: at least what saving it needs."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
