@@ -103,6 +103,27 @@ def split_config_dir(args: Sequence[str]) -> tuple[Path | None, list[str]]:
     return path, rest
 
 
+def check_yaml_syntax(config_dir: Path) -> None:
+    """Every ``*.yaml`` under a user's ``--config-dir`` parses: a broken one is one line
+    naming the file and line, not Hydra's traceback (and only when it was selected)."""
+    import yaml
+
+    for path in sorted(config_dir.rglob("*.yaml")):
+        try:
+            for _ in yaml.compose_all(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader):
+                pass
+        except yaml.MarkedYAMLError as err:
+            start, found = err.context_mark or err.problem_mark, err.problem_mark
+            where = f", line {start.line + 1}" if start is not None else ""
+            problem = err.problem or ""
+            if found is not None and start is not None and found.line != start.line:
+                problem += f" at line {found.line + 1}"
+            what = "; ".join(m for m in (err.context, problem) if m)
+            raise ConfigError(f"{path}{where}: broken YAML ({what}); fix the file") from err
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
+            raise ConfigError(f"{path}: cannot be read as YAML ({err}); fix the file") from err
+
+
 def config_dirs(user_dir: Path | None) -> list[Path]:
     """Where configs are searched, first match wins."""
     return [d for d in (user_dir, packaged_config_dir()) if d is not None]
@@ -193,6 +214,8 @@ def stage_entry(name: str) -> Callable[[], None]:
 
         try:
             user_dir, args = split_config_dir(sys.argv[1:])
+            if user_dir is not None:
+                check_yaml_syntax(user_dir)
             check_experiment(args, user_dir)
             args, secrets = split_secret_overrides(args)
             hand_over_secrets(secrets)

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -35,7 +36,8 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPER
 _SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 STALE_TEMP_SECONDS = 15 * 60  # a live writer touches its temp file far more often than this
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
-_WRITER = re.compile(r"\.(\d+)@([A-Za-z0-9_-]+)\.[^.]*\.tmp$")
+# the names make_temp gives, and the only files temp-file cleanup ever removes
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)@([A-Za-z0-9_-]+)\.[A-Za-z0-9_]+\.tmp$")
 
 
 class WriteError(SoupExpError, OSError):
@@ -190,6 +192,30 @@ def atomic_save_safetensors(
                 raise
             number = int(code.group(1) or code.group(2))
             raise OSError(number, os.strerror(number), str(tmp)) from err
+        if metadata:
+            sort_safetensors_metadata(tmp)
+
+
+def sort_safetensors_metadata(path: str | os.PathLike) -> None:
+    """Rewrite a safetensors header with its ``__metadata__`` keys sorted.
+
+    safetensors writes the metadata in hash order, which changes from process to process,
+    so identical runs would write different bytes. Sorted, they write identical files."""
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= length:  # the same entries, reordered: the same length in practice
+            f.seek(8)
+            f.write(text.ljust(length, b" "))
+            return
+        padded = text.ljust(-(-len(text) // 8) * 8, b" ")
+        rewritten = make_temp(path)
+        with open(rewritten, "wb") as out:
+            out.write(struct.pack("<Q", len(padded)) + padded)
+            shutil.copyfileobj(f, out)
+    os.replace(rewritten, path)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -266,12 +292,14 @@ def file_lock(path: str | os.PathLike, waiting: str | None = None) -> Iterator[N
 
 def remove_stale_temp_files(directory: str | os.PathLike, recursive: bool = True,
                             idle_seconds: float = STALE_TEMP_SECONDS, prefix: str = ".") -> list[Path]:
-    """Delete temp files (``.<name>.*.tmp``, ``.tmp*``) left in ``directory`` by killed writers.
+    """Delete temp files left in ``directory`` by killed writers: only names that
+    :func:`make_temp` gives (``.<name>.<pid>@<host>.<random>.tmp``); a user's ``x.tmp`` or
+    ``.tmpfoo`` is never touched.
 
     A temp file is stale when its writer (``<pid>@<host>`` in its name) was a process on
     this host that has exited, or when nobody touched it for ``idle_seconds`` (a writer on
-    another host, or a name from an older version). A live writer's file is never removed.
-    Each stage calls this on the directories it writes, at its start.
+    another host). A live writer's file is never removed. Each stage calls this on the
+    directories it writes, at its start.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -279,7 +307,7 @@ def remove_stale_temp_files(directory: str | os.PathLike, recursive: bool = True
     removed = []
     for root, _dirs, files in os.walk(directory):
         for name in files:
-            if name.startswith(prefix) and (name.endswith(".tmp") or name.startswith(".tmp")):
+            if name.startswith(prefix) and _TEMP_NAME.match(name):
                 candidate = Path(root) / name
                 if _abandoned(candidate, idle_seconds):
                     with contextlib.suppress(FileNotFoundError):
@@ -293,7 +321,7 @@ def remove_stale_temp_files(directory: str | os.PathLike, recursive: bool = True
 
 
 def _abandoned(path: Path, idle_seconds: float) -> bool:
-    writer = _WRITER.search(path.name)
+    writer = _TEMP_NAME.match(path.name)
     if writer is not None and writer.group(2) == _HOST:
         pid = int(writer.group(1))
         return pid != os.getpid() and not _process_alive(pid)
