@@ -149,3 +149,18 @@ def test_a_cuda_index_beyond_the_machines_devices_is_refused(tmp_path, monkeypat
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     err = stage_error(_experiment(tmp_path, "experiment=smoke", "device=cuda:2"), _no_stage, capsys)
     assert "device=cuda:2: this machine has 2 CUDA devices (cuda:0 to cuda:1)" in err
+
+
+@pytest.mark.parametrize(("text", "line", "problem"), [
+    ("# @package _global_\nname: broken\ntrain:\n  lr: [1, 2\n", 4, "while parsing a flow sequence; expected ','"),
+    ("# @package _global_\nname: broken\n\ttrain: {}\n", 3, "found character '\\t' that cannot start any token"),
+])
+def test_broken_yaml_in_the_config_dir_is_one_line_naming_file_and_line(tmp_path, text, line, problem):
+    conf = tmp_path / "conf" / "experiment"
+    conf.mkdir(parents=True)
+    (conf / "broken.yaml").write_text(text)
+    result = _cli(tmp_path, "finetune", "--config-dir", str(tmp_path / "conf"), "experiment=broken", timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    (message,) = result.stderr.strip().splitlines()
+    assert message.startswith(f"soup-exp finetune: error: {conf / 'broken.yaml'}, line {line}: broken YAML (")
+    assert problem in message and message.endswith("fix the file")
