@@ -106,11 +106,35 @@ def plan_finetune(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, l
     datasets = ["ImageNet2p"] + (["train"] if spec.settings.mode != "zeroshot" else [])
     return {
         "data": [classes_line(cfg), *dataset_lines(cfg, datasets)],
-        "finetune": [describe_run(spec)],
+        "finetune": [describe_run(spec), *sweep_wins(spec.draw, overrides)],
         "outputs": [f"zero-shot model: {spec.out_dir}" if spec.settings.mode == "zeroshot"
                     else f"ingredients: {spec.out_dir.parent}", logger_line(cfg),
                     f"Hydra logs: {Path(str(cfg.out_dir)) / 'hydra'}"],
     }
+
+
+def sweep_wins(draw: SweepDraw, overrides: Sequence[str]) -> list[str]:
+    """A note for each ``train.X=...`` on the command line that the sweep member's own
+    value replaces: the sweep wins, and saying so beats a silently ignored setting."""
+    notes = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        name = key.lstrip("+~").removeprefix("train.")
+        if sep and key.lstrip("+~").startswith("train.") and name in draw.train:
+            notes.append(f"{key.lstrip('+~')}={value} is replaced by sweep {draw.kind} {draw.name}'s "
+                         f"{name}={_short(draw.train[name])}: the sweep's value wins (remove {name} from the "
+                         f"sweep, ~sweep.space.{name}, to use yours)")
+    return notes
+
+
+def command_line_overrides() -> list[str]:
+    """This job's overrides as Hydra parsed them (empty outside a Hydra job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
 
 
 def describe_run(spec: RunSpec) -> str:
@@ -153,6 +177,8 @@ def run_finetune(cfg: DictConfig) -> Path:
     spec = resolve_run(cfg)
     cfg, settings, draw, classes, identity, out_dir = (
         spec.cfg, spec.settings, spec.draw, spec.classes, spec.identity, spec.out_dir)
+    for note in sweep_wins(draw, command_line_overrides()):
+        log.warning("%s", note)
     remove_stale_temp_files(out_dir)
     if store.existing_ingredient(out_dir, identity) is not None:
         log.info("%s is already a finished ingredient of this configuration; nothing to do", out_dir)

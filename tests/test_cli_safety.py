@@ -164,3 +164,16 @@ def test_broken_yaml_in_the_config_dir_is_one_line_naming_file_and_line(tmp_path
     (message,) = result.stderr.strip().splitlines()
     assert message.startswith(f"soup-exp finetune: error: {conf / 'broken.yaml'}, line {line}: broken YAML (")
     assert problem in message and message.endswith("fix the file")
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+eval.batchsize=3", "eval.batchsize is not a setting (did you mean eval.batch_size? known: batch_size, cache,"),
+    ("+eval.cache.dri=x", "eval.cache.dri is not a setting (did you mean eval.cache.dir? known: dir, enabled)"),
+    ("+soup.arithmetik=sum", "soup.arithmetik is not a setting (did you mean soup.arithmetic?"),
+])
+def test_an_unknown_key_in_a_stage_section_is_one_line_with_the_nearest_key(tmp_path, override, message):
+    result = _cli(tmp_path, "evaluate", "experiment=smoke", override, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"soup-exp evaluate: error: {message}"), line
+    assert list(tmp_path.rglob("*.json")) == []

@@ -113,6 +113,8 @@ def check_settings(cfg: Any, schema: Mapping[str, Any]) -> None:
             check_value(key, to_plain(node.get(leaf)), hint)
 
 
+ANY_VALUE = Any | None  # a setting whose value another check (or its reader) validates
+
 # The settings every stage shares (conf/_common.yaml, eval/, recipe/, pipeline.yaml).
 STAGE_SETTINGS: dict[str, Any] = {
     "seed": int,
@@ -127,15 +129,44 @@ STAGE_SETTINGS: dict[str, Any] = {
     "eval.read_threads": POSITIVE_INT,
     "eval.models_per_pass": POSITIVE_INT,
     "eval.force": bool,
+    "eval.precision": ANY_VALUE,
+    "eval.ensemble_logits": ANY_VALUE,
     "eval.cache.enabled": bool,
+    "eval.cache.dir": ANY_VALUE,
+    "soup.pool": ANY_VALUE,
+    "soup.arithmetic": ANY_VALUE,
     "soup.accumulate_dtype": Literal["float32", "float64"],
     "pipeline.sweep_size": NON_NEGATIVE_INT,
+    "pipeline.sweep": ANY_VALUE,
     "pipeline.stages": list[str],
 }
+# Sections whose every key is in STAGE_SETTINGS: another key there is a typo, which would
+# otherwise be accepted and ignored (``+eval.batchsize=3``). train.*, recipes.* and
+# analysis.* are checked against their own schemas.
+CLOSED_SECTIONS = ("eval", "eval.cache", "soup", "pipeline")
+
+
+def check_known_keys(cfg: Any, schema: Mapping[str, Any] = STAGE_SETTINGS,
+                     sections: tuple[str, ...] = CLOSED_SECTIONS) -> None:
+    """Every key of a closed section is a known setting; else one line naming the key and
+    the nearest known one."""
+    import difflib
+
+    for section in sections:
+        node = config_get(cfg, section)
+        if node is None or not hasattr(node, "keys"):
+            continue
+        known = sorted({k[len(section) + 1:].partition(".")[0] for k in schema if k.startswith(f"{section}.")})
+        for key in node:
+            if str(key) not in known:
+                near = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+                hint = f"did you mean {section}.{near[0]}? " if near else ""
+                raise ConfigError(f"{section}.{key} is not a setting ({hint}known: {', '.join(known)})")
 
 
 def check_stage_settings(cfg: Any) -> None:
     """The shared settings of a stage config, checked before the stage touches anything."""
+    check_known_keys(cfg)
     check_settings(cfg, STAGE_SETTINGS)
     device = config_get(cfg, "device")
     if isinstance(device, str) and device != "auto":
