@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from soup_exp.utils.entry import STAGES, available_options
+from soup_exp.utils.stage_help import stage_help, wants_help
 
 
 def usage() -> str:
@@ -30,7 +31,8 @@ def usage() -> str:
         "  soup-exp report results=outputs/demo/results.jsonl compare=paper_vitb32",
         "  soup-exp report results=paper_vitb32             # the authors' published numbers",
         "",
-        "`soup-exp <stage> --help` shows that stage's configuration (Hydra); --config-dir adds your",
+        "`soup-exp <stage> --help` says what a stage does, its main options and examples; `--cfg job`",
+        "prints its whole configuration. --config-dir adds your",
         "own configs (experiments, recipes, analyses, datasets, models), searched before the packaged ones.",
     ]
     return "\n".join(lines)
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     if stage not in STAGES:
         print(f"soup-exp: unknown stage {stage!r}; choose one of: {', '.join(STAGES)}", file=sys.stderr)
         sys.exit(2)
+    if wants_help(rest):  # before the stage's module is imported: help needs neither torch nor Hydra
+        print(stage_help(stage))
+        return
     module = importlib.import_module(STAGES[stage].module)
     sys.argv = [f"soup-exp {stage}", *rest]
     module.main()

@@ -33,6 +33,7 @@ from soup_exp.training import ingredient as store
 from soup_exp.training.augment import train_transform
 from soup_exp.training.checkpoint import checkpoint_path
 from soup_exp.training.distributed import DistContext, setup_distributed, teardown_distributed
+from soup_exp.training.optim import planned_warmup
 from soup_exp.training.settings import TrainSettings, train_settings
 from soup_exp.training.sweep import SweepDraw, apply_sweep
 from soup_exp.utils.config import loggable_config, to_plain
@@ -151,6 +152,7 @@ def describe_run(spec: RunSpec) -> str:
         keys = ["lr", "weight_decay", "epochs", "max_steps", "batch_size", "warmup_steps",
                 "label_smoothing", "mix", "aug"]
         values = {k: getattr(s, k) for k in keys if k != "max_steps" or s.max_steps}
+        values["warmup_steps"] = planned_warmup(s.warmup_steps)
     elif s.mode == "lp":
         start, values = "on frozen features", {f"lp.{k}": v for k, v in asdict(s.lp).items()}
     else:

@@ -33,7 +33,12 @@ from soup_exp.training.checkpoint import (
 )
 from soup_exp.training.data import SeededDistributedSampler, seeded_rngs
 from soup_exp.training.distributed import DistContext
-from soup_exp.training.optim import build_optimizer, cosine_with_warmup, effective_warmup
+from soup_exp.training.optim import (
+    build_optimizer,
+    cosine_with_warmup,
+    describe_warmup,
+    effective_warmup,
+)
 from soup_exp.training.settings import TrainSettings
 from soup_exp.utils import runtime
 from soup_exp.utils.text import plural
@@ -203,10 +208,11 @@ def fit(
         state = _resume(trainer, ckpt_file, fingerprint, ctx, schedule)
     resumed_from = state.step
     if ctx.is_main:
-        log.info("training %s (%d per epoch, %s), warmup %d%s", plural(schedule.total_steps, "step"),
+        log.info("training %s (%d per epoch, %s), %s%s", plural(schedule.total_steps, "step"),
                  schedule.steps_per_epoch, describe_batch(settings.batch_size, ctx.world_size,
                                                           schedule.micro_batch, settings.grad_accum),
-                 schedule.warmup, f"; resumed at step {resumed_from}" if resumed_from else "")
+                 describe_warmup(settings.warmup_steps, schedule.total_steps),
+                 f"; resumed at step {resumed_from}" if resumed_from else "")
 
     result = FitResult(steps=state.step, resumed_from=resumed_from, final_loss=None)
     bar = tqdm(total=schedule.total_steps, initial=state.step, desc=Path(settings.output_dir).name,

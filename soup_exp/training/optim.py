@@ -13,6 +13,21 @@ def effective_warmup(warmup_steps: int, total_steps: int) -> int:
     return min(warmup_steps, int(total_steps * WARMUP_SHARE_CAP))
 
 
+def describe_warmup(warmup_steps: int, total_steps: int) -> str:
+    """The warmup a run uses, and why when it is not ``train.warmup_steps``: a cap the user
+    did not ask for is said, not hidden."""
+    used = effective_warmup(warmup_steps, total_steps)
+    if used == warmup_steps:
+        return f"warmup {used}"
+    return (f"warmup {used} (train.warmup_steps={warmup_steps}, capped at {WARMUP_SHARE_CAP:.0%} "
+            f"of {total_steps} steps)")
+
+
+def planned_warmup(warmup_steps: int) -> str:
+    """``train.warmup_steps`` with the cap, for a plan that does not know the run's length."""
+    return f"{warmup_steps} (at most {WARMUP_SHARE_CAP:.0%} of the run's steps)"
+
+
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW over all trainable parameters with one weight decay, as in the paper's code."""
     params = [p for p in model.parameters() if p.requires_grad]

@@ -80,6 +80,7 @@ STAGES: dict[str, Stage] = {
 
 _CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
 DRY_RUN_FLAG = "--dry-run"  # = the override dry_run=true
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def split_config_dir(args: Sequence[str]) -> tuple[Path | None, list[str]]:
@@ -211,7 +212,11 @@ def stage_entry(name: str) -> Callable[[], None]:
         import hydra
 
         from soup_exp.utils.config import hand_over_secrets, split_secret_overrides
+        from soup_exp.utils.stage_help import stage_help, wants_help
 
+        if wants_help(sys.argv[1:]):
+            print(stage_help(name))
+            return
         try:
             user_dir, args = split_config_dir(sys.argv[1:])
             if user_dir is not None:
@@ -229,6 +234,10 @@ def stage_entry(name: str) -> Callable[[], None]:
         args = ["dry_run=true" if a == DRY_RUN_FLAG else a for a in args]
         sys.argv = [sys.argv[0], *args]  # what Hydra parses and W&B records: no secrets
         config_path = str(user_dir or packaged_config_dir())
-        hydra.main(config_path=config_path, config_name=name, version_base="1.3")(task)()
+        try:
+            hydra.main(config_path=config_path, config_name=name, version_base="1.3")(task)()
+        except KeyboardInterrupt:
+            print(f"soup-exp {name}: interrupted; rerun the same command to resume", file=sys.stderr)
+            sys.exit(INTERRUPTED_EXIT)
 
     return main

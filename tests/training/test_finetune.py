@@ -83,3 +83,13 @@ def test_the_batch_is_described_without_plural_slips() -> None:
     assert describe_batch(64, 1, 64, 1) == "batch 64"
     assert describe_batch(64, 1, 32, 2) == "global batch 64 = 1 rank x 32 x 2 accumulation steps"
     assert describe_batch(512, 4, 128, 1) == "global batch 512 = 4 ranks x 128"
+
+
+def test_a_capped_warmup_is_said_in_the_log_and_the_plan(tiny_root: Path, compose_tiny) -> None:
+    from soup_exp.finetune import describe_run, resolve_run
+    from soup_exp.training.optim import describe_warmup
+
+    assert describe_warmup(20, 72) == "warmup 14 (train.warmup_steps=20, capped at 20% of 72 steps)"
+    assert describe_warmup(2, 100) == "warmup 2"
+    line = describe_run(resolve_run(compose_tiny(tiny_root, "train.warmup_steps=20")))
+    assert "warmup_steps=20 (at most 20% of the run's steps)" in line
