@@ -89,6 +89,13 @@ def resolve_run(cfg: DictConfig) -> RunSpec:
     return RunSpec(cfg, draw, settings, classes, run_identity(cfg, settings, draw, classes))
 
 
+def job_output(cfg: DictConfig) -> Path:
+    """The ingredient directory this run writes (after the sweep draw names it)."""
+    cfg = copy.deepcopy(cfg)
+    apply_sweep(cfg)
+    return Path(str(cfg.train.output_dir)).resolve()
+
+
 def check_finetune(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Everything that can fail before training, checked before anything is created."""
     from soup_exp.utils.preflight import require_roots

@@ -29,7 +29,20 @@ def fingerprint(identity: Mapping[str, Any]) -> str:
     return stable_hash(identity)
 
 
+def _leaves(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"hparams.lr": 1e-3, ...}``: nested records flattened, so a difference names a key."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            flat.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _difference(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> str:
+    """Only the keys whose values differ, not both records (a sweep's identity is long)."""
+    theirs, ours = _leaves(theirs), _leaves(ours)
     keys = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
     return "; ".join(f"{k}: there {theirs.get(k)!r}, this run {ours.get(k)!r}" for k in keys) or "unknown"
 

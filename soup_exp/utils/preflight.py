@@ -24,6 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from soup_exp.utils.entry import STAGES, Stage
+from soup_exp.utils.resolvers import planned_job
 from soup_exp.utils.text import plural
 
 # A dry run's plan: section title -> lines, printed in the order of PLAN_SECTIONS.
@@ -100,6 +101,16 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     return [list(job) for batch in BasicSweeper.split_arguments(parsed, max_batch_size=None) for job in batch]
 
 
+def only_distinct_indices(jobs: Sequence[Sequence[str]]) -> bool:
+    """True when the jobs of a multirun differ only in their ``sweep.index`` values, and
+    no two share one (the shipped sweeps name every ingredient by its index)."""
+    common = set(jobs[0]).intersection(*map(set, jobs[1:])) if jobs else set()
+    varying = [[o for o in job if o not in common] for job in jobs]
+    if not all(len(v) == 1 and v[0].partition("=")[0] == "sweep.index" for v in varying):
+        return False
+    return len({v[0] for v in varying}) == len(jobs)
+
+
 def launcher_name(config: DictConfig) -> str:
     choices = OmegaConf.select(config, "hydra.runtime.choices") or {}
     return str(choices.get("launcher") or choices.get("hydra/launcher") or "basic")
@@ -131,32 +142,77 @@ class Preflight(Callback):
 
         cfg = task_config(config)
         jobs = sweep_jobs(config)
-        # A real run checks its first job here (composing every job of a large sweep would
-        # take a while; a later job with a bad value fails in its own run); a dry run lists all.
-        wanted = jobs if cfg.get("dry_run") else jobs[:1]
-        composed = [(compose(config_name=config_name, overrides=job), job) for job in wanted]
+        stage = STAGES[str(cfg.stage)]
+        # Composing is ~0.15 s a job. A dry run lists every job; a real run checks its first
+        # (a later job with a bad value fails in its own run) and composes all only when a
+        # key other than distinct sweep.index values varies, as collisions need.
+        # (a sweep name that ignores the index makes the first two collide)
+        needed = len(jobs) if cfg.get("dry_run") or not only_distinct_indices(jobs) else 2
+        composed = [(compose(config_name=config_name, overrides=job), job) for job in jobs[:needed]]
+        try:
+            refuse_colliding_outputs(stage, composed)
+        except Exception as err:
+            _exit_on_user_error(stage, err)
+        wanted = composed if cfg.get("dry_run") else composed[:1]
         header = f" ({plural(len(jobs), 'job')}, launcher {launcher_name(config)})"
-        self._preflight(cfg, composed, header=header)
+        self._preflight(cfg, wanted, header=header, multirun=True)
 
     @staticmethod
-    def _preflight(cfg: DictConfig, jobs: Sequence[tuple[DictConfig, list[str]]], header: str) -> None:
-        from soup_exp.utils.experiment import exit_with_error, user_error
-
+    def _preflight(cfg: DictConfig, jobs: Sequence[tuple[DictConfig, list[str]]], header: str,
+                   multirun: bool = False) -> None:
         stage = STAGES[str(cfg.stage)]
         try:
             # the run itself says what it does, so its checks stay silent; a data check is the run
             with quiet_logs(enabled=not cfg.get("check_data")):
-                finished = [check(stage, job_cfg, overrides) for job_cfg, overrides in jobs]
+                finished = []
+                for number, (job_cfg, overrides) in enumerate(jobs):
+                    with planned_job(number) if multirun else contextlib.nullcontext():
+                        finished.append(check(stage, job_cfg, overrides))
                 if cfg.get("dry_run"):
-                    print(render_plan(stage.name, merge_plans(plan(stage, c, o) for c, o in jobs), header))
+                    plans = []
+                    for number, (job_cfg, overrides) in enumerate(jobs):
+                        with planned_job(number) if multirun else contextlib.nullcontext():
+                            plans.append(plan(stage, job_cfg, overrides))
+                    print(render_plan(stage.name, merge_plans(plans), header))
                     sys.exit(0)
         except Exception as err:
-            mine = user_error(err)  # also ours when Hydra or OmegaConf wrapped it (a resolver's)
-            if mine is None:
-                raise
-            exit_with_error(stage.name, mine)
+            _exit_on_user_error(stage, err)
         if all(finished):
             sys.exit(0)
+
+
+def _exit_on_user_error(stage: Stage, err: Exception) -> None:
+    """A user's error is the stage's one line (also when Hydra or OmegaConf wrapped it, as a
+    resolver's); anything else is a bug and keeps its traceback."""
+    from soup_exp.utils.experiment import exit_with_error, user_error
+
+    mine = user_error(err)
+    if mine is None:
+        raise err
+    exit_with_error(stage.name, mine)
+
+
+def refuse_colliding_outputs(stage: Stage, jobs: Sequence[tuple[DictConfig, list[str]]]) -> None:
+    """Two jobs of one multirun that would write the same directory are refused before either
+    starts; the message names only the overrides in which they differ."""
+    from soup_exp.errors import ConfigError
+
+    output = stage.hook("output")
+    if output is None or len(jobs) < 2:
+        return
+    first_job: dict[Path, int] = {}
+    for number, (job_cfg, overrides) in enumerate(jobs):
+        with planned_job(number):
+            path = Path(output(job_cfg))
+        if path in first_job:
+            other = jobs[first_job[path]][1]
+            differ = sorted(set(overrides) ^ set(other))
+            keys = sorted({o.partition("=")[0].lstrip("+~") for o in differ})
+            raise ConfigError(
+                f"jobs {first_job[path]} and {number} of this multirun would both write {path} (they differ only "
+                f"in {', '.join(keys) or 'nothing'}); sweep a key that names the run (sweep.index, or "
+                "sweep.name=...) or give each job its own train.output_dir")
+        first_job[path] = number
 
 
 def require_roots(cfg: DictConfig, names: Sequence[str]) -> None:

@@ -46,8 +46,10 @@ def test_modes_write_ingredients_and_reruns_are_no_ops(tiny_root: Path, compose_
     assert run_finetune(compose_tiny(tiny_root, "sweep=demo", "sweep.index=1", "train.epochs=2")) == ft
     assert "nothing to do" in caplog.text and (ft / "ingredient.json").read_text() == before
 
-    with pytest.raises(OutputConflictError, match="different configuration"):
+    with pytest.raises(OutputConflictError, match="different configuration") as conflict:
         run_finetune(compose_tiny(tiny_root, "sweep=demo", "sweep.index=1", "train.epochs=3"))
+    differences = str(conflict.value).split("(", 1)[1].rsplit(")", 1)[0]
+    assert "epochs: there 2, this run 3" in differences and "lr" not in differences  # only what differs
 
 
 def test_missing_init_ingredient_says_how_to_make_it(tiny_root: Path, compose_tiny) -> None:
