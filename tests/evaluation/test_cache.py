@@ -209,7 +209,9 @@ def test_abandoned_temp_files_are_removed_but_live_ones_kept(suite):
     store = PreprocessedCache(suite["tmp"] / "cache", progress=False)
     entry = cache_module.cache_key(dataset, split)["entry"]
     store.dir.mkdir(parents=True)
-    old, live = store.dir / f".{entry}.old.tmp", store.dir / f".{entry}.live.tmp"
+    # writers on another host: only idleness tells a crashed one from a live one
+    old = store.dir / f".{entry}{cache_module.DATA_SUFFIX}.4242@otherhost.a1b2.tmp"
+    live = store.dir / f".{entry}{cache_module.DATA_SUFFIX}.4343@otherhost.c3d4.tmp"
     old.write_bytes(b"x" * 10)
     live.write_bytes(b"x" * 10)
     os.utime(old, (time.time() - 3600, time.time() - 3600))
