@@ -23,7 +23,13 @@ from typing import Any
 import torch
 
 from soup_exp.errors import SoupExpError
-from soup_exp.utils.io import atomic_path, atomic_save_safetensors, atomic_write_json, read_json
+from soup_exp.utils.io import (
+    atomic_path,
+    atomic_save_safetensors,
+    atomic_write_json,
+    read_json,
+    why_unreadable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +191,9 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file; a truncated or foreign file is an ArtifactError."""
     from safetensors.torch import load_file
 
+    reason = why_unreadable(path)
+    if reason is not None:
+        raise ArtifactError(f"{path}: cannot be read ({reason})")
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for bad headers/data

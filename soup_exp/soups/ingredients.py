@@ -27,6 +27,7 @@ from soup_exp.artifacts import (
     natural_key,
 )
 from soup_exp.errors import SoupExpError
+from soup_exp.utils.io import why_unreadable
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,9 @@ class SafetensorsSource(TensorSource):
         from safetensors import safe_open
 
         self.path = Path(path)
+        reason = why_unreadable(self.path)
+        if reason is not None:
+            raise IngredientError(f"{self.path}: cannot be read ({reason})")
         try:
             with safe_open(str(self.path), framework="pt") as f:
                 self._keys = list(f.keys())

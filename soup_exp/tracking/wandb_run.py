@@ -189,6 +189,7 @@ def _init_wandb(
 
     run_dir = Path(logger_cfg.get("dir") or config_get(cfg, "out_dir") or ".").expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    _redirect_unwritable_home_dirs(run_dir / "wandb" / "home")
     tags = [str(t) for t in (logger_cfg.get("tags") or [])]
     settings = wandb.Settings(
         console="off",
@@ -211,6 +212,37 @@ def _init_wandb(
         reinit="create_new",
         settings=settings,
     )
+
+
+# Where W&B (and wandb-core's log, through XDG_CACHE_HOME) write outside the run directory.
+_HOME_DIRS = {"WANDB_CONFIG_DIR": ".config/wandb", "WANDB_CACHE_DIR": ".cache/wandb",
+              "WANDB_DATA_DIR": ".local/share/wandb", "XDG_CACHE_HOME": ".cache"}
+
+
+def _redirect_unwritable_home_dirs(fallback: Path) -> None:
+    """A cluster user running under a shared or private ``$HOME`` (or none) would get a page
+    of W&B permission errors; their per-user folders go under the run directory instead.
+    Folders the user set, or can write, are left alone."""
+    home = Path(os.environ.get("HOME") or "/nonexistent")
+    for variable, relative in _HOME_DIRS.items():
+        if os.environ.get(variable) or _writable(home / relative):
+            continue
+        target = fallback / relative
+        target.mkdir(parents=True, exist_ok=True)
+        os.environ[variable] = str(target)
+        log.info("%s is not writable; W&B uses %s (%s)", home / relative, target, variable)
+
+
+def _writable(path: Path) -> bool:
+    """``path`` exists and is writable, or its nearest existing parent is."""
+    try:
+        while not path.exists():
+            if path.parent == path:
+                return False
+            path = path.parent
+    except OSError:  # a parent this user cannot enter
+        return False
+    return os.access(path, os.W_OK)
 
 
 def _logger_config(cfg: Any) -> dict[str, Any]:

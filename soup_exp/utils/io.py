@@ -173,6 +173,28 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def why_unreadable(path: str | os.PathLike) -> str | None:
+    """Why this process cannot open ``path`` for reading (``None`` if it can). safetensors
+    reports a permission problem as "No such file or directory", which misleads on shared
+    storage, so readers ask the OS first."""
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return f"permission denied for user {_user_name()} (uid {os.geteuid()})"
+        return err.strerror or str(err)
+    return None
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
 def atomic_save_safetensors(
     tensors: Mapping[str, torch.Tensor],
     path: str | os.PathLike,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -67,11 +68,16 @@ def autocast(device: torch.device, precision: str = "bf16"):
 
 def code_version() -> str:
     """Package version, plus the git commit when soup-exp runs from its own checkout (an
-    installed copy never asks git: its parent folder may be anybody's repository)."""
+    installed copy never asks git: its parent folder may be anybody's repository).
+
+    Only informative, so it never fails a stage: a checkout whose git metadata this user
+    cannot read (a colleague's clone, a private site directory) is ``<version>+unknown``,
+    said once in the log.
+    """
     root = Path(soup_exp.__file__).resolve().parent.parent
-    if not ((root / ".git").exists() and (root / "conf" / "__init__.py").is_file()):
-        return soup_exp.__version__
     try:
+        if not ((root / "conf" / "__init__.py").is_file() and (root / ".git").exists()):
+            return soup_exp.__version__
         sha = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
             capture_output=True, text=True, timeout=5, check=True,
@@ -80,6 +86,19 @@ def code_version() -> str:
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, timeout=5,
         ).stdout.strip()
-        return f"{soup_exp.__version__}+g{sha}{'.dirty' if dirty else ''}"
-    except (OSError, subprocess.SubprocessError):
-        return soup_exp.__version__
+    except (OSError, subprocess.SubprocessError) as err:
+        _say_unknown_commit(root, err)
+        return f"{soup_exp.__version__}+unknown"
+    return f"{soup_exp.__version__}+g{sha}{'.dirty' if dirty else ''}"
+
+
+_UNKNOWN_COMMIT_SAID: set[Path] = set()
+
+
+def _say_unknown_commit(root: Path, err: Exception) -> None:
+    if root in _UNKNOWN_COMMIT_SAID:
+        return
+    _UNKNOWN_COMMIT_SAID.add(root)
+    detail = err.stderr.strip().splitlines()[0] if getattr(err, "stderr", None) else str(err)
+    logging.getLogger(__name__).warning(
+        "code version recorded as unknown: cannot read the git commit of %s (%s)", root, detail)

@@ -120,6 +120,49 @@ def test_write_protected_ingredients_are_souped_by_another_user(make_run, make_s
         assert json.loads((out / "soups" / "uniform" / "soup.json").read_text())["ingredients"] == ["ft_0", "ft_1"]
 
 
+@pytest.mark.parametrize("private", ["checkout", ".git"])
+def test_another_user_soups_from_a_checkout_whose_git_metadata_is_private(make_run, make_sd, monkeypatch,
+                                                                          private):
+    """A colleague's clone (or one in a 0700 ``mktemp -d``): the commit is unknown, the soup is made."""
+    import soup_exp
+    from soup_exp.utils import runtime
+
+    with shared_dir() as root:
+        checkout = root / "checkout"
+        for part in ("conf/__init__.py", "soup_exp/__init__.py", ".git/HEAD"):
+            (checkout / part).parent.mkdir(parents=True, exist_ok=True)
+            (checkout / part).write_text("")
+        (checkout if private == "checkout" else checkout / private).chmod(0o700)
+        monkeypatch.setattr(soup_exp, "__file__", str(checkout / "soup_exp" / "__init__.py"))
+        monkeypatch.setattr(runtime, "_UNKNOWN_COMMIT_SAID", set(), raising=False)
+        out = root / "exp"
+        for i in range(2):
+            make_run(out / "ingredients", f"ft_{i}", make_sd(i))
+        write_protect(out / "ingredients")
+        out.chmod(0o777)
+        cfg = _cfg(out)
+        status, err = run_in_child(lambda: run_stage(cfg, run_soups), unprivileged=True)
+        assert status == 0, err
+        record = json.loads((out / "soups" / "uniform" / "soup.json").read_text())
+        assert record["code_version"] == f"{soup_exp.__version__}+unknown"
+        assert err.count("code version recorded as unknown") <= 1
+
+
+def test_an_ingredient_another_user_cannot_read_is_named_as_a_permission_problem(make_run, make_sd):
+    with shared_dir() as root:
+        out = root / "exp"
+        for i in range(2):
+            make_run(out / "ingredients", f"ft_{i}", make_sd(i))
+        write_protect(out / "ingredients")
+        (out / "ingredients" / "ft_1" / "model.safetensors").chmod(0o400)
+        out.chmod(0o777)
+        cfg = _cfg(out)
+        status, err = run_in_child(lambda: run_stage(cfg, run_soups), unprivileged=True)
+        assert status == 2
+        assert "ft_1/model.safetensors: cannot be read (permission denied for user nobody" in err
+        assert "No such file" not in err
+
+
 def test_a_full_disk_stops_the_stage_naming_the_file(experiment, capsys, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(io.shutil, "disk_usage",  # the soups' disk is full; experiment.json fits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -156,3 +157,42 @@ def test_missing_image_warns_but_keeps_tracking(tmp_path):
     run.log({"still": 1.0}, step=0)
     run.finish()
     assert read_offline_run(run.dir).metric("still") == [1.0]
+
+
+def test_a_user_whose_home_is_not_writable_gets_a_quiet_offline_run(tmp_path):
+    """A cluster account with a shared, read-only or missing $HOME: W&B's per-user folders
+    go under the run directory, and the stage prints no page of permission errors."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from child_process import NOBODY, shared_dir
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run as another user")
+    with shared_dir() as root:
+        home = root / "home"
+        home.mkdir(mode=0o700)
+        script = (
+            "import json, os, sys\n"
+            "from omegaconf import OmegaConf\n"
+            "from soup_exp.tracking.wandb_run import start_run, _HOME_DIRS\n"
+            "run = start_run(OmegaConf.create(json.loads(sys.argv[1])), stage='soup', name='uniform')\n"
+            "enabled, run_dir = run.enabled, str(run.dir)\n"
+            "run.log({'x': 1.0}, step=0)\n"
+            "run.finish()\n"
+            "print(json.dumps({'enabled': enabled, 'dir': run_dir,\n"
+            "                  'env': {v: os.environ.get(v) for v in _HOME_DIRS}}))\n"
+        )
+        env = {k: v for k, v in os.environ.items() if k not in wandb_run._HOME_DIRS and not k.startswith("WANDB")}
+        cfg = OmegaConf.to_container(_cfg(root), resolve=True)
+        done = subprocess.run([sys.executable, "-c", script, json.dumps(cfg)], env={**env, "HOME": str(home)},
+                              user=NOBODY, group=NOBODY, cwd=root, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "permission denied" not in done.stderr.lower(), done.stderr[-3000:]
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result["enabled"], done.stderr[-3000:]
+        assert read_offline_run(Path(result["dir"])).metric("x") == [1.0]
+        for variable, value in result["env"].items():
+            assert value.startswith(str(root / "out" / "wandb" / "home")), variable
