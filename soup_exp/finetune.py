@@ -205,11 +205,12 @@ def run_finetune(cfg: DictConfig) -> Path:
         try:
             model, backbone = MODES[settings.mode](job)
             if ctx.is_main:
-                held_out, numerics = held_out_accuracy(job, model, backbone.preprocess_val)
-                store.write_ingredient(out_dir, model, ingredient_info(job, backbone.model_id, held_out, numerics),
+                held_out = held_out_accuracy(job, model, backbone.preprocess_val)
+                store.write_ingredient(out_dir, model, ingredient_info(job, backbone.model_id, held_out),
                                        identity, keep_checkpoints=settings.keep_checkpoints)
                 if job.run is not None:
-                    job.run.summary({"held_out_accuracy": held_out, **_flat_metrics(job.metrics)})
+                    job.run.summary({"held_out_accuracy": held_out["held_out_accuracy"],
+                                     **_flat_metrics(job.metrics)})
             ctx.barrier()
         finally:
             if job.run is not None:
@@ -388,12 +389,15 @@ def _held_out_evaluator(job: Job, preprocess: Any):
     return build_evaluator(job.cfg, preprocess, job.classes, names=[HELD_OUT])
 
 
-def held_out_accuracy(job: Job, model: nn.Module, preprocess: Any) -> tuple[float, str]:
-    """The held-out accuracy and the numerics it was measured at (``fp32`` or ``bf16``)."""
+def held_out_accuracy(job: Job, model: nn.Module, preprocess: Any) -> dict[str, Any]:
+    """The held-out accuracy with what it was measured on: the numerics (``fp32`` or
+    ``bf16``) and the identity of data, split and transform (the soup stage reuses the score
+    only when its own judge matches)."""
     evaluator = _held_out_evaluator(job, preprocess)
     accuracy = float(evaluator.evaluate({job.name: model})[job.name][HELD_OUT])
     model.cpu()
-    return accuracy, evaluator.numerics
+    return {"held_out_accuracy": accuracy, "held_out_precision": evaluator.numerics,
+            "held_out_data": evaluator.scores_identity(HELD_OUT)}
 
 
 def _periodic_evaluator(job: Job, backbone: Any) -> Callable[[nn.Module], float]:
@@ -405,7 +409,7 @@ def _periodic_evaluator(job: Job, backbone: Any) -> Callable[[nn.Module], float]
     return evaluate
 
 
-def ingredient_info(job: Job, base_model: str, held_out: float, held_out_precision: str) -> dict[str, Any]:
+def ingredient_info(job: Job, base_model: str, held_out: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": job.name,
         "kind": job.settings.mode,
@@ -413,9 +417,8 @@ def ingredient_info(job: Job, base_model: str, held_out: float, held_out_precisi
         "classes": list(job.classes.indices),
         "hparams": job.settings.hparams(),
         "sweep": job.draw.record(),
-        "held_out_accuracy": held_out,
-        "held_out_precision": held_out_precision,
-        "metrics": {HELD_OUT: held_out, **job.metrics},
+        **held_out,
+        "metrics": {HELD_OUT: held_out["held_out_accuracy"], **job.metrics},
         "config": loggable_config(job.cfg),
         "code_version": code_version(),
     }

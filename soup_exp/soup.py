@@ -10,6 +10,7 @@ selected recipe's parameters are checked before the first one cooks. Each soup l
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,18 +18,21 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from soup_exp.artifacts import check_name, write_soup_dir
+from soup_exp.artifacts import SOUP_FILE, check_name, write_soup_dir
 from soup_exp.soups.context import SoupContext
+from soup_exp.soups.freshness import INPUTS_KEY
 from soup_exp.soups.ingredients import Ingredient, load_ingredients
 from soup_exp.soups.recipe import Recipe, Soup, soups_of
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
-from soup_exp.utils.io import remove_stale_temp_files
+from soup_exp.utils.io import read_json, remove_stale_temp_files
 from soup_exp.utils.plugins import plan_line, selected_plugins
 from soup_exp.utils.runtime import code_version
 from soup_exp.utils.text import plural
 
 log = logging.getLogger(__name__)
+
+STALE_DIR = ".stale"  # hidden: soup discovery skips it
 
 
 def selected_recipes(cfg: DictConfig) -> list[Recipe]:
@@ -79,9 +83,9 @@ def run_soups(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
     made: dict[str, Path] = {}
     try:
         for recipe in recipes:
-            ctx.recipe = recipe.name
+            ctx.begin(recipe)
             if ctx.finished(recipe.name):
-                log.info("soup '%s' already finished in %s: skipping (delete the folder to redo it)",
+                log.info("soup '%s' in %s is cooked from these ingredients and settings: skipping",
                          recipe.name, ctx.soups_dir / recipe.name)
                 made[recipe.name] = ctx.soups_dir / recipe.name
                 continue
@@ -89,11 +93,38 @@ def run_soups(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
             for soup in soups_of(recipe.name, recipe.cook(ctx)):
                 made[soup.name] = write(ctx, recipe, soup)
             log.info("recipe %s cooked in %.1f s", recipe.name, time.perf_counter() - started)
+        made.update({name: ctx.soups_dir / name for name in sorted(ctx.kept - set(made))})
+        retire_orphans(ctx.soups_dir, {r.name for r in recipes}, made)
     finally:
         if own_run:
             run.finish()
     log.info("soups written to %s: %s", ctx.soups_dir, ", ".join(made))
     return made
+
+
+def retire_orphans(soups_dir: Path, recipes: set[str], made: dict[str, Path]) -> list[Path]:
+    """Soups that a selected recipe no longer makes (a WiSE-FT alpha dropped from the grid)
+    move to ``<soups_dir>/.stale/``, where nothing evaluates or tables them; soups of
+    recipes not selected this time are left alone."""
+    moved = []
+    for soup_file in sorted(Path(soups_dir).glob(f"*/{SOUP_FILE}")):
+        folder = soup_file.parent
+        if folder.name in made:
+            continue
+        try:
+            recipe = read_json(soup_file).get("recipe")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if recipe in recipes:
+            target = Path(soups_dir) / STALE_DIR / folder.name
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(exist_ok=True)
+            folder.rename(target)
+            log.info("soup '%s' is no longer made by recipe %s with these parameters: moved to %s",
+                     folder.name, recipe, target)
+            moved.append(target)
+    return moved
 
 
 def write(ctx: SoupContext, recipe: Recipe, soup: Soup) -> Path:
@@ -123,6 +154,7 @@ def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup) -> dict[str, Any]:
         "classes": first.info.get("classes") if first else None,
         "params": recipe.params,
         **info,
+        INPUTS_KEY: ctx.inputs(),
         "code_version": code_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

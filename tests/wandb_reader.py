@@ -84,9 +84,10 @@ def wait_until_complete(run_dir: str | Path, timeout: float = 15.0) -> bool:
         delay = min(delay * 2, 0.5)
 
 
-def read_offline_run(run_dir: str | Path) -> OfflineRun:
-    """Decode an offline run: config, every history row, the final summary."""
-    wait_until_complete(run_dir)
+def read_offline_run(run_dir: str | Path, timeout: float = 15.0) -> OfflineRun:
+    """Decode an offline run: config, every history row, the final summary (after waiting up
+    to ``timeout`` seconds for its exit record)."""
+    wait_until_complete(run_dir, timeout)
     path = wandb_file(run_dir)
     run = OfflineRun(path=path)
     for record in iter_records(path):

@@ -196,7 +196,8 @@ class AnalysisContext(SoupContext):
     # ---- evaluation -------------------------------------------------------------------------
 
     @cached_property
-    def evaluator(self):
+    def _evaluator(self):
+        """Held-out first, then the evaluation suite (the soup context's judge has held-out only)."""
         from soup_exp.evaluation.evaluator import build_evaluator, evaluation_suite
 
         names = list(dict.fromkeys([HELD_OUT, *evaluation_suite(self.cfg)]))

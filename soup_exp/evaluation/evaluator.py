@@ -108,6 +108,15 @@ class Evaluator:
         """What accuracies are measured at: ``bf16`` (autocast on CUDA) or ``fp32``."""
         return effective_precision(self.device, self.precision)
 
+    def scores_identity(self, name: str) -> str:
+        """What an accuracy on dataset ``name`` depends on besides the model: its images and
+        labels, the eval transform and the numerics. A score recorded with another identity
+        (other data, split or precision) is not comparable and is measured again."""
+        from soup_exp.utils.hashing import stable_hash
+
+        return stable_hash({"data": self.dataset(name).identity(), "transform": self.transform.key,
+                            "numerics": self.numerics})
+
     def dataset(self, name: str) -> LabeledImages:
         try:
             return self.datasets[name]

@@ -198,6 +198,7 @@ def import_checkpoint(
 ) -> Path:
     """Read, check and map one release file and write it as the ingredient ``out_dir``
     (weights first, ``ingredient.json`` last, both atomic)."""
+    from soup_exp.soups.ingredients import PUBLISHED_HELD_OUT
     from soup_exp.training.ingredient import write_ingredient
     from soup_exp.training.sweep import replay_train_values
     from soup_exp.utils.runtime import code_version
@@ -217,6 +218,7 @@ def import_checkpoint(
         "sweep": {"kind": "release", "name": name, "index": None, "seed": None, "drawn": entry},
         "held_out_accuracy": None if held_out is None else float(held_out),
         "held_out_precision": PUBLISHED_PRECISION if held_out is not None else None,
+        "held_out_data": PUBLISHED_HELD_OUT if held_out is not None else None,
         "metrics": {"published": dict(published or {})},
         "source": source_record(path),
         "config": dict(config or {}),

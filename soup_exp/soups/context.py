@@ -14,8 +14,14 @@ from typing import Any
 
 import torch
 
-from soup_exp.artifacts import WEIGHTS_FILE, is_finished_run, is_finished_soup
+from soup_exp.artifacts import SOUP_FILE, WEIGHTS_FILE, is_finished_run, is_finished_soup
 from soup_exp.errors import ConfigError
+from soup_exp.soups.freshness import (
+    describe_change,
+    pool_identity,
+    recorded_inputs,
+    weights_identity,
+)
 from soup_exp.soups.ingredients import Ingredient, resolve_ingredients
 from soup_exp.soups.streaming import check_arithmetic
 from soup_exp.utils.hashing import stable_hash
@@ -24,6 +30,16 @@ log = logging.getLogger(__name__)
 
 HELD_OUT = "ImageNet2p"
 ACCUMULATE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_ALWAYS = ("recipe", "params", "pool", "numerics")
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from soup.json (tuples become lists), so records compare."""
+    import json
+
+    from soup_exp.utils.io import json_default
+
+    return json.loads(json.dumps(value, default=json_default))
 
 
 class SoupContext:
@@ -44,7 +60,14 @@ class SoupContext:
             raise ConfigError(f"soup.accumulate_dtype={dtype!r}: use one of {sorted(ACCUMULATE_DTYPES)}")
         self.accumulate_dtype = ACCUMULATE_DTYPES[dtype]
         self.arithmetic = check_arithmetic(str(cfg.soup.arithmetic))
-        self.recipe = ""  # the recipe being cooked (set by the stage)
+        self.recipe = ""  # the recipe being cooked (set by the stage through begin())
+        self.params: dict[str, Any] = {}
+        self._used: dict[str, Any] = {}  # what the recipe read besides the pool: inputs of its soups
+        self.kept: set[str] = set()  # finished soups found fresh (not cooked again)
+
+    def begin(self, recipe: Any) -> None:
+        """Start cooking ``recipe`` (a :class:`~soup_exp.soups.recipe.Recipe`)."""
+        self.recipe, self.params, self._used = recipe.name, dict(recipe.params), {}
 
     # ---- models ----------------------------------------------------------------------
 
@@ -65,9 +88,15 @@ class SoupContext:
         """The model that candidate state dicts are loaded into (on the evaluation device)."""
         return self._classifier[0]
 
-    @cached_property
+    @property
     def zeroshot(self) -> Ingredient | None:
         """The zero-shot model (WiSE-FT and Model Stock start from it), or None."""
+        model = self._zeroshot
+        self._used["zeroshot"] = weights_identity(model.path if model is not None else None)
+        return model
+
+    @cached_property
+    def _zeroshot(self) -> Ingredient | None:
         path = Path(self.cfg.zeroshot_dir)
         if not is_finished_run(path):
             return None
@@ -79,6 +108,7 @@ class SoupContext:
             return self.ingredients[self.best_index]
         soup_dir = self.soups_dir / name
         if is_finished_soup(soup_dir) and (soup_dir / WEIGHTS_FILE).is_file():
+            self._used.setdefault("models", {})[name] = self._soup_identity(name)
             return resolve_ingredients(soup_dir / WEIGHTS_FILE, kinds=None)[0]
         if name in self.names:
             return self.ingredients[self.names.index(name)]
@@ -89,11 +119,23 @@ class SoupContext:
 
     # ---- held-out evaluation -----------------------------------------------------------
 
-    @cached_property
+    @property
     def evaluator(self):
+        """The held-out evaluator; a soup judged with it depends on the held-out data."""
+        self._used["held_out"] = self.held_out_identity
+        return self._evaluator
+
+    @cached_property
+    def _evaluator(self):
         from soup_exp.evaluation.evaluator import build_evaluator
 
         return build_evaluator(self.cfg, self._classifier[1].preprocess_val, self.classes, names=[HELD_OUT])
+
+    @cached_property
+    def held_out_identity(self) -> str:
+        """The held-out images and labels, the eval transform and the numerics scores are
+        measured at: held-out accuracies recorded elsewhere are reused only when it matches."""
+        return self._evaluator.scores_identity(HELD_OUT)
 
     @property
     def device(self) -> torch.device:
@@ -156,18 +198,25 @@ class SoupContext:
                             "transform": self.evaluator.transform.key,
                             "precision": self.evaluator.precision})
 
-    @cached_property
+    @property
     def scores(self) -> list[float]:
-        """Held-out accuracy of each ingredient, at the numerics candidates are scored at:
-        its ingredient.json when measured alike, else evaluated once (cached logits)."""
+        """Held-out accuracy of each ingredient on this held-out data at the numerics
+        candidates are scored at: its ingredient.json when measured alike, else evaluated
+        once (cached logits)."""
+        self._used["scores"] = self._scores
+        return self._scores
+
+    @cached_property
+    def _scores(self) -> list[float]:
         from soup_exp.evaluation.evaluator import configured_numerics
 
         numerics = configured_numerics(self.cfg)
         scores = []
         for i, ing in enumerate(self.ingredients):
-            recorded = ing.held_out_accuracy_at(numerics)
+            recorded = ing.held_out_accuracy_at(numerics, self.held_out_identity)
             if recorded is None:
-                log.info("held-out accuracy of %s is not recorded at %s: evaluating it", ing.name, numerics)
+                log.info("held-out accuracy of %s is not recorded for this held-out data at %s: evaluating it",
+                         ing.name, numerics)
                 recorded = self.logits_accuracy(self.heldout_logits(i))
             scores.append(recorded)
         return scores
@@ -181,9 +230,47 @@ class SoupContext:
 
     # ---- outputs ------------------------------------------------------------------------
 
+    def inputs(self) -> dict[str, Any]:
+        """What the soups of the current recipe are cooked from (see :mod:`.freshness`)."""
+        return _as_json({"recipe": self.recipe, "params": self.params, "pool": pool_identity(self.ingredients),
+                         "numerics": {"accumulate_dtype": str(self.accumulate_dtype).removeprefix("torch."),
+                                      "arithmetic": self.arithmetic},
+                         **self._used})
+
     def finished(self, name: str) -> bool:
-        """Whether soup ``name`` is already cooked (its soup.json exists)."""
-        return is_finished_soup(self.soups_dir / name)
+        """Whether soup ``name`` is cooked from exactly the current inputs. A stale one is
+        unmarked (its soup.json removed, so nothing evaluates it meanwhile) and the log says
+        what changed; the caller cooks it again."""
+        soup_file = self.soups_dir / name / SOUP_FILE
+        if not soup_file.is_file():
+            return False
+        recorded = recorded_inputs(soup_file)
+        reason = "it records no inputs (cooked by an older soup-exp)" if recorded is None else None
+        if recorded is not None:
+            current = self._current_inputs(recorded)
+            if current == recorded:
+                self.kept.add(name)
+                return True
+            reason = describe_change(recorded, current)
+        log.info("soup '%s' in %s is stale: %s; cooking it again", name, soup_file.parent, reason)
+        soup_file.unlink()
+        return False
+
+    def _current_inputs(self, recorded: Mapping[str, Any]) -> dict[str, Any]:
+        """The current value of every input ``recorded`` names, and of nothing else (a
+        uniform soup is checked without building the held-out evaluator)."""
+        reads = {
+            "zeroshot": lambda: weights_identity(self._zeroshot.path if self._zeroshot is not None else None),
+            "held_out": lambda: self.held_out_identity,
+            "scores": lambda: self._scores,
+            "models": lambda: {name: self._soup_identity(name) for name in recorded["models"]},
+        }
+        base = {k: v for k, v in self.inputs().items() if k in _ALWAYS}
+        return _as_json({**base, **{k: reads[k]() for k in recorded if k in reads}})
+
+    def _soup_identity(self, name: str) -> list[int] | None:
+        weights = self.soups_dir / name / WEIGHTS_FILE
+        return weights_identity(weights) if is_finished_soup(weights.parent) else None
 
     def state_file(self) -> Path:
         """Where the current recipe may keep state to resume from after preemption."""

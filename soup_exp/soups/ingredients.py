@@ -31,6 +31,9 @@ from soup_exp.utils.io import why_unreadable
 
 log = logging.getLogger(__name__)
 
+# ``held_out_data`` of a score copied from the authors' published results
+PUBLISHED_HELD_OUT = "published"
+
 SOUPABLE_KINDS = frozenset({"lp", "finetune"})
 PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar"})
 
@@ -180,11 +183,17 @@ class Ingredient:
         value = self.info.get("held_out_accuracy")
         return None if value is None else float(value)
 
-    def held_out_accuracy_at(self, precision: str | None) -> float | None:
+    def held_out_accuracy_at(self, precision: str | None, data: str | None = None) -> float | None:
         """The recorded held-out accuracy if it was measured at ``precision`` (``fp32`` or
-        ``bf16``, see ``ingredient.json``'s ``held_out_precision``), else None: re-score it,
-        so that greedy compares candidates and ingredients at the same numerics."""
+        ``bf16``, see ``ingredient.json``'s ``held_out_precision``) and, given ``data`` (the
+        judge's held-out identity), on that held-out data; else None: re-score it, so that
+        greedy compares candidates and ingredients on the same images at the same numerics.
+        A published score (an imported release) was measured on the authors' held-out split,
+        which is what the paper's greedy soup ranks by."""
         if precision is not None and self.info.get("held_out_precision") != precision:
+            return None
+        recorded = self.info.get("held_out_data")
+        if data is not None and recorded != data and recorded != PUBLISHED_HELD_OUT:
             return None
         return self.held_out_accuracy
 

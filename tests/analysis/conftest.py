@@ -164,7 +164,7 @@ def world(world_template, tmp_path, monkeypatch) -> World:
 
     monkeypatch.setattr(Evaluator, "_forward_pass", counting)
     for context in (SoupContext, AnalysisContext):  # the soup stage's context too, for cooking soups
-        monkeypatch.setattr(context, "evaluator", property(lambda self: evaluator))
+        monkeypatch.setattr(context, "_evaluator", property(lambda self: evaluator))
     monkeypatch.setattr(SoupContext, "classes", property(lambda self: SimpleNamespace(num_classes=NUM_CLASSES)))
     monkeypatch.setattr(SoupContext, "_classifier", property(lambda self: self.__dict__.setdefault(
         "_tiny", (TinyClassifier(), SimpleNamespace(preprocess_val=transform())))))

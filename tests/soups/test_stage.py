@@ -39,8 +39,13 @@ class FakeEvaluator:
         self.x, self.y = x, y
         self.passes = 0
 
+    numerics = "fp32"
+
     def dataset(self, name):
         return _Identity()
+
+    def scores_identity(self, name):
+        return f"{name}-fixed-data"
 
     def batches(self, name, batch_size, shuffle=False, generator=None):
         order = torch.randperm(len(self.y), generator=generator) if shuffle else torch.arange(len(self.y))
@@ -133,7 +138,7 @@ def _cfg(out, recipes, *extra):
 def _patch(monkeypatch, evaluator):
     monkeypatch.setattr(SoupContext, "classes", property(lambda self: None), raising=False)
     monkeypatch.setattr(SoupContext, "_classifier", property(lambda self: self.__dict__.setdefault("_sk", (Tiny(), None))))
-    monkeypatch.setattr(SoupContext, "evaluator", property(lambda self: evaluator))
+    monkeypatch.setattr(SoupContext, "_evaluator", property(lambda self: evaluator))
 
 
 def test_all_recipes_then_resume(pool, monkeypatch, caplog):
@@ -168,9 +173,10 @@ def test_all_recipes_then_resume(pool, monkeypatch, caplog):
     caplog.clear()
     with caplog.at_level("INFO"):
         again = run_soups(_cfg(out, PAPER_RECIPES), run=FakeRun())
-    assert again == {k: v for k, v in made.items() if not k.startswith("wise_ft")}
+    assert again == made
     assert evaluator.passes == passes  # nothing recomputed
-    assert caplog.text.count("already finished") == len(expected) - 3  # WiSE-FT checks its alphas itself
+    assert caplog.text.count("is cooked from these ingredients and settings: skipping") == len(expected) - 3
+    assert "stale" not in caplog.text
 
 
 def test_unknown_recipe(pool):
@@ -188,3 +194,102 @@ def test_unknown_recipe(pool):
     with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['tolerence'\]"):
         run_soups(_cfg(out, ["greedy"], "+recipes.greedy.tolerence=0.1"), run=FakeRun())
     assert not (out / "soups").exists()  # checked before anything is cooked
+
+
+def _records(out) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (out / "soups").glob("*/soup.json")}
+
+
+def _grow_pool(out, make_run, names):
+    from safetensors.torch import load_file
+
+    base = load_file(str(out / "ingredients" / "ft_0" / "model.safetensors"))
+    for k, name in enumerate(names):
+        g = torch.Generator().manual_seed(100 + k)
+        make_run(out / "ingredients", name, {key: v + 0.01 * torch.randn(v.shape, generator=g)
+                                              for key, v in base.items()})
+
+
+def test_a_grown_pool_recooks_every_soup_and_the_log_says_why(pool, monkeypatch, caplog, make_run):
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    first = run_soups(_cfg(out, PAPER_RECIPES), run=FakeRun())
+    _grow_pool(out, make_run, ["ft_5", "ft_6"])
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        again = run_soups(_cfg(out, PAPER_RECIPES), run=FakeRun())
+    assert set(again) == set(first)
+    records = _records(out)
+    for name in first:
+        assert f"soup '{name}' in {out / 'soups' / name} is stale: the pool changed (5 -> 7 ingredients: " \
+               "added ft_5, ft_6)" in caplog.text, name
+        assert [entry[0] for entry in records[name]["inputs"]["pool"]][-2:] == ["ft_5", "ft_6"], name
+    assert records["uniform"]["ingredients"][-2:] == ["ft_5", "ft_6"]
+    assert records["ensemble"]["members"][-2:] == ["ft_5", "ft_6"]
+    assert "settings: skipping" not in caplog.text
+
+
+def test_only_soups_whose_inputs_changed_are_recooked(pool, monkeypatch, caplog):
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    run_soups(_cfg(out, ["uniform", "greedy", "wise_ft"]), run=FakeRun())
+    before = _records(out)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run_soups(_cfg(out, ["uniform", "greedy", "wise_ft"], "recipes.greedy.tolerance=0.5"), run=FakeRun())
+    after = _records(out)
+    assert "soup 'greedy'" in caplog.text and "recipe parameters changed (tolerance: 0.0 -> 0.5)" in caplog.text
+    assert after["uniform"]["created"] == before["uniform"]["created"] and "soup 'uniform' in" in caplog.text
+    assert after["greedy"]["params"]["tolerance"] == 0.5
+    # WiSE-FT interpolates the re-cooked greedy soup, so its soups follow
+    assert "soup 'wise_ft_greedy_a0.50'" in caplog.text and "the models it was cooked from changed (greedy)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run_soups(_cfg(out, ["uniform", "greedy"], "recipes.greedy.tolerance=0.5", "soup.arithmetic=sum"),
+                  run=FakeRun())
+    assert caplog.text.count("the soup's numerics changed (soup.accumulate_dtype or soup.arithmetic)") == 2
+
+
+def test_a_shrunk_wise_ft_grid_retires_the_dropped_alphas(pool, monkeypatch, caplog):
+    from soup_exp.evaluate import discover_soups
+
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    run_soups(_cfg(out, ["uniform", "greedy", "wise_ft"]), run=FakeRun())
+    with caplog.at_level("INFO"):
+        made = run_soups(_cfg(out, ["uniform", "greedy", "wise_ft"], "recipes.wise_ft.alphas=[0.5]"), run=FakeRun())
+    assert {n for n in made if n.startswith("wise_ft")} == {"wise_ft_greedy_a0.50"}
+    assert sorted(p.name for p in (out / "soups" / ".stale").iterdir()) == ["wise_ft_greedy_a0.00",
+                                                                            "wise_ft_greedy_a1.00"]
+    assert "soup 'wise_ft_greedy_a0.00' is no longer made by recipe wise_ft" in caplog.text
+    found = {e.name for e in discover_soups({"soups_dir": str(out / "soups")}, {})}
+    assert found == {"uniform", "greedy", "wise_ft_greedy_a0.50"}
+    run_soups(_cfg(out, ["uniform"]), run=FakeRun())  # soups of recipes not selected now stay
+    assert (out / "soups" / "greedy" / "soup.json").is_file()
+
+
+def test_held_out_scores_measured_on_other_data_are_measured_again(pool, monkeypatch, caplog):
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    for name, data in (("ft_0", "ImageNet2p-fixed-data"), ("ft_1", "another-split")):
+        path = out / "ingredients" / name / "ingredient.json"
+        info = json.loads(path.read_text())
+        path.write_text(json.dumps({**info, "held_out_precision": "fp32", "held_out_data": data}))
+    with caplog.at_level("INFO"):
+        run_soups(_cfg(out, ["greedy"]), run=FakeRun())
+    assert "held-out accuracy of ft_0 is not recorded" not in caplog.text
+    assert "held-out accuracy of ft_1 is not recorded for this held-out data at fp32: evaluating it" in caplog.text
+
+
+def test_a_copied_experiment_keeps_its_soups(pool, monkeypatch, caplog, tmp_path):
+    import shutil
+
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    run_soups(_cfg(out, ["uniform", "greedy", "wise_ft"]), run=FakeRun())
+    copy = tmp_path / "elsewhere" / "exp"
+    shutil.copytree(out, copy)  # keeps modification times, as cp -a and mv do
+    with caplog.at_level("INFO"):
+        run_soups(_cfg(copy, ["uniform", "greedy", "wise_ft"]), run=FakeRun())
+    assert "stale" not in caplog.text
+    assert caplog.text.count("is cooked from these ingredients and settings: skipping") == 2

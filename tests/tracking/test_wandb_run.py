@@ -145,9 +145,9 @@ def test_reader_rejects_non_wandb_files(tmp_path):
     bad = tmp_path / "run-x.wandb"
     bad.write_bytes(b"not a wandb file")
     with pytest.raises(WandbFileError, match="header"):
-        read_offline_run(tmp_path)
+        read_offline_run(tmp_path, timeout=0)
     with pytest.raises(WandbFileError, match="no run-"):
-        read_offline_run(tmp_path / "nothing")
+        read_offline_run(tmp_path / "nothing", timeout=0)
 
 
 def test_missing_image_warns_but_keeps_tracking(tmp_path):
