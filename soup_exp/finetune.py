@@ -30,7 +30,6 @@ from soup_exp.artifacts import INGREDIENT_FILE, ingredient_record, is_finished_r
 from soup_exp.data.classes import ClassSpace
 from soup_exp.errors import ConfigError, SoupExpError
 from soup_exp.training import ingredient as store
-from soup_exp.training.augment import train_transform
 from soup_exp.training.checkpoint import checkpoint_path
 from soup_exp.training.distributed import DistContext, setup_distributed, teardown_distributed
 from soup_exp.training.optim import planned_warmup
@@ -224,7 +223,7 @@ def run_identity(cfg: DictConfig, settings: TrainSettings, draw: SweepDraw,
                  classes: ClassSpace) -> dict[str, Any]:
     """What makes two runs the same ingredient (devices, workers and paths excluded)."""
     model = to_plain(cfg.model)
-    from soup_exp.models.backbones import model_id_for
+    from soup_exp.utils.model_id import model_id_for
 
     heldout = to_plain(cfg.data.get("heldout")) or {}
     return {
@@ -259,6 +258,9 @@ def _linear_probe(job: Job) -> tuple[nn.Module, Any]:
 
 def _finetune(job: Job) -> tuple[nn.Module, Any]:
     from soup_exp.data.registry import build_train_samples
+    from soup_exp.training.augment import (
+        train_transform,  # timm: seconds to import, not needed by a plan
+    )
     from soup_exp.training.loop import fit
 
     s = job.settings
@@ -325,7 +327,7 @@ def init_ingredient_info(path: Path, model_cfg: DictConfig, classes: ClassSpace)
             "train.init_from=null to start from the pretrained model with train.head_init."
         )
     info = ingredient_record(path)
-    from soup_exp.models.backbones import model_id_for
+    from soup_exp.utils.model_id import model_id_for
 
     expected = model_id_for(to_plain(model_cfg))
     if info.get("base_model") != expected:

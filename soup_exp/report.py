@@ -17,12 +17,6 @@ from omegaconf import DictConfig
 from soup_exp.artifacts import SOUP_FILE, find_dirs, soup_record
 from soup_exp.artifacts.analysis import analysis_records
 from soup_exp.errors import ConfigError
-from soup_exp.reporting.figures import (
-    SoupFileError,
-    plot_figure1,
-    plot_greedy_trajectory,
-    plot_learned_coefficients,
-)
 from soup_exp.reporting.paper import (
     PUBLISHED,
     comparison_table,
@@ -122,6 +116,13 @@ def _write_table(table: Table, base: Path, formats: list[str]) -> dict[str, Path
 
 
 def _write_figures(rows: list[dict[str, Any]], soups: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
+    from soup_exp.reporting.figures import (  # matplotlib: not needed by a plan
+        SoupFileError,
+        plot_figure1,
+        plot_greedy_trajectory,
+        plot_learned_coefficients,
+    )
+
     paths = list(plot_figure1(rows, out_dir / "figure1"))
     for soup in soups:
         name = _safe_name(str(soup.get("name") or soup.get("recipe")))

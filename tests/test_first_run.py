@@ -88,3 +88,19 @@ def test_debug_experiment_runs_every_stage_and_a_second_dry_run_finds_it_done(tm
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[to run]" not in again.stdout and "to evaluate" not in again.stdout
     assert "ft_000 [done, skipped]" in again.stdout and "uniform [done, skipped]" in again.stdout
+
+
+def test_the_demo_dry_run_imports_no_model_library_and_writes_nothing(tmp_path):
+    """A plan lists; it never needs open_clip, timm or matplotlib (seconds of imports each)."""
+    script = ("import sys\n"
+              "from soup_exp.cli import main\n"
+              "sys.argv = ['soup-exp', 'pipeline', 'experiment=demo', '--dry-run']\n"
+              "try:\n    main()\nexcept SystemExit as done:\n    code = done.code\n"
+              "heavy = sorted(m for m in ('open_clip', 'timm', 'matplotlib') if m in sys.modules)\n"
+              "print('HEAVY', code, ','.join(heavy))\n")
+    env = {**os.environ, "SOUP_ROOT": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "HEAVY 0 \n" in done.stdout, done.stdout[-500:]
+    assert list(tmp_path.iterdir()) == []

@@ -21,11 +21,12 @@ from torch import nn
 
 from soup_exp.errors import SoupExpError
 from soup_exp.utils.config import config_get, to_plain
+from soup_exp.utils.model_id import (
+    looks_like_path,
+    model_id_for,
+)
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".npz")
-
 
 class BackboneLoadError(SoupExpError, RuntimeError):
     """A backbone could not be created or its pretrained weights could not be loaded."""
@@ -41,27 +42,6 @@ class Backbone:
     clip_model: nn.Module | None = None
     tokenizer: Callable | None = None
     zeroshot_templates: Any = "openai"
-
-
-def looks_like_path(pretrained: str) -> bool:
-    """A local checkpoint path, as opposed to a pretrained tag like ``openai``."""
-    return "/" in pretrained or "\\" in pretrained or pretrained.endswith(CHECKPOINT_SUFFIXES)
-
-
-def pretrained_label(pretrained: Any) -> str:
-    """The pretrained part of a model id: the tag, or a local file's name (machine-independent)."""
-    if not pretrained:
-        return "random"
-    if pretrained is True:
-        return "default"
-    text = str(pretrained)
-    return Path(text).name if looks_like_path(text) else text
-
-
-def model_id_for(model_cfg: Mapping) -> str:
-    """``<source>:<name>:<tag or checkpoint file name>``, e.g. ``open_clip:ViT-B-32:openai``."""
-    source = config_get(model_cfg, "_target_") or config_get(model_cfg, "source", "open_clip")
-    return f"{source}:{model_cfg['name']}:{pretrained_label(config_get(model_cfg, 'pretrained'))}"
 
 
 def load_error(model_cfg: Mapping, reason: BaseException | str) -> BackboneLoadError:

@@ -44,7 +44,7 @@ NAME_MAX_BYTES = 255  # NAME_MAX of ext4, XFS, Lustre, GPFS and NFS alike
 def experiment_identity(cfg: DictConfig) -> dict[str, Any]:
     """What makes two runs 'the same experiment': its name, data classes and model (with
     its pretrained start: ``model_id``, e.g. ``open_clip:ViT-B-32:openai``)."""
-    from soup_exp.models.backbones import model_id_for
+    from soup_exp.utils.model_id import model_id_for
 
     model = to_plain(cfg.get("model")) or {}
     data = cfg.get("data") or {}
