@@ -258,9 +258,7 @@ def _linear_probe(job: Job) -> tuple[nn.Module, Any]:
 
 def _finetune(job: Job) -> tuple[nn.Module, Any]:
     from soup_exp.data.registry import build_train_samples
-    from soup_exp.training.augment import (
-        train_transform,  # timm: seconds to import, not needed by a plan
-    )
+    from soup_exp.training.augment import train_transform  # imports timm: not at module level
     from soup_exp.training.loop import fit
 
     s = job.settings

@@ -4,7 +4,9 @@ Recipes are plugins (:mod:`soup_exp.soups.recipe`): the ``recipes`` config group
 one file per recipe, and ``recipes=[uniform,greedy,...]`` selects and orders them. Every
 selected recipe's parameters are checked before the first one cooks. Each soup lands in
 ``<soups_dir>/<name>/`` (``model.safetensors`` for weight-space recipes, then
-``soup.json``); finished soups are skipped, so an interrupted stage resumes.
+``soup.json``); a finished soup is skipped while its recorded inputs are unchanged
+(:mod:`soup_exp.soups.freshness`), so an interrupted stage resumes and a changed pool or
+setting re-cooks.
 """
 
 from __future__ import annotations

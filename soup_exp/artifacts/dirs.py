@@ -191,12 +191,12 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file; a truncated or foreign file is an ArtifactError."""
     from safetensors.torch import load_file
 
-    reason = why_unreadable(path)
-    if reason is not None:
-        raise ArtifactError(f"{path}: cannot be read ({reason})")
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for bad headers/data
+        reason = why_unreadable(path)
+        if reason is not None:
+            raise ArtifactError(f"{path}: cannot be read ({reason})") from err
         raise ArtifactError(f"{path}: not a readable safetensors file ({err}); was it cut short "
                             "by a crash or a full disk? Delete it and rerun the job that wrote it") from err
 

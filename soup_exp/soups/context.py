@@ -17,6 +17,7 @@ import torch
 from soup_exp.artifacts import SOUP_FILE, WEIGHTS_FILE, is_finished_run, is_finished_soup
 from soup_exp.errors import ConfigError
 from soup_exp.soups.freshness import (
+    as_json,
     describe_change,
     pool_identity,
     recorded_inputs,
@@ -33,15 +34,6 @@ ACCUMULATE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _ALWAYS = ("recipe", "params", "pool", "numerics")
 
 
-def _as_json(value: Any) -> Any:
-    """``value`` as it reads back from soup.json (tuples become lists), so records compare."""
-    import json
-
-    from soup_exp.utils.io import json_default
-
-    return json.loads(json.dumps(value, default=json_default))
-
-
 class SoupContext:
     """The pool (``ingredients``, ``names``, ``scores``), held-out evaluation
     (``evaluate``, ``heldout_logits``, ``heldout_batches``), the zero-shot model, the
@@ -51,6 +43,7 @@ class SoupContext:
         self.cfg = cfg
         self.ingredients = ingredients
         self.names = [ing.name for ing in ingredients]
+        self.pool = pool_identity(ingredients)  # the pool does not change while the stage runs
         self.soups_dir = Path(cfg.soups_dir)
         self.run = run
         self.progress = bool(cfg.progress)
@@ -91,9 +84,11 @@ class SoupContext:
     @property
     def zeroshot(self) -> Ingredient | None:
         """The zero-shot model (WiSE-FT and Model Stock start from it), or None."""
-        model = self._zeroshot
-        self._used["zeroshot"] = weights_identity(model.path if model is not None else None)
-        return model
+        self._used["zeroshot"] = self._zeroshot_identity()
+        return self._zeroshot
+
+    def _zeroshot_identity(self) -> list[int] | None:
+        return weights_identity(self._zeroshot.path if self._zeroshot is not None else None)
 
     @cached_property
     def _zeroshot(self) -> Ingredient | None:
@@ -232,7 +227,7 @@ class SoupContext:
 
     def inputs(self) -> dict[str, Any]:
         """What the soups of the current recipe are cooked from (see :mod:`.freshness`)."""
-        return _as_json({"recipe": self.recipe, "params": self.params, "pool": pool_identity(self.ingredients),
+        return as_json({"recipe": self.recipe, "params": self.params, "pool": self.pool,
                          "numerics": {"accumulate_dtype": str(self.accumulate_dtype).removeprefix("torch."),
                                       "arithmetic": self.arithmetic},
                          **self._used})
@@ -260,13 +255,13 @@ class SoupContext:
         """The current value of every input ``recorded`` names, and of nothing else (a
         uniform soup is checked without building the held-out evaluator)."""
         reads = {
-            "zeroshot": lambda: weights_identity(self._zeroshot.path if self._zeroshot is not None else None),
+            "zeroshot": self._zeroshot_identity,
             "held_out": lambda: self.held_out_identity,
             "scores": lambda: self._scores,
             "models": lambda: {name: self._soup_identity(name) for name in recorded["models"]},
         }
         base = {k: v for k, v in self.inputs().items() if k in _ALWAYS}
-        return _as_json({**base, **{k: reads[k]() for k in recorded if k in reads}})
+        return as_json({**base, **{k: reads[k]() for k in recorded if k in reads}})
 
     def _soup_identity(self, name: str) -> list[int] | None:
         weights = self.soups_dir / name / WEIGHTS_FILE

@@ -16,6 +16,15 @@ from typing import Any
 INPUTS_KEY = "inputs"
 
 
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from soup.json (tuples become lists), so records compare."""
+    import json
+
+    from soup_exp.utils.io import json_default
+
+    return json.loads(json.dumps(value, default=json_default))
+
+
 def weights_identity(path: str | os.PathLike | None) -> list[int] | None:
     """Size and modification time of a weights file: cheap to read, changed by any rewrite,
     kept by ``cp -a`` and ``mv`` (a moved experiment's soups stay fresh)."""

@@ -121,9 +121,6 @@ class SafetensorsSource(TensorSource):
         from safetensors import safe_open
 
         self.path = Path(path)
-        reason = why_unreadable(self.path)
-        if reason is not None:
-            raise IngredientError(f"{self.path}: cannot be read ({reason})")
         try:
             with safe_open(str(self.path), framework="pt") as f:
                 self._keys = list(f.keys())
@@ -133,6 +130,9 @@ class SafetensorsSource(TensorSource):
                     self._specs[key] = (_SAFETENSORS_DTYPES[sl.get_dtype()], tuple(sl.get_shape()))
                 self.metadata = dict(f.metadata() or {})
         except Exception as e:  # safetensors raises its own error types for bad headers
+            reason = why_unreadable(self.path)
+            if reason is not None:
+                raise IngredientError(f"{self.path}: cannot be read ({reason})") from e
             raise IngredientError(f"{self.path}: not a readable safetensors file ({e})") from e
         offsets = _data_offsets(self.path)
         self._keys.sort(key=lambda k: offsets.get(k, 0))

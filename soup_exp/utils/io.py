@@ -176,7 +176,7 @@ def read_json(path: str | os.PathLike) -> Any:
 def why_unreadable(path: str | os.PathLike) -> str | None:
     """Why this process cannot open ``path`` for reading (``None`` if it can). safetensors
     reports a permission problem as "No such file or directory", which misleads on shared
-    storage, so readers ask the OS first."""
+    storage, so a reader whose read failed asks the OS why."""
     try:
         os.close(os.open(path, os.O_RDONLY))
     except OSError as err:

@@ -107,15 +107,24 @@ def test_damaged_greedy_state_is_named(experiment, state):
     assert type(caught.value).__name__ == "ArtifactError"
 
 
+def _soup_as_another_user(root, make_run, make_sd, unreadable=()):
+    """Two write-protected ingredients in ``root/exp`` (``unreadable`` ones mode 0400), souped
+    by ``nobody``; ``(exp, exit status, stderr)``."""
+    out = root / "exp"
+    for i in range(2):
+        make_run(out / "ingredients", f"ft_{i}", make_sd(i))
+    write_protect(out / "ingredients")
+    for name in unreadable:
+        (out / "ingredients" / name / "model.safetensors").chmod(0o400)
+    out.chmod(0o777)
+    cfg = _cfg(out)
+    status, err = run_in_child(lambda: run_stage(cfg, run_soups), unprivileged=True)
+    return out, status, err
+
+
 def test_write_protected_ingredients_are_souped_by_another_user(make_run, make_sd):
     with shared_dir() as root:
-        out = root / "exp"
-        for i in range(2):
-            make_run(out / "ingredients", f"ft_{i}", make_sd(i))
-        write_protect(out / "ingredients")
-        out.chmod(0o777)
-        cfg = _cfg(out)
-        status, err = run_in_child(lambda: run_stage(cfg, run_soups), unprivileged=True)
+        out, status, err = _soup_as_another_user(root, make_run, make_sd)
         assert status == 0, err
         assert json.loads((out / "soups" / "uniform" / "soup.json").read_text())["ingredients"] == ["ft_0", "ft_1"]
 
@@ -134,14 +143,8 @@ def test_another_user_soups_from_a_checkout_whose_git_metadata_is_private(make_r
             (checkout / part).write_text("")
         (checkout if private == "checkout" else checkout / private).chmod(0o700)
         monkeypatch.setattr(soup_exp, "__file__", str(checkout / "soup_exp" / "__init__.py"))
-        monkeypatch.setattr(runtime, "_UNKNOWN_COMMIT_SAID", set(), raising=False)
-        out = root / "exp"
-        for i in range(2):
-            make_run(out / "ingredients", f"ft_{i}", make_sd(i))
-        write_protect(out / "ingredients")
-        out.chmod(0o777)
-        cfg = _cfg(out)
-        status, err = run_in_child(lambda: run_stage(cfg, run_soups), unprivileged=True)
+        monkeypatch.setattr(runtime, "_UNKNOWN_COMMIT_SAID", set())
+        out, status, err = _soup_as_another_user(root, make_run, make_sd)
         assert status == 0, err
         record = json.loads((out / "soups" / "uniform" / "soup.json").read_text())
         assert record["code_version"] == f"{soup_exp.__version__}+unknown"
@@ -150,14 +153,7 @@ def test_another_user_soups_from_a_checkout_whose_git_metadata_is_private(make_r
 
 def test_an_ingredient_another_user_cannot_read_is_named_as_a_permission_problem(make_run, make_sd):
     with shared_dir() as root:
-        out = root / "exp"
-        for i in range(2):
-            make_run(out / "ingredients", f"ft_{i}", make_sd(i))
-        write_protect(out / "ingredients")
-        (out / "ingredients" / "ft_1" / "model.safetensors").chmod(0o400)
-        out.chmod(0o777)
-        cfg = _cfg(out)
-        status, err = run_in_child(lambda: run_stage(cfg, run_soups), unprivileged=True)
+        _, status, err = _soup_as_another_user(root, make_run, make_sd, unreadable=["ft_1"])
         assert status == 2
         assert "ft_1/model.safetensors: cannot be read (permission denied for user nobody" in err
         assert "No such file" not in err
