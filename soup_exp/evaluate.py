@@ -29,11 +29,12 @@ from soup_exp.artifacts import (
     find_dirs,
     ingredient_record,
     is_finished_run,
+    is_finished_soup,
     load_weights,
     run_weights,
     soup_record,
 )
-from soup_exp.artifacts.results import ACCURACY_KEYS, with_avg_shifts
+from soup_exp.artifacts.results import ACCURACY_KEYS, ResultsStore, with_avg_shifts
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation.evaluator import EnsembleSums, Evaluator, build_evaluator, evaluation_suite
 from soup_exp.soups.ingredients import all_finite
@@ -258,7 +259,6 @@ def check_evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> bool:
 
 def plan_evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
     """A dry run's lines: the datasets, each model found and whether its row is already there."""
-    from soup_exp.artifacts.results import ResultsStore
     from soup_exp.utils.preflight import dataset_lines, logger_line
 
     previous = {row["name"]: row for row in ResultsStore(cfg.results_file).rows()}
@@ -280,13 +280,30 @@ def plan_evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, l
     }
 
 
+def drop_rows_of_deleted_models(store: ResultsStore, found: Sequence[ModelEntry]) -> list[str]:
+    """Remove the rows of models that are gone: no model of that name is found now and the
+    row's ``path`` holds no finished run or soup. A moved experiment keeps its rows (its
+    models are still found by name); rows without a path (imported numbers) are kept."""
+    names = {e.name for e in found}
+
+    def deleted(row: Mapping[str, Any]) -> bool:
+        path = Path(row["path"]) if row.get("path") else None
+        return (row["name"] not in names and path is not None
+                and not is_finished_run(path) and not is_finished_soup(path))
+
+    dropped = store.drop([row["name"] for row in store.rows() if deleted(row)])
+    if dropped:
+        log.warning("dropped the result rows of %d models no longer in the experiment: %s",
+                    len(dropped), ", ".join(dropped))
+    return dropped
+
+
 def run_evaluate(cfg: DictConfig) -> list[dict]:
     """Evaluate the selected models (``cfg.models``) and upsert their rows into
     ``cfg.results_file``; returns the rows written this time."""
     if cfg.get("check_data"):
         return check_data(cfg)
 
-    from soup_exp.artifacts.results import ResultsStore
     from soup_exp.data.registry import class_space
     from soup_exp.models import build_classifier
     from soup_exp.tracking.wandb_run import start_run
@@ -294,8 +311,10 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
     eval_cfg = cfg.eval
     store = ResultsStore(cfg.results_file)
     remove_stale_temp_files(store.path.parent, recursive=False)
+    found = discover_models(cfg)
+    drop_rows_of_deleted_models(store, found)
     previous = {row["name"]: row for row in store.rows()}
-    entries = select_models(discover_models(cfg), to_plain(cfg.models))
+    entries = select_models(found, to_plain(cfg.models))
     if not entries:
         log.warning("no models found in %s, %s or %s; nothing to evaluate",
                     cfg.zeroshot_dir, cfg.ingredients_dir, cfg.soups_dir)

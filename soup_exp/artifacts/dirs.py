@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from soup_exp.errors import SoupExpError
+from soup_exp.utils.checks import is_fraction
 from soup_exp.utils.io import (
     atomic_path,
     atomic_save_safetensors,
@@ -77,11 +78,28 @@ def ingredient_record(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / INGREDIENT_FILE
     record = read_record(path)
     record["name"] = check_name(record.get("name") or Path(run_dir).name, f"{path}: name")
+    check_ingredient_fields(record, path)
     record["kind"] = LEGACY_KINDS.get(record.get("kind"), record.get("kind"))
-    held_out = record.get("held_out_accuracy")
-    if held_out is not None and (isinstance(held_out, bool) or not isinstance(held_out, int | float)):
-        raise ArtifactError(f"{path}: held_out_accuracy must be a number (a fraction), got {held_out!r}")
     return record
+
+
+def check_ingredient_fields(record: Mapping[str, Any], path: Path) -> None:
+    """The one check of ``ingredient.json``'s values, before any stage uses them: ``kind`` a
+    string, ``metrics`` (and its ``published``) an object, ``held_out_accuracy`` a fraction
+    in [0, 1] (it steers the greedy soup, so NaN or a percentage must not slip through)."""
+    kind = record.get("kind")
+    if kind is not None and not isinstance(kind, str):
+        raise ArtifactError(f"{path}: kind must be a string (finetune, lp, zeroshot, ...), got {kind!r}")
+    metrics = record.get("metrics")
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise ArtifactError(f"{path}: metrics must be an object of name -> value, got {metrics!r}")
+    published = (metrics or {}).get("published")
+    if published is not None and not isinstance(published, Mapping):
+        raise ArtifactError(f"{path}: metrics.published must be an object of dataset -> accuracy, got {published!r}")
+    held_out = record.get("held_out_accuracy")
+    if held_out is not None and not is_fraction(held_out):
+        raise ArtifactError(f"{path}: held_out_accuracy={held_out!r} is not an accuracy "
+                            "(accuracies are fractions in [0, 1]); repair it or delete the file to retrain")
 
 
 def soup_record(soup_dir: Path) -> dict[str, Any]:
@@ -89,6 +107,9 @@ def soup_record(soup_dir: Path) -> dict[str, Any]:
     path = Path(soup_dir) / SOUP_FILE
     record = read_record(path)
     record["name"] = check_name(record.get("name") or Path(soup_dir).name, f"{path}: name")
+    metrics = record.get("metrics")
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise ArtifactError(f"{path}: metrics must be an object of name -> value, got {metrics!r}")
     members = record.get("members")
     if members is not None and not (isinstance(members, list) and members):
         raise ArtifactError(f"{path}: 'members' must be a non-empty list of ingredient names or paths")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import re
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 from soup_exp.artifacts.dirs import INGREDIENT_FILE, LEGACY_KINDS, SOUP_FILE
 from soup_exp.errors import SoupExpError
+from soup_exp.utils.checks import is_fraction
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.utils.io import atomic_write_text, file_lock, json_default
 
@@ -87,10 +87,21 @@ class ResultsStore:
         return stored
 
     def rows(self) -> list[dict[str, Any]]:
-        """All rows, in file order; an absent file has none."""
+        """All rows, in file order, one per name (the last row of a name wins, as in
+        :func:`read_results`; the next write drops the others); an absent file has none."""
         if not self.path.exists():
             return []
-        return list(_read_jsonl(self.path))
+        return last_row_per_name(_read_jsonl(self.path), self.path)
+
+    def drop(self, names: Iterable[str]) -> list[str]:
+        """Remove the rows of ``names``; returns the names that had one."""
+        unwanted = set(names)
+        with file_lock(self.lock_path):
+            rows = self.rows()
+            kept = [r for r in rows if r["name"] not in unwanted]
+            if len(kept) < len(rows):
+                atomic_write_text(self.path, "".join(_dump(r) for r in kept))
+        return [r["name"] for r in rows if r["name"] in unwanted]
 
     def get(self, name: str) -> dict[str, Any] | None:
         return next((r for r in self.rows() if r["name"] == name), None)
@@ -105,7 +116,7 @@ def read_results(paths: Any) -> list[dict[str, Any]]:
     """
     by_name: dict[str, dict[str, Any]] = {}
     for path in results_files(paths):
-        for row in _read_jsonl(path):
+        for row in ResultsStore(path).rows():
             if row["name"] in by_name:
                 warnings.warn(f"result {row['name']!r} appears twice; keeping the one in {path}", stacklevel=2)
             by_name[row["name"]] = row
@@ -145,12 +156,7 @@ def normalise_row(row: Mapping[str, Any], source: Path | None = None, where: str
     where = where or (f"result row in {source}" if source else "result row")
     if not isinstance(name, str) or not name:
         raise ResultsFormatError(f"{where} has no 'name' (or 'model_name'): {dict(row)}")
-    for key in (*ACCURACY_KEYS, "avg_shifts"):
-        value = out.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                  or not math.isfinite(value)):
-            raise ResultsFormatError(f"{where}: {key}={value!r} in row {name!r} is not an accuracy "
-                                     "(expected a fraction between 0 and 1, or null)")
+    check_row_fields(out, name, where)
     out = {"name": name, **{k: v for k, v in out.items() if k != "name"}}
     if "kind" not in out:
         kind, recipe = infer_kind(name, source)
@@ -163,6 +169,39 @@ def normalise_row(row: Mapping[str, Any], source: Path | None = None, where: str
         if avg is not None:
             out["avg_shifts"] = avg
     return out
+
+
+# The type each non-accuracy field of a row must have when present (None is always allowed).
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (str,), "recipe": (str,), "label": (str,), "interpolated": (str,), "path": (str,),
+    "alpha": (int, float), "num_ingredients": (int,), "published": (Mapping,), "meta": (Mapping,),
+}
+
+
+def check_row_fields(row: Mapping[str, Any], name: str, where: str) -> None:
+    """The one check of a result row's values: accuracies are fractions in [0, 1] (or null),
+    the other fields have their types; the error names ``where`` and the key."""
+    for key in (*ACCURACY_KEYS, "avg_shifts"):
+        value = row.get(key)
+        if value is not None and not is_fraction(value):
+            raise ResultsFormatError(f"{where}: {key}={value!r} in row {name!r} is not an accuracy "
+                                     "(accuracies are fractions in [0, 1], or null)")
+    for key, types in FIELD_TYPES.items():
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            expected = " or ".join(t.__name__ if t is not Mapping else "an object" for t in types)
+            raise ResultsFormatError(f"{where}: {key}={value!r} in row {name!r} must be {expected} (or null)")
+
+
+def last_row_per_name(rows: Iterable[dict[str, Any]], source: Path) -> list[dict[str, Any]]:
+    """The rule for a name listed twice, everywhere: its last row wins (with a warning)."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["name"] in by_name:
+            warnings.warn(f"result {row['name']!r} appears twice; keeping its last row, in {source}", stacklevel=3)
+            del by_name[row["name"]]
+        by_name[row["name"]] = row
+    return list(by_name.values())
 
 
 def infer_kind(name: str, source: Path | None = None) -> tuple[str, str | None]:

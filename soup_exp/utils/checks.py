@@ -39,6 +39,13 @@ class Range:
             raise ConfigError(f"{key}={value!r}: expected a value in {left}{low}, {high}{right}")
 
 
+def is_fraction(value: Any) -> bool:
+    """A finite number in [0, 1], not a bool: what an accuracy on disk must be (a
+    percentage such as 57.0, NaN or Infinity is not)."""
+    return (not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+            and 0.0 <= value <= 1.0)
+
+
 POSITIVE = Annotated[float, Range(0.0, low_open=True)]
 NON_NEGATIVE = Annotated[float, Range(0.0)]
 POSITIVE_INT = Annotated[int, Range(1)]

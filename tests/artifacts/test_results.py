@@ -91,3 +91,52 @@ def test_bad_inputs_have_clear_errors(tmp_path):
         read_results(bad)
     with pytest.raises(ResultsFormatError, match="no 'name'"):
         ResultsStore(tmp_path / "r.jsonl").upsert({"kind": "soup"})
+
+
+def test_a_duplicated_row_resolves_to_its_last_row_for_upsert_and_report(tmp_path):
+    """Issue 25 item 5: the stale 99 % row listed last used to win the report, while upsert
+    replaced the first; now the last row of a name wins everywhere and a write collapses them."""
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"name": "greedy", "kind": "soup", "recipe": "greedy", "ImageNet": 0.5}\n'
+                    '{"name": "greedy", "kind": "soup", "recipe": "greedy", "ImageNet": 0.99}\n'
+                    '{"name": "ft_0", "kind": "finetune", "ImageNet": 0.4}\n')
+    with pytest.warns(UserWarning, match="'greedy' appears twice; keeping its last row"):
+        assert [r["ImageNet"] for r in read_results(path) if r["name"] == "greedy"] == [0.99]
+    with pytest.warns(UserWarning, match="appears twice"):
+        assert ResultsStore(path).get("greedy")["ImageNet"] == 0.99
+    with pytest.warns(UserWarning, match="appears twice"):
+        ResultsStore(path).upsert({"name": "greedy", "kind": "soup", "recipe": "greedy", "ImageNet": 0.6})
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["name"], r["ImageNet"]) for r in lines] == [("greedy", 0.6), ("ft_0", 0.4)]
+    assert {r["name"]: r["ImageNet"] for r in read_results(path)} == {"greedy": 0.6, "ft_0": 0.4}
+
+
+@pytest.mark.parametrize("value", ["18.75", "57.0", "-0.2", "NaN", "Infinity"])
+def test_an_accuracy_outside_0_1_is_named_by_file_line_and_key(tmp_path, value):
+    """Issue 25 item 6: a percentage (18.75 printed as 1875.00) is refused."""
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"name": "ft_0", "kind": "finetune", "ImageNet": 0.5}\n'
+                    f'{{"name": "ft_1", "kind": "finetune", "ImageNetV2": {value}}}\n')
+    with pytest.raises(ResultsFormatError) as err:
+        read_results(path)
+    assert str(err.value) == (f"{path}, line 2: ImageNetV2={float(value)!r} in row 'ft_1' is not an accuracy "
+                              "(accuracies are fractions in [0, 1], or null)")
+    with pytest.raises(ResultsFormatError, match="is not an accuracy"):
+        ResultsStore(tmp_path / "new.jsonl").upsert({"name": "x", "kind": "soup", "ImageNet": float(value)})
+
+
+@pytest.mark.parametrize("field, expected", [
+    ('"kind": ["soup"]', "kind=['soup'] in row 'uniform' must be str"),
+    ('"kind": "soup", "alpha": "half"', "alpha='half' in row 'uniform' must be int or float"),
+    ('"kind": "soup", "alpha": true', "alpha=True in row 'uniform' must be int or float"),
+    ('"kind": "soup", "recipe": 3', "recipe=3 in row 'uniform' must be str"),
+    ('"kind": "soup", "num_ingredients": 2.5', "num_ingredients=2.5 in row 'uniform' must be int"),
+    ('"kind": "soup", "meta": [1]', "meta=[1] in row 'uniform' must be an object"),
+])
+def test_a_field_of_the_wrong_type_is_named_by_file_line_and_key(tmp_path, field, expected):
+    """Issue 25 item 18: bad types are one error line, not a traceback in the report."""
+    path = tmp_path / "results.jsonl"
+    path.write_text(f'{{"name": "ft_0", "kind": "finetune"}}\n{{"name": "uniform", {field}, "ImageNet": 0.5}}\n')
+    with pytest.raises(ResultsFormatError) as err:
+        read_results(path)
+    assert str(err.value).startswith(f"{path}, line 2: {expected}")

@@ -123,6 +123,40 @@ def test_a_non_numeric_accuracy_is_named(experiment, capsys):
     assert f"{results}, line 1: ImageNet='72%' in row 'ft_0' is not an accuracy" in err
 
 
+def test_a_list_typed_metrics_is_refused_before_anything_is_evaluated(experiment, capsys):
+    """Issue 25 item 17: it used to fail at the first row's write, after the whole pass."""
+    record = experiment["out"] / "ingredients" / "run1" / "ingredient.json"
+    atomic_write_json(record, {"name": "ft_1", "kind": "finetune", "metrics": ["ImageNet", 0.7]})
+    err = stage_error(experiment["cfg"], run_evaluate, capsys)
+    assert f"{record}: metrics must be an object" in err
+    assert not Path(experiment["cfg"].results_file).exists()
+
+
+def test_rows_of_deleted_models_are_dropped_and_said(experiment, caplog):
+    """Issue 25 item 4: a model whose directory is gone loses its row (so the report's
+    table no longer names it); rows of models still found, or with no path, stay."""
+    import shutil
+
+    from soup_exp.artifacts.results import ResultsStore
+    from soup_exp.evaluate import discover_models, drop_rows_of_deleted_models
+
+    cfg, out = experiment["cfg"], experiment["out"]
+    store = ResultsStore(cfg.results_file)
+    for name, path in [("ft_0", out / "ingredients" / "run0"), ("ft_1", out / "ingredients" / "run1"),
+                       ("greedy", out / "soups" / "greedy"), ("published", None),
+                       ("ft_old", out / "elsewhere" / "run0")]:
+        store.upsert({"name": name, "kind": "finetune", "ImageNet": 0.5, **({"path": str(path)} if path else {})})
+    shutil.rmtree(out / "ingredients" / "run1")
+    with caplog.at_level("WARNING", logger="soup_exp.evaluate"):
+        assert drop_rows_of_deleted_models(store, discover_models(cfg)) == ["ft_1", "greedy", "ft_old"]
+    assert [r["name"] for r in store.rows()] == ["ft_0", "published"]
+    assert "dropped the result rows of 3 models no longer in the experiment: ft_1, greedy, ft_old" in caplog.text
+    assert drop_rows_of_deleted_models(store, discover_models(cfg)) == []
+    store.upsert({"name": "ft_1", "kind": "finetune", "ImageNet": 0.9, "path": str(out / "ingredients" / "run1")})
+    run_evaluate(cfg)  # the stage does it too, before evaluating
+    assert sorted(_rows(experiment)) == ["ft_0", "published"]
+
+
 def test_a_torn_last_line_is_skipped_then_repaired(experiment):
     cfg = experiment["cfg"]
     cfg.models = ["ft_0"]

@@ -96,3 +96,19 @@ def test_report_of_the_published_set_by_name(tmp_path):
     outputs = run_report(cfg)
     table = outputs["table.md"].read_text()
     assert "| Greedy soup | 83.98 | 81.03 |" in table and "Learned soup (paper text)" in table
+
+
+def test_a_percentage_or_a_bad_type_in_a_row_is_one_line_naming_file_line_and_key(tmp_path, capsys):
+    """Issue 25 items 6 and 18, at the report: no 1875.00 in a table, no traceback."""
+    from stage_errors import stage_error
+
+    results = tmp_path / "results.jsonl"
+    cfg = _compose(f"results={results}", f"report_dir={tmp_path / 'report'}", "formats=[md]",
+                   "logger=disabled", f"soups_dir={tmp_path / 'no-soups'}")
+    for row, key in [('"kind": "finetune", "ImageNet": 18.75', "ImageNet=18.75"),
+                     ('"kind": ["finetune"], "ImageNet": 0.5', "kind=['finetune']"),
+                     ('"kind": "wise_ft", "alpha": "half", "ImageNet": 0.5', "alpha='half'")]:
+        results.write_text(f'{{"name": "zeroshot", "kind": "zeroshot", "ImageNet": 0.6}}\n{{"name": "ft_0", {row}}}\n')
+        err = stage_error(cfg, run_report, capsys)
+        assert f"{results}, line 2: {key} in row 'ft_0'" in err
+    assert not (tmp_path / "report" / "table.md").exists()

@@ -64,13 +64,36 @@ def test_a_name_with_separators_writes_nothing_outside(experiment, capsys):
 @pytest.mark.parametrize("content, expected", [
     ("{not json", "is not valid JSON"),
     ("[1, 2]", "must hold a JSON object, found list"),
-    ('{"name": "ft_1", "held_out_accuracy": "high"}', "held_out_accuracy must be a number"),
+    ('{"name": "ft_1", "held_out_accuracy": "high"}', "held_out_accuracy='high' is not an accuracy"),
 ])
 def test_damaged_ingredient_json_is_named(experiment, capsys, content, expected):
     record = experiment / "ingredients" / "ft_1" / "ingredient.json"
     record.write_text(content)
     err = stage_error(_cfg(experiment), run_soups, capsys)
     assert str(record) in err and expected in err
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "57.0", "-0.1"])
+def test_a_held_out_accuracy_that_is_not_a_fraction_is_refused_before_cooking(experiment, capsys, value):
+    """Issue 25 item 3: greedy is steered by these scores, so a percentage or NaN is an error."""
+    record = experiment / "ingredients" / "ft_1" / "ingredient.json"
+    record.write_text(f'{{"name": "ft_1", "kind": "finetune", "held_out_accuracy": {value}}}')
+    err = stage_error(_cfg(experiment, "recipes=[greedy]"), run_soups, capsys)
+    assert f"{record}: held_out_accuracy={float(value)!r} is not an accuracy" in err
+    assert "accuracies are fractions in [0, 1]" in err
+    assert not (experiment / "soups").exists() or not any((experiment / "soups").rglob("soup.json"))
+
+
+def test_a_list_typed_kind_is_an_error_in_the_preflight(experiment, capsys):
+    """Issue 25 item 16: the check Hydra's callback runs (check_soups) refuses it, as the stage does."""
+    from soup_exp.soup import check_soups
+
+    record = experiment / "ingredients" / "ft_1" / "ingredient.json"
+    record.write_text('{"name": "ft_1", "kind": ["finetune"], "held_out_accuracy": 0.5}')
+    for stage in (check_soups, run_soups):
+        err = stage_error(_cfg(experiment), stage, capsys)
+        assert f"{record}: kind must be a string" in err and "['finetune']" in err
+    assert not (experiment / "soups").exists() or not any((experiment / "soups").rglob("soup.json"))
 
 
 def test_no_ingredients_yet(tmp_path, capsys):
