@@ -95,6 +95,12 @@ def job_output(cfg: DictConfig) -> Path:
     return Path(str(cfg.train.output_dir)).resolve()
 
 
+def finished_output(cfg: DictConfig) -> Path | None:
+    """The ingredient directory when this configuration's ingredient is already there."""
+    spec = resolve_run(cfg)
+    return spec.out_dir if store.existing_ingredient(spec.out_dir, spec.identity) is not None else None
+
+
 def check_finetune(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Everything that can fail before training, checked before anything is created."""
     from soup_exp.utils.preflight import require_roots

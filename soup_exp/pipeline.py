@@ -112,29 +112,57 @@ def prepare_inputs(cfg: DictConfig) -> None:
         ensure_pretrained(cfg.model, cfg.data.pretrain_captions)
 
 
+def launcher_overrides() -> list[str]:
+    """The user's ``hydra.launcher.*`` overrides (Hydra keeps them apart from the task's),
+    for every job the pipeline submits."""
+    try:
+        given = list(HydraConfig.get().overrides.hydra)
+    except ValueError:
+        return []
+    return [o for o in given if _override_key(o).startswith(("hydra.launcher.", "hydra/launcher"))]
+
+
+def submits_jobs() -> bool:
+    """Whether the selected launcher sends jobs elsewhere (submitit, SLURM) rather than
+    running them in this process."""
+    try:
+        return HydraConfig.get().runtime.choices.get("hydra/launcher") not in (None, "basic")
+    except ValueError:
+        return False
+
+
+def run_multirun(stage: str, overrides: Sequence[str], cfg: DictConfig, what: str) -> None:
+    """``soup-exp <stage> -m ...`` through the selected launcher, with its settings."""
+    command = [sys.executable, "-m", f"soup_exp.{stage}", *config_dir_args(), "--multirun",
+               *overrides, *launcher_overrides()]
+    log.info("%s: %s", what, " ".join(command))
+    if subprocess.run(command).returncode != 0:
+        raise SoupExpError(
+            f"{what} failed; its logs are under {Path(cfg.out_dir) / 'hydra'}. "
+            "Rerunning the pipeline resumes: finished work is kept."
+        )
+
+
 def run_finetunes(cfg: DictConfig, overrides: Sequence[str]) -> None:
     """The zero-shot model, the LP init, then the sweep (``pipeline.sweep``) as a multirun.
 
     The pipeline picks each job's sweep config itself, so a user's ``sweep=`` choice is
-    dropped; ``sweep.*`` values (e.g. ``sweep.seed``) only reach the random sweep.
+    dropped; ``sweep.*`` values (e.g. ``sweep.seed``) only reach the random sweep. With a
+    launcher that submits jobs, the zero-shot model and the LP init are jobs too.
     """
-    run_finetune = STAGES["finetune"].run()
-    for single in baseline_sweeps(cfg):
-        run_finetune(compose_stage("finetune", fixed_overrides(overrides), [f"sweep={single}"]))
+    baselines = baseline_sweeps(cfg)
+    if submits_jobs():
+        run_multirun("finetune", [*overrides_for("finetune", fixed_overrides(overrides)),
+                                  f"sweep={','.join(baselines)}"], cfg, "zero-shot model and LP init")
+    else:
+        run_finetune = STAGES["finetune"].run()
+        for single in baselines:
+            run_finetune(compose_stage("finetune", fixed_overrides(overrides), [f"sweep={single}"]))
 
     size = int(cfg.pipeline.sweep_size)
-    if size <= 0:
-        return
-    command = [
-        sys.executable, "-m", "soup_exp.finetune", *config_dir_args(), "--multirun",
-        *sweep_overrides(cfg, overrides), f"sweep.index=range({size})",
-    ]
-    log.info("fine-tuning sweep of %s: %s", plural(size, "run"), " ".join(command))
-    if subprocess.run(command).returncode != 0:
-        raise SoupExpError(
-            f"the fine-tuning sweep failed; its logs are under {Path(cfg.out_dir) / 'hydra'}. "
-            "Rerunning the pipeline resumes: finished ingredients are kept."
-        )
+    if size > 0:
+        run_multirun("finetune", [*sweep_overrides(cfg, overrides), f"sweep.index=range({size})"], cfg,
+                     f"fine-tuning sweep of {plural(size, 'run')}")
 
 
 def baseline_sweeps(cfg: DictConfig) -> list[str]:
@@ -157,12 +185,22 @@ def _composed(stage: str) -> Callable[[DictConfig, Sequence[str]], Any]:
     return lambda cfg, overrides: STAGES[stage].run()(compose_stage(stage, overrides))
 
 
+def _launched(stage: str) -> Callable[[DictConfig, Sequence[str]], Any]:
+    """In this process, or as a job of the selected launcher when it submits jobs."""
+    def step(cfg: DictConfig, overrides: Sequence[str]) -> Any:
+        if submits_jobs():
+            return run_multirun(stage, overrides_for(stage, overrides), cfg, f"the {stage} stage")
+        return STAGES[stage].run()(compose_stage(stage, overrides))
+
+    return step
+
+
 STEPS: dict[str, Callable[[DictConfig, Sequence[str]], Any]] = {
     "data": lambda cfg, overrides: prepare_inputs(cfg),
     "finetune": run_finetunes,
-    "soup": _composed("soup"),
-    "evaluate": _composed("evaluate"),
-    "analyze": _composed("analyze"),
+    "soup": _launched("soup"),
+    "evaluate": _launched("evaluate"),
+    "analyze": _launched("analyze"),
     "report": _composed("report"),
 }
 

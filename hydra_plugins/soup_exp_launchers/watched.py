@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
     BaseSubmititLauncher,
@@ -28,39 +29,97 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 )
 from omegaconf import OmegaConf
 
+from soup_exp.cluster.slurm import GONE, LIVE_STATES, JobStates
+from soup_exp.errors import ConfigError, SoupExpError
 from soup_exp.utils.text import plural
 
 log = logging.getLogger(__name__)
 
 POLL_S = 2.0
+SCHEDULER_EVERY_S = 10.0  # sacct/squeue: a cluster's controller is shared
 PROGRESS_EVERY_S = 30.0
 TAIL_BYTES = 4096
 DONE_STATES = {"FINISHED", "COMPLETED", "DONE"}
 
 
 class WatchedLaunch:
-    """``launch`` of hydra-submitit-launcher 1.2 (same executor, parameters and jobs),
-    followed by :func:`watch` instead of a silent wait."""
+    """``launch`` of hydra-submitit-launcher 1.2 (same executor, parameters and jobs), but
+    members whose work is already done are not submitted, and :func:`watch` follows the
+    others instead of a silent wait."""
 
     def launch(self: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit
 
-        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **_init_params(self))
-        executor.update_parameters(**_job_params(self))
+        self.before_submission()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
-        labels, job_params = [], []
+        returns: dict[int, JobReturn] = {}
+        labels, job_params, offsets = [], [], []
         for offset, overrides in enumerate(job_overrides):
             number = initial_job_idx + offset
-            labels.append(f"#{number} {' '.join(filter_overrides(overrides))}")
+            label = f"#{number} {' '.join(filter_overrides(overrides))}"
+            done = finished_output(self, list(overrides), number)
+            if done is not None:
+                log.info("  %s -> already finished (%s); not submitted", label, done)
+                returns[offset] = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
+                                            _return_value=done, task_name=self.config.hydra.job.name)
+                continue
+            labels.append(label)
+            offsets.append(offset)
             job_params.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}",
                                Singleton.get_state()))
-        jobs = executor.map_array(self, *zip(*job_params, strict=True))
-        announce(jobs, labels, self._EXECUTOR, sweep_dir)
-        watch(jobs, labels)
+        if job_params:
+            executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **_init_params(self))
+            executor.update_parameters(**_job_params(self))
+            jobs = executor.map_array(self, *zip(*job_params, strict=True))
+            announce(jobs, labels, self._EXECUTOR, sweep_dir)
+            submitted = [params[0] for params in job_params]
+            followed = self.follow(jobs, labels, submitted)
+            for offset, job_return in zip(offsets, followed, strict=True):
+                returns[offset] = job_return
+            stop_on_failures(str(self.config.get("stage", "multirun")), labels, followed)
+        return [returns[offset] for offset in range(len(job_overrides))]
+
+    def before_submission(self: Any) -> None:
+        """Checks of the request against the scheduler (none for local processes)."""
+
+    def follow(self: Any, jobs: Sequence[Any], labels: Sequence[str],
+               overrides: Sequence[list[str]]) -> list[JobReturn]:
+        watch(jobs, labels, local_progress)
         return [job.results()[0] for job in jobs]
+
+
+def stop_on_failures(stage: str, labels: Sequence[str], returns: Sequence[JobReturn]) -> None:
+    """Failed jobs are listed, one line each, instead of Hydra's traceback of the first."""
+    failed = [(label.split(" ")[0], r._return_value) for label, r in zip(labels, returns, strict=True)
+              if r.status == JobStatus.FAILED]
+    if not failed:
+        return
+    lines = [f"soup-exp {stage}: {len(failed)} of {plural(len(returns), 'job')} failed "
+             "(rerun the same command: finished members are not submitted again)"]
+    lines += [f"  {number}: {str(error).splitlines()[0] if str(error) else type(error).__name__}" for number, error in failed]
+    print("\n".join(lines), file=sys.stderr)
+    sys.exit(1)
+
+
+def finished_output(launcher: Any, overrides: list[str], number: int) -> Path | None:
+    """The output of job ``number`` when the stage says its work is already done."""
+    from soup_exp.utils.entry import STAGES
+    from soup_exp.utils.preflight import exit_on_user_error
+    from soup_exp.utils.resolvers import planned_job
+
+    stage = STAGES.get(str(launcher.config.get("stage")))
+    finished = stage.hook("finished") if stage is not None else None
+    if finished is None:
+        return None
+    try:
+        with planned_job(number):
+            return finished(launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides))
+    except Exception as err:
+        exit_on_user_error(stage, err)
+    return None
 
 
 def _init_params(launcher: BaseSubmititLauncher) -> dict[str, Any]:
@@ -86,14 +145,14 @@ def announce(jobs: Sequence[Any], labels: Sequence[str], executor: str, sweep_di
         log.info("  %s -> job %s, output %s (stderr: %s)", label, job.job_id, job.paths.stdout, job.paths.stderr.name)
 
 
-def watch(jobs: Sequence[Any], labels: Sequence[str], poll_s: float = POLL_S,
-          every_s: float = PROGRESS_EVERY_S) -> None:
-    """Until every job is done: a status line when a job's state changes, else every ``every_s``."""
+def watch(jobs: Sequence[Any], labels: Sequence[str], progress: Callable[[Sequence[Any]], tuple[list[bool], list[str]]],
+          poll_s: float = POLL_S, every_s: float = PROGRESS_EVERY_S) -> None:
+    """Until every job is done: a status line when a job's state changes, else every ``every_s``.
+    ``progress(jobs)`` says which jobs are done and the state of each."""
     start = last_print = time.monotonic()
     last_states: list[str] = []
     while True:
-        done = [job.done() for job in jobs]
-        states = [state_of(job, finished) for job, finished in zip(jobs, done, strict=True)]
+        done, states = progress(jobs)
         now = time.monotonic()
         if states != last_states or now - last_print >= every_s or all(done):
             log.info("%s", status_line(jobs, labels, states, now - start))
@@ -103,12 +162,54 @@ def watch(jobs: Sequence[Any], labels: Sequence[str], poll_s: float = POLL_S,
         time.sleep(poll_s)
 
 
+def local_progress(jobs: Sequence[Any]) -> tuple[list[bool], list[str]]:
+    done = [job.done() for job in jobs]
+    return done, [state_of(job, finished) for job, finished in zip(jobs, done, strict=True)]
+
+
 def state_of(job: Any, finished: bool) -> str:
     try:
         state = str(job.state).upper()
     except Exception:  # a scheduler that cannot be asked right now
         state = "UNKNOWN"
     return "FINISHED" if finished and state in {"RUNNING", "UNKNOWN", "PENDING"} else state
+
+
+class SlurmProgress:
+    """Job states from the controller (``sacct``, else ``squeue``), asked every
+    ``every_s`` seconds. A job is done when SLURM no longer holds it: a requeued job whose
+    interrupted run left a result is still running, and one that ended without a result
+    (``scancel``, a node failure) is done, and failed."""
+
+    def __init__(self, every_s: float = SCHEDULER_EVERY_S) -> None:
+        self.states = JobStates()
+        self.every_s = every_s
+        self._asked_at = -float("inf")
+        self._known: dict[str, str] = {}
+
+    def __call__(self, jobs: Sequence[Any]) -> tuple[list[bool], list[str]]:
+        if time.monotonic() - self._asked_at >= self.every_s:
+            self._known = self.states.query(job.job_id for job in jobs)
+            self._asked_at = time.monotonic()
+        states = [self._known.get(job.job_id, "UNKNOWN") for job in jobs]
+        done = [state not in LIVE_STATES for state in states]
+        if all(done) or any(d and not job.paths.result_pickle.exists() for d, job in zip(done, jobs, strict=True)):
+            self._asked_at = -float("inf")  # confirm the end on the next poll
+        return done, ["ENDED" if state == GONE else state for state in states]
+
+
+class JobEndedWithoutResult(SoupExpError):
+    """SLURM ended a job before it could report (cancelled, killed, its node lost)."""
+
+
+def slurm_return(job: Any, overrides: list[str], state: str, task_name: str) -> JobReturn:
+    """The job's own result, or a failure that names its state and shows its log's end."""
+    if job.paths.result_pickle.exists():
+        return job.results()[0]
+    last = latest_progress(job.paths.stderr)
+    error = JobEndedWithoutResult(f"SLURM job {job.job_id} ended {state.lower()} without a result"
+                                  + (f" ({last})" if last else "") + f"; its log: {job.paths.stderr}")
+    return JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=error, task_name=task_name)
 
 
 def status_line(jobs: Sequence[Any], labels: Sequence[str], states: Sequence[str], elapsed: float) -> str:
@@ -141,4 +242,21 @@ class WatchedLocalLauncher(WatchedLaunch, LocalLauncher):
 
 
 class WatchedSlurmLauncher(WatchedLaunch, SlurmLauncher):
-    """``launcher=slurm``: a SLURM job array, watched from the submitting shell."""
+    """``launcher=slurm``: a SLURM job array, checked against the partition first, then
+    watched from the submitting shell."""
+
+    def before_submission(self) -> None:
+        from soup_exp.cluster.preflight import check_request
+        from soup_exp.utils.experiment import exit_with_error
+
+        try:
+            check_request(self.params)
+        except (ConfigError, OSError) as err:
+            exit_with_error(str(self.config.get("stage", "multirun")), err)
+
+    def follow(self, jobs: Sequence[Any], labels: Sequence[str], overrides: Sequence[list[str]]) -> list[JobReturn]:
+        progress = SlurmProgress()
+        watch(jobs, labels, progress)
+        final = progress.states.query(job.job_id for job in jobs)
+        return [slurm_return(job, list(o), final.get(job.job_id, GONE), str(self.config.hydra.job.name))
+                for job, o in zip(jobs, overrides, strict=True)]

@@ -15,6 +15,7 @@ from typing import TypeVar
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from soup_exp.cluster.signals import quiet_loader_worker
 from soup_exp.data.base import LabeledImages
 from soup_exp.errors import SoupExpError
 
@@ -97,6 +98,7 @@ class DecodingSource:
             collate_fn=_StackChecked(self.dataset.name, self.dataset.paths),
             persistent_workers=False,
             prefetch_factor=4 if self.num_workers > 0 else None,
+            worker_init_fn=quiet_loader_worker,
         )
         yield from loader
 

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from soup_exp.cluster.signals import StopOnSignal, quiet_loader_worker
 from soup_exp.errors import ConfigError, SoupExpError
 from soup_exp.training.augment import build_loss, build_mixup
 from soup_exp.training.checkpoint import (
@@ -200,7 +201,8 @@ def fit(
     sampler = SeededDistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, seed=seed)
     loader = DataLoader(dataset, batch_size=schedule.micro_batch, sampler=sampler, drop_last=True,
                         num_workers=num_workers, pin_memory=ctx.device.type == "cuda",
-                        persistent_workers=num_workers > 0)  # not forked again every epoch
+                        persistent_workers=num_workers > 0,  # not forked again every epoch
+                        worker_init_fn=quiet_loader_worker)
 
     ckpt_file = checkpoint_path(settings.output_dir)
     state = TrainState()
@@ -219,49 +221,65 @@ def fit(
                disable=not (progress and ctx.is_main), dynamic_ncols=True)
     last_good = f"{ckpt_file} (step {state.step})" if resumed_from else "none written yet"
     window_start, window_images = time.perf_counter(), 0
-    while state.step < schedule.total_steps:
-        skip = state.batch_in_epoch * schedule.micro_batch * settings.grad_accum
-        sampler.set_position(state.epoch, skip)
-        batches = iter(loader)
-        while state.batch_in_epoch < schedule.steps_per_epoch and state.step < schedule.total_steps:
-            loss = trainer.train_step(_micro_batches(batches, settings.grad_accum), state.step)
-            if not torch.isfinite(loss):
-                bar.close()
-                raise NonFiniteLossError(
-                    f"non-finite training loss at step {state.step + 1} of {settings.output_dir}; "
-                    f"last good checkpoint: {last_good}. Lower train.lr or check the data."
-                )
-            state.step += 1
-            state.batch_in_epoch += 1
-            window_images += settings.batch_size
-            result.final_loss = float(loss)
-            bar.update(1)
-            if ctx.is_main and settings.log_every_steps and state.step % settings.log_every_steps == 0:
-                elapsed = time.perf_counter() - window_start
-                metrics = {"train/loss": result.final_loss, "train/lr": trainer.lr,
-                           "train/images_per_s": window_images / max(elapsed, 1e-9),
-                           "train/epoch": state.epoch}
-                bar.set_postfix(loss=f"{result.final_loss:.4f}", lr=f"{trainer.lr:.2e}")
-                if run is not None:
-                    run.log(metrics, step=state.step)
-                window_start, window_images = time.perf_counter(), 0
-            if settings.ckpt_every_steps and state.step % settings.ckpt_every_steps == 0 \
-                    and state.step < schedule.total_steps:
-                _save(trainer, ckpt_file, state, schedule, fingerprint, ctx)
-                last_good = f"{ckpt_file} (step {state.step})"
-            if evaluate is not None and settings.eval_every_steps and \
-                    state.step % settings.eval_every_steps == 0 and state.step < schedule.total_steps:
-                _periodic_eval(trainer, evaluate, state.step, result, run, ctx)
-            if on_step is not None:
-                on_step(state.step)
-        if state.batch_in_epoch >= schedule.steps_per_epoch:
-            state.epoch += 1
-            state.batch_in_epoch = 0
+    with StopOnSignal() as stop:
+        while state.step < schedule.total_steps:
+            skip = state.batch_in_epoch * schedule.micro_batch * settings.grad_accum
+            sampler.set_position(state.epoch, skip)
+            batches = iter(loader)
+            while state.batch_in_epoch < schedule.steps_per_epoch and state.step < schedule.total_steps:
+                loss = trainer.train_step(_micro_batches(batches, settings.grad_accum), state.step)
+                if not torch.isfinite(loss):
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"non-finite training loss at step {state.step + 1} of {settings.output_dir}; "
+                        f"last good checkpoint: {last_good}. Lower train.lr or check the data."
+                    )
+                state.step += 1
+                state.batch_in_epoch += 1
+                window_images += settings.batch_size
+                result.final_loss = float(loss)
+                bar.update(1)
+                if ctx.is_main and settings.log_every_steps and state.step % settings.log_every_steps == 0:
+                    elapsed = time.perf_counter() - window_start
+                    metrics = {"train/loss": result.final_loss, "train/lr": trainer.lr,
+                               "train/images_per_s": window_images / max(elapsed, 1e-9),
+                               "train/epoch": state.epoch}
+                    bar.set_postfix(loss=f"{result.final_loss:.4f}", lr=f"{trainer.lr:.2e}")
+                    if run is not None:
+                        run.log(metrics, step=state.step)
+                    window_start, window_images = time.perf_counter(), 0
+                if settings.ckpt_every_steps and state.step % settings.ckpt_every_steps == 0 \
+                        and state.step < schedule.total_steps:
+                    _save(trainer, ckpt_file, state, schedule, fingerprint, ctx)
+                    last_good = f"{ckpt_file} (step {state.step})"
+                if evaluate is not None and settings.eval_every_steps and \
+                        state.step % settings.eval_every_steps == 0 and state.step < schedule.total_steps:
+                    _periodic_eval(trainer, evaluate, state.step, result, run, ctx)
+                if on_step is not None:
+                    on_step(state.step)
+                signum = stop.agreed(ctx.distributed, ctx.device)
+                if signum and state.step < schedule.total_steps:
+                    bar.close()
+                    _save(trainer, ckpt_file, state, schedule, fingerprint, ctx)
+                    stop.leave(signum, state.step, str(ckpt_file))
+            if state.batch_in_epoch >= schedule.steps_per_epoch:
+                state.epoch += 1
+                state.batch_in_epoch = 0
     bar.close()
+    result.final_loss = _mean_over_ranks(result.final_loss, ctx)
     result.steps = state.step
     result.seconds = time.perf_counter() - started
     trainer.model.eval()
     return result
+
+
+def _mean_over_ranks(value: float | None, ctx: DistContext) -> float | None:
+    """Each rank's last loss is over its own shard; the run's is their mean."""
+    if value is None or not ctx.distributed:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    torch.distributed.all_reduce(total)
+    return float(total.item()) / ctx.world_size
 
 
 def _save(trainer: Trainer, path: Path, state: TrainState, schedule: Schedule, fingerprint: str,

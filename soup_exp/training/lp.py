@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from soup_exp.cluster.signals import quiet_loader_worker
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.utils.io import atomic_save_safetensors
 from soup_exp.utils.runtime import autocast
@@ -131,7 +132,7 @@ def extract_features(
             return cached
     loader = DataLoader(
         _ImageFiles(samples, preprocess, border_crop), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, pin_memory=device.type == "cuda",
+        num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=quiet_loader_worker,
     )
     was_training = image_encoder.training
     image_encoder.to(device).eval()

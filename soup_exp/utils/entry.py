@@ -47,12 +47,15 @@ class Stage:
     # module function ``(cfg) -> Path``: the directory one job writes, so a multirun whose
     # jobs would write the same one is refused before it starts
     output: str | None = None
+    # module function ``(cfg) -> Path | None``: that output when this job's work is already
+    # done (a launcher then does not submit it)
+    finished: str | None = None
 
     def run(self) -> Callable[..., Any]:
         return getattr(importlib.import_module(self.module), self.function)
 
     def hook(self, kind: str) -> Callable[..., Any] | None:
-        """The stage's ``check``, ``plan`` or ``output`` function, None when it has none."""
+        """The stage's ``check``, ``plan``, ``output`` or ``finished`` function, None when it has none."""
         name = getattr(self, kind)
         return getattr(importlib.import_module(self.module), name) if name else None
 
@@ -68,7 +71,7 @@ STAGES: dict[str, Stage] = {
               "soup_exp.import_release", "run_import"),
         Stage("finetune", "fine-tune one ingredient (zero-shot, LP init or end-to-end); -m for sweeps",
               "soup_exp.finetune", "run_finetune", check="check_finetune", plan="plan_finetune",
-              output="job_output"),
+              output="job_output", finished="finished_output"),
         Stage("soup", "cook the selected recipes (soups and baselines) from a pool of ingredients",
               "soup_exp.soup", "run_soups", check="check_soups", plan="plan_soups"),
         Stage("evaluate", "evaluate models on held-out, ImageNet and the five shifts -> results.jsonl",

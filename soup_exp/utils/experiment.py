@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from soup_exp.cluster.signals import StopRequested
 from soup_exp.errors import ConfigError, OutputConflictError, SoupExpError
 from soup_exp.utils.checks import check_stage_settings
 from soup_exp.utils.config import (
@@ -155,6 +157,10 @@ def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], Any], claim: bool =
         if claim:
             claim_output_dir(cfg)
         return stage(cfg)
+    except StopRequested as stop:
+        print(f"soup-exp {name}: stopped by {signal.Signals(stop.signum).name} at step {stop.step} "
+              f"(checkpoint {stop.checkpoint}); rerun the same command to resume", file=sys.stderr)
+        sys.exit(stop.exit_code)
     except Exception as err:
         mine = user_error(err)
         log.debug("stage failed", exc_info=True)

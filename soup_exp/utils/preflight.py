@@ -152,7 +152,7 @@ class Preflight(Callback):
         try:
             refuse_colliding_outputs(stage, composed)
         except Exception as err:
-            _exit_on_user_error(stage, err)
+            exit_on_user_error(stage, err)
         wanted = composed if cfg.get("dry_run") else composed[:1]
         header = f" ({plural(len(jobs), 'job')}, launcher {launcher_name(config)})"
         self._preflight(cfg, wanted, header=header, multirun=True)
@@ -176,12 +176,12 @@ class Preflight(Callback):
                     print(render_plan(stage.name, merge_plans(plans), header))
                     sys.exit(0)
         except Exception as err:
-            _exit_on_user_error(stage, err)
+            exit_on_user_error(stage, err)
         if all(finished):
             sys.exit(0)
 
 
-def _exit_on_user_error(stage: Stage, err: Exception) -> None:
+def exit_on_user_error(stage: Stage, err: Exception) -> None:
     """A user's error is the stage's one line (also when Hydra or OmegaConf wrapped it, as a
     resolver's); anything else is a bug and keeps its traceback."""
     from soup_exp.utils.experiment import exit_with_error, user_error

@@ -48,6 +48,10 @@ def test_two_rank_ddp_matches_one_process(tiny_root: Path, compose_tiny, tiny_cl
     info = json.loads((ingredients / "two" / "ingredient.json").read_text())
     assert info["metrics"]["train"]["world_size"] == 2
     assert info["metrics"]["train"]["steps"] == 10
+    single = json.loads((ingredients / "one" / "ingredient.json").read_text())["metrics"]["train"]["final_loss"]
+    print("final losses", single, info["metrics"]["train"]["final_loss"])
+    # the mean over both ranks' shards, i.e. the loss of the same global batch
+    assert abs(info["metrics"]["train"]["final_loss"] - single) <= 1e-3 * max(1.0, single)
     a = load_file(str(ingredients / "one" / "model.safetensors"))
     b = load_file(str(ingredients / "two" / "model.safetensors"))
     start = load_file(str(init / "model.safetensors"))

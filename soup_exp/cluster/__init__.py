@@ -1,0 +1,1 @@
+"""Running on clusters: SLURM queries, preflight checks and the signals jobs receive."""
