@@ -54,22 +54,33 @@ def test_subset_counts_and_unreadable_files(data_cfg, tmp_path):
     assert report.status == "error" and report.unreadable == [str(root / "n01440764" / "zz.JPEG")]
 
 
-def test_script_exit_codes(tmp_path, capsys):
+@pytest.fixture
+def check_data():
+    """scripts/check_data.py as a module."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     try:
         import check_data
     finally:
         sys.path.pop(0)
+    return check_data
+
+
+def test_script_exit_codes(check_data, tmp_path, capsys):
     assert check_data.main([f"paths.data_dir={tmp_path}", f"paths.cache_dir={tmp_path}"]) == 1
-    assert "missing" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "missing" in printed.out
+    # the last line states what failed, as `soup-exp evaluate check_data=true`'s error does
+    last = printed.err.strip().splitlines()[-1]
+    assert last.startswith("error: dataset check failed for ImageNetTrain (missing)") and "ObjectNet (missing)" in last
 
 
-def test_script_takes_overrides_after_dataset_names(tmp_path, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-    try:
-        import check_data
-    finally:
-        sys.path.pop(0)
+def test_script_passes_a_partial_dataset_without_an_error_line(check_data, family, capsys):
+    assert check_data.main(["--datasets", "ImageNetA", f"data.roots.ImageNetA={family['ImageNetA']}"]) == 0
+    printed = capsys.readouterr()
+    assert "| ImageNetA | partial |" in printed.out and printed.err == ""
+
+
+def test_script_takes_overrides_after_dataset_names(check_data, tmp_path, capsys):
     code = check_data.main(["--datasets", "ObjectNet", "ImageNetSketch", f"paths.data_dir={tmp_path}"])
     out = capsys.readouterr().out
     assert code == 1 and "ObjectNet" in out and "ImageNetSketch" in out and "ImageNetR" not in out
