@@ -39,8 +39,8 @@ PACKAGE_MAPPINGS = Path(__file__).parent / "objectnet_mappings"
 PAPER_BORDER_CROP = 0  # what produced the published numbers (the authors' crop never ran)
 README_BORDER_CROP = 2  # the ObjectNet README's crop, the authors' intent
 # Below this short side (px) the README's 2-px frame is over 6 % of the width and height and
-# changes accuracy (32-px images: ~28 points); real ObjectNet photos are hundreds of pixels
-# (a frame under 1 %), so only miniatures and downsampled copies are this small.
+# changes accuracy (a 1-px one on 32-px images cost ~28 points); real ObjectNet photos are
+# hundreds of pixels (a frame under 1 %), so only miniatures and downsampled copies are noted.
 SMALL_IMAGE_SIDE = 64
 
 OBJECTNET_TREE = """\
