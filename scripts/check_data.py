@@ -4,8 +4,9 @@
     python scripts/check_data.py paths.data_dir=/data/imagenet-family
     python scripts/check_data.py data=synthetic          # the demo's generated family
 
-Prints a table (found/missing, class folders, image counts vs the official counts) and
-exits 1 when a dataset is missing or malformed. ``soup-exp evaluate check_data=true``
+Prints a table (found/missing, class folders, image counts vs the official counts), a
+note per problem, and, when a dataset is missing or malformed, a last line naming each
+such dataset; then exits 1. ``soup-exp evaluate check_data=true``
 runs the same check.
 """
 
@@ -16,7 +17,7 @@ import sys
 
 from hydra import compose, initialize_config_dir
 
-from soup_exp.data.checker import check_datasets, render_table
+from soup_exp.data.checker import check_datasets, raise_on_failure, render_table
 from soup_exp.errors import SoupExpError
 from soup_exp.utils.entry import packaged_config_dir
 
@@ -35,11 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose(config_name="evaluate", overrides=overrides)
     try:
         reports = check_datasets(cfg.data, names, verify=args.verify)
+        print(render_table(reports, data_dir=str(cfg.paths.data_dir)), flush=True)
+        raise_on_failure(reports)  # the last line says what failed, as `evaluate check_data=true`'s
     except SoupExpError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(render_table(reports, data_dir=str(cfg.paths.data_dir)))
-    return 1 if any(r.failed for r in reports) else 0
+    return 0
 
 
 if __name__ == "__main__":

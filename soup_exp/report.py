@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from soup_exp.artifacts import SOUP_FILE, find_dirs, soup_record
 from soup_exp.artifacts.analysis import analysis_records
+from soup_exp.artifacts.results import ResultsFormatError
 from soup_exp.errors import ConfigError
 from soup_exp.reporting.paper import (
     PUBLISHED,
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 def check_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Formats, results and the comparison set, before anything is created."""
     _formats(cfg)
-    results_rows(to_plain(cfg["results"]))
+    _result_rows(cfg)
     compare = cfg["compare"]
     if compare:
         reference_rows(str(compare))
@@ -59,6 +60,36 @@ def plan_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, lis
     return {"report": lines, "outputs": outputs}
 
 
+def _result_rows(cfg: DictConfig | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The rows of ``cfg.results``; when it is this experiment's own file and there is none
+    yet, the error lists the experiments under the output root that have one (a report
+    run without ``experiment=`` looks in ``outputs/default``)."""
+    try:
+        return results_rows(to_plain(cfg["results"]))
+    except ResultsFormatError as err:
+        hint = _other_results_hint(cfg)
+        if not hint:
+            raise
+        raise ResultsFormatError(f"{err}; {hint}") from err
+
+
+def _other_results_hint(cfg: DictConfig | Mapping[str, Any], shown: int = 5) -> str:
+    from soup_exp.utils.entry import packaged_config_dir
+
+    own, root = cfg.get("results_file"), (cfg.get("paths") or {}).get("output_dir")
+    if not own or not root or str(cfg.get("results")) != str(own) or Path(str(own)).exists():
+        return ""
+    found = sorted(Path(str(root)).expanduser().glob(f"*/{Path(str(own)).name}"))
+    if not found:
+        return ""
+    experiments = packaged_config_dir() / "experiment"
+    choices = [f"{p.parent.name} (add {'experiment' if (experiments / f'{p.parent.name}.yaml').is_file() else 'name'}"
+               f"={p.parent.name})" for p in found[:shown]]
+    more = f" and {len(found) - shown} more" if len(found) > shown else ""
+    return (f"experiments under {root} with results: {', '.join(choices)}{more}; "
+            "or give results=PATH (a results.jsonl or a folder of them)")
+
+
 def _formats(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
     formats = list(cfg["formats"])
     unknown = [f for f in formats if f not in RENDERERS]
@@ -76,7 +107,7 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     per_recipe = str(cfg["per_recipe"])
     remove_stale_temp_files(report_dir)
 
-    rows = results_rows(to_plain(cfg["results"]))
+    rows = _result_rows(cfg)
     soups = _read_soups(cfg["soups_dir"])
     rows = _with_ingredient_counts(rows, soups)
     table = build_table(rows, per_recipe=per_recipe)

@@ -19,7 +19,7 @@ from soup_exp.data.classes import ClassSpace
 from soup_exp.data.imagenet import IMAGENET_TREE, scan_wnid_folders, split_root
 from soup_exp.data.images import UnreadableImageError, load_image
 from soup_exp.data.layout import DatasetLayoutError, FolderScan
-from soup_exp.data.objectnet import border_crop, scan_objectnet
+from soup_exp.data.objectnet import border_crop, border_note, scan_objectnet
 from soup_exp.data.registry import class_space
 from soup_exp.data.shifts import scan_sketch, scan_subset_shift, scan_v2
 
@@ -49,6 +49,10 @@ SCANNERS: dict[str, Scanner] = {
     "ObjectNet": lambda root, cs: scan_objectnet(root, cs)[2],
 }
 BORDER = {"ObjectNet": border_crop}  # dataset -> the crop its reader applies, from cfg.data
+# dataset -> advice on a scan that passed (empty string: none), whatever the status
+ADVICE: dict[str, Callable[[FolderScan, Mapping], str]] = {
+    "ObjectNet": lambda scan, data_cfg: border_note(scan, border_crop(data_cfg)),
+}
 
 
 @dataclass
@@ -68,6 +72,10 @@ class DatasetReport:
     @property
     def failed(self) -> bool:
         return self.status in ("missing", "error")
+
+    def add_note(self, text: str) -> None:
+        if text:
+            self.message = f"{self.message}; {text}" if self.message else text
 
 
 def default_names(data_cfg: Mapping) -> list[str]:
@@ -117,13 +125,14 @@ def _check_one(name: str, data_cfg: Mapping, classes: ClassSpace, verify: bool,
             report.status = "partial"
             report.message = (f"{report.images:,} images where the official release has "
                               f"{report.official_images:,}")
+    if name in ADVICE:
+        report.add_note(ADVICE[name](scan, data_cfg))
     if verify:
         report.unreadable = _unreadable([p for v in scan.images.values() for p in v],
                                         BORDER[name](data_cfg) if name in BORDER else 0, name, num_threads)
         if report.unreadable:
             report.status = "error"
-            report.message = (report.message + "; " if report.message else "") + (
-                f"{len(report.unreadable)} unreadable file(s), e.g. {report.unreadable[0]}")
+            report.add_note(f"{len(report.unreadable)} unreadable file(s), e.g. {report.unreadable[0]}")
     return report
 
 

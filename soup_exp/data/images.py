@@ -14,6 +14,15 @@ class UnreadableImageError(SoupExpError, OSError):
     """An image file that PIL cannot decode (truncated, corrupt or not an image)."""
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(width, height)`` from the file's header (nothing decoded); None if unreadable."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+
+
 def load_image(path: str | os.PathLike, border_crop: int = 0) -> Image.Image:
     """Decode ``path`` fully as RGB, cutting ``border_crop`` pixels off every side.
 

@@ -20,11 +20,12 @@ from soup_exp.reporting.figures import (
     SEQUENTIAL_CMAP,
     STYLES,
     annotate_apart,
+    figure_styles,
+    legend_below,
     new_figure,
     save_data,
     save_figure,
     style_axes,
-    style_for,
     style_key,
 )
 from soup_exp.reporting.table import COLUMNS
@@ -75,7 +76,7 @@ def plot_landscape(grid: Sequence[Row], marked: Sequence[Row], value: str, value
         role = row["role"]
         x, y = float(row["x"]), float(row["y"])
         if role == "origin":
-            style = style_for(str(row.get("kind") or "zeroshot"))
+            style = STYLES.get(str(row.get("kind")), STYLES["zeroshot"])
             ax.scatter([x], [y], zorder=4, **{**style.scatter(), "facecolors": "white", "edgecolors": "black"})
         elif role == "midpoint":
             ax.scatter([x], [y], zorder=4, **{**STYLES["uniform"].scatter(), "label": "Midpoint soup",
@@ -87,7 +88,7 @@ def plot_landscape(grid: Sequence[Row], marked: Sequence[Row], value: str, value
     ax.set_xlabel("Weight-space distance along the first fine-tuning direction")
     ax.set_ylabel("… along the orthogonal direction")
     ax.set_aspect("equal", adjustable="datalim")
-    ax.legend(fontsize=7, loc="upper left", framealpha=0.9)
+    legend_below(fig, ax)
     annotate_apart(fig, ax, labelled)
     columns = ["role", "name", "x", "y", "w_origin", "w_a", "w_b", value]
     data = [[r.get("role", "grid"), r.get("name", ""), r["x"], r["y"], r.get("w_origin"), r.get("w_a"),
@@ -120,7 +121,7 @@ def _pair_scatter(rows: Sequence[Row], x_key: str, x_label: str, metric: str, ou
     ax.set_ylabel(f"Soup gain over the endpoints' mean, {metric_label(metric)} (pp)")
     style_axes(ax)
     if len(colors) > 1 or diagonal:
-        ax.legend(fontsize=7, title="Pair differs in" if len(colors) > 1 else None, title_fontsize=7)
+        legend_below(fig, ax, ncols=4, title="Pair differs in" if len(colors) > 1 else None, title_fontsize=7)
     return _save(fig, PAIR_COLUMNS, [[r.get(c) for c in PAIR_COLUMNS] for r in rows], out_base)
 
 
@@ -168,8 +169,7 @@ def plot_num_ingredients(random_rows: Sequence[Row], greedy_rows: Sequence[Row],
         ax.set_xlabel("Number of ingredients k")
         style_axes(ax)
     axes[0].set_ylabel("Accuracy (%)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=7, frameon=False)
+    legend_below(fig, axes[0], ncols=2)
     columns = ["series", "k", "draw", *metrics, "ingredients"]
     data = [[r["series"], r["k"], r.get("draw"), *(r[m] for m in metrics), " ".join(r["ingredients"])]
             for r in [*random_rows, *greedy_rows, best]]
@@ -217,8 +217,7 @@ def plot_greedy_orders(runs: Sequence[Row], metrics: Sequence[str], out_base: st
     right.set_xlabel("Ingredients kept")
     right.set_ylabel("Random orders")
     style_axes(right)
-    handles, labels = left.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=7, frameon=False)
+    legend_below(fig, left, ncols=2)
     columns = [*GREEDY_COLUMNS, *metrics, "chosen"]
     return _save(fig, columns, [[r.get(c) for c in GREEDY_COLUMNS] + [r[m] for m in metrics] + [" ".join(r["chosen"])]
                                 for r in runs], out_base)
@@ -242,7 +241,7 @@ def plot_greedy_tolerance(runs: Sequence[Row], metrics: Sequence[str], out_base:
         top.plot(tolerances, [100 * float(r[metric]) for r in chosen], marker="os^Dv"[index % 5], color=color,
                  markersize=4, linewidth=1.2, label=metric_label("ImageNet2p" if metric == "held_out" else metric))
     top.set_ylabel("Accuracy of the greedy soup (%)")
-    top.legend(fontsize=7)
+    legend_below(fig, top, ncols=4)
     style_axes(top)
     bottom.bar(tolerances, [int(r["size"]) for r in chosen], width=_bar_width(tolerances), color=GREY)
     bottom.set_ylabel("Kept")
@@ -271,10 +270,9 @@ def plot_ece(rows: Sequence[Row], datasets: Sequence[str], out_base: str | Path)
     groups: dict[str, list[Row]] = {}
     for row in rows:
         groups.setdefault(style_key(row), []).append(row)
-    keys = sorted(groups, key=lambda k: list(STYLES).index(k) if k in STYLES else len(STYLES))
-    marked = [k for k in keys if k != "finetune"]
-    for key in keys:
-        style = style_for(key, groups[key][0])
+    styles = figure_styles(rows)
+    marked = [k for k in styles if k != "finetune"]
+    for key, style in styles.items():
         offset = 0.0 if key == "finetune" else -0.3 + 0.6 * (marked.index(key) + 0.5) / max(1, len(marked))
         by_model: dict[str, list[Row]] = {}
         for row in groups[key]:
@@ -289,7 +287,7 @@ def plot_ece(rows: Sequence[Row], datasets: Sequence[str], out_base: str | Path)
     ax.set_ylabel("Expected calibration error (%)")
     ax.set_ylim(bottom=0)
     style_axes(ax)
-    ax.legend(fontsize=7, ncols=2, framealpha=0.9)
+    legend_below(fig, ax)
     return _save(fig, ECE_COLUMNS, [[r.get(c) for c in ECE_COLUMNS] for r in rows], out_base)
 
 
@@ -306,11 +304,12 @@ def plot_reliability(curves: Sequence[Row], datasets: Sequence[str], out_base: s
     models: dict[str, Row] = {}
     for curve in curves:
         models.setdefault(str(curve["model"]), curve)
+    styles = figure_styles(models.values())
     for ax, dataset in zip(flat, datasets, strict=False):
         ax.plot([0, 100], [0, 100], color="black", linestyle=":", linewidth=0.8)
         for name, first in models.items():
             points = [c for c in curves if c["model"] == name and c["dataset"] == dataset and int(c["count"]) > 0]
-            style = style_for(style_key(first), first)
+            style = styles[style_key(first)]
             label = style.label if style_key(first) != "finetune" else f"{name} (best individual)"
             ax.plot([100 * float(p["confidence"]) for p in points], [100 * float(p["accuracy"]) for p in points],
                     linewidth=1.0, label=label, **{**style.line(), "markersize": 3.5})
@@ -324,6 +323,5 @@ def plot_reliability(curves: Sequence[Row], datasets: Sequence[str], out_base: s
     for ax in flat[(nrows - 1) * ncols:]:
         ax.set_xlabel("Confidence (%)", fontsize=8)
     fig.supylabel("Accuracy (%)", fontsize=9)
-    handles, labels = flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7, frameon=False)
+    legend_below(fig, flat[0])
     return _save(fig, RELIABILITY_COLUMNS, [[c.get(k) for k in RELIABILITY_COLUMNS] for c in curves], out_base)

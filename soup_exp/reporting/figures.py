@@ -6,14 +6,18 @@ pyplot state), so reports work on headless nodes and inside notebooks alike. Eac
 as PNG and PDF with its data as CSV beside it (:func:`save_data`), so users can restyle it.
 Colours are the Okabe-Ito palette (distinguishable with every common colour-vision
 deficiency) and styles also differ by marker shape and fill, so greyscale printouts stay
-legible. Points are labelled only where the legend cannot say what they are.
+legible. Every recipe in a figure has a (colour, marker) of its own: the paper's keep
+theirs, a user's gets one no other style in that figure has (:func:`figure_styles`).
+Legends sit outside the axes, so they never hide a point, and titles name soups by their
+label. Points are labelled only where the legend cannot say what they are.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,10 +75,11 @@ STYLES: dict[str, Style] = {
     "learned_by_layer": Style("Learned soup (by layer)", PALETTE["green"], ">", filled=False, size=80),
     "model_stock": Style("Model stock", PALETTE["purple"], "X", size=80),
     "ensemble": Style("Ensemble", PALETTE["sky_blue"], "s", size=70),
-    "greedy_ensemble": Style("Greedy ensemble", PALETTE["sky_blue"], "s", filled=False, size=70),
+    "greedy_ensemble": Style("Greedy ensemble", PALETTE["sky_blue"], "p", filled=False, size=80),
     "wise_ft": Style("WiSE-FT", PALETTE["orange"], "o", size=14),
 }
-_EXTRA_MARKERS = ("h", "8", "d", "<", "H", "p")
+# Markers for users' recipes, first choices first (then those the paper's styles use).
+_EXTRA_MARKERS = ("h", "8", "d", "<", "H", "s", "^", "D", "v", "X", "P", "*", ">", "o", "p")
 
 
 def style_key(row: Mapping[str, Any]) -> str:
@@ -85,18 +90,55 @@ def style_key(row: Mapping[str, Any]) -> str:
     return kind
 
 
-def style_for(key: str, row: Mapping[str, Any] | None = None) -> Style:
-    """The style of ``key``; a recipe without one (a user's) gets a stable marker and colour
-    and the label the table gives it."""
-    if key in STYLES:
-        return STYLES[key]
-    digest = sum(map(ord, key))
-    label = str((row or {}).get("label") or key)
-    return Style(label, PALETTE[CYCLE[digest % len(CYCLE)]], _EXTRA_MARKERS[digest % len(_EXTRA_MARKERS)])
+def figure_styles(rows: Iterable[Mapping[str, Any]]) -> dict[str, Style]:
+    """The style of each style key among ``rows``, in legend order (the paper's first). The
+    paper's kinds and recipes keep theirs; any other recipe (a user's) is named by its label
+    and gets a marker no other style of this figure has, in a colour none has while the
+    palette has one left, so no two recipes of a figure look alike."""
+    first: dict[str, Mapping[str, Any]] = {}
+    for row in rows:
+        first.setdefault(style_key(row), row)
+    keys = sorted(first, key=style_order)
+    styles = {key: STYLES[key] for key in keys if key in STYLES}
+    for key in keys:
+        if key not in STYLES:
+            styles[key] = _unused_style(recipe_display_name(first[key]), list(styles.values()))
+    return {key: styles[key] for key in keys}
+
+
+def _unused_style(label: str, taken: Sequence[Style]) -> Style:
+    colours, markers = Counter(s.color for s in taken), Counter(s.marker for s in taken)
+    pairs = {(s.color, s.marker) for s in taken}
+    free = [(c, m) for m in _EXTRA_MARKERS for c in (PALETTE[name] for name in CYCLE) if (c, m) not in pairs]
+    colour, marker = min(free, key=lambda p: (markers[p[1]] > 0, colours[p[0]] > 0, colours[p[0]]))
+    return Style(label, colour, marker)
 
 
 def style_order(key: str) -> int:
     return list(STYLES).index(key) if key in STYLES else len(STYLES)
+
+
+def recipe_display_name(row: Mapping[str, Any]) -> str:
+    """How a row or soup.json's recipe is named to people: its ``label`` (from the recipe's
+    YAML), else the packaged recipe's, else the recipe or the model's name."""
+    from soup_exp.reporting.table import recipe_label
+
+    recipe = row.get("recipe")
+    return str(row.get("label") or (recipe_label(str(recipe)) if recipe else None) or recipe or row.get("name") or "soup")
+
+
+def soup_title(soup: Mapping[str, Any]) -> str:
+    """A soup's label, with its name when that is not just the recipe's (two greedy soups)."""
+    label, name = recipe_display_name(soup), soup.get("name")
+    return label if not name or name in (soup.get("recipe"), label) else f"{label} ({name})"
+
+
+def legend_below(fig: Figure, ax: Any, ncols: int = 3, **kwargs: Any) -> None:
+    """``ax``'s legend under the axes (a constrained layout makes room), so it hides no data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(ncols, len(handles)), fontsize=7,
+                   frameon=False, **kwargs)
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
@@ -165,9 +207,8 @@ def figure1(rows: Sequence[Mapping[str, Any]]) -> Figure:
         groups.setdefault(style_key(row), []).append(row)
     fig, ax = new_figure()
     labelled: list[tuple[str, float, float]] = []
-    for key in sorted(groups, key=style_order):
+    for key, style in figure_styles(rows).items():
         members = groups[key]
-        style = style_for(key, members[0])
         if key == "wise_ft":
             _wise_ft_curves(ax, members, style)
             continue
@@ -180,7 +221,7 @@ def figure1(rows: Sequence[Mapping[str, Any]]) -> Figure:
     ax.set_xlabel("ImageNet top-1 accuracy (%)")
     ax.set_ylabel("Avg. accuracy on 5 distribution shifts (%)")
     style_axes(ax)
-    ax.legend(fontsize=7, loc="best", frameon=True, framealpha=0.9)
+    legend_below(fig, ax)
     annotate_apart(fig, ax, labelled)
     return fig
 
@@ -262,9 +303,9 @@ def plot_greedy_trajectory(soup: Mapping[str, Any], out_base: str | Path) -> lis
         ax.set_xticks(xs, [s.candidate for s in steps], rotation=60, ha="right", fontsize=LABEL_FONT)
     ax.set_xlabel("Candidate (sorted by individual held-out accuracy)")
     ax.set_ylabel(f"Held-out accuracy of {what} with candidate (%)")
-    ax.set_title(f"{soup.get('name', f'greedy {what}')}: {len(kept)} of {len(steps)} candidates kept", fontsize=9)
+    ax.set_title(f"{soup_title(soup)}: {len(kept)} of {len(steps)} candidates kept", fontsize=9)
     style_axes(ax)
-    ax.legend(fontsize=7)
+    legend_below(fig, ax)
     data = [[x, s.candidate, s.held_out, s.accepted, r / 100] for x, s, r in zip(xs, steps, running, strict=True)]
     return [*save_figure(fig, out_base),
             save_data(["step", "candidate", "held_out", "accepted", "soup_held_out"], data, out_base)]
@@ -309,16 +350,16 @@ def plot_learned_coefficients(soup: Mapping[str, Any], out_base: str | Path) -> 
     height = max(FIGSIZE[1], 1.8 + LAYER_ROW_INCHES * len(rows)) if by_layer else FIGSIZE[1]
     fig = Figure(figsize=(FIGSIZE[0], height), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
-    title = str(soup.get("name", "learned soup"))
+    title = soup_title(soup)
     if soup.get("beta") is not None:
-        title += f" (β = {float(soup['beta']):.3g})\n{BETA_NOTE}"
+        title += f", β = {float(soup['beta']):.3g}\n{BETA_NOTE}"
     if not by_layer:
         xs = range(len(ingredients))
         ax.bar(xs, values[0], color=STYLES["learned_per_model"].color, edgecolor="black", linewidth=0.6)
         ax.set_xticks(list(xs), ingredients, rotation=60, ha="right", fontsize=LABEL_FONT)
         ax.set_ylabel("Mixing coefficient")
-        ax.axhline(1 / len(ingredients), color="black", linestyle=":", linewidth=0.8, label="uniform")
-        ax.legend(fontsize=LABEL_FONT)
+        ax.axhline(1 / len(ingredients), color="black", linestyle=":", linewidth=0.8, label="Uniform weights")
+        legend_below(fig, ax)
     else:
         image = ax.imshow(values, aspect="auto", cmap=SEQUENTIAL_CMAP, interpolation="nearest")
         fig.colorbar(image, ax=ax, label="Mixing coefficient", shrink=min(1.0, 6 / height))

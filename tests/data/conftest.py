@@ -60,10 +60,16 @@ def build_family(root: Path) -> dict[str, Path]:
     wnid_tree(roots["ImageNetSketch"], wnids, "sketch_{i}.JPEG")
     wnid_tree(roots["ImageNetR"], [wnids[i] for i in timm_index_list("imagenet_r_indices.txt")], "art_{i}.jpg")
     wnid_tree(roots["ImageNetA"], [wnids[i] for i in timm_index_list("imagenet_a_indices.txt")], "{i}.jpg")
-    for folder in read_json(PACKAGE_MAPPINGS / "folder_to_objectnet_label.json"):
-        put(roots["ObjectNet"] / "images" / folder / "0.png", PNG)
-    shutil.copytree(PACKAGE_MAPPINGS, roots["ObjectNet"] / "mappings")
+    objectnet_tree(roots["ObjectNet"])
     return roots
+
+
+def objectnet_tree(root: Path, image: bytes = PNG) -> Path:
+    """ObjectNet in its real layout: every folder with one ``image``, and the mapping files."""
+    for folder in read_json(PACKAGE_MAPPINGS / "folder_to_objectnet_label.json"):
+        put(root / "images" / folder / "0.png", image)
+    shutil.copytree(PACKAGE_MAPPINGS, root / "mappings")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from soup_exp.data.checker import OFFICIAL_IMAGES, check_datasets, raise_on_fail
 from soup_exp.data.classes import ClassSpace
 from soup_exp.data.layout import DatasetLayoutError
 
-from .conftest import put
+from .conftest import image_bytes, objectnet_tree, put
 
 
 def test_full_trees_are_partial_against_official_counts(data_cfg):
@@ -54,22 +54,33 @@ def test_subset_counts_and_unreadable_files(data_cfg, tmp_path):
     assert report.status == "error" and report.unreadable == [str(root / "n01440764" / "zz.JPEG")]
 
 
-def test_script_exit_codes(tmp_path, capsys):
+@pytest.fixture
+def check_data():
+    """scripts/check_data.py as a module."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     try:
         import check_data
     finally:
         sys.path.pop(0)
+    return check_data
+
+
+def test_script_exit_codes(check_data, tmp_path, capsys):
     assert check_data.main([f"paths.data_dir={tmp_path}", f"paths.cache_dir={tmp_path}"]) == 1
-    assert "missing" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "missing" in printed.out
+    # the last line states what failed, as `soup-exp evaluate check_data=true`'s error does
+    last = printed.err.strip().splitlines()[-1]
+    assert last.startswith("error: dataset check failed for ImageNetTrain (missing)") and "ObjectNet (missing)" in last
 
 
-def test_script_takes_overrides_after_dataset_names(tmp_path, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-    try:
-        import check_data
-    finally:
-        sys.path.pop(0)
+def test_script_passes_a_partial_dataset_without_an_error_line(check_data, family, capsys):
+    assert check_data.main(["--datasets", "ImageNetA", f"data.roots.ImageNetA={family['ImageNetA']}"]) == 0
+    printed = capsys.readouterr()
+    assert "| ImageNetA | partial |" in printed.out and printed.err == ""
+
+
+def test_script_takes_overrides_after_dataset_names(check_data, tmp_path, capsys):
     code = check_data.main(["--datasets", "ObjectNet", "ImageNetSketch", f"paths.data_dir={tmp_path}"])
     out = capsys.readouterr().out
     assert code == 1 and "ObjectNet" in out and "ImageNetSketch" in out and "ImageNetR" not in out
@@ -105,3 +116,20 @@ def test_data_check_prints_each_problem_once_and_creates_nothing(tmp_path):
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "ImageNetA (missing)" in errors[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_small_objectnet_images_point_to_the_border_crop(data_cfg, tmp_path):
+    """Issue 24 item 10: on small images ObjectNet's 2-px border is a large part of each
+    image; the check says so and names data.objectnet.border_crop, unless it is already set."""
+    root = objectnet_tree(tmp_path / "objectnet-1.0", image_bytes("PNG", size=36))  # the demo's size
+    cfg = {**data_cfg, "roots": {**data_cfg["roots"], "ObjectNet": str(root)}}
+    (report,) = check_datasets(cfg, ["ObjectNet"])
+    assert report.status == "partial"  # a note, not a failure
+    assert "short side 36 px" in report.message and "11 % of their width and height" in report.message
+    assert "set data.objectnet.border_crop=2 to cut it off every side before preprocessing (now 0" in report.message
+    assert "data.objectnet.border_crop" in render_table([report])
+    (report,) = check_datasets({**cfg, "objectnet": {"border_crop": 2}}, ["ObjectNet"])
+    assert "border_crop" not in report.message
+    large = objectnet_tree(tmp_path / "large" / "objectnet-1.0", image_bytes("PNG", size=64))
+    (report,) = check_datasets({**cfg, "roots": {**cfg["roots"], "ObjectNet": str(large)}}, ["ObjectNet"])
+    assert report.message == "113 images where the official release has 18,574"

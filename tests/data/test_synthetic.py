@@ -62,6 +62,7 @@ def test_real_readers_read_the_generated_family(tmp_path):
     assert len(os.listdir(tmp_path / "syn" / "objectnet-1.0" / "images")) == 4  # + 2 unmapped folders
     reports = check_datasets(cfg)
     assert [r.status for r in reports] == ["ok"] * 7
+    assert "short side 20 px" in reports[-1].message and "data.objectnet.border_crop=2" in reports[-1].message
 
 
 def test_ensure_reuses_and_regenerates_on_change(tmp_path):

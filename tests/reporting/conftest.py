@@ -52,3 +52,42 @@ def learned_soup_json():
         "ingredients": ["ft_0", "ft_1", "ft_2"], "beta": 1.7,
         "coefficients": {f"image_encoder.layer{i}.weight": [0.2, 0.3 + 0.01 * i, 0.5 - 0.01 * i] for i in range(12)},
     }
+
+
+def plotted_points(fig):
+    """Display coordinates of every point drawn in ``fig``'s axes: scatter offsets, line
+    vertices and bar tops (what a legend must not cover)."""
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    points = []
+    for ax in fig.axes:
+        for collection in ax.collections:
+            offsets = np.asarray(collection.get_offsets())
+            if offsets.size and collection.get_array() is None:  # markers, not a colour map
+                points += list(collection.get_offset_transform().transform(offsets))
+        for line in ax.lines:
+            xy = np.column_stack([line.get_xdata(), line.get_ydata()]).astype(float)
+            points += list(line.get_transform().transform(xy))
+        for patch in ax.patches:
+            if isinstance(patch, Rectangle):
+                points.append(ax.transData.transform((patch.get_x() + patch.get_width() / 2,
+                                                      patch.get_y() + patch.get_height())))
+    return points
+
+
+def assert_no_legend_hides_a_point(fig):
+    """No legend of ``fig`` (its own or an axes') covers a plotted point, nor the marker
+    around it (a few pixels)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig.draw_without_rendering()
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)]
+    assert legends, "no legend drawn"
+    points = plotted_points(fig)
+    assert points
+    for legend in legends:
+        box = legend.get_window_extent(renderer).padded(4)
+        hidden = [(round(x), round(y)) for x, y in points if box.contains(x, y)]
+        assert not hidden, f"the legend {box} covers the points {hidden[:5]}"

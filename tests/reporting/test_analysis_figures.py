@@ -1,5 +1,6 @@
 """The analysis figures keep the report's style: Okabe-Ito colours for every marker and
-line, labels that overlap nothing, and the data drawn saved beside each figure."""
+line, labels that overlap nothing, legends that hide no point, and the data drawn saved
+beside each figure."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from matplotlib.text import Text
 
 from soup_exp.reporting import analysis_figures as figures
 from soup_exp.reporting.figures import GREY, PALETTE
+
+from .conftest import assert_no_legend_hides_a_point
 
 ALLOWED = {c.lower() for c in PALETTE.values()} | {GREY.lower(), "#ffffff"}
 SHIFTS = ["ImageNet", "ImageNetV2", "ImageNetSketch", "ImageNetR", "ObjectNet", "ImageNetA"]
@@ -50,7 +53,7 @@ def _landscape_rows(b=(0.9, 0.35)):
     return grid, marked
 
 
-def test_every_analysis_figure_draws_in_the_okabe_ito_palette(drawn):
+def test_every_analysis_figure_draws_in_the_okabe_ito_palette_with_legends_outside_the_data(drawn):
     pairs = [{"a": f"ft_{i}", "b": f"ft_{i + 1}", "angle_deg": 10.0 * i, "differs_in": ["lr", "wd", "several"][i % 3],
               "accuracy_a": 0.7, "accuracy_b": 0.72, "soup_accuracy": 0.73, "ensemble_accuracy": 0.74,
               "soup_gain": 0.02, "ensemble_gain": 0.03} for i in range(6)]
@@ -82,6 +85,7 @@ def test_every_analysis_figure_draws_in_the_okabe_ito_palette(drawn):
     assert len(drawn) == 8
     for fig in drawn:
         assert _colours(fig) <= ALLOWED, fig.axes[0].get_xlabel()
+        assert_no_legend_hides_a_point(fig)
 
 
 def test_landscape_labels_of_nearby_models_do_not_overlap_and_its_data_is_saved(drawn):

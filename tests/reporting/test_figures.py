@@ -18,6 +18,8 @@ from soup_exp.reporting.figures import (
 )
 from soup_exp.reporting.paper import reference_dir
 
+from .conftest import assert_no_legend_hides_a_point, make_row
+
 EXPECTED_SIZE = (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
 
 
@@ -103,7 +105,7 @@ def test_figure1_style_unlabelled_fine_tunes_wise_ft_curve_and_palette(our_rows)
     wise = sorted((r for r in rows if r["kind"] == "wise_ft"), key=lambda r: r["alpha"])
     assert xs == [100 * r["ImageNet"] for r in wise] and xs[0] == 60.0 and xs[-1] == 80.0  # alpha 0 -> 1
     assert _colours(fig) <= {to_hex(c) for c in PALETTE.values()} | {GREY.lower(), "#ffffff"}
-    labels = {t.get_text() for t in ax.get_legend().get_texts()}
+    labels = {t.get_text() for t in fig.legends[0].get_texts()}
     assert {"Fine-tuned models", "Uniform soup", "Greedy soup", "Ensemble", "Zero-shot", "LP init"} <= labels
 
 
@@ -156,11 +158,11 @@ def captured_figures(monkeypatch, tmp_path):
 def test_greedy_ensemble_trajectory_is_labelled_as_an_ensemble(greedy_soup_json, captured_figures):
     plot_greedy_trajectory({**greedy_soup_json, "name": "greedy_ensemble", "kind": "ensemble"}, "x")
     plot_greedy_trajectory(greedy_soup_json, "y")
-    ensemble, soup = (fig.axes[0] for fig in captured_figures)
-    assert [t.get_text() for t in ensemble.get_legend().get_texts()][0] == "Greedy ensemble"
-    assert "ensemble with candidate" in ensemble.get_ylabel()
-    assert [t.get_text() for t in soup.get_legend().get_texts()][0] == "Greedy soup"
-    assert all(label.get_fontsize() >= 7 for label in ensemble.get_xticklabels())
+    ensemble, soup = captured_figures
+    assert [t.get_text() for t in ensemble.legends[0].get_texts()][0] == "Greedy ensemble"
+    assert "ensemble with candidate" in ensemble.axes[0].get_ylabel()
+    assert [t.get_text() for t in soup.legends[0].get_texts()][0] == "Greedy soup"
+    assert all(label.get_fontsize() >= 7 for label in ensemble.axes[0].get_xticklabels())
 
 
 def test_by_layer_coefficients_label_every_layer_readably_and_explain_beta(captured_figures):
@@ -177,3 +179,67 @@ def test_by_layer_coefficients_label_every_layer_readably_and_explain_beta(captu
     assert "image_encoder.transformer.resblocks" in ax.get_ylabel()
     assert fig.get_figheight() >= 0.16 * 62  # the figure grows with the layers, labels do not shrink
     assert "β = 1.39" in ax.get_title() and "temperature" in ax.get_title()
+
+
+def _user_rows(our_rows):
+    """The paper's kinds and recipes, two user recipes, and points spread over the whole plot."""
+    rows = [{**r, "avg_shifts": 0.5 + 0.01 * i} for i, r in enumerate(our_rows)]
+    rows += [make_row(f"ft_{i + 3}", "finetune", 0.7, ImageNet=0.6 + 0.03 * (i % 10), avg_shifts=0.45 + 0.02 * (i // 10))
+             for i in range(60)]
+    rows += [make_row("ties", "soup", 0.82, "ties", label="TIES merging", avg_shifts=0.56),
+             make_row("dare", "soup", 0.8, "dare", label="DARE", avg_shifts=0.57),
+             make_row("learned", "soup", 0.84, "learned_per_model", avg_shifts=0.58),
+             make_row("model_stock", "soup", 0.8, "model_stock", avg_shifts=0.5),
+             make_row("greedy_ensemble", "ensemble", 0.83, "greedy_ensemble", avg_shifts=0.55)]
+    return rows
+
+
+def test_no_legend_hides_a_plotted_point(our_rows, greedy_soup_json, captured_figures):
+    """Figure 1 with points all over the axes, the greedy trajectory and the per-model
+    coefficients: each legend lies outside the data (its box vs every point's pixels)."""
+    from soup_exp.reporting.figures import figure1
+
+    assert_no_legend_hides_a_point(figure1(_user_rows(our_rows)))
+    plot_greedy_trajectory(greedy_soup_json, "greedy")
+    plot_learned_coefficients({"name": "learned", "recipe": "learned_per_model", "beta": 1.0,
+                               "ingredients": ["a", "b", "c"], "coefficients": [0.9, 0.05, 0.05]}, "learned")
+    for fig in captured_figures:
+        assert_no_legend_hides_a_point(fig)
+    crowded = figure1(_user_rows(our_rows))
+    crowded.legends[0].remove()
+    crowded.axes[0].legend(loc="best")  # inside the axes, as before: the check sees it
+    with pytest.raises(AssertionError, match="covers the points"):
+        assert_no_legend_hides_a_point(crowded)
+
+
+def test_user_recipes_get_styles_no_other_recipe_has(our_rows):
+    from matplotlib.colors import to_hex
+
+    from soup_exp.reporting.figures import PALETTE, STYLES, figure1, figure_styles
+
+    rows = _user_rows(our_rows)
+    styles = figure_styles(rows)
+    assert {"ties", "dare", "wise_ft", "greedy_ensemble", "ensemble"} <= set(styles)
+    assert all(styles[key] == STYLES[key] for key in styles if key in STYLES)  # the paper's keep theirs
+    pairs = [(s.color, s.marker) for s in styles.values()]
+    assert len(set(pairs)) == len(pairs), styles
+    assert (styles["ties"].label, styles["dare"].label) == ("TIES merging", "DARE")
+    fig = figure1(rows)
+    drawn = {c.get_label(): to_hex(c.get_edgecolor()[0]) for c in fig.axes[0].collections}
+    assert drawn["TIES merging"] == to_hex(styles["ties"].color) and drawn["DARE"] == to_hex(styles["dare"].color)
+    legend = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert {"TIES merging", "DARE", "Greedy ensemble", "Ensemble"} <= legend
+    # while the palette has a colour no style of the figure uses, a user recipe gets it
+    few = figure_styles([r for r in rows if r.get("recipe") in ("wise_ft", "uniform", "ties")])
+    assert few["ties"].color not in {PALETTE["orange"], PALETTE["blue"]}
+    assert few["ties"].marker not in {STYLES["wise_ft"].marker, STYLES["uniform"].marker}
+
+
+def test_titles_name_soups_by_their_labels(greedy_soup_json, learned_soup_json, captured_figures):
+    plot_learned_coefficients({**learned_soup_json, "beta": 1.04}, "a")
+    plot_greedy_trajectory(greedy_soup_json, "b")
+    plot_greedy_trajectory({**greedy_soup_json, "name": "greedy_seed2", "label": "Greedy soup"}, "c")
+    learned, greedy, seeded = (fig.axes[0].get_title() for fig in captured_figures)
+    assert learned.startswith("Learned soup, by layer, β = 1.04") and "learned_by_layer" not in learned
+    assert greedy == "Greedy soup: 2 of 4 candidates kept"
+    assert seeded == "Greedy soup (greedy_seed2): 2 of 4 candidates kept"

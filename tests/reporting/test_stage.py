@@ -112,3 +112,22 @@ def test_a_percentage_or_a_bad_type_in_a_row_is_one_line_naming_file_line_and_ke
         err = stage_error(cfg, run_report, capsys)
         assert f"{results}, line 2: {key} in row 'ft_0'" in err
     assert not (tmp_path / "report" / "table.md").exists()
+
+
+def test_a_missing_results_file_names_the_experiments_that_have_one(tmp_path, capsys):
+    """Issue 24 item 9: `report compare=paper_vitb32` without `experiment=` reads
+    outputs/default; the error says which experiments have results and how to pick one."""
+    from stage_errors import stage_error
+
+    cfg = _compose(f"paths.output_dir={tmp_path / 'out'}", "compare=paper_vitb32", "logger=disabled")
+    err = stage_error(cfg, run_report, capsys)
+    assert f"results file {tmp_path / 'out' / 'default' / 'results.jsonl'} does not exist" in err
+    assert "experiments under" not in err  # none to point to
+    for name in ("demo", "mine"):
+        ResultsStore(tmp_path / "out" / name / "results.jsonl").upsert({"name": "zeroshot", "kind": "zeroshot",
+                                                                        "ImageNet": 0.6})
+    err = stage_error(cfg, run_report, capsys)
+    assert (f"experiments under {tmp_path / 'out'} with results: demo (add experiment=demo), "
+            "mine (add name=mine); or give results=PATH") in err
+    cfg = _compose(f"paths.output_dir={tmp_path / 'out'}", f"results={tmp_path / 'nope.jsonl'}", "logger=disabled")
+    assert "experiments under" not in stage_error(cfg, run_report, capsys)  # a path of the user's own: no guess
