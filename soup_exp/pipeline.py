@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import subprocess
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +23,7 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from soup_exp.cluster.signals import run_forwarding_signals
 from soup_exp.errors import SoupExpError
 from soup_exp.utils.config import apply_secret_overrides, loggable_config
 from soup_exp.utils.entry import STAGES, packaged_config_dir, stage_entry
@@ -31,6 +32,7 @@ from soup_exp.utils.text import plural
 
 log = logging.getLogger(__name__)
 
+SIGNALLED_EXITS = {128 + signal.SIGINT, 128 + signal.SIGTERM}
 LP_NAME = "lp_init"  # conf/sweep/lp_init.yaml: the LP init every fine-tune starts from
 
 
@@ -136,7 +138,12 @@ def run_multirun(stage: str, overrides: Sequence[str], cfg: DictConfig, what: st
     command = [sys.executable, "-m", f"soup_exp.{stage}", *config_dir_args(), "--multirun",
                *overrides, *launcher_overrides()]
     log.info("%s: %s", what, " ".join(command))
-    if subprocess.run(command).returncode != 0:
+    code = run_forwarding_signals(command)
+    if code in SIGNALLED_EXITS:
+        print(f"soup-exp pipeline: stopped during {what} ({signal.Signals(code - 128).name}); "
+              "rerun the same command to resume", file=sys.stderr)
+        sys.exit(code)
+    if code != 0:
         raise SoupExpError(
             f"{what} failed; its logs are under {Path(cfg.out_dir) / 'hydra'}. "
             "Rerunning the pipeline resumes: finished work is kept."

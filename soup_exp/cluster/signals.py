@@ -17,8 +17,6 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-import torch
-
 log = logging.getLogger(__name__)
 
 MAIN_PROCESS_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -83,10 +81,11 @@ class StopOnSignal:
             log.warning("%s received: stopping after this step, with a checkpoint", signal.Signals(signum).name)
         self.signum = self.signum or signum
 
-    def agreed(self, distributed: bool, device: torch.device) -> int:
+    def agreed(self, distributed: bool, device: Any) -> int:
         """The signal any rank has received (0: none), the same on every rank."""
         if not distributed:
             return self.signum
+        import torch
         flag = torch.tensor([self.signum], dtype=torch.int32, device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item())
@@ -100,3 +99,27 @@ class StopOnSignal:
             previous(signum, None)
             sys.exit(0)
         raise StopRequested(signum, step, checkpoint)
+
+
+def run_forwarding_signals(command: list[str]) -> int:
+    """Run ``command`` to its end; a SIGINT or SIGTERM to this process is passed on to it
+    and waited for, so a stopped parent never leaves a child writing on its own.
+
+    The child has its own process group, so a terminal's Ctrl-C reaches it once, from here.
+    Returns its exit status (``128 + signal`` when a signal ended it).
+    """
+    import subprocess
+
+    child = subprocess.Popen(command, process_group=0)
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        log.warning("%s received: passing it on to %s and waiting for it", signal.Signals(signum).name, command[2])
+        child.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 128 - code if code < 0 else code

@@ -11,13 +11,12 @@ from pathlib import Path
 import torch
 
 torch.set_num_threads(1)
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent)]
 
 from conftest import compose_finetune  # noqa: E402
 
 import soup_exp.training.loop as loop  # noqa: E402
 from soup_exp.finetune import run_finetune  # noqa: E402
-
 from soup_exp.utils.experiment import run_stage  # noqa: E402
 
 kill_at = int(os.environ["KILL_AT_STEP"])
