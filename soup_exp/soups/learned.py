@@ -175,12 +175,20 @@ def learned_soup(
     if state_path is not None:
         at = load_state(state_path, bound, trained, optimizer) or at
         if at.step or at.epoch:
-            log.info("resuming learned soup from %s: epoch %d of %d, %d batches into it (step %d)",
-                     state_path, min(at.epoch + 1, epochs), epochs, at.batch, at.step)
+            where = (f"all {epochs} epochs done" if at.epoch >= epochs
+                     else f"epoch {at.epoch + 1} of {epochs}, {at.batch} batches into it")
+            log.info("resuming learned soup from %s: %s (step %d)", state_path, where, at.step)
 
     def save() -> None:
         if state_path is not None:
             save_state(state_path, bound, at, trained, optimizer)
+
+    def stop_if_signalled(saved: bool) -> None:
+        if stop is not None and stop.signum:
+            if not saved:
+                save()
+            epoch = at.epoch if at.batch else at.epoch - 1  # the epoch of the last step
+            stop.leave(stop.signum, at.step, str(state_path), where=f"step {at.step}, epoch {epoch + 1} of {epochs}")
 
     with StopOnSignal() if state_path is not None else contextlib.nullcontext() as stop:
         while at.epoch < epochs:
@@ -200,12 +208,10 @@ def learned_soup(
                 at.batch += 1
                 if on_step is not None:
                     on_step(point)
-                if stop is not None and stop.signum:
-                    save()
-                    stop.leave(stop.signum, at.step, str(state_path),
-                               where=f"step {at.step}, epoch {at.epoch + 1} of {epochs}")
+                stop_if_signalled(saved=False)
             at.epoch, at.batch = at.epoch + 1, 0
             save()
+            stop_if_signalled(saved=True)
     curve = at.curve
 
     with torch.no_grad():

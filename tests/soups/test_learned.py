@@ -155,3 +155,29 @@ def test_state_saved_for_other_settings_or_ingredients_is_not_resumed(tmp_path, 
                                          **{k: v for k, v in changed.items() if k != "inputs"}))
         with pytest.raises(StopRequested):  # back to the first settings' state for the next case
             learned_soup(sds, Tiny(), _batches(x, y), epochs=2, state_file=state, on_step=_stop_at(2))
+
+
+@pytest.mark.parametrize("save", [1, 3])  # after the first epoch; after the last, before the soup is returned
+def test_a_signal_while_an_epoch_is_saved_stops_after_the_save(tmp_path, monkeypatch, save):
+    import soup_exp.soups.learned as learned
+
+    x, y = _data()
+    sds = _ingredients(x, y)
+    real, saves = learned.save_state, []
+
+    def save_then_signal(*args):
+        real(*args)
+        saves.append(args[2].step)
+        if len(saves) == save:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(learned, "save_state", save_then_signal)
+    settings = {"epochs": 3, "state_file": tmp_path / "state.safetensors"}
+    with pytest.raises(StopRequested) as stopped:
+        learned_soup(sds, Tiny(), _batches(x, y), **settings)
+    assert stopped.value.where == f"step {3 * save}, epoch {save} of 3" and saves == [3, 6, 9][:save]
+    monkeypatch.setattr(learned, "save_state", real)
+    steps = []
+    _assert_same(learned_soup(sds, Tiny(), _batches(x, y), epochs=3),
+                 learned_soup(sds, Tiny(), _batches(x, y), on_step=steps.append, **settings))
+    assert len(steps) == 9 - 3 * save
