@@ -94,6 +94,7 @@ def run_soups(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
             started = time.perf_counter()
             for soup in soups_of(recipe.name, recipe.cook(ctx)):
                 made[soup.name] = write(ctx, recipe, soup)
+            ctx.clear_state()
             log.info("recipe %s cooked in %.1f s", recipe.name, time.perf_counter() - started)
         made.update({name: ctx.soups_dir / name for name in sorted(ctx.kept - set(made))})
         retire_orphans(ctx.soups_dir, {r.name for r in recipes}, made)

@@ -30,15 +30,17 @@ def quiet_loader_worker(worker_id: int) -> None:
 
 
 class StopRequested(BaseException):
-    """A signal stopped training after a checkpoint; ``exit_code`` is what a shell reports.
+    """A signal stopped training after a checkpoint; ``exit_code`` is what a shell reports,
+    ``where`` the point it stopped at in the user's words (default ``step N``).
 
     A ``BaseException``, like ``KeyboardInterrupt``: Hydra must not store it as the job's
     failed result (the job has not failed; SLURM requeues it, or the user reruns it)."""
 
-    def __init__(self, signum: int, step: int, checkpoint: str) -> None:
+    def __init__(self, signum: int, step: int, checkpoint: str, where: str | None = None) -> None:
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.where = where or f"step {step}"
         self.exit_code = 128 + signum
-        super().__init__(f"{signal.Signals(signum).name} at step {step}; checkpoint {checkpoint}")
+        super().__init__(f"{signal.Signals(signum).name} at {self.where}; checkpoint {checkpoint}")
 
 
 def _is_default(handler: Any, signum: int) -> bool:
@@ -90,7 +92,7 @@ class StopOnSignal:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item())
 
-    def leave(self, signum: int, step: int, checkpoint: str) -> None:
+    def leave(self, signum: int, step: int, checkpoint: str, where: str | None = None) -> None:
         """After the checkpoint: hand a SIGUSR2 to submitit (it requeues the job and exits;
         it does so on global rank 0 only, so the other ranks leave here), else stop."""
         previous: Callable | Any = self._previous.get(signum)
@@ -98,7 +100,7 @@ class StopOnSignal:
         if signum == signal.SIGUSR2 and _from_submitit(previous):
             previous(signum, None)
             sys.exit(0)
-        raise StopRequested(signum, step, checkpoint)
+        raise StopRequested(signum, step, checkpoint, where)
 
 
 def run_forwarding_signals(command: list[str]) -> int:

@@ -56,11 +56,13 @@ class SoupContext:
         self.recipe = ""  # the recipe being cooked (set by the stage through begin())
         self.params: dict[str, Any] = {}
         self._used: dict[str, Any] = {}  # what the recipe read besides the pool: inputs of its soups
+        self._state_files: set[Path] = set()  # resume state the recipe keeps while it cooks
         self.kept: set[str] = set()  # finished soups found fresh (not cooked again)
 
     def begin(self, recipe: Any) -> None:
         """Start cooking ``recipe`` (a :class:`~soup_exp.soups.recipe.Recipe`)."""
         self.recipe, self.params, self._used = recipe.name, dict(recipe.params), {}
+        self._state_files = set()
 
     # ---- models ----------------------------------------------------------------------
 
@@ -181,7 +183,9 @@ class SoupContext:
         return self.evaluator.accuracy_from_logits(logits, HELD_OUT)
 
     def heldout_batches(self, batch_size: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled held-out ``(images, targets)`` on the device; the order is seeded by epoch."""
+        """Shuffled held-out ``(images, targets)`` on the device; the order is seeded by
+        ``seed`` and epoch (so the seed is an input of the soup)."""
+        self._used["seed"] = self.seed
         generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         return self.evaluator.batches(HELD_OUT, batch_size, shuffle=True, generator=generator)
 
@@ -258,6 +262,7 @@ class SoupContext:
             "zeroshot": self._zeroshot_identity,
             "held_out": lambda: self.held_out_identity,
             "scores": lambda: self._scores,
+            "seed": lambda: self.seed,
             "models": lambda: {name: self._soup_identity(name) for name in recorded["models"]},
         }
         base = {k: v for k, v in self.inputs().items() if k in _ALWAYS}
@@ -267,9 +272,18 @@ class SoupContext:
         weights = self.soups_dir / name / WEIGHTS_FILE
         return weights_identity(weights) if is_finished_soup(weights.parent) else None
 
-    def state_file(self) -> Path:
-        """Where the current recipe may keep state to resume from after preemption."""
-        return self.soups_dir / self.recipe / "state.json"
+    def state_file(self, name: str = "state.json") -> Path:
+        """Where the current recipe may keep state to resume from after preemption; the
+        stage removes it once the recipe's soups are written (:meth:`clear_state`)."""
+        path = self.soups_dir / self.recipe / name
+        self._state_files.add(path)
+        return path
+
+    def clear_state(self) -> None:
+        """Remove the state files the current recipe asked for: its soups are written."""
+        for path in self._state_files:
+            path.unlink(missing_ok=True)
+        self._state_files.clear()
 
     def log_table(self, key: str, rows: list[dict[str, Any]]) -> None:
         """A W&B table under ``<recipe>/<key>`` from a list of same-keyed dicts."""

@@ -2,8 +2,9 @@
 
 A soup's ``soup.json`` records its ``inputs``: the recipe and its parameters, the pool (each
 ingredient's name and weights identity), the numerics of the sum, and what the recipe read
-besides (the zero-shot model, soups cooked before it, the held-out data and scores). A later
-run recomputes exactly those inputs; any difference re-cooks the soup and the log says which.
+besides (the zero-shot model, soups cooked before it, the held-out data and scores, the
+seed that orders held-out batches). A later run recomputes exactly those inputs; any
+difference re-cooks the soup and the log says which.
 """
 
 from __future__ import annotations
@@ -83,13 +84,14 @@ def _pool_change(before: list, now: list) -> str:
     return f"the pool changed ({len(old)} -> {len(new)} ingredients: {'; '.join(parts)})"
 
 
-_ORDER = ["recipe", "params", "pool", "numerics", "zeroshot", "models", "held_out", "scores"]
+_ORDER = ["recipe", "params", "pool", "numerics", "zeroshot", "models", "held_out", "scores", "seed"]
 _WORDS = {
     "recipe": "another recipe made it",
     "numerics": "the soup's numerics changed (soup.accumulate_dtype or soup.arithmetic)",
     "zeroshot": "the zero-shot model changed",
     "held_out": "the held-out data or its numerics changed",
     "scores": "the ingredients' held-out scores changed",
+    "seed": "the seed (which orders the held-out batches) changed",
 }
 
 

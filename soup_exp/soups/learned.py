@@ -10,13 +10,22 @@ one stacked ``(N, *shape)`` tensor mixed by a single ``tensordot`` and the model
 through ``torch.func.functional_call`` over one skeleton. Stacks live on the accelerator
 when they fit; otherwise they stay in pinned host memory and are copied in per use (the
 backward pass copies again instead of keeping device copies alive).
+
+With a ``state_file`` the soup resumes where it stopped (:mod:`.learned_state`): the
+coefficients, beta and AdamW's moments are saved after every epoch, and SIGINT/SIGTERM
+(:class:`~soup_exp.cluster.signals.StopOnSignal`) stop it at the next batch with its state
+saved. Each epoch's batch order depends only on the epoch, so a resumed soup ends with the
+coefficients of an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
@@ -24,8 +33,11 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from soup_exp.cluster.signals import StopOnSignal
 from soup_exp.soups.context import SoupContext
+from soup_exp.soups.freshness import pool_identity
 from soup_exp.soups.ingredients import IngredientLike, float_keys, load_ingredients
+from soup_exp.soups.learned_state import Progress, load_state, save_state
 from soup_exp.soups.recipe import Range, Soup
 
 log = logging.getLogger(__name__)
@@ -33,6 +45,7 @@ log = logging.getLogger(__name__)
 Mode = Literal["by_layer", "per_model"]
 Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]] | Iterable[tuple[torch.Tensor, torch.Tensor]]
 DEVICE_MEMORY_FRACTION = 0.6
+STATE_FILE = "state.safetensors"
 
 
 @dataclass
@@ -112,12 +125,22 @@ def learned_soup(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     on_step: Callable[[dict[str, float]], None] | None = None,
     progress: bool = False,
+    state_file: str | Path | None = None,
+    inputs: Mapping[str, Any] | None = None,
 ) -> LearnedResult:
     """Learn soup coefficients (and beta) on held-out ``batches``.
 
     ``batches`` is either ``epoch -> iterable of (images, targets)`` (e.g. the evaluator's
-    shuffled held-out batches with a per-epoch generator) or a re-iterable of batches.
+    shuffled held-out batches with a per-epoch generator) or a re-iterable of batches; the
+    same epoch must give the same batches every time for a resumed soup to match.
     ``skeleton`` is a module whose ``state_dict`` keys are the ingredients' keys.
+
+    With ``state_file`` the soup resumes from the state saved there, if it was saved for the
+    same ``inputs``: by default the pool (names and weights files) and the settings above;
+    a caller adds what else made the soup (the data and its order, e.g. the soup stage's
+    recorded inputs). A signal then stops it at the next batch, with its state saved
+    (:class:`~soup_exp.cluster.signals.StopRequested`). The state is left for the caller to
+    remove once the soup is safely written (the soup stage does).
     """
     if mode not in ("by_layer", "per_model"):
         raise ValueError(f"learned soup mode must be 'by_layer' or 'per_model', got {mode!r}")
@@ -144,23 +167,52 @@ def learned_soup(
         params.update(constants)
         return params
 
-    curve: list[dict[str, float]] = []
-    step = 0
-    for epoch in range(epochs):
-        epoch_batches = batches(epoch) if callable(batches) else batches
-        for images, targets in tqdm(epoch_batches, desc=f"learned soup ({mode}) epoch {epoch + 1}/{epochs}",
-                                    disable=not progress, leave=False):
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            logits = functional_call(skeleton, mixed(), (images,))
-            loss = loss_fn(beta * logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            point = {"epoch": epoch, "step": step, "loss": float(loss.detach())}
-            curve.append(point)
-            if on_step is not None:
-                on_step(point)
-            step += 1
+    state_path = Path(state_file) if state_file is not None else None
+    bound = {"pool": pool_identity(ings), "params": {"mode": mode, "epochs": epochs, "lr": lr,
+                                                       "weight_decay": weight_decay}, **(inputs or {})}
+    trained = {"raw": raw, "beta": beta}
+    at = Progress()
+    if state_path is not None:
+        at = load_state(state_path, bound, trained, optimizer) or at
+        if at.step or at.epoch:
+            where = (f"all {epochs} epochs done" if at.epoch >= epochs
+                     else f"epoch {at.epoch + 1} of {epochs}, {at.batch} batches into it")
+            log.info("resuming learned soup from %s: %s (step %d)", state_path, where, at.step)
+
+    def save() -> None:
+        if state_path is not None:
+            save_state(state_path, bound, at, trained, optimizer)
+
+    def stop_if_signalled(saved: bool) -> None:
+        if stop is not None and stop.signum:
+            if not saved:
+                save()
+            epoch = at.epoch if at.batch else at.epoch - 1  # the epoch of the last step
+            stop.leave(stop.signum, at.step, str(state_path), where=f"step {at.step}, epoch {epoch + 1} of {epochs}")
+
+    with StopOnSignal() if state_path is not None else contextlib.nullcontext() as stop:
+        while at.epoch < epochs:
+            epoch_batches = batches(at.epoch) if callable(batches) else batches
+            for images, targets in tqdm(itertools.islice(epoch_batches, at.batch, None), initial=at.batch,
+                                        desc=f"learned soup ({mode}) epoch {at.epoch + 1}/{epochs}",
+                                        disable=not progress, leave=False):
+                images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                logits = functional_call(skeleton, mixed(), (images,))
+                loss = loss_fn(beta * logits, targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                point = {"epoch": at.epoch, "step": at.step, "loss": float(loss.detach())}
+                at.curve.append(point)
+                at.step += 1
+                at.batch += 1
+                if on_step is not None:
+                    on_step(point)
+                stop_if_signalled(saved=False)
+            at.epoch, at.batch = at.epoch + 1, 0
+            save()
+            stop_if_signalled(saved=True)
+    curve = at.curve
 
     with torch.no_grad():
         final = {k: v.detach().to("cpu") for k, v in mixed().items()}
@@ -180,13 +232,16 @@ def learned_recipe(
     batch_size: Annotated[int, Range(1)],
     weight_decay: Annotated[float, Range(0.0)],
 ) -> Soup:
-    """Recipes ``learned_per_model`` and ``learned_by_layer``: coefficients learned on held-out."""
+    """Recipes ``learned_per_model`` and ``learned_by_layer``: coefficients learned on held-out,
+    resumable after every epoch and at the batch a signal stops them."""
     def log_step(point: dict[str, float]) -> None:
         ctx.run.log({f"{ctx.recipe}/loss": point["loss"], f"{ctx.recipe}/step": point["step"]})
 
+    device = ctx.device  # builds the held-out evaluator: its data and numerics are inputs too
     result = learned_soup(ctx.ingredients, ctx.skeleton, lambda epoch: ctx.heldout_batches(batch_size, epoch),
-                          mode=mode, epochs=epochs, lr=lr, weight_decay=weight_decay, device=ctx.device,
-                          on_step=log_step, progress=ctx.progress)
+                          mode=mode, epochs=epochs, lr=lr, weight_decay=weight_decay, device=device,
+                          on_step=log_step, progress=ctx.progress, state_file=ctx.state_file(STATE_FILE),
+                          inputs={**ctx.inputs(), "seed": ctx.seed})
     if mode == "per_model":
         rows = [{"ingredient": n, "coefficient": c} for n, c in zip(result.names, result.coefficients, strict=True)]
     else:

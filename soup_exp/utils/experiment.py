@@ -158,7 +158,7 @@ def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], Any], claim: bool =
             claim_output_dir(cfg)
         return stage(cfg)
     except StopRequested as stop:
-        print(f"soup-exp {name}: stopped by {signal.Signals(stop.signum).name} at step {stop.step} "
+        print(f"soup-exp {name}: stopped by {signal.Signals(stop.signum).name} at {stop.where} "
               f"(checkpoint {stop.checkpoint}); rerun the same command to resume", file=sys.stderr)
         sys.exit(stop.exit_code)
     except Exception as err:

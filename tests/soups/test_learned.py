@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import os
+import signal
+
+import pytest
 import torch
 from torch import nn
 
+from soup_exp.cluster.signals import StopRequested
 from soup_exp.soups import uniform_soup
 from soup_exp.soups.learned import learned_soup
 
@@ -96,3 +101,83 @@ def test_host_streaming_path_matches_gradient():
     stack = torch.randn(3, 4, 5, dtype=torch.float64)
     w = torch.rand(3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda w: _MixFromHost.apply(w, stack), (w,))
+
+
+def _stop_at(step):
+    """An ``on_step`` that sends this process a real SIGINT after optimiser step ``step``."""
+    def on_step(point):
+        if point["step"] + 1 == step:
+            os.kill(os.getpid(), signal.SIGINT)
+    return on_step
+
+
+def _assert_same(a, b):
+    assert a.coefficients == b.coefficients and a.beta == b.beta and a.curve == b.curve
+    for key in a.state_dict:
+        assert torch.equal(a.state_dict[key], b.state_dict[key]), key
+
+
+@pytest.mark.parametrize("mode", ["by_layer", "per_model"])
+@pytest.mark.parametrize("stop_at", [1, 3, 4, 9])  # mid-epoch, an epoch's last batch, the very last step
+def test_a_soup_stopped_by_sigint_resumes_to_identical_coefficients(tmp_path, mode, stop_at):
+    x, y = _data()
+    sds = _ingredients(x, y)
+    settings = {"mode": mode, "epochs": 3, "state_file": tmp_path / "state.safetensors"}
+    straight = learned_soup(sds, Tiny(), _batches(x, y), mode=mode, epochs=3)
+    with pytest.raises(StopRequested) as stopped:
+        learned_soup(sds, Tiny(), _batches(x, y), on_step=_stop_at(stop_at), **settings)
+    assert stopped.value.signum == signal.SIGINT and stopped.value.step == stop_at
+    assert stopped.value.where == f"step {stop_at}, epoch {(stop_at - 1) // 3 + 1} of 3"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    steps = []
+    resumed = learned_soup(sds, Tiny(), _batches(x, y), on_step=steps.append, **settings)
+    assert [p["step"] for p in steps] == list(range(stop_at, 9))
+    _assert_same(straight, resumed)
+
+
+def test_state_saved_for_other_settings_or_ingredients_is_not_resumed(tmp_path, caplog):
+    x, y = _data()
+    sds = _ingredients(x, y)
+    state = tmp_path / "state.safetensors"
+    with pytest.raises(StopRequested):
+        learned_soup(sds, Tiny(), _batches(x, y), epochs=2, state_file=state, on_step=_stop_at(2))
+    for changed, why in [({"lr": 0.1}, "recipe parameters changed (lr: 0.05 -> 0.1)"),
+                         ({"inputs": {"seed": 1}}, "the seed (which orders the held-out batches) changed")]:
+        caplog.clear()
+        steps = []
+        with caplog.at_level("WARNING"):
+            fresh = learned_soup(sds, Tiny(), _batches(x, y), epochs=2, state_file=state, on_step=steps.append,
+                                 **changed)
+        assert f"{state} was saved for other inputs ({why}): starting the learned soup afresh" in caplog.text
+        assert len(steps) == 6
+        _assert_same(fresh, learned_soup(sds, Tiny(), _batches(x, y), epochs=2,
+                                         **{k: v for k, v in changed.items() if k != "inputs"}))
+        with pytest.raises(StopRequested):  # back to the first settings' state for the next case
+            learned_soup(sds, Tiny(), _batches(x, y), epochs=2, state_file=state, on_step=_stop_at(2))
+
+
+@pytest.mark.parametrize("save", [1, 3])  # after the first epoch; after the last, before the soup is returned
+def test_a_signal_while_an_epoch_is_saved_stops_after_the_save(tmp_path, monkeypatch, save):
+    import soup_exp.soups.learned as learned
+
+    x, y = _data()
+    sds = _ingredients(x, y)
+    real, saves = learned.save_state, []
+
+    def save_then_signal(*args):
+        real(*args)
+        saves.append(args[2].step)
+        if len(saves) == save:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(learned, "save_state", save_then_signal)
+    settings = {"epochs": 3, "state_file": tmp_path / "state.safetensors"}
+    with pytest.raises(StopRequested) as stopped:
+        learned_soup(sds, Tiny(), _batches(x, y), **settings)
+    assert stopped.value.where == f"step {3 * save}, epoch {save} of 3" and saves == [3, 6, 9][:save]
+    monkeypatch.setattr(learned, "save_state", real)
+    steps = []
+    _assert_same(learned_soup(sds, Tiny(), _batches(x, y), epochs=3),
+                 learned_soup(sds, Tiny(), _batches(x, y), on_step=steps.append, **settings))
+    assert len(steps) == 9 - 3 * save

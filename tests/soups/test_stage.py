@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from child_process import run_in_child
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from stage_errors import stage_error
 from torch import nn
 
+import soup_exp.soups.learned as learned
 from soup_exp.soup import run_soups
 from soup_exp.soups.context import SoupContext
 from soup_exp.utils.entry import packaged_config_dir
+from soup_exp.utils.experiment import run_stage
 
 PAPER_RECIPES = ["uniform", "greedy", "learned_per_model", "learned_by_layer", "model_stock", "ensemble",
                  "greedy_ensemble", "wise_ft"]
@@ -201,7 +209,6 @@ def _records(out) -> dict[str, dict]:
 
 
 def _grow_pool(out, make_run, names):
-    from safetensors.torch import load_file
 
     base = load_file(str(out / "ingredients" / "ft_0" / "model.safetensors"))
     for k, name in enumerate(names):
@@ -293,3 +300,130 @@ def test_a_copied_experiment_keeps_its_soups(pool, monkeypatch, caplog, tmp_path
         run_soups(_cfg(copy, ["uniform", "greedy", "wise_ft"]), run=FakeRun())
     assert "stale" not in caplog.text
     assert caplog.text.count("is cooked from these ingredients and settings: skipping") == 2
+
+
+# ---- Ctrl-C mid-learned-soup: one line, exit 130, its state kept; the rerun resumes from that batch
+
+LEARNED_RECIPES = ["uniform", "learned_by_layer"]  # 200 held-out rows in batches of 64: 4 steps per epoch, 2 epochs
+
+
+def _with_hook(hook):
+    """The learned soup with ``hook(point)`` called after each step (and the recipe's own)."""
+    real = learned.learned_soup
+
+    def soup(*args, on_step, **kwargs):
+        return real(*args, on_step=lambda point: (on_step(point), hook(point)), **kwargs)
+    return soup
+
+
+def _sigint_after(step):
+    def hook(point):
+        if point["step"] + 1 == step:
+            os.kill(os.getpid(), signal.SIGINT)
+    return hook
+
+
+def _soup(out, name="learned_by_layer"):
+    folder = out / "soups" / name
+    return json.loads((folder / "soup.json").read_text()), load_file(str(folder / "model.safetensors"))
+
+
+def _stop_in_child(out, step, *overrides):
+    def child():
+        learned.learned_soup = _with_hook(_sigint_after(step))
+        run_stage(_cfg(out, LEARNED_RECIPES, *overrides), run_soups)
+    return run_in_child(child)
+
+
+def test_sigint_mid_learned_soup_is_one_line_then_the_rerun_resumes_to_identical_coefficients(
+        pool, monkeypatch, caplog, tmp_path):
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    straight = tmp_path / "straight"
+    shutil.copytree(out, straight)  # the same ingredients (mtimes kept): the same pool
+    run_soups(_cfg(straight, LEARNED_RECIPES), run=FakeRun())
+
+    status, err = _stop_in_child(out, 6)
+    state = out / "soups" / "learned_by_layer" / "state.safetensors"
+    assert status == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1] == (f"soup-exp soup: stopped by SIGINT at step 6, epoch 2 of 2 (checkpoint "
+                                           f"{state}); rerun the same command to resume")
+    with safe_open(str(state), framework="pt") as f:
+        assert json.loads(f.metadata()["progress"])["epoch"] == 1
+        assert json.loads(f.metadata()["progress"])["batch"] == 2
+    assert (out / "soups" / "uniform" / "soup.json").is_file()
+    assert not (out / "soups" / "learned_by_layer" / "soup.json").exists()
+
+    steps = []
+    monkeypatch.setattr(learned, "learned_soup", _with_hook(steps.append))
+    with caplog.at_level("INFO"):
+        run_stage(_cfg(out, LEARNED_RECIPES), run_soups)
+    assert f"resuming learned soup from {state}: epoch 2 of 2, 2 batches into it (step 6)" in caplog.text
+    assert "soup 'uniform' in" in caplog.text and "settings: skipping" in caplog.text
+    assert [point["step"] for point in steps] == [6, 7]
+    assert not state.exists()  # the soup is written: its state is gone
+
+    (expected, expected_weights), (record, weights) = _soup(straight), _soup(out)
+    for key in ("coefficients", "beta", "curve", "held_out_accuracy"):
+        assert record[key] == expected[key], key
+    assert weights.keys() == expected_weights.keys()
+    assert all(torch.equal(weights[k], expected_weights[k]) for k in weights)
+
+
+@pytest.mark.parametrize(("override", "why"), [
+    ("recipes.learned_by_layer.lr=0.1", "recipe parameters changed (lr: 0.05 -> 0.1)"),
+    ("seed=1", "the seed (which orders the held-out batches) changed"),
+    ("grown", "the pool changed (5 -> 6 ingredients: added ft_5)"),
+])
+def test_state_of_another_pool_or_recipe_is_not_resumed_and_the_log_says_why(
+        pool, monkeypatch, caplog, tmp_path, make_run, override, why):
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    status, err = _stop_in_child(out, 3)
+    assert status == 130, err
+    overrides = [] if override == "grown" else [override]
+    if override == "grown":
+        base = load_file(str(out / "ingredients" / "ft_0" / "model.safetensors"))
+        make_run(out / "ingredients", "ft_5", {k: v + 0.01 for k, v in base.items()})
+    straight = tmp_path / "straight"
+    shutil.copytree(out, straight)
+    shutil.rmtree(straight / "soups")
+    run_soups(_cfg(straight, LEARNED_RECIPES, *overrides), run=FakeRun())
+
+    steps = []
+    monkeypatch.setattr(learned, "learned_soup", _with_hook(steps.append))
+    with caplog.at_level("INFO"):
+        run_stage(_cfg(out, LEARNED_RECIPES, *overrides), run_soups)
+    state = out / "soups" / "learned_by_layer" / "state.safetensors"
+    assert f"{state} was saved for other inputs ({why}): starting the learned soup afresh" in caplog.text
+    assert len(steps) == 8 and not state.exists()
+    (expected, expected_weights), (record, weights) = _soup(straight), _soup(out)
+    assert record["coefficients"] == expected["coefficients"] and record["curve"] == expected["curve"]
+    assert all(torch.equal(weights[k], expected_weights[k]) for k in weights)
+
+
+def test_a_finished_learned_soup_follows_the_seed_that_ordered_its_batches(pool, monkeypatch, caplog):
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    run_soups(_cfg(out, LEARNED_RECIPES), run=FakeRun())
+    assert _records(out)["learned_by_layer"]["inputs"]["seed"] == 0 and "seed" not in _records(out)["uniform"]["inputs"]
+    with caplog.at_level("INFO"):
+        run_soups(_cfg(out, LEARNED_RECIPES, "seed=1"), run=FakeRun())
+    assert "soup 'learned_by_layer' in" in caplog.text
+    assert "is stale: the seed (which orders the held-out batches) changed; cooking it again" in caplog.text
+    assert "soup 'uniform' in" in caplog.text and caplog.text.count("is stale") == 1
+
+
+@pytest.mark.parametrize("damage", ["torn", "foreign"])
+def test_a_damaged_learned_state_is_named(pool, monkeypatch, capsys, damage):
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    state = out / "soups" / "learned_by_layer" / "state.safetensors"
+    state.parent.mkdir(parents=True)
+    if damage == "torn":
+        state.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{torn")
+    else:
+        save_file({"raw": torch.zeros(4, 5)}, str(state))
+    err = stage_error(_cfg(out, ["learned_by_layer"]), run_soups, capsys)
+    assert str(state) in err and "delete it" in err.lower(), err
