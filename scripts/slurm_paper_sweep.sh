@@ -4,7 +4,7 @@
 #   2. 71 end-to-end fine-tunes from the LP init, as one SLURM job array.
 # Every job writes one ingredient under $SOUP_OUTPUT_DIR/<name>/ingredients/; preempted or
 # timed-out jobs are requeued and resume from their last checkpoint; rerunning this script
-# skips finished ingredients. Edit PARTITION / ACCOUNT and the paths, then run it from the
+# submits no finished ingredient again. Edit PARTITION / ACCOUNT and the paths, then run it from the
 # repository root on a login node.
 set -euo pipefail
 
@@ -18,9 +18,9 @@ export SOUP_CACHE_DIR=${SOUP_CACHE_DIR:-$PWD/.cache/soup_exp} # pretrained weigh
 SLURM=(launcher=slurm "hydra.launcher.partition=${PARTITION}" "hydra.launcher.account=${ACCOUNT}"
        "name=${NAME}" model=vit_b32)
 
-# 1. zero-shot baseline and LP init (model_0). Both finish before the fine-tunes start.
-soup-exp finetune -m "${SLURM[@]}" sweep=zeroshot
-soup-exp finetune -m "${SLURM[@]}" sweep=lp_init
+# 1. zero-shot baseline and LP init (model_0), one array of two jobs; both finish before
+#    the fine-tunes start.
+soup-exp finetune -m "${SLURM[@]}" sweep=zeroshot,lp_init
 
 # 2. the 71 fine-tunes: member i draws its hyperparameters from (sweep.seed, i).
 #    One GPU each (global batch 512 via 2 accumulation steps fits a 40 GB card); for 4 GPUs
@@ -29,7 +29,8 @@ soup-exp finetune -m "${SLURM[@]}" sweep=paper_vitb32 'sweep.index=range(71)' \
   train.batch_size=512 train.grad_accum=2 \
   hydra.launcher.gpus_per_node=1 hydra.launcher.tasks_per_node=1 hydra.launcher.timeout_min=720
 
-# 3. soups, evaluation and the report (CPU-light, one GPU for evaluation).
-soup-exp soup "name=${NAME}" model=vit_b32
-soup-exp evaluate "name=${NAME}" model=vit_b32
+# 3. soups and evaluation, one SLURM job each on the same partition (one GPU); the report
+#    reads results.jsonl only and runs here.
+soup-exp soup -m "${SLURM[@]}"
+soup-exp evaluate -m "${SLURM[@]}"
 soup-exp report "results=${SOUP_OUTPUT_DIR}/${NAME}/results.jsonl" compare=paper_vitb32
