@@ -116,6 +116,22 @@ def soup_record(soup_dir: Path) -> dict[str, Any]:
     return record
 
 
+def portable_path(path: str | os.PathLike, folder: Path, experiment: Path) -> str:
+    """``path`` as a record in ``folder`` names it: relative to ``folder`` when it lies inside
+    ``experiment``, so a moved or copied experiment reads its own files; absolute otherwise.
+    Read it back with ``folder / recorded`` (an absolute one stays as it is)."""
+    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    if not path.is_relative_to(os.path.abspath(experiment)):
+        return str(path)
+    return os.path.relpath(path, folder)
+
+
+def recorded_ingredient_paths(record: Mapping[str, Any], soup_dir: Path) -> dict[str, Path]:
+    """A ``soup.json``'s ingredients by name -> the files it recorded, read from ``soup_dir``."""
+    pairs = zip(record.get("ingredients") or [], record.get("ingredient_paths") or [], strict=False)
+    return {str(name): Path(soup_dir) / str(path) for name, path in pairs if path}
+
+
 def is_finished_run(path: Path) -> bool:
     return (Path(path) / INGREDIENT_FILE).is_file()
 
