@@ -278,3 +278,14 @@ def test_a_copied_experiments_ensembles_read_its_own_members(tmp_path, make_run,
         assert set(read) == {"ft_0", "ft_1", "ft_9", "ft_8"}
         assert all(read[n].is_relative_to(copy) for n in ("ft_0", "ft_1", "ft_9")) and read["ft_8"].parent == shared
 
+
+def test_a_link_to_a_folder_above_the_ingredients_is_not_followed(experiment, make_run, make_sd, caplog):
+    make_run(experiment, "zeroshot", make_sd(7), kind="zeroshot")
+    (experiment / "ingredients" / "loop").symlink_to("..", target_is_directory=True)
+    (experiment / "ingredients" / "ft_1" / "up").symlink_to("../..", target_is_directory=True)
+    caplog.set_level("WARNING")
+    names = sorted(e.name for e in discover_models(_cfg(experiment)))
+    assert names == ["ft_0", "ft_1", "zeroshot"]
+    assert f"skipping {experiment / 'ingredients' / 'loop'}: it links to {experiment}" in caplog.text
+    made = run_soups(_cfg(experiment))
+    assert json.loads((made["uniform"] / "soup.json").read_text())["ingredients"] == ["ft_0", "ft_1"]
