@@ -31,6 +31,7 @@ from soup_exp.artifacts import (
     is_finished_run,
     is_finished_soup,
     load_weights,
+    recorded_ingredient_paths,
     run_weights,
     soup_record,
 )
@@ -88,16 +89,17 @@ def discover_ingredients(cfg: Mapping) -> list[ModelEntry]:
 
 
 def _resolve_member(member: Any, soup_dir: Path, info: Mapping, known: Mapping[str, ModelEntry]) -> Path:
-    """A member is an ingredient name, an index into ``ingredients``, or a path."""
-    if isinstance(member, int):
-        paths = info.get("ingredient_paths") or []
-        names = info.get("ingredients") or []
-        member = paths[member] if member < len(paths) else names[member] if member < len(names) else member
+    """A member is an ingredient name, an index into ``ingredients``, or a path. A name is
+    looked up among this experiment's models first, then at the path the soup recorded
+    (relative to its folder, so a copied experiment reads its own files)."""
+    names = info.get("ingredients") or []
+    if isinstance(member, int) and member < len(names):
+        member = names[member]
     member = str(member)
     if member in known:
         return known[member].weights[0]
-    recorded = dict(zip(info.get("ingredients") or [], info.get("ingredient_paths") or [], strict=False))
-    for candidate in (Path(recorded.get(member) or member), soup_dir / member):
+    recorded = recorded_ingredient_paths(info, soup_dir)
+    for candidate in (recorded.get(member, soup_dir / member), soup_dir / member):
         if candidate.is_dir() and (candidate / WEIGHTS_FILE).is_file():
             return candidate / WEIGHTS_FILE
         if candidate.is_file() and candidate.suffix == ".safetensors":

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from soup_exp.artifacts import INGREDIENT_FILE, ingredient_record, is_finished_run, load_weights
+from soup_exp.artifacts import (
+    INGREDIENT_FILE,
+    WEIGHTS_FILE,
+    ingredient_record,
+    is_finished_run,
+    load_weights,
+)
 from soup_exp.data.classes import ClassSpace
 from soup_exp.errors import ConfigError, SoupExpError
 from soup_exp.training import ingredient as store
@@ -38,7 +45,7 @@ from soup_exp.training.sweep import SweepDraw, apply_sweep
 from soup_exp.utils.config import loggable_config, to_plain
 from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.experiment import check_names
-from soup_exp.utils.hashing import stable_hash
+from soup_exp.utils.hashing import content_sha256, stable_hash
 from soup_exp.utils.io import remove_stale_temp_files
 from soup_exp.utils.runtime import code_version, threads_beside_loader
 
@@ -56,6 +63,7 @@ class Job:
     ctx: DistContext
     classes: ClassSpace
     name: str
+    older_fingerprints: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     run: Any = None
 
@@ -74,6 +82,17 @@ class RunSpec:
     @property
     def out_dir(self) -> Path:
         return Path(self.settings.output_dir)
+
+    @property
+    def older_fingerprints(self) -> list[str]:
+        """The fingerprint an older soup-exp gave this run, when it differs (paths, not content)."""
+        older = store.fingerprint(path_identity(self.cfg, self.settings, self.draw, self.classes))
+        return [older] if older != store.fingerprint(self.identity) else []
+
+    def finished(self) -> Path | None:
+        """``out_dir`` when it holds this run's finished ingredient (an error when it holds another's)."""
+        return store.existing_ingredient(self.out_dir, self.identity,
+                                         lambda record, name: written_by_path(self, record, name))
 
 
 def resolve_run(cfg: DictConfig) -> RunSpec:
@@ -98,7 +117,7 @@ def job_output(cfg: DictConfig) -> Path:
 def finished_output(cfg: DictConfig) -> Path | None:
     """The ingredient directory when this configuration's ingredient is already there."""
     spec = resolve_run(cfg)
-    return spec.out_dir if store.existing_ingredient(spec.out_dir, spec.identity) is not None else None
+    return spec.out_dir if spec.finished() is not None else None
 
 
 def check_finetune(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
@@ -106,7 +125,7 @@ def check_finetune(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     from soup_exp.utils.preflight import require_roots
 
     spec = resolve_run(cfg)
-    if store.existing_ingredient(spec.out_dir, spec.identity) is None:
+    if spec.finished() is None:
         check_init(spec)
         require_roots(cfg, ["ImageNet2p"])  # held-out (and training set): ImageNet train
 
@@ -153,7 +172,7 @@ def command_line_overrides() -> list[str]:
 def describe_run(spec: RunSpec) -> str:
     """``name [status] mode (start): the hyperparameters that matter for the mode``."""
     s = spec.settings
-    if store.existing_ingredient(spec.out_dir, spec.identity) is not None:
+    if spec.finished() is not None:
         status = "done, skipped"
     elif checkpoint_path(spec.out_dir).is_file():
         status = "resumes from its checkpoint"
@@ -194,7 +213,7 @@ def run_finetune(cfg: DictConfig) -> Path:
     for note in sweep_wins(draw, command_line_overrides()):
         log.warning("%s", note)
     remove_stale_temp_files(out_dir)
-    if store.existing_ingredient(out_dir, identity) is not None:
+    if spec.finished() is not None:
         log.info("%s is already a finished ingredient of this configuration; nothing to do", out_dir)
         return out_dir
     check_init(spec)  # before the directory and the W&B run exist
@@ -204,7 +223,8 @@ def run_finetune(cfg: DictConfig) -> Path:
         if ctx.is_main:
             store.claim(out_dir, identity)
         ctx.barrier()
-        job = Job(cfg, settings, draw, identity, ctx, classes, out_dir.name)
+        job = Job(cfg, settings, draw, identity, ctx, classes, out_dir.name,
+                  older_fingerprints=spec.older_fingerprints)
         job.run = _start_tracking(job)
         torch.manual_seed(int(cfg.get("seed", 0)))  # randomly initialised towers/heads are reproducible
         try:
@@ -227,7 +247,22 @@ def run_finetune(cfg: DictConfig) -> Path:
 
 def run_identity(cfg: DictConfig, settings: TrainSettings, draw: SweepDraw,
                  classes: ClassSpace) -> dict[str, Any]:
-    """What makes two runs the same ingredient (devices, workers and paths excluded)."""
+    """What makes two runs the same ingredient (devices, workers and paths excluded). Files
+    it starts from (the init ingredient, a held-out split file) count by their content, not
+    their path, so a moved or copied experiment keeps its ingredients and checkpoints."""
+    identity = path_identity(cfg, settings, draw, classes)
+    if settings.init_from:
+        identity["hparams"]["init_from"] = {"weights_sha256": content_sha256(Path(settings.init_from) / WEIGHTS_FILE)}
+    if identity["heldout"]["index_file"]:
+        identity["heldout"]["index_file"] = {"sha256": content_sha256(identity["heldout"]["index_file"])}
+    return identity
+
+
+def path_identity(cfg: DictConfig, settings: TrainSettings, draw: SweepDraw,
+                  classes: ClassSpace) -> dict[str, Any]:
+    """The identity as soup-exp wrote it up to issue 25: ``train.init_from`` and
+    ``data.heldout.index_file`` by path. Records in this form are still accepted
+    (:func:`written_by_path`)."""
     model = to_plain(cfg.model)
     from soup_exp.utils.model_id import model_id_for
 
@@ -243,6 +278,43 @@ def run_identity(cfg: DictConfig, settings: TrainSettings, draw: SweepDraw,
         "seed": int(cfg.get("seed", 0)),
         "precision": str(cfg.get("precision", "bf16")),
     }
+
+
+def written_by_path(spec: RunSpec, record: Mapping[str, Any], record_file: str) -> bool:
+    """Whether ``record`` is this run's as soup-exp identified runs up to issue 25, by
+    paths (:func:`path_identity`). So it is where it was made; moved or copied, a finished
+    ingredient is when its ``train.init_from`` lies at the same place inside the experiment
+    (its recorded ``config.out_dir`` then, ``out_dir`` now) and is the same init (the name
+    and held-out accuracy it recorded of it). A moved run.json has no config to tell."""
+    older = path_identity(spec.cfg, spec.settings, spec.draw, spec.classes)
+    if record.get("fingerprint") == store.fingerprint(older):
+        return True
+    then = _field(_field(record, "identity"), "hparams").get("init_from")
+    if record_file != INGREDIENT_FILE or not spec.settings.init_from or not isinstance(then, str):
+        return False
+    place = _inside(spec.settings.init_from, str(spec.cfg.out_dir))
+    if place is None or place != _inside(then, str(_field(record, "config").get("out_dir") or "")):
+        return False
+    older["hparams"]["init_from"] = then
+    init_dir, init_then = Path(spec.settings.init_from), _field(_field(record, "metrics"), "init")
+    if record.get("fingerprint") != store.fingerprint(older) or not init_then or not is_finished_run(init_dir):
+        return False
+    init_now = ingredient_record(init_dir)
+    return all(init_then.get(k) == init_now.get(k) for k in ("name", "held_out_accuracy"))
+
+
+def _field(record: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = record.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _inside(path: str, root: str) -> Path | None:
+    """``path`` relative to ``root`` when it lies inside it (compared as written: the old
+    location may be gone)."""
+    try:
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(root)) if root else None
+    except ValueError:
+        return None
 
 
 # ---- modes ------------------------------------------------------------------------------
@@ -278,7 +350,7 @@ def _finetune(job: Job) -> tuple[nn.Module, Any]:
     with threads_beside_loader(job.ctx.device, workers):
         result = fit(
             model, dataset, s, ctx=job.ctx, num_classes=job.classes.num_classes,
-            fingerprint=store.fingerprint(job.identity), seed=int(job.cfg.get("seed", 0)),
+            fingerprint=store.fingerprint(job.identity), older_fingerprints=job.older_fingerprints, seed=int(job.cfg.get("seed", 0)),
             precision=str(job.cfg.get("precision", "bf16")), num_workers=workers,
             evaluate=evaluate, run=job.run, progress=bool(job.cfg.get("progress", True)),
         )

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from soup_exp.artifacts import SOUP_FILE, check_name, write_soup_dir
+from soup_exp.artifacts import SOUP_FILE, check_name, portable_path, write_soup_dir
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.freshness import INPUTS_KEY
 from soup_exp.soups.ingredients import Ingredient, load_ingredients
@@ -145,13 +145,15 @@ def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup) -> dict[str, Any]:
     info = dict(soup.info)
     members = [_ingredient(ctx, item) for item in info.pop("ingredients", ctx.ingredients)]
     first = members[0] if members else None
+    name = check_name(soup.name, f"recipe {recipe.name}: soup name")
+    folder, experiment = ctx.soups_dir / name, Path(str(ctx.cfg.out_dir))
     return {
-        "name": check_name(soup.name, f"recipe {recipe.name}: soup name"),
+        "name": name,
         "recipe": recipe.name,
         "kind": info.pop("kind", "soup"),
         "label": info.pop("label", recipe.label),
         "ingredients": [m.name for m in members],
-        "ingredient_paths": [str(m.path) if m.path else None for m in members],
+        "ingredient_paths": [portable_path(m.path, folder, experiment) if m.path else None for m in members],
         "num_ingredients": len(members),
         "base_model": first.base_model if first else None,
         "classes": first.info.get("classes") if first else None,

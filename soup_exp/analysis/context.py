@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 
-from soup_exp.artifacts import SOUP_FILE, WEIGHTS_FILE, find_dirs, is_finished_run, soup_record
+from soup_exp.artifacts import (
+    SOUP_FILE,
+    WEIGHTS_FILE,
+    find_dirs,
+    is_finished_run,
+    recorded_ingredient_paths,
+    soup_record,
+)
 from soup_exp.artifacts.analysis import file_stats, read_partial, write_partial
 from soup_exp.artifacts.results import HELD_OUT, SHIFTS, with_avg_shifts
 from soup_exp.errors import ConfigError
@@ -137,7 +144,7 @@ class AnalysisContext(SoupContext):
             entry = SoupEntry(record["name"], str(record.get("kind") or "soup"), str(record.get("recipe") or ""),
                               str(record.get("label") or record["name"]), record)
             if record.get("members") is not None:
-                entry.members = [self._member(m, record, by_name) for m in record["members"]]
+                entry.members = [self._member(m, soup_dir, record, by_name) for m in record["members"]]
             elif (soup_dir / WEIGHTS_FILE).is_file():
                 entry.weights = _weights_of(soup_dir, record)
             else:
@@ -145,12 +152,12 @@ class AnalysisContext(SoupContext):
             entries.append(entry)
         return entries
 
-    def _member(self, member: Any, record: Mapping[str, Any], by_name: Mapping[str, Ingredient]) -> Ingredient:
+    def _member(self, member: Any, soup_dir: Path, record: Mapping[str, Any],
+                by_name: Mapping[str, Ingredient]) -> Ingredient:
         if str(member) in by_name:
             return by_name[str(member)]
-        paths = dict(zip(record.get("ingredients") or [], record.get("ingredient_paths") or [], strict=False))
-        path = paths.get(member)
-        if path and Path(path).exists():
+        path = recorded_ingredient_paths(record, soup_dir).get(str(member))
+        if path is not None and path.exists():
             self._use(Path(path))
             return resolve_ingredients(path, kinds=None)[0]
         raise ConfigError(f"{self.soups_dir / record['name'] / SOUP_FILE}: ensemble member {member!r} is not in "
@@ -175,12 +182,18 @@ class AnalysisContext(SoupContext):
                           "name a model instead (an ingredient or soup name)")
 
     def _lp_init(self) -> Ingredient | None:
-        sources = {str((ing.info.get("hparams") or {}).get("init_from")) for ing in self.ingredients
-                   if ing.info.get("kind") == "finetune"} - {"None"}
+        """The pool's ingredient the fine-tunes started from: at their recorded path, or (a
+        moved or copied experiment) of their recorded init's name; else that path outside."""
+        tuned = [ing for ing in self.ingredients if ing.info.get("kind") == "finetune"]
+        sources = {str((ing.info.get("hparams") or {}).get("init_from")) for ing in tuned} - {"None"}
         if len(sources) == 1:
             source = Path(sources.pop())
+            names = {_init_name(ing) for ing in tuned}
             for ing in self.ingredients:
                 if ing.path is not None and ing.path.parent.resolve() == source.resolve():
+                    return ing
+            for ing in self.ingredients:
+                if names == {ing.name}:
                     return ing
             if is_finished_run(source):
                 self._use(source / WEIGHTS_FILE)
@@ -307,3 +320,8 @@ def _weights_of(soup_dir: Path, record: Mapping[str, Any]) -> Ingredient:
     path = soup_dir / WEIGHTS_FILE
     return Ingredient(str(record["name"]), SafetensorsSource(path), path=path, info=dict(record))
 
+
+def _init_name(ing: Ingredient) -> Any:
+    """The name a fine-tune recorded of the ingredient it started from (``metrics.init.name``)."""
+    init = (ing.info.get("metrics") or {}).get("init")
+    return init.get("name") if isinstance(init, Mapping) else None

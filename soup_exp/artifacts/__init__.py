@@ -17,8 +17,10 @@ from soup_exp.artifacts.dirs import (
     load_state_dict_strict,
     load_weights,
     natural_key,
+    portable_path,
     read_record,
     read_weights,
+    recorded_ingredient_paths,
     run_weights,
     soup_record,
     weights_file,
@@ -30,6 +32,7 @@ from soup_exp.artifacts.dirs import (
 __all__ = [
     "INGREDIENT_FILE", "RUN_FILE", "SOUP_FILE", "WEIGHTS_FILE", "ArtifactError", "CheckpointMismatchError",
     "check_name", "find_dirs", "ingredient_record", "is_finished_run", "is_finished_soup",
-    "load_state_dict_strict", "load_weights", "natural_key", "read_record", "read_weights", "run_weights", "soup_record",
+    "load_state_dict_strict", "load_weights", "natural_key", "portable_path", "read_record", "read_weights",
+    "recorded_ingredient_paths", "run_weights", "soup_record",
     "weights_file", "write_run", "write_soup_dir", "write_weights",
 ]

@@ -116,6 +116,22 @@ def soup_record(soup_dir: Path) -> dict[str, Any]:
     return record
 
 
+def portable_path(path: str | os.PathLike, folder: Path, experiment: Path) -> str:
+    """``path`` as a record in ``folder`` names it: relative to ``folder`` when it lies inside
+    ``experiment``, so a moved or copied experiment reads its own files; absolute otherwise.
+    Read it back with ``folder / recorded`` (an absolute one stays as it is)."""
+    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    if not path.is_relative_to(os.path.abspath(experiment)):
+        return str(path)
+    return os.path.relpath(path, folder)
+
+
+def recorded_ingredient_paths(record: Mapping[str, Any], soup_dir: Path) -> dict[str, Path]:
+    """A ``soup.json``'s ingredients by name -> the files it recorded, read from ``soup_dir``."""
+    pairs = zip(record.get("ingredients") or [], record.get("ingredient_paths") or [], strict=False)
+    return {str(name): Path(soup_dir) / str(path) for name, path in pairs if path}
+
+
 def is_finished_run(path: Path) -> bool:
     return (Path(path) / INGREDIENT_FILE).is_file()
 
@@ -157,8 +173,11 @@ def find_dirs(root: Path, marker: str, *, recursive: bool = True) -> list[Path]:
 
 
 def _walk(root: Path, recursive: bool) -> Iterator[Path]:
-    """Sub-directories of ``root`` (hidden ones skipped), symlinks followed, loops cut."""
+    """Sub-directories of ``root`` (hidden ones skipped), symlinks followed, loops cut. A
+    link to ``root`` or a folder above it (``ingredients/loop -> ..``) is not followed:
+    it would find the experiment's other models (the zero-shot model, soups) as ingredients."""
     seen: set[tuple[int, int]] = set()
+    top = root.resolve()
     stack = [root]
     while stack:
         directory = stack.pop()
@@ -178,7 +197,19 @@ def _walk(root: Path, recursive: bool) -> Iterator[Path]:
             except OSError as err:
                 log.warning("skipping %s: %s", directory, err.strerror or err)
                 continue
-            stack.extend(reversed([c for c in children if _is_dir(c)]))
+            stack.extend(reversed([c for c in children if _is_dir(c) and not _links_above(c, top)]))
+
+
+def _links_above(path: Path, top: Path) -> bool:
+    """Whether ``path`` is a symlink to ``top`` or a folder that holds it (said once per walk)."""
+    if not path.is_symlink():
+        return False
+    target = path.resolve()
+    if not top.is_relative_to(target):
+        return False
+    log.warning("skipping %s: it links to %s, which holds %s (followed, it would find every model "
+                "there again); link the run directories themselves instead", path, target, top)
+    return True
 
 
 def _is_dir(path: Path) -> bool:

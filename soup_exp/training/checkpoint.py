@@ -7,6 +7,7 @@ value is a tensor or a plain Python container; RNG states are converted to tenso
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,15 +82,16 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer, sche
     )
 
 
-def load_checkpoint(path: str | Path, fingerprint: str) -> dict[str, Any]:
-    """Read a checkpoint written by this run's configuration (else a clear error)."""
+def load_checkpoint(path: str | Path, fingerprint: str, older: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a checkpoint written by this run's configuration (else a clear error); ``older``
+    are the fingerprints an older soup-exp gave the same run."""
     try:
         ckpt = safe_torch_load(path)
     except Exception as err:  # a torn or foreign file: say which and what to do
         raise SoupExpError(
             f"cannot read training checkpoint {path} ({err}); delete it to start this run afresh"
         ) from err
-    if ckpt.get("fingerprint") != fingerprint:
+    if ckpt.get("fingerprint") not in (fingerprint, *older):
         raise SoupExpError(
             f"checkpoint {path} belongs to a run with a different configuration; "
             "use another train.output_dir or delete that directory"

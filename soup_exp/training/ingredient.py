@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,12 @@ def _difference(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> str:
     return "; ".join(f"{k}: there {theirs.get(k)!r}, this run {ours.get(k)!r}" for k in keys) or "unknown"
 
 
-def existing_ingredient(out_dir: Path, identity: Mapping[str, Any]) -> Path | None:
+def existing_ingredient(out_dir: Path, identity: Mapping[str, Any],
+                        written_before: Callable[[Mapping[str, Any], str], bool] | None = None) -> Path | None:
     """``out_dir`` if it already holds this run's finished ingredient, None if it holds
-    nothing or an unfinished run of this configuration; raise if it belongs to another."""
+    nothing or an unfinished run of this configuration; raise if it belongs to another.
+    ``written_before(record, file name)`` says whether a record of another fingerprint is
+    this run's all the same, as an older soup-exp identified it."""
     for name in (INGREDIENT_FILE, RUN_FILE):
         path = out_dir / name
         if not path.is_file():
@@ -57,11 +60,14 @@ def existing_ingredient(out_dir: Path, identity: Mapping[str, Any]) -> Path | No
         recorded = read_record(path)
         theirs = recorded.get("identity", {})
         if recorded.get("fingerprint") != fingerprint(identity):
-            raise OutputConflictError(
-                f"{out_dir} holds a {'finished' if name == INGREDIENT_FILE else 'started'} run with a "
-                f"different configuration ({_difference(theirs, identity)}). Choose another "
-                "train.output_dir (or sweep.name), or delete that directory to retrain."
-            )
+            if written_before is None or not written_before(recorded, name):
+                raise OutputConflictError(
+                    f"{out_dir} holds a {'finished' if name == INGREDIENT_FILE else 'started'} run with a "
+                    f"different configuration ({_difference(theirs, identity)}). Choose another "
+                    "train.output_dir (or sweep.name), or delete that directory to retrain."
+                )
+            log.info("%s: %s was written by an older soup-exp, which named train.init_from by its path; "
+                     "it is this run's (kept as it is)", out_dir, name)
         if name == INGREDIENT_FILE:
             return out_dir
     return None

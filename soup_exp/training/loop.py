@@ -179,6 +179,7 @@ def fit(
     ctx: DistContext,
     num_classes: int,
     fingerprint: str,
+    older_fingerprints: Sequence[str] = (),
     seed: int = 0,
     precision: str = "bf16",
     num_workers: int = 0,
@@ -207,7 +208,7 @@ def fit(
     ckpt_file = checkpoint_path(settings.output_dir)
     state = TrainState()
     if ckpt_file.exists():
-        state = _resume(trainer, ckpt_file, fingerprint, ctx, schedule)
+        state = _resume(trainer, ckpt_file, (fingerprint, *older_fingerprints), ctx, schedule)
     resumed_from = state.step
     if ctx.is_main:
         log.info("training %s (%d per epoch, %s), %s%s", plural(schedule.total_steps, "step"),
@@ -292,9 +293,9 @@ def _save(trainer: Trainer, path: Path, state: TrainState, schedule: Schedule, f
     ctx.barrier()
 
 
-def _resume(trainer: Trainer, path: Path, fingerprint: str, ctx: DistContext,
+def _resume(trainer: Trainer, path: Path, fingerprints: Sequence[str], ctx: DistContext,
             schedule: Schedule) -> TrainState:
-    ckpt = load_checkpoint(path, fingerprint)
+    ckpt = load_checkpoint(path, fingerprints[0], fingerprints[1:])
     trainer.model.load_state_dict(ckpt["model"])
     trainer.optimizer.load_state_dict(ckpt["optimizer"])
     trainer.scheduler.load_state_dict(ckpt["scheduler"])

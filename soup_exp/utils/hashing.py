@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 from typing import Any
 
 
@@ -19,3 +21,19 @@ def file_sha256(path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def content_sha256(path: str | os.PathLike) -> str | None:
+    """sha256 of a file's bytes (None when there is no such file): an identity that survives
+    moving or copying the file. Identities ask for it again and again, so each file is read
+    once per process while its size and modification time stay the same."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return _sha256_once(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_once(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)

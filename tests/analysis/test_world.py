@@ -11,3 +11,14 @@ def test_pool_is_better_than_chance(context):
     assert set(accuracies) == {*ctx.suite, "avg_shifts"}
     assert ctx.initialisation("auto").name == "lp_init"
     assert ctx.initialisation("zeroshot").name == "zeroshot"
+
+
+def test_a_copied_experiment_starts_from_its_own_lp_init(context, world, world_template):
+    import json
+
+    for record in (world.out / "ingredients").glob("ft_*/ingredient.json"):  # as the original wrote them
+        info = json.loads(record.read_text())
+        info["hparams"]["init_from"] = str(world_template.out / "ingredients" / "lp_init")
+        record.write_text(json.dumps({**info, "metrics": {"init": {"name": "lp_init"}}}))
+    init = context().initialisation("auto")
+    assert init.name == "lp_init" and init.path.is_relative_to(world.out)

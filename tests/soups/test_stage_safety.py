@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from collections import namedtuple
 
@@ -250,3 +251,41 @@ def test_kill_9_at_any_commit_point_resumes_to_identical_soups(tmp_path, make_ru
         run_stage(cfg, run_soups)
         assert _soups(out) == expected, f"killed before commit {n}"
         assert not [p for p in out.rglob("*.tmp")], f"killed before commit {n}: temp files left"
+
+
+def test_a_copied_experiments_ensembles_read_its_own_members(tmp_path, make_run, make_sd):
+    out = tmp_path / "exp"
+    for i in range(2):
+        make_run(out / "ingredients", f"ft_{i}", make_sd(i), held_out_accuracy=0.5)
+    make_run(out / "extra", "ft_9", make_sd(9), held_out_accuracy=0.4)  # pooled, not in ingredients_dir
+    shared = make_run(tmp_path / "shared", "ft_8", make_sd(8), held_out_accuracy=0.4)  # outside the experiment
+    made = run_soups(_cfg(out, f"soup.pool=[{out / 'ingredients'},{out / 'extra'},{shared}]"))
+    record = json.loads((made["uniform"] / "soup.json").read_text())
+    paths = dict(zip(record["ingredients"], record["ingredient_paths"], strict=True))
+    assert paths == {"ft_0": "../../ingredients/ft_0/model.safetensors", "ft_1": "../../ingredients/ft_1/model.safetensors",
+                     "ft_9": "../../extra/ft_9/model.safetensors", "ft_8": str(shared / "model.safetensors")}
+    atomic_write_json(out / "soups" / "ensemble" / "soup.json",  # as the ensemble recipes record their members
+                      {**record, "name": "ensemble", "recipe": "ensemble", "kind": "ensemble",
+                       "members": record["ingredients"]})
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for original_deleted in (False, True):
+        if original_deleted:
+            shutil.rmtree(out)
+        ensemble = next(e for e in discover_models(_cfg(copy)) if e.name == "ensemble")
+        read = {p.parent.name: p for p in ensemble.weights}
+        assert set(read) == {"ft_0", "ft_1", "ft_9", "ft_8"}
+        assert all(read[n].is_relative_to(copy) for n in ("ft_0", "ft_1", "ft_9")) and read["ft_8"].parent == shared
+
+
+def test_a_link_to_a_folder_above_the_ingredients_is_not_followed(experiment, make_run, make_sd, caplog):
+    make_run(experiment, "zeroshot", make_sd(7), kind="zeroshot")
+    (experiment / "ingredients" / "loop").symlink_to("..", target_is_directory=True)
+    (experiment / "ingredients" / "ft_1" / "up").symlink_to("../..", target_is_directory=True)
+    caplog.set_level("WARNING")
+    names = sorted(e.name for e in discover_models(_cfg(experiment)))
+    assert names == ["ft_0", "ft_1", "zeroshot"]
+    assert f"skipping {experiment / 'ingredients' / 'loop'}: it links to {experiment}" in caplog.text
+    made = run_soups(_cfg(experiment))
+    assert json.loads((made["uniform"] / "soup.json").read_text())["ingredients"] == ["ft_0", "ft_1"]

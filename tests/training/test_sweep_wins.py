@@ -24,7 +24,7 @@ def _cfg():
 
 def test_the_run_logs_that_the_sweep_wins(monkeypatch, caplog):
     monkeypatch.setattr(finetune, "command_line_overrides", lambda: OVERRIDES)
-    monkeypatch.setattr(finetune.store, "existing_ingredient", lambda out_dir, identity: {"done": True})
+    monkeypatch.setattr(finetune.store, "existing_ingredient", lambda out_dir, identity, written_before=None: {"done": True})
     with caplog.at_level(logging.WARNING, logger="soup_exp.finetune"):
         finetune.run_finetune(_cfg())
     notes = [r.getMessage() for r in caplog.records if "the sweep's value wins" in r.getMessage()]
