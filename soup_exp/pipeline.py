@@ -284,9 +284,22 @@ def _finetune_plans(cfg: DictConfig, overrides: Sequence[str]) -> list[dict[str,
     return plans
 
 
+def check_cluster_request() -> None:
+    """A SLURM request no node can meet stops the pipeline before its first stage."""
+    try:
+        launcher = HydraConfig.get().launcher
+    except ValueError:
+        return
+    if submits_jobs() and "Slurm" in str(launcher.get("_target_", "")):
+        from soup_exp.cluster.preflight import check_request
+
+        check_request(launcher)
+
+
 def run_pipeline(cfg: DictConfig) -> dict[str, float]:
     overrides = user_overrides()
     check_stage_names(cfg)  # the rest of check_pipeline ran before Hydra created the run (preflight)
+    check_cluster_request()
     timings: dict[str, float] = {}
     start = time.perf_counter()
     for name in cfg.pipeline.stages:

@@ -125,3 +125,12 @@ def test_a_user_config_dir_adds_configs_and_shadows_packaged_ones(tmp_path):
     assert unknown.returncode == 2 and "unknown experiment 'my_smoke'" in unknown.stderr
     missing = _cli("soup", "--config-dir", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "no such directory" in missing.stderr
+
+
+@pytest.mark.parametrize("stage", ["finetune", "soup", "evaluate", "analyze", "pipeline"])
+def test_every_stage_that_does_heavy_work_takes_the_slurm_launcher(stage):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=stage, overrides=["launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("WatchedSlurmLauncher")
+    assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.signal_delay_s > 0

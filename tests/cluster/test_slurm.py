@@ -175,6 +175,13 @@ def test_a_request_the_partition_cannot_meet_is_one_line_before_submission(slurm
     assert "set hydra.launcher.gpus_per_node=0" in last[0]
     assert squeue("-o", "%i") == before
 
+    env = {"SOUP_OUTPUT_DIR": str(tiny_job_root / "out"), "SOUP_CACHE_DIR": str(tiny_job_root / "cache")}
+    pipeline = run_command([sys.executable, "-m", "soup_exp.cli", "pipeline", "experiment=smoke", "launcher=slurm",
+                            *FITS, "hydra.launcher.mem_gb=100000"], cwd=tiny_job_root, env=env)
+    assert pipeline.returncode == 2
+    assert pipeline.stderr.strip().splitlines()[-1].startswith("soup-exp pipeline: error: hydra.launcher.mem_gb=100000: ")
+    assert not (tiny_job_root / "cache").exists(), "the pipeline started its first stage"
+
 
 def _cancelled_job_is_reported(root: Path) -> None:
     _lp_init(root)
