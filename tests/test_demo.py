@@ -22,8 +22,7 @@ MARGIN = 0.25  # points: 3 of 1,200 held-out images
 def multirun_command(monkeypatch, overrides: list[str]) -> list[str]:
     """The fine-tuning multirun the pipeline launches for ``overrides`` (nothing is trained)."""
     launched: list[list[str]] = []
-    monkeypatch.setattr(pipeline.subprocess, "run",
-                        lambda command: launched.append(command) or subprocess.CompletedProcess(command, 0))
+    monkeypatch.setattr(pipeline, "run_forwarding_signals", lambda command: launched.append(command) or 0)
     stage = pipeline.STAGES["finetune"]
     monkeypatch.setattr(importlib.import_module(stage.module), stage.function, lambda cfg: None)
     cfg = compose(config_name="pipeline", overrides=overrides)
