@@ -107,7 +107,7 @@ def test_smoke_figures_are_real_images(smoke_run):
 
 @pytest.mark.slow
 def test_smoke_logs_an_offline_wandb_run_per_stage(smoke_run):
-    from wandb_reader import read_offline_run
+    from soup_exp.tracking.offline_runs import read_offline_run
 
     out, _ = smoke_run
     runs = [read_offline_run(d) for d in sorted((out / "wandb").glob("offline-run-*"))]

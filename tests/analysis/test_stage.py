@@ -116,7 +116,7 @@ def test_a_user_analysis_from_a_config_dir(world, monkeypatch, fake_run):
 
 
 def test_figures_tables_and_numbers_reach_an_offline_wandb_run(world, cook, recwarn):
-    from wandb_reader import read_offline_run
+    from soup_exp.tracking.offline_runs import read_offline_run
 
     cook("greedy")  # the greedy curve's rows leave the `draw` column empty: W&B must still take the table
     made = run_analyze(world.cfg("analysis=[num_ingredients]", "analysis.num_ingredients.ks=[1,2]",

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-from wandb_reader import read_offline_run
-
 from soup_exp.artifacts.results import ResultsStore
 from soup_exp.report import run_report
+from soup_exp.tracking.offline_runs import read_offline_run
 
 
 def _compose(*overrides):
