@@ -95,7 +95,8 @@ def run_dirs(wandb_dir: str | Path) -> list[Path]:
     the start time); wandb's ``latest-run`` link is left out."""
     root = Path(wandb_dir)
     if not root.is_dir():
-        raise WandbFileError(f"no W&B directory at {root}")
+        raise WandbFileError(f"no W&B directory at {root}: nothing of this experiment was logged to W&B "
+                             "(no stage has run, or logger.mode=disabled)")
     return sorted(p for p in root.glob(RUN_GLOB) if p.is_dir() and not p.is_symlink())
 
 
@@ -161,7 +162,12 @@ def _apply_record(run: OfflineRun, record: Any) -> None:
     elif kind == "summary":
         _apply_items(run.summary, record.summary.update)
         for item in record.summary.remove:
-            run.summary.pop(item.key, None)
+            *parents, key = _item_path(item)
+            node = run.summary
+            for parent in parents:
+                node = node.get(parent) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(key, None)
     elif kind == "exit":
         run.exit_code = int(record.exit.exit_code)
 
@@ -187,9 +193,20 @@ def _read_run_record(run: OfflineRun, record: Any) -> None:
 
 
 def _apply_items(target: dict[str, Any], items: Any) -> None:
+    """Set each item; wandb-core writes media (a table, an image) as one item per field
+    under a ``nested_key`` such as ``[key, "_type"]``, put back together here as a dict."""
     for item in items:
-        key = item.key or "/".join(item.nested_key)
-        target[key] = json.loads(item.value_json) if item.value_json else None
+        *parents, key = _item_path(item)
+        node = target
+        for parent in parents:
+            node = node.setdefault(parent, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{parent!r} is both a value and a group of values")
+        node[key] = json.loads(item.value_json) if item.value_json else None
+
+
+def _item_path(item: Any) -> list[str]:
+    return [item.key] if item.key else list(item.nested_key)
 
 
 def _iter_payloads(path: Path) -> Iterator[bytes]:

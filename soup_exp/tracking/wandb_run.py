@@ -199,6 +199,15 @@ def start_run(
     return Run(mode=mode, opener=lambda: _init_wandb(init))
 
 
+def wandb_dir(cfg: Any) -> Path:
+    """Where a stage's W&B runs go: ``<logger.dir>/wandb`` (wandb adds the ``wandb/``)."""
+    return _logger_dir(cfg) / "wandb"
+
+
+def _logger_dir(cfg: Any) -> Path:
+    return Path(str(config_get(cfg, "logger.dir") or config_get(cfg, "out_dir") or ".")).expanduser().resolve()
+
+
 def _init_arguments(
     cfg: Any,
     logger_cfg: Mapping[str, Any],
@@ -209,7 +218,7 @@ def _init_arguments(
     job_type: str | None,
 ) -> dict[str, Any]:
     """``wandb.init``'s arguments, taken when the stage starts (the config as it was then)."""
-    run_dir = Path(logger_cfg.get("dir") or config_get(cfg, "out_dir") or ".").expanduser().resolve()
+    run_dir = _logger_dir(cfg)
     tags = [str(t) for t in (logger_cfg.get("tags") or [])]
     return {
         "mode": mode,
