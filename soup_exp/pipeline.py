@@ -310,7 +310,7 @@ def summary(cfg: DictConfig, timings: dict[str, float]) -> str:
         f"  soups       : {cfg.soups_dir}",
         f"  results     : {cfg.results_file}",
         f"  report      : {cfg.report_dir}",
-        f"  W&B ({cfg.logger.mode}) : {runs_dir} ({plural(len(runs), 'run')}; see them with `soup-exp runs name={cfg.name}`)"
+        f"  W&B ({cfg.logger.mode}) : {runs_dir} ({plural(len(runs), 'run')}; see them: `soup-exp runs {runs_dir}`)"
         + ("; upload with `wandb sync " + str(runs_dir) + "/offline-run-*`" if cfg.logger.mode == "offline" else ""),
         f"  everything  : {out}",
     ]
