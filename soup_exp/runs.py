@@ -147,9 +147,11 @@ def listing(wandb_dir: Path, runs: Sequence[OfflineRun]) -> str:
     lines = [f"W&B runs in {wandb_dir}: {len(runs)} (soup-exp runs <id> shows one in full; --json for JSON)"]
     for run in runs:
         lines += ["", _headline(run)]
+        series = _series(run)
+        summary = {k: v for k, v in _visible(run.summary).items() if k not in series}  # the rest: history's last values
         lines += [f"  {label:<8} {text}" for label, text in (
-            ("config", _pairs(highlights(run))), ("summary", _pairs(_visible(run.summary), SHOWN_PER_LINE)),
-            ("history", _history_line(run))) if text]
+            ("config", _pairs(highlights(run))), ("summary", _pairs(_scalars_first(summary), SHOWN_PER_LINE)),
+            ("history", _history_line(series))) if text]
     return "\n".join(lines)
 
 
@@ -176,12 +178,17 @@ def _headline(run: OfflineRun) -> str:
             f"{plural(len(run.history), 'step')}")
 
 
-def _history_line(run: OfflineRun) -> str:
-    series = _series(run)
-    shown = list(series.items())[-SHOWN_PER_LINE:]
-    text = ", ".join(f"{key}={_value(values[-1])} ({len(values)})" for key, values in shown)
-    more = len(series) - len(shown)
-    return text + (f", +{more} more" if more else "") if text else ""
+def _history_line(series: dict[str, list[Any]]) -> str:
+    """Each logged key's last value and how many values it has, numbers before media."""
+    ordered = list(_scalars_first({key: values[-1] for key, values in series.items()}).items())
+    shown = ordered[:SHOWN_PER_LINE]
+    text = "  ".join(f"{key}={_value(last)} ({len(series[key])})" for key, last in shown)
+    more = len(ordered) - len(shown)
+    return text + (f"  +{more} more" if more else "") if text else ""
+
+
+def _scalars_first(values: dict[str, Any]) -> dict[str, Any]:
+    return dict(sorted(values.items(), key=lambda item: isinstance(item[1], dict | list)))
 
 
 def _series(run: OfflineRun) -> dict[str, list[Any]]:
