@@ -88,7 +88,8 @@ def test_runs_lists_every_stage_with_config_summary_and_history(experiment, caps
     assert "ft_001  [finished]" in finetune and f"id {ids['finetune']}  5 steps" in finetune
     assert "config   sweep.name=ft_001  train.mode=finetune  train.lr=3e-05  train.epochs=2  train.batch_size=8" \
         in finetune
-    assert "held_out_accuracy=0.8125" in finetune and "train/loss=0.2 (5)" in finetune
+    assert "  summary  held_out_accuracy=0.8125\n" in finetune  # the last losses are history's
+    assert "  history  train/loss=0.2 (5)  train/lr=3e-05 (5)" in finetune
     assert "config   recipes=[uniform,greedy]" in blocks["soup"] and "greedy/history=<table-file>" in blocks["soup"]
     assert "[failed (exit 1)]" in blocks["evaluate"]
 
