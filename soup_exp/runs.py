@@ -29,7 +29,6 @@ HIGHLIGHTS: dict[str, tuple[str, ...]] = {
     "evaluate": ("models", "eval.datasets", "eval.precision"),
     "analyze": ("analysis", "soup.pool"),
     "report": ("results", "compare", "per_recipe"),
-    "import": ("checkpoints",),
 }
 SHOWN_PER_LINE = 6  # summary and history keys in the listing; the full view shows every one
 CONFIG_NAME = "report"  # any stage's config gives logger.dir; this one composes fastest
