@@ -82,13 +82,12 @@ def run_analyze(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
         for analysis in analyses:
             key = ctx.key_for(analysis.target, analysis.params)
             record = finished_analysis(ctx.analysis_dir / analysis.name, key)
-            if record is not None:
+            made[analysis.name] = ctx.analysis_dir / analysis.name
+            if record is not None:  # logged by the run that made it: an analyze with nothing to do has no run
                 log.info("analysis '%s' already done for this pool and these parameters: %s (delete it to redo it)",
                          analysis.name, ctx.analysis_dir / analysis.name)
             else:
-                record = _run_one(ctx, analysis, key)
-            made[analysis.name] = ctx.analysis_dir / analysis.name
-            _log_to_wandb(run, record, made[analysis.name])
+                _log_to_wandb(run, _run_one(ctx, analysis, key), made[analysis.name])
     print(summary(made))
     return made
 

@@ -25,6 +25,8 @@ from omegaconf import DictConfig
 
 from soup_exp.cluster.signals import run_forwarding_signals
 from soup_exp.errors import SoupExpError
+from soup_exp.tracking.offline_runs import run_dirs
+from soup_exp.tracking.wandb_run import wandb_dir
 from soup_exp.utils.config import apply_secret_overrides, loggable_config
 from soup_exp.utils.entry import STAGES, packaged_config_dir, stage_entry
 from soup_exp.utils.io import atomic_write_json
@@ -318,8 +320,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, float]:
 
 def summary(cfg: DictConfig, timings: dict[str, float]) -> str:
     out = Path(cfg.out_dir)
-    wandb_dir = Path(cfg.logger.dir) / "wandb"
-    runs = sorted(p.name for p in wandb_dir.glob("*run-*")) if wandb_dir.is_dir() else []
+    runs_dir = wandb_dir(cfg)
+    runs = run_dirs(runs_dir) if runs_dir.is_dir() else []
     lines = [
         "",
         f"soup-exp pipeline '{cfg.name}' finished in {timings['total']:.0f} s "
@@ -328,8 +330,8 @@ def summary(cfg: DictConfig, timings: dict[str, float]) -> str:
         f"  soups       : {cfg.soups_dir}",
         f"  results     : {cfg.results_file}",
         f"  report      : {cfg.report_dir}",
-        f"  W&B ({cfg.logger.mode}) : {wandb_dir} ({plural(len(runs), 'run')})"
-        + ("; upload with `wandb sync " + str(wandb_dir) + "/offline-run-*`" if cfg.logger.mode == "offline" else ""),
+        f"  W&B ({cfg.logger.mode}) : {runs_dir} ({plural(len(runs), 'run')}; see them: `soup-exp runs {runs_dir}`)"
+        + ("; upload with `wandb sync " + str(runs_dir) + "/offline-run-*`" if cfg.logger.mode == "offline" else ""),
         f"  everything  : {out}",
     ]
     return "\n".join(lines)

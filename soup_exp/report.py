@@ -27,8 +27,9 @@ from soup_exp.reporting.paper import (
 )
 from soup_exp.reporting.reproduction import reproduction_table
 from soup_exp.reporting.table import RENDERERS, Table, build_table, render, to_markdown
+from soup_exp.tracking.repeats import content_fingerprint, previous_run, remember_run
 from soup_exp.tracking.wandb_run import start_run
-from soup_exp.utils.config import to_plain
+from soup_exp.utils.config import config_get, to_plain
 from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.io import atomic_write_text, remove_stale_temp_files
 
@@ -127,7 +128,7 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     outputs.update(_write_figures(rows, soups, report_dir / "figures"))
     outputs.update(analysis_outputs(cfg.get("analysis_dir"), report_dir))
 
-    _log_to_wandb(cfg, table, comparison, outputs, len(rows))
+    _log_to_wandb(cfg, table, comparison, outputs, len(rows), report_dir)
     print(to_markdown(table))
     if comparison is not None:
         print(to_markdown(comparison))
@@ -229,23 +230,29 @@ def _with_ingredient_counts(rows: list[dict[str, Any]], soups: list[dict[str, An
 
 
 def _log_to_wandb(
-    cfg: Any, table: Table, comparison: Table | None, outputs: dict[str, Path], num_rows: int
+    cfg: Any, table: Table, comparison: Table | None, outputs: dict[str, Path], num_rows: int, report_dir: Path
 ) -> None:
-    name = f"report-{cfg['name']}"
-    with start_run(cfg, stage="report", name=name) as run:
-        for key, tab in (("results_table", table), ("comparison_table", comparison)):
-            if tab is not None:
-                run.log_table(key, ["method", "model", *(k for k, _ in tab.columns)], _table_data(tab))
-        for key, path in outputs.items():
-            if path.suffix == ".png":
-                run.log_image(f"figures/{Path(key).with_suffix('')}", path)
-        summary = {
-            f"{row.slot}/{key}": value
-            for row in table.rows
-            for key, value in row.values.items()
-            if value is not None
-        }
-        run.summary({**summary, "num_results": num_rows})
+    """Tables, figures and numbers to the report's W&B run; none when its last run logged the same."""
+    tables = {key: (["method", "model", *(k for k, _ in tab.columns)], _table_data(tab))
+              for key, tab in (("results_table", table), ("comparison_table", comparison)) if tab is not None}
+    images = {f"figures/{Path(key).with_suffix('')}": path for key, path in outputs.items() if path.suffix == ".png"}
+    summary = {f"{row.slot}/{key}": value for row in table.rows for key, value in row.values.items()
+               if value is not None}
+    summary["num_results"] = num_rows
+    where = {key: str(config_get(cfg, f"logger.{key}")) for key in ("mode", "dir", "project", "entity", "group")}
+    fingerprint = content_fingerprint({"logger": where, "tables": tables, "images": list(images), "summary": summary},
+                                      images.values())
+    logged = previous_run(report_dir, fingerprint)
+    if logged is not None:
+        log.info("W&B: %s logged this report already (same tables, figures and numbers); no new run", logged)
+        return
+    with start_run(cfg, stage="report", name=f"report-{cfg['name']}") as run:
+        for key, (columns, rows) in tables.items():
+            run.log_table(key, columns, rows)
+        for key, path in images.items():
+            run.log_image(key, path)
+        run.summary(summary)
+    remember_run(report_dir, fingerprint, run.dir)
 
 
 def _table_data(table: Table) -> list[list[Any]]:

@@ -13,7 +13,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
 
-sys.path.insert(0, str(Path(__file__).parent))  # test helpers such as wandb_reader
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers such as child_process
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

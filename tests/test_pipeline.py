@@ -107,7 +107,7 @@ def test_smoke_figures_are_real_images(smoke_run):
 
 @pytest.mark.slow
 def test_smoke_logs_an_offline_wandb_run_per_stage(smoke_run):
-    from wandb_reader import read_offline_run
+    from soup_exp.tracking.offline_runs import read_offline_run
 
     out, _ = smoke_run
     runs = [read_offline_run(d) for d in sorted((out / "wandb").glob("offline-run-*"))]
@@ -123,3 +123,27 @@ def test_smoke_logs_an_offline_wandb_run_per_stage(smoke_run):
     assert any(run.history for run in finetunes.values())  # training curves
     evaluation = by_stage["evaluate"][0]
     assert 0.0 <= evaluation.summary["lp_init/ImageNet"] <= 1.0
+
+
+@pytest.mark.slow
+def test_smoke_rerun_adds_no_wandb_run_and_soup_exp_runs_lists_every_stage(smoke_run):
+    """The pipeline run again with everything done writes no W&B run (the issue: 13 became
+    16); `soup-exp runs` shows the runs there are, one block per run."""
+    from soup_exp.tracking.offline_runs import run_dirs
+
+    out, first = smoke_run
+    before = run_dirs(out / "wandb")
+    root = out.parent.parent
+    env = {**os.environ, "SOUP_ROOT": str(root), "SOUP_CACHE_DIR": str(root / "cache"),
+           "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env.pop("SOUP_OUTPUT_DIR", None)
+    again = subprocess.run([sys.executable, "-m", "soup_exp.cli", "pipeline", "experiment=smoke"],
+                           cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-6000:]
+    assert run_dirs(out / "wandb") == before, [d.name for d in run_dirs(out / "wandb")]
+    listed = subprocess.run([sys.executable, "-m", "soup_exp.cli", "runs", "experiment=smoke"],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith(f"W&B runs in {out / 'wandb'}: {len(before)} ")
+    stages = [block.split()[0] for block in listed.stdout.split("\n\n")[1:]]
+    assert set(stages) == {"finetune", "soup", "evaluate", "analyze", "report"} and len(stages) == len(before)

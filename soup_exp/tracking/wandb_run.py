@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,22 +45,31 @@ _QUIET_ENV = {
 class Run:
     """One W&B run, or a no-op stand-in (``Run(None)``) when tracking is off or broke.
 
-    Every method swallows W&B errors: the first one is warned about, then the run turns
-    into a no-op so a dead service cannot slow every later call.
+    With ``opener`` the W&B run is created at the first thing logged, so a stage whose work
+    was all done already leaves no run behind. Every method swallows W&B errors: the first
+    one is warned about, then the run turns into a no-op so a dead service cannot slow
+    every later call.
     """
 
-    def __init__(self, wandb_run: Any = None, mode: str = "disabled") -> None:
+    def __init__(self, wandb_run: Any = None, mode: str = "disabled",
+                 opener: Callable[[], Any] | None = None) -> None:
         self._run = wandb_run
-        self.mode = mode if wandb_run is not None else "disabled"
+        self._opener = opener if wandb_run is None else None
+        self.mode = mode if self.enabled else "disabled"
         self._dir = _run_directory(wandb_run) if wandb_run is not None else None
 
     @property
     def enabled(self) -> bool:
+        """Tracking is on: the run exists, or will at the first thing logged."""
+        return self._run is not None or self._opener is not None
+
+    @property
+    def started(self) -> bool:
         return self._run is not None
 
     @property
     def dir(self) -> Path | None:
-        """The run directory (holds ``run-<id>.wandb``), or None when nothing is written."""
+        """The run directory (holds ``run-<id>.wandb``), or None while nothing is written."""
         return self._dir
 
     @property
@@ -79,7 +88,7 @@ class Run:
         self._call("log_table", _log)
 
     def log_image(self, key: str, path: str | os.PathLike, caption: str | None = None) -> None:
-        if self._run is not None and not Path(path).is_file():
+        if self.enabled and not Path(path).is_file():
             warnings.warn(f"W&B image {key!r}: no file at {path}; not logged", stacklevel=2)
             return
 
@@ -94,8 +103,9 @@ class Run:
         self._call("summary", lambda run: run.summary.update(dict(values)))
 
     def finish(self, exit_code: int = 0) -> None:
-        """Flush and close; idempotent. Offline runs log the command that uploads them."""
-        run, self._run = self._run, None
+        """Flush and close; idempotent. A run that logged nothing was never created. Offline
+        runs log the command that uploads them."""
+        run, self._run, self._opener = self._run, None, None
         if run is None:
             return
         try:
@@ -113,7 +123,7 @@ class Run:
         self.finish(exit_code=0 if exc_type is None else 1)
 
     def _call(self, what: str, action: Any) -> None:
-        if self._run is None:
+        if self._run is None and not self._open():
             return
         try:
             action(self._run)
@@ -126,6 +136,24 @@ class Run:
             run, self._run = self._run, None
             with contextlib.suppress(Exception):
                 run.finish(exit_code=1)
+
+    def _open(self) -> bool:
+        """Create the deferred W&B run; False when there is none to create or it failed."""
+        opener, self._opener = self._opener, None
+        if opener is None:
+            return False
+        try:
+            self._run = opener()
+        except Exception as err:  # tracking must never fail a stage
+            warnings.warn(
+                f"W&B could not start ({err!r}); continuing without tracking, local outputs are "
+                "unaffected",
+                stacklevel=4,
+            )
+            self.mode = "disabled"
+            return False
+        self._dir = _run_directory(self._run)
+        return True
 
 
 def start_run(
@@ -140,7 +168,9 @@ def start_run(
     ``cfg`` is the stage's config; ``cfg.logger`` gives ``mode`` (offline | online |
     disabled), ``dir``, ``project``, ``entity``, ``group``, ``tags`` and optionally
     ``init_timeout`` (seconds). The resolved config, secrets removed, is the run's config.
-    Never raises on W&B problems: it warns and returns a no-op run.
+    W&B is started at the first metric, table, image or summary, so a stage whose work was
+    all done already logs nothing and writes no run. Never raises on W&B problems: it
+    warns and the run becomes a no-op.
     """
     logger_cfg = _logger_config(cfg)
     mode = str(logger_cfg.get("mode") or "offline")
@@ -165,18 +195,20 @@ def start_run(
         mode = "offline"
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    try:
-        return Run(_init_wandb(cfg, logger_cfg, mode, stage, name, group, job_type), mode)
-    except Exception as err:  # tracking must never fail a stage
-        warnings.warn(
-            f"W&B could not start ({err!r}); continuing without tracking, local outputs are "
-            "unaffected",
-            stacklevel=2,
-        )
-        return Run(None)
+    init = _init_arguments(cfg, logger_cfg, mode, stage, name, group, job_type)
+    return Run(mode=mode, opener=lambda: _init_wandb(init))
 
 
-def _init_wandb(
+def wandb_dir(cfg: Any) -> Path:
+    """Where a stage's W&B runs go: ``<logger.dir>/wandb`` (wandb adds the ``wandb/``)."""
+    return _logger_dir(cfg) / "wandb"
+
+
+def _logger_dir(cfg: Any) -> Path:
+    return Path(str(config_get(cfg, "logger.dir") or config_get(cfg, "out_dir") or ".")).expanduser().resolve()
+
+
+def _init_arguments(
     cfg: Any,
     logger_cfg: Mapping[str, Any],
     mode: str,
@@ -184,34 +216,40 @@ def _init_wandb(
     name: str,
     group: str | None,
     job_type: str | None,
-) -> Any:
+) -> dict[str, Any]:
+    """``wandb.init``'s arguments, taken when the stage starts (the config as it was then)."""
+    run_dir = _logger_dir(cfg)
+    tags = [str(t) for t in (logger_cfg.get("tags") or [])]
+    return {
+        "mode": mode,
+        "dir": str(run_dir),
+        "project": logger_cfg.get("project") or "soup-exp",
+        "entity": logger_cfg.get("entity") or None,
+        "group": group or logger_cfg.get("group") or None,
+        "job_type": job_type or stage,
+        "name": name,
+        "tags": list(dict.fromkeys([*tags, stage])),
+        "config": {"stage": stage, **loggable_config(cfg)},
+        "init_timeout": float(logger_cfg.get("init_timeout") or 60),
+    }
+
+
+def _init_wandb(init: Mapping[str, Any]) -> Any:
     import wandb
 
-    run_dir = Path(logger_cfg.get("dir") or config_get(cfg, "out_dir") or ".").expanduser().resolve()
+    arguments = dict(init)
+    run_dir = Path(arguments["dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     _redirect_unwritable_home_dirs(run_dir / "wandb" / "home")
-    tags = [str(t) for t in (logger_cfg.get("tags") or [])]
     settings = wandb.Settings(
         console="off",
         silent=True,
         x_disable_stats=True,
         disable_code=True,
         disable_git=True,
-        init_timeout=float(logger_cfg.get("init_timeout") or 60),
+        init_timeout=arguments.pop("init_timeout"),
     )
-    return wandb.init(
-        mode=mode,
-        dir=str(run_dir),
-        project=logger_cfg.get("project") or "soup-exp",
-        entity=logger_cfg.get("entity") or None,
-        group=group or logger_cfg.get("group") or None,
-        job_type=job_type or stage,
-        name=name,
-        tags=list(dict.fromkeys([*tags, stage])),
-        config={"stage": stage, **loggable_config(cfg)},
-        reinit="create_new",
-        settings=settings,
-    )
+    return wandb.init(**arguments, reinit="create_new", settings=settings)
 
 
 # Where W&B (and wandb-core's log, through XDG_CACHE_HOME) write outside the run directory.

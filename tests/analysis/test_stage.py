@@ -116,11 +116,13 @@ def test_a_user_analysis_from_a_config_dir(world, monkeypatch, fake_run):
 
 
 def test_figures_tables_and_numbers_reach_an_offline_wandb_run(world, cook, recwarn):
-    from wandb_reader import read_offline_run
+    from soup_exp.tracking.offline_runs import read_offline_run
 
     cook("greedy")  # the greedy curve's rows leave the `draw` column empty: W&B must still take the table
-    made = run_analyze(world.cfg("analysis=[num_ingredients]", "analysis.num_ingredients.ks=[1,2]",
-                                 "analysis.num_ingredients.draws=1", "logger.mode=offline"))
+    overrides = ["analysis=[num_ingredients]", "analysis.num_ingredients.ks=[1,2]",
+                 "analysis.num_ingredients.draws=1", "logger.mode=offline"]
+    made = run_analyze(world.cfg(*overrides))
+    assert run_analyze(world.cfg(*overrides)) == made  # all done already: no second W&B run
     assert not [w for w in recwarn if "W&B" in str(w.message)], [str(w.message) for w in recwarn]
     (run_dir,) = (world.out / "wandb").glob("offline-run-*")
     logged = read_offline_run(run_dir)

@@ -92,7 +92,10 @@ def _expected(experiment):
 
 
 def test_stage_writes_one_row_per_model_and_resumes(experiment):
+    from soup_exp.tracking.offline_runs import read_offline_run, run_dirs
+
     cfg = experiment["cfg"]
+    cfg.logger.mode = "offline"
     rows = run_evaluate(cfg)
     by_name = {r["name"]: r for r in rows}
     assert set(by_name) == {"zeroshot", "ft_0", "ft_1", "ft_2", "uniform_soup", "ensemble"}
@@ -107,12 +110,17 @@ def test_stage_writes_one_row_per_model_and_resumes(experiment):
     assert {row["name"] for row in lines} == set(by_name)
     assert all("weights" in row["meta"] and row["path"] for row in lines)
 
+    (first,) = run_dirs(experiment["out"] / "wandb")
+    assert read_offline_run(first).summary["models_evaluated"] == 6
+
     assert run_evaluate(cfg) == []  # everything up to date
+    assert run_dirs(experiment["out"] / "wandb") == [first]  # and no W&B run for it
 
     weights = experiment["out"] / "ingredients" / "run1" / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     again = run_evaluate(cfg)
     assert sorted(r["name"] for r in again) == ["ensemble", "ft_1"]  # the ensemble uses ft_1 too
+    assert len(run_dirs(experiment["out"] / "wandb")) == 2
 
     cfg.eval.force = True
     cfg.models = ["ft_0"]

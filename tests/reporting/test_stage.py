@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-from wandb_reader import read_offline_run
-
 from soup_exp.artifacts.results import ResultsStore
 from soup_exp.report import run_report
+from soup_exp.tracking.offline_runs import read_offline_run
 
 
 def _compose(*overrides):
@@ -75,6 +74,13 @@ def test_report_writes_tables_figures_and_an_offline_run(tmp_path, our_rows, gre
     assert any(p.parent.name == "calibration" and p.name.startswith("reliability") for p in images)
     tables = list((run_dirs[0] / "files" / "media" / "table").rglob("*.table.json"))
     assert len(tables) == 2
+
+    run_report(cfg)  # the same tables, figures and numbers: that run has them already
+    assert list((tmp_path / "out" / "exp" / "wandb").glob("offline-run-*")) == run_dirs
+    store = ResultsStore(tmp_path / "out" / "exp" / "results.jsonl")
+    store.upsert({**our_rows[0], "ImageNet": our_rows[0]["ImageNet"] / 2})
+    run_report(cfg)  # a number changed: a new run
+    assert len(list((tmp_path / "out" / "exp" / "wandb").glob("offline-run-*"))) == 2
 
 
 def test_report_on_the_authors_files_with_wandb_disabled(tmp_path):

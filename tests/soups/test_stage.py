@@ -187,6 +187,22 @@ def test_all_recipes_then_resume(pool, monkeypatch, caplog):
     assert "stale" not in caplog.text
 
 
+def test_a_rerun_with_every_soup_cooked_writes_no_wandb_run(pool, monkeypatch):
+    """A real offline W&B run for the soups cooked; a rerun that cooks nothing adds none."""
+    from soup_exp.tracking.offline_runs import read_offline_run, run_dirs
+
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    cfg = _cfg(out, ["uniform", "greedy"], "logger.mode=offline")
+    run_soups(cfg)
+    (first,) = run_dirs(out / "wandb")
+    logged = read_offline_run(first)
+    assert logged.stage == "soup" and logged.state == "finished"
+    assert "greedy/held_out_accuracy" in logged.summary and logged.last_values()
+    run_soups(cfg)
+    assert run_dirs(out / "wandb") == [first]
+
+
 def test_unknown_recipe(pool):
     out, _ = pool
     from hydra.errors import MissingConfigException

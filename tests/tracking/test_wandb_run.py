@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from wandb_reader import WandbFileError, read_offline_run
 
 from soup_exp.errors import ConfigError
 from soup_exp.tracking import wandb_run
+from soup_exp.tracking.offline_runs import WandbFileError, read_offline_run
 from soup_exp.tracking.wandb_run import Run, scrub_secrets, start_run
 
 SECRET = "s3cr3t-api-key-value-0123456789abcdef"
@@ -30,8 +30,9 @@ def _cfg(tmp_path, mode="offline", **extra):
 def test_offline_run_logs_metrics_tables_and_clean_config(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
     run = start_run(_cfg(tmp_path), stage="finetune", name="job-3", group="sweep-a")
-    assert run.enabled and run.dir is not None and run.dir.is_dir()
+    assert run.enabled and not run.started and run.dir is None  # W&B starts at the first thing logged
     run.log({"train/loss": 2.0, "lr": 1e-5}, step=0)
+    assert run.started and run.dir is not None and run.dir.is_dir()
     run.log({"train/loss": 1.5}, step=1)
     run.log_table("greedy/history", ["candidate", "held_out", "accepted"], [["a", 0.5, True], ["b", 0.4, False]])
     run.summary({"held_out": 0.81})
@@ -74,11 +75,26 @@ def test_init_failure_warns_and_continues(tmp_path, monkeypatch):
         raise TimeoutError("no network")
 
     monkeypatch.setattr(wandb, "init", broken_init)
+    run = start_run(_cfg(tmp_path), stage="evaluate", name="eval")
     with pytest.warns(UserWarning, match="could not start"):
-        run = start_run(_cfg(tmp_path), stage="evaluate", name="eval")
+        run.log({"a": 1})
     assert not run.enabled
-    run.log({"a": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run.log({"a": 2})
     run.finish()
+
+
+def test_a_run_that_logs_nothing_writes_nothing(tmp_path, monkeypatch):
+    """A stage whose work was all done already finishes its run having logged nothing:
+    wandb.init is never called and no run directory appears."""
+    import wandb
+
+    calls = []
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: calls.append(kwargs))
+    with start_run(_cfg(tmp_path), stage="soup", name="exp-soup") as run:
+        assert run.enabled
+    assert calls == [] and not (tmp_path / "out").exists()
 
 
 def test_failure_mid_run_turns_run_into_noop():
@@ -107,6 +123,7 @@ def test_online_without_api_key_falls_back_to_offline(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     with pytest.warns(UserWarning, match="WANDB_API_KEY is not set"):
         run = start_run(_cfg(tmp_path, mode="online"), stage="report", name="r")
+    run.summary({"x": 1})
     run.finish()
     assert run.mode == "offline" and run.dir.name.startswith("offline-run-")
 
@@ -114,6 +131,7 @@ def test_online_without_api_key_falls_back_to_offline(tmp_path, monkeypatch):
 def test_api_key_in_logger_config_is_ignored(tmp_path):
     with pytest.warns(UserWarning, match="WANDB_API_KEY environment variable only"):
         run = start_run(_cfg(tmp_path, api_key="abc12345678"), stage="report", name="r")
+    run.summary({"x": 1})
     run.finish()
     assert "api_key" not in read_offline_run(run.dir).config["logger"]
 
@@ -179,8 +197,8 @@ def test_a_user_whose_home_is_not_writable_gets_a_quiet_offline_run(tmp_path):
             "from omegaconf import OmegaConf\n"
             "from soup_exp.tracking.wandb_run import start_run, _HOME_DIRS\n"
             "run = start_run(OmegaConf.create(json.loads(sys.argv[1])), stage='soup', name='uniform')\n"
-            "enabled, run_dir = run.enabled, str(run.dir)\n"
             "run.log({'x': 1.0}, step=0)\n"
+            "enabled, run_dir = run.started, str(run.dir)\n"
             "run.finish()\n"
             "print(json.dumps({'enabled': enabled, 'dir': run_dir,\n"
             "                  'env': {v: os.environ.get(v) for v in _HOME_DIRS}}))\n"

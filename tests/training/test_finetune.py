@@ -21,6 +21,18 @@ def _info(path: Path) -> dict:
     return json.loads((path / "ingredient.json").read_text())
 
 
+def test_a_finished_ingredient_run_again_writes_no_wandb_run(tiny_root: Path, compose_tiny) -> None:
+    from soup_exp.tracking.offline_runs import read_offline_run, run_dirs
+    from soup_exp.tracking.wandb_run import wandb_dir
+
+    cfg = compose_tiny(tiny_root, "train.mode=zeroshot", f"train.output_dir={tiny_root / 'zs'}", "logger.mode=offline")
+    run_finetune(cfg.copy())
+    (first,) = run_dirs(wandb_dir(cfg))
+    assert read_offline_run(first).summary["held_out_accuracy"] == _info(tiny_root / "zs")["held_out_accuracy"]
+    run_finetune(cfg.copy())  # a finished ingredient of this configuration: nothing to do, nothing logged
+    assert run_dirs(wandb_dir(cfg)) == [first]
+
+
 def test_modes_write_ingredients_and_reruns_are_no_ops(tiny_root: Path, compose_tiny, caplog) -> None:
     zs = run_finetune(compose_tiny(tiny_root, "train.mode=zeroshot", "train.output_dir=" + str(tiny_root / "zs")))
     lp = run_finetune(compose_tiny(tiny_root, "sweep=lp_init"))
