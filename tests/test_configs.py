@@ -134,3 +134,20 @@ def test_every_stage_that_does_heavy_work_takes_the_slurm_launcher(stage):
                       return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("WatchedSlurmLauncher")
     assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.signal_delay_s > 0
+
+
+def test_a_misspelled_plugin_is_one_line_listing_the_known_ones():
+    result = _cli("soup", "recipes=[uniform,gredy]", "--dry-run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("soup-exp soup: error: unknown recipes 'gredy'; available: ") and "greedy" in line
+
+
+def test_a_recipe_file_without_its_package_line_is_one_line_naming_it(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "mine.yaml").write_text("_target_: my_soups.top_k_soup\nlabel: Mine\nk: 2\n")
+    result = _cli("soup", "--config-dir", str(tmp_path), "recipes=[uniform,mine]", "--dry-run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "_target_, k, label sit directly under recipes" in line and "_target_: my_soups.top_k_soup" in line
+    assert "`# @package recipes.<name>`" in line

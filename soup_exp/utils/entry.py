@@ -142,21 +142,30 @@ def available_options(group: str, user_dir: Path | None = None) -> list[str]:
 
 
 def check_experiment(args: Sequence[str], user_dir: Path | None) -> None:
-    """An unknown ``experiment=`` is one line listing the known ones, not a Hydra traceback.
+    """An unknown option of a config group (``experiment=``, ``recipes=[uniform,mine]``,
+    ``model=``, ...) is one line listing the known ones, not Hydra's search-path dump.
 
-    With ``hydra.searchpath`` overrides the experiment may live anywhere: Hydra checks it.
+    With ``hydra.searchpath`` overrides options may live anywhere: Hydra checks them.
     """
     if any(a.partition("=")[0].lstrip("+~") == "hydra.searchpath" for a in args):
         return
-    known = available_options("experiment", user_dir)
     for arg in args:
         key, sep, value = arg.partition("=")
-        if sep and key.lstrip("+~") == "experiment":
-            unknown = [n for n in value.split(",") if n and n not in known]
-            if unknown:
-                where = ", ".join(str(d / "experiment") for d in config_dirs(user_dir))
-                raise ConfigError(f"unknown experiment {unknown[0]!r}; available: {', '.join(known)} "
-                                  f"(files in {where})")
+        group = key.lstrip("+~")
+        if not sep or group.startswith("hydra") or not any((d / group).is_dir() for d in config_dirs(user_dir)):
+            continue
+        known = available_options(group, user_dir)
+        names = [n.strip() for n in value.strip("[]").split(",")]
+        unknown = [n for n in names if n and n != "null" and not _is_sweep_syntax(n) and n not in known]
+        if unknown:
+            where = ", ".join(str(d / group) for d in config_dirs(user_dir))
+            raise ConfigError(f"unknown {group} {unknown[0]!r}; available: {', '.join(known)} "
+                              f"(files in {where})")
+
+
+def _is_sweep_syntax(name: str) -> bool:
+    """``glob(*)``, ``choice(a,b)``, ``${...}``: Hydra expands these itself."""
+    return any(c in name for c in "()${}*")
 
 
 def _search_packaged_configs_after(user_dir: Path) -> None:

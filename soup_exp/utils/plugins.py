@@ -61,6 +61,13 @@ def selected_plugins(nodes: Mapping[str, Any] | None, group: str, check_name: Ca
     Entries without ``_target_`` are settings an experiment gives a plugin that is not
     selected this time (e.g. ``recipes.learned_by_layer.epochs`` with ``recipes=[uniform]``).
     """
+    loose = sorted(key for key, node in (nodes or {}).items() if not isinstance(node, Mapping))
+    if loose:
+        target = (nodes or {}).get("_target_")
+        raise ConfigError(
+            f"{group}: {', '.join(loose)} sit directly under {group}, so a selected file"
+            + (f" (the one with _target_: {target})" if target else "")
+            + f" lacks its first line `# @package {group}.<name>`; add it, with the file's name as <name>")
     plugins = [load_plugin(group, check_name(name, group), node) for name, node in (nodes or {}).items()
                if isinstance(node, Mapping) and node.get("_target_")]
     if not plugins:
