@@ -42,9 +42,10 @@ class HeldOut:
     """The held-out images in memory and the skeleton model, scored in fp32 or bf16."""
 
     def __init__(self, cfg) -> None:
-        from soup_exp.soups.context import HELD_OUT, SoupContext
+        from soup_exp.soups.context import SoupContext
         from soup_exp.soups.ingredients import load_ingredients
         from soup_exp.utils.config import to_plain
+        from soup_exp.vocabulary import HELD_OUT
 
         self.ctx = SoupContext(cfg, load_ingredients(to_plain(cfg.soup.pool)), run=None)
         evaluator = self.ctx.evaluator

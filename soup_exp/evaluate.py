@@ -35,7 +35,7 @@ from soup_exp.artifacts import (
     run_weights,
     soup_record,
 )
-from soup_exp.artifacts.results import ACCURACY_KEYS, ResultsStore, with_avg_shifts
+from soup_exp.artifacts.results import ResultsStore, with_avg_shifts
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation.evaluator import EnsembleSums, Evaluator, build_evaluator, evaluation_suite
 from soup_exp.soups.ingredients import all_finite
@@ -43,6 +43,7 @@ from soup_exp.utils.config import to_plain
 from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.utils.io import remove_stale_temp_files
+from soup_exp.vocabulary import ACCURACY_KEYS, AVG_SHIFTS
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def _row(entry: ModelEntry, accuracies: Mapping[str, float], meta: Mapping[str, 
         for name, identity in (before.get("datasets") or {}).items():
             if name not in accuracies and isinstance((previous or {}).get(name), int | float):
                 kept[name], kept_ids[name] = previous[name], identity
-    merged = with_avg_shifts({**kept, **{k: v for k, v in accuracies.items() if k != "avg_shifts"}})
+    merged = with_avg_shifts({**kept, **{k: v for k, v in accuracies.items() if k != AVG_SHIFTS}})
     info = entry.info
     row: dict[str, Any] = {"name": entry.name, "kind": entry.kind}
     row.update({k: info[k] for k in ROW_FIELDS if info.get(k) is not None})

@@ -48,6 +48,7 @@ from soup_exp.utils.experiment import check_names
 from soup_exp.utils.hashing import content_sha256, stable_hash
 from soup_exp.utils.io import remove_stale_temp_files
 from soup_exp.utils.runtime import code_version, threads_beside_loader
+from soup_exp.vocabulary import HELD_OUT
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def check_finetune(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     spec = resolve_run(cfg)
     if spec.finished() is None:
         check_init(spec)
-        require_roots(cfg, ["ImageNet2p"])  # held-out (and training set): ImageNet train
+        require_roots(cfg, [HELD_OUT])  # held-out (and training set): ImageNet train
 
 
 def plan_finetune(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
@@ -135,7 +136,7 @@ def plan_finetune(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, l
     from soup_exp.utils.preflight import classes_line, dataset_lines, logger_line
 
     spec = resolve_run(cfg)
-    datasets = ["ImageNet2p"] + (["train"] if spec.settings.mode != "zeroshot" else [])
+    datasets = [HELD_OUT] + (["train"] if spec.settings.mode != "zeroshot" else [])
     return {
         "data": [classes_line(cfg), *dataset_lines(cfg, datasets)],
         "finetune": [describe_run(spec), *sweep_wins(spec.draw, overrides)],
@@ -457,9 +458,6 @@ HEAD_INITS: dict[str, Callable[[Any, Job], nn.Linear]] = {"zeroshot": zeroshot_h
 
 
 # ---- evaluation, records, tracking ------------------------------------------------------------
-
-HELD_OUT = "ImageNet2p"
-
 
 def _held_out_evaluator(job: Job, preprocess: Any):
     from soup_exp.evaluation.evaluator import build_evaluator

@@ -31,6 +31,7 @@ from soup_exp.utils.io import read_json, remove_stale_temp_files
 from soup_exp.utils.plugins import plan_line, selected_plugins
 from soup_exp.utils.runtime import code_version
 from soup_exp.utils.text import plural
+from soup_exp.vocabulary import HELD_OUT
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def plan_soups(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list
     lines = [f"pool: {pool}: {found}"]
     for recipe in selected_recipes(cfg):
         lines.append(plan_line(recipe, is_finished_soup(Path(str(cfg.soups_dir)) / recipe.name), "to cook"))
-    return {"data": dataset_lines(cfg, ["ImageNet2p"]), "soup": lines,
+    return {"data": dataset_lines(cfg, [HELD_OUT]), "soup": lines,
             "outputs": [f"soups: {cfg.soups_dir}", logger_line(cfg)]}
 
 

@@ -18,9 +18,9 @@ from typing import Annotated, Any
 import torch
 
 from soup_exp.analysis.context import AnalysisContext
-from soup_exp.artifacts.results import HELD_OUT
 from soup_exp.soups.ingredients import Ingredient
 from soup_exp.utils.checks import Range
+from soup_exp.vocabulary import HELD_OUT
 
 log = logging.getLogger(__name__)
 

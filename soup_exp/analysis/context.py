@@ -29,17 +29,17 @@ from soup_exp.artifacts import (
     soup_record,
 )
 from soup_exp.artifacts.analysis import file_stats, read_partial, write_partial
-from soup_exp.artifacts.results import HELD_OUT, SHIFTS, with_avg_shifts
+from soup_exp.artifacts.results import with_avg_shifts
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation.evaluator import mean_member_logits
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.ingredients import Ingredient, SafetensorsSource, resolve_ingredients
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.hashing import stable_hash
+from soup_exp.vocabulary import AVG_SHIFTS, HELD_OUT, SHIFTS
 
 log = logging.getLogger(__name__)
 
-AVG_SHIFTS = "avg_shifts"
 INIT_CHOICES = ("auto", "zeroshot", "lp")
 
 
@@ -231,14 +231,14 @@ class AnalysisContext(SoupContext):
         for metric in metrics:
             if metric == AVG_SHIFTS:
                 if len(self.shifts) < len(SHIFTS):
-                    raise ConfigError(f"analysis {self.name}: avg_shifts needs all five shifts in "
+                    raise ConfigError(f"analysis {self.name}: {AVG_SHIFTS} needs all five shifts in "
                                       f"eval.datasets; the suite is {self.suite}")
                 needed += self.shifts
             elif metric in self.suite:
                 needed.append(metric)
             else:
                 raise ConfigError(f"analysis {self.name}: {metric!r} is not in the evaluation suite "
-                                  f"{self.suite} (nor avg_shifts)")
+                                  f"{self.suite} (nor {AVG_SHIFTS})")
         return list(dict.fromkeys(needed))
 
     def accuracies(self, model: Ingredient, datasets: Iterable[str]) -> dict[str, float]:

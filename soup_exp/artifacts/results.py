@@ -21,10 +21,8 @@ from soup_exp.errors import SoupExpError
 from soup_exp.utils.checks import is_fraction
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.utils.io import atomic_write_text, file_lock, json_default
+from soup_exp.vocabulary import ACCURACY_KEYS, AVG_SHIFTS, SHIFTS
 
-HELD_OUT = "ImageNet2p"
-SHIFTS = ("ImageNetV2", "ImageNetSketch", "ImageNetR", "ObjectNet", "ImageNetA")
-ACCURACY_KEYS = (HELD_OUT, "ImageNet", *SHIFTS)
 # Keys of a row that are not accuracies (anything else numeric is a dataset's accuracy).
 RESULT_FIELDS = ("name", "kind", "recipe", "label", "alpha", "interpolated", "num_ingredients", "published",
                  "path", "meta")
@@ -164,10 +162,10 @@ def normalise_row(row: Mapping[str, Any], source: Path | None = None, where: str
         if recipe is not None:
             out.setdefault("recipe", recipe)
     out["kind"] = LEGACY_KINDS.get(out["kind"], out["kind"])
-    if out.get("avg_shifts") is None:
+    if out.get(AVG_SHIFTS) is None:
         avg = avg_shifts(out)
         if avg is not None:
-            out["avg_shifts"] = avg
+            out[AVG_SHIFTS] = avg
     return out
 
 
@@ -181,7 +179,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
 def check_row_fields(row: Mapping[str, Any], name: str, where: str) -> None:
     """The one check of a result row's values: accuracies are fractions in [0, 1] (or null),
     the other fields have their types; the error names ``where`` and the key."""
-    for key in (*ACCURACY_KEYS, "avg_shifts"):
+    for key in (*ACCURACY_KEYS, AVG_SHIFTS):
         value = row.get(key)
         if value is not None and not is_fraction(value):
             raise ResultsFormatError(f"{where}: {key}={value!r} in row {name!r} is not an accuracy "
@@ -233,7 +231,7 @@ def with_avg_shifts(accuracies: dict[str, float]) -> dict[str, float]:
     """``accuracies`` with its ``avg_shifts`` entry (when all five shifts are there), in place."""
     mean = avg_shifts(accuracies)
     if mean is not None:
-        accuracies["avg_shifts"] = mean
+        accuracies[AVG_SHIFTS] = mean
     return accuracies
 
 

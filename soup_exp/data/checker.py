@@ -22,6 +22,7 @@ from soup_exp.data.layout import DatasetLayoutError, FolderScan
 from soup_exp.data.objectnet import border_crop, border_note, scan_objectnet
 from soup_exp.data.registry import class_space
 from soup_exp.data.shifts import scan_sketch, scan_subset_shift, scan_v2
+from soup_exp.vocabulary import HELD_OUT
 
 OFFICIAL_IMAGES = {
     "ImageNetTrain": 1_281_167,
@@ -33,7 +34,7 @@ OFFICIAL_IMAGES = {
     "ObjectNet": 18_574,  # images in the 113 folders that map to ImageNet classes
 }
 # Evaluation sets read from another dataset's tree.
-ALIASES = {"ImageNet2p": "ImageNetTrain", "ImageNetReal": "ImageNet"}
+ALIASES = {HELD_OUT: "ImageNetTrain", "ImageNetReal": "ImageNet"}
 ROOT_KEYS = {"ImageNetTrain": "ImageNet"}
 
 Scanner = Callable[[str, ClassSpace], FolderScan]

@@ -29,6 +29,7 @@ from soup_exp.data.layout import DatasetLayoutError
 from soup_exp.errors import ConfigError
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.utils.io import atomic_path, atomic_write_json, read_json
+from soup_exp.vocabulary import HELD_OUT
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ def heldout_split(data_cfg: Mapping, classes: ClassSpace) -> tuple[TrainListing,
 def build_heldout(data_cfg: Mapping, classes: ClassSpace) -> LabeledImages:
     """The held-out set (result key ``ImageNet2p``); targets are ClassSpace columns."""
     listing, positions = heldout_split(data_cfg, classes)
-    return LabeledImages(name="ImageNet2p", samples=listing_samples(listing, positions, classes),
+    return LabeledImages(name=HELD_OUT, samples=listing_samples(listing, positions, classes),
                          num_targets=classes.num_classes, root=str(listing.root),
                          info={"train_images": len(listing)})
 

@@ -24,6 +24,7 @@ from soup_exp.data.shifts import (
 )
 from soup_exp.errors import ConfigError
 from soup_exp.utils.config import to_plain
+from soup_exp.vocabulary import HELD_OUT
 
 __all__ = ["EVAL_DATASETS", "DatasetLayoutError", "build_eval_dataset", "build_train_samples",
            "class_space", "dataset_root"]
@@ -45,7 +46,7 @@ def _rooted(reader: Callable[[str, ClassSpace], LabeledImages], root_key: str) -
 
 
 EVAL_DATASETS: dict[str, EvalBuilder] = {
-    "ImageNet2p": heldout.build_heldout,
+    HELD_OUT: heldout.build_heldout,
     "ImageNet": _rooted(read_imagenet_val, "ImageNet"),
     "ImageNetV2": _rooted(read_imagenet_v2, "ImageNetV2"),
     "ImageNetSketch": _rooted(read_imagenet_sketch, "ImageNetSketch"),

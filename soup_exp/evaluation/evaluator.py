@@ -21,13 +21,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from soup_exp.artifacts.results import HELD_OUT, with_avg_shifts
+from soup_exp.artifacts.results import with_avg_shifts
 from soup_exp.data.base import LabeledImages
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation.cache import CachedImages, PreprocessedCache
 from soup_exp.evaluation.sources import Batch, DecodingSource
 from soup_exp.evaluation.transforms import split_transform
 from soup_exp.utils.runtime import autocast, effective_precision, resolve_device
+from soup_exp.vocabulary import HELD_OUT
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from soup_exp.data.classes import ClassSpace
 from soup_exp.errors import SoupExpError
+from soup_exp.vocabulary import HELD_OUT
 
 RELEASE_URL = "https://github.com/mlfoundations/model-soups/releases/download/v0.0.2/model_{index}.pt"
 NUM_RELEASED = 72
@@ -208,7 +209,7 @@ def import_checkpoint(
     weights = layout.to_classifier(state_dict, classes)
     entry = dict(hparams_entry or {})
     is_lp = bool(entry) and replay_train_values(entry).get("mode") == "lp"
-    held_out = (published or {}).get("ImageNet2p")
+    held_out = (published or {}).get(HELD_OUT)
     info = {
         "name": name,
         "kind": "lp" if is_lp else "finetune",

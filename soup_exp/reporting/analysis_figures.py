@@ -29,9 +29,10 @@ from soup_exp.reporting.figures import (
     style_key,
 )
 from soup_exp.reporting.table import COLUMNS
+from soup_exp.vocabulary import AVG_SHIFTS, HELD_OUT
 
 Row = Mapping[str, Any]
-METRIC_LABELS = {**dict(COLUMNS), "avg_shifts": "Avg. shifts", "TrainSubset": "Train subset"}
+METRIC_LABELS = {**dict(COLUMNS), AVG_SHIFTS: "Avg. shifts", "TrainSubset": "Train subset"}
 
 
 def metric_label(metric: str) -> str:
@@ -205,7 +206,7 @@ def plot_greedy_orders(runs: Sequence[Row], metrics: Sequence[str], out_base: st
                      label="Random order" if column == 0 else None)
         left.scatter([column], [100 * float(sorted_run[metric])], zorder=3,
                      **{**greedy.scatter(), "label": "Sorted by held-out (paper)" if column == 0 else None})
-    left.set_xticks(range(len(shown)), [metric_label("ImageNet2p" if m == "held_out" else m) for m in shown])
+    left.set_xticks(range(len(shown)), [metric_label(HELD_OUT if m == "held_out" else m) for m in shown])
     left.set_xlim(-0.6, len(shown) - 0.4)
     left.set_ylabel("Accuracy of the final greedy soup (%)")
     style_axes(left)
@@ -239,7 +240,7 @@ def plot_greedy_tolerance(runs: Sequence[Row], metrics: Sequence[str], out_base:
     for index, metric in enumerate(["held_out", *metrics]):
         color = PALETTE[CYCLE[index % len(CYCLE)]]
         top.plot(tolerances, [100 * float(r[metric]) for r in chosen], marker="os^Dv"[index % 5], color=color,
-                 markersize=4, linewidth=1.2, label=metric_label("ImageNet2p" if metric == "held_out" else metric))
+                 markersize=4, linewidth=1.2, label=metric_label(HELD_OUT if metric == "held_out" else metric))
     top.set_ylabel("Accuracy of the greedy soup (%)")
     legend_below(fig, top, ncols=4)
     style_axes(top)

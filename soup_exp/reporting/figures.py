@@ -29,6 +29,7 @@ from matplotlib.transforms import Bbox
 
 from soup_exp.errors import SoupExpError
 from soup_exp.utils.io import atomic_path
+from soup_exp.vocabulary import AVG_SHIFTS, IMAGENET
 
 FIGSIZE = (6.4, 4.8)
 DPI = 150  # PNGs are 960 x 720 pixels; a by-layer coefficient map grows taller with its layers
@@ -189,14 +190,14 @@ def plot_figure1(rows: Sequence[Mapping[str, Any]], out_base: str | Path) -> lis
     """ImageNet top-1 (x) against the mean over the five shifts (y), as in the paper's
     Figure 1: fine-tuned models as unlabelled grey points, WiSE-FT as a curve through its
     alphas, soups, ensembles and baselines marked and named by the legend."""
-    plotted = [r for r in rows if r.get("ImageNet") is not None and r.get("avg_shifts") is not None]
+    plotted = [r for r in rows if r.get(IMAGENET) is not None and r.get(AVG_SHIFTS) is not None]
     if not plotted:
-        warnings.warn("no result has both ImageNet and avg_shifts; Figure 1 is skipped", stacklevel=2)
+        warnings.warn(f"no result has both {IMAGENET} and {AVG_SHIFTS}; Figure 1 is skipped", stacklevel=2)
         return []
     fig = figure1(plotted)
     data = [[r["name"], r.get("kind"), r.get("recipe"), r.get("label"), r.get("alpha"), r.get("interpolated"),
-             r["ImageNet"], r["avg_shifts"]] for r in plotted]
-    columns = ["name", "kind", "recipe", "label", "alpha", "interpolated", "ImageNet", "avg_shifts"]
+             r[IMAGENET], r[AVG_SHIFTS]] for r in plotted]
+    columns = ["name", "kind", "recipe", "label", "alpha", "interpolated", IMAGENET, AVG_SHIFTS]
     return [*save_figure(fig, out_base), save_data(columns, data, out_base)]
 
 
@@ -212,8 +213,8 @@ def figure1(rows: Sequence[Mapping[str, Any]]) -> Figure:
         if key == "wise_ft":
             _wise_ft_curves(ax, members, style)
             continue
-        xs = [100 * float(r["ImageNet"]) for r in members]
-        ys = [100 * float(r["avg_shifts"]) for r in members]
+        xs = [100 * float(r[IMAGENET]) for r in members]
+        ys = [100 * float(r[AVG_SHIFTS]) for r in members]
         ax.scatter(xs, ys, zorder=3 if key != "finetune" else 2, **style.scatter())
         if key != "finetune" and len(members) > 1:  # the legend names the style, not which one
             labelled += [(str(r["name"]), x, y) for r, x, y in zip(members, xs, ys, strict=True)]
@@ -234,8 +235,8 @@ def _wise_ft_curves(ax: Any, rows: Sequence[Mapping[str, Any]], style: Style) ->
     dashes = ("-", "--", ":", "-.")
     for index, (of, members) in enumerate(sorted(curves.items())):
         members = sorted(members, key=lambda r: float(r.get("alpha") if r.get("alpha") is not None else math.inf))
-        xs = [100 * float(r["ImageNet"]) for r in members]
-        ys = [100 * float(r["avg_shifts"]) for r in members]
+        xs = [100 * float(r[IMAGENET]) for r in members]
+        ys = [100 * float(r[AVG_SHIFTS]) for r in members]
         ax.plot(xs, ys, linestyle=dashes[index % len(dashes)], linewidth=1.2, zorder=2.5,
                 label=f"{style.label} of {of} (α = 0 … 1)", **style.line())
 

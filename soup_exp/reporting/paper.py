@@ -17,6 +17,7 @@ from typing import Any
 from soup_exp.artifacts.results import normalise_row, read_results, row_class_space
 from soup_exp.errors import ConfigError
 from soup_exp.reporting.table import Table, TableRow, build_table
+from soup_exp.vocabulary import AVG_SHIFTS, IMAGENET
 
 # Published result files shipped in soup_exp/reference/<dir>.
 log = logging.getLogger(__name__)
@@ -29,9 +30,9 @@ PUBLISHED_CLASSES: dict[str, range] = {"paper_vitb32": range(1000)}
 PAPER_TEXT_ROWS: dict[str, list[dict[str, Any]]] = {
     "paper_vitb32": [
         {"name": "learned_soup", "kind": "soup", "recipe": "learned_per_model",
-         "label": "Learned soup (paper text)", "ImageNet": 0.8089, "avg_shifts": 0.5107},
+         "label": "Learned soup (paper text)", IMAGENET: 0.8089, AVG_SHIFTS: 0.5107},
         {"name": "learned_soup_by_layer", "kind": "soup", "recipe": "learned_by_layer",
-         "label": "Learned soup, by layer (paper text)", "ImageNet": 0.8137, "avg_shifts": 0.5087},
+         "label": "Learned soup, by layer (paper text)", IMAGENET: 0.8137, AVG_SHIFTS: 0.5087},
     ],
 }
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from soup_exp.artifacts.results import avg_shifts
 from soup_exp.reporting.table import COLUMNS, Table, TableRow
+from soup_exp.vocabulary import AVG_SHIFTS
 
 Row = Mapping[str, Any]
 
@@ -56,9 +58,7 @@ def _values(row: Row) -> dict[str, float | None]:
 
 def _delta(ours: Row, theirs: Row, key: str) -> float | None:
     a, b = ours.get(key), theirs.get(key)
-    if key == "avg_shifts" and b is None:
-        from soup_exp.artifacts.results import avg_shifts
-
+    if key == AVG_SHIFTS and b is None:
         b = avg_shifts(theirs)
     return None if a is None or b is None else 100 * (float(a) - float(b))
 

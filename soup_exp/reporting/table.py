@@ -17,21 +17,13 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from soup_exp.artifacts.results import HELD_OUT, RESULT_FIELDS
+from soup_exp.artifacts.results import RESULT_FIELDS
 from soup_exp.errors import ConfigError
+from soup_exp.vocabulary import AVG_SHIFTS, HELD_OUT, IMAGENET, LABELS
 
 Row = Mapping[str, Any]
 
-COLUMNS: tuple[tuple[str, str], ...] = (
-    (HELD_OUT, "Held-out"),
-    ("ImageNet", "ImageNet"),
-    ("ImageNetV2", "IN-V2"),
-    ("ImageNetSketch", "IN-Sketch"),
-    ("ImageNetR", "IN-R"),
-    ("ObjectNet", "ObjectNet"),
-    ("ImageNetA", "IN-A"),
-    ("avg_shifts", "Avg shifts"),
-)
+COLUMNS: tuple[tuple[str, str], ...] = tuple(LABELS.items())
 
 # Where the paper's recipes go in the table; other recipes follow in order of appearance.
 PAPER_ORDER = ("uniform", "greedy", "learned_per_model", "learned_by_layer", "model_stock",
@@ -152,7 +144,7 @@ def findings(table: Table) -> list[str]:
         if base is None or claim is None:
             continue
         deltas = []
-        for key, label in ((HELD_OUT, "held-out"), ("ImageNet", "ImageNet"), ("avg_shifts", "Avg shifts")):
+        for key, label in ((HELD_OUT, "held-out"), (IMAGENET, LABELS[IMAGENET]), (AVG_SHIFTS, LABELS[AVG_SHIFTS])):
             a, b = base.values.get(key), claim.values.get(key)
             if a is not None and b is not None:
                 deltas.append(f"{label} {100 * (b - a):+.2f}")

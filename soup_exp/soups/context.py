@@ -26,10 +26,10 @@ from soup_exp.soups.freshness import (
 from soup_exp.soups.ingredients import Ingredient, resolve_ingredients
 from soup_exp.soups.streaming import check_arithmetic
 from soup_exp.utils.hashing import stable_hash
+from soup_exp.vocabulary import HELD_OUT
 
 log = logging.getLogger(__name__)
 
-HELD_OUT = "ImageNet2p"
 ACCUMULATE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _ALWAYS = ("recipe", "params", "pool", "numerics")
 

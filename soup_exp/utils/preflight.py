@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from soup_exp.utils.entry import STAGES, Stage
 from soup_exp.utils.resolvers import planned_job
 from soup_exp.utils.text import plural
+from soup_exp.vocabulary import HELD_OUT
 
 # A dry run's plan: section title -> lines, printed in the order of PLAN_SECTIONS.
 Plan = dict[str, list[str]]
@@ -235,7 +236,7 @@ def dataset_roots(cfg: DictConfig, names: Sequence[str]) -> list[tuple[str, str 
     extra: Mapping[str, Any] = cfg.data.get("datasets") or {}
     found = []
     for name in names:
-        if name in ("ImageNet2p", "train"):
+        if name in (HELD_OUT, "train"):
             found.append((name, str(Path(str(roots.get("ImageNet"))) / "train")))
         elif name in extra:
             found.append((name, (extra[name] or {}).get("root")))
@@ -260,16 +261,16 @@ def dataset_lines(cfg: DictConfig, names: Sequence[str]) -> list[str]:
     synthetic = data.get("synthetic")
     lines = []
     for name in names:
-        if name in ("ImageNet2p", "train"):
+        if name in (HELD_OUT, "train"):
             heldout = data.heldout
             train = Path(str(roots.get("ImageNet"))) / "train"
             mark = "" if synthetic else exists_mark(train)
             if name == "train":
                 lines.append(f"train: {train} minus the held-out split{mark}")
             elif heldout.get("index_file"):
-                lines.append(f"ImageNet2p (held-out): the split in {heldout.index_file} of {train}{mark}")
+                lines.append(f"{HELD_OUT} (held-out): the split in {heldout.index_file} of {train}{mark}")
             else:
-                lines.append(f"ImageNet2p (held-out): {heldout.per_class} images/class of {train} "
+                lines.append(f"{HELD_OUT} (held-out): {heldout.per_class} images/class of {train} "
                              f"(seed {heldout.seed}){mark}")
         elif name in EVAL_DATASETS:
             root_key = "ImageNet" if name == "ImageNetReal" else name
