@@ -234,7 +234,7 @@ def check_data(cfg: DictConfig) -> list[dict]:
 
     verify = str(cfg.check_data).lower() == "verify"
     reports = check_datasets(cfg.data, list(cfg.eval.datasets), verify=verify,
-                             num_threads=max(1, int(cfg.get("num_workers") or 1)))
+                             num_threads=max(1, int(cfg.num_workers or 1)))
     data_dir = (cfg.get("paths") or {}).get("data_dir")
     print(render_table(reports, data_dir=str(data_dir) if data_dir else None))
     raise_on_failure(reports)

@@ -219,7 +219,7 @@ def run_finetune(cfg: DictConfig) -> Path:
         return out_dir
     check_init(spec)  # before the directory and the W&B run exist
 
-    ctx = setup_distributed(str(cfg.get("device", "auto")))
+    ctx = setup_distributed(str(cfg.device))
     try:
         if ctx.is_main:
             store.claim(out_dir, identity)
@@ -227,7 +227,7 @@ def run_finetune(cfg: DictConfig) -> Path:
         job = Job(cfg, settings, draw, identity, ctx, classes, out_dir.name,
                   older_fingerprints=spec.older_fingerprints)
         job.run = _start_tracking(job)
-        torch.manual_seed(int(cfg.get("seed", 0)))  # randomly initialised towers/heads are reproducible
+        torch.manual_seed(int(cfg.seed))  # randomly initialised towers/heads are reproducible
         try:
             model, backbone = MODES[settings.mode](job)
             if ctx.is_main:
@@ -267,17 +267,17 @@ def path_identity(cfg: DictConfig, settings: TrainSettings, draw: SweepDraw,
     model = to_plain(cfg.model)
     from soup_exp.utils.model_id import model_id_for
 
-    heldout = to_plain(cfg.data.get("heldout")) or {}
+    heldout = to_plain(cfg.data.heldout)
     return {
         "model": model_id_for(model),
         "model_kwargs": model.get("kwargs"),
         "classes": stable_hash(list(classes.indices)),
-        "heldout": {k: heldout.get(k) for k in ("per_class", "seed", "index_file")}
-        | ({"index_file_lists": heldout.get("index_file_lists")} if heldout.get("index_file") else {}),
+        "heldout": {k: heldout[k] for k in ("per_class", "seed", "index_file")}
+        | ({"index_file_lists": heldout["index_file_lists"]} if heldout["index_file"] else {}),
         "hparams": settings.hparams(),
         "sweep": draw.record(),
-        "seed": int(cfg.get("seed", 0)),
-        "precision": str(cfg.get("precision", "bf16")),
+        "seed": int(cfg.seed),
+        "precision": str(cfg.precision),
     }
 
 
@@ -347,13 +347,13 @@ def _finetune(job: Job) -> tuple[nn.Module, Any]:
 
     dataset = TrainImages(samples, train_transform(backbone, s.base_transform, s.aug))
     evaluate = _periodic_evaluator(job, backbone) if s.eval_every_steps and job.ctx.is_main else None
-    workers = int(job.cfg.get("num_workers", 0))
+    workers = int(job.cfg.num_workers)
     with threads_beside_loader(job.ctx.device, workers):
         result = fit(
             model, dataset, s, ctx=job.ctx, num_classes=job.classes.num_classes,
-            fingerprint=store.fingerprint(job.identity), older_fingerprints=job.older_fingerprints, seed=int(job.cfg.get("seed", 0)),
-            precision=str(job.cfg.get("precision", "bf16")), num_workers=workers,
-            evaluate=evaluate, run=job.run, progress=bool(job.cfg.get("progress", True)),
+            fingerprint=store.fingerprint(job.identity), older_fingerprints=job.older_fingerprints, seed=int(job.cfg.seed),
+            precision=str(job.cfg.precision), num_workers=workers,
+            evaluate=evaluate, run=job.run, progress=bool(job.cfg.progress),
         )
     job.metrics["train"] = {
         "steps": result.steps, "resumed_from_step": result.resumed_from, "final_loss": result.final_loss,
@@ -419,7 +419,7 @@ def zeroshot_head_for(backbone: Any, job: Job) -> nn.Linear:
     from soup_exp.models import zeroshot_head
 
     try:
-        show = None if job.cfg.get("progress", True) else False  # None: a bar for > 100 classes
+        show = None if job.cfg.progress else False  # None: a bar for > 100 classes
         return zeroshot_head(backbone, job.classes.classnames, device=job.ctx.device, progress=show)
     except ValueError as err:
         raise ConfigError(str(err)) from err
@@ -437,14 +437,14 @@ def lp_head(backbone: Any, job: Job) -> nn.Linear:
     cache_file = cache_dir / f"{stable_hash([backbone.model_id, job.classes.indices])}.safetensors"
     features, labels = extract_features(
         backbone.image_encoder, samples, backbone.preprocess_val, batch_size=lp.batch_size,
-        device=job.ctx.device, cache_file=cache_file, num_workers=int(job.cfg.get("num_workers", 0)),
-        precision=str(job.cfg.get("precision", "bf16")), progress=bool(job.cfg.get("progress", True)),
+        device=job.ctx.device, cache_file=cache_file, num_workers=int(job.cfg.num_workers),
+        precision=str(job.cfg.precision), progress=bool(job.cfg.progress),
     )
     init = zeroshot_head_for(backbone, job) if backbone.clip_model is not None else None
     head = train_linear_probe(features, labels, job.classes.num_classes, init=init, epochs=lp.epochs,
                               lr=lp.lr, weight_decay=lp.weight_decay, batch_size=lp.batch_size,
-                              warmup_steps=lp.warmup_steps, seed=int(job.cfg.get("seed", 0)),
-                              progress=bool(job.cfg.get("progress", True)))
+                              warmup_steps=lp.warmup_steps, seed=int(job.cfg.seed),
+                              progress=bool(job.cfg.progress))
     job.metrics["lp"] = {"train_images": len(samples), "feature_cache": str(cache_file)}
     return head
 

@@ -59,7 +59,7 @@ def run_import(cfg: DictConfig) -> list[Path]:
     out_root = Path(cfg.ingredients_dir)
     config = loggable_config(cfg)
     done = []
-    for name, path in tqdm(files, desc="importing checkpoints", unit="model", disable=not cfg.get("progress", True)):
+    for name, path in tqdm(files, desc="importing checkpoints", unit="model", disable=not cfg.progress):
         out_dir = out_root / name
         identity = import_identity(path, name, backbone.model_id, classes)
         if _already_imported(out_dir, identity):

@@ -224,15 +224,14 @@ def _load_saved(npy: Path, sidecar: Path, listing: TrainListing) -> np.ndarray |
 def heldout_split(data_cfg: Mapping, classes: ClassSpace) -> tuple[TrainListing, np.ndarray]:
     """The train listing and the sorted positions of its held-out images (classes in the space)."""
     listing = list_train(data_cfg["roots"]["ImageNet"], classes)
-    cfg = data_cfg.get("heldout") or {}
-    index_file = cfg.get("index_file")
+    cfg = data_cfg["heldout"]
+    index_file = cfg["index_file"]
     if index_file:
-        positions = read_index_file(index_file, listing, cfg.get("index_file_lists", "heldout"),
-                                    authors_check=bool(cfg.get("authors_check", True)))
+        positions = read_index_file(index_file, listing, cfg["index_file_lists"],
+                                    authors_check=bool(cfg["authors_check"]))
         log.info("held-out split: %d images from %s", positions.size, index_file)
     else:
-        positions = _seeded_split(listing, classes, cfg.get("per_class", 26), cfg.get("seed", 0),
-                                  cfg.get("split_dir"))
+        positions = _seeded_split(listing, classes, cfg["per_class"], cfg["seed"], cfg["split_dir"])
     in_space = np.asarray([classes.local_index(int(listing.imagenet_labels[i])) is not None
                            for i in positions], dtype=bool)
     return listing, positions[in_space] if positions.size else positions

@@ -149,8 +149,8 @@ def scan_objectnet(root: str | os.PathLike, classes: ClassSpace):
 
 
 def border_crop(data_cfg: Mapping) -> int:
-    """``data.objectnet.border_crop`` (pixels cut off each side), the paper preset's 0 when unset."""
-    value = (data_cfg.get("objectnet") or {}).get("border_crop", PAPER_BORDER_CROP)
+    """``data.objectnet.border_crop`` (pixels cut off each side)."""
+    value = data_cfg["objectnet"]["border_crop"]
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"data.objectnet.border_crop={value!r}: expected an integer >= 0 "
                           f"({PAPER_BORDER_CROP} = as published, {README_BORDER_CROP} = the ObjectNet README's crop)")

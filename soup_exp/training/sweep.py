@@ -152,7 +152,7 @@ def _random(sweep: DictConfig) -> SweepDraw:
     space = to_plain(sweep.get("space")) or {}
     if not space:
         raise ConfigError("sweep.kind=random needs a non-empty sweep.space")
-    index, seed = sweep.get("index"), sweep.get("seed", 0)
+    index, seed = sweep.get("index"), sweep.seed
     if not isinstance(index, int) or index < 0:
         raise ConfigError(f"sweep.index={index!r}: expected an integer >= 0 (use sweep.index='range(N)' with -m)")
     drawn = draw_member(space, seed, index)
@@ -212,7 +212,7 @@ SWEEP_KINDS: dict[str, Callable[[DictConfig], SweepDraw]] = {
 
 
 def resolve_sweep(sweep: DictConfig) -> SweepDraw:
-    kind = sweep.get("kind", "none")
+    kind = sweep.kind
     if kind not in SWEEP_KINDS:
         raise ConfigError(f"sweep.kind={kind!r}: expected one of {', '.join(SWEEP_KINDS)}")
     return SWEEP_KINDS[kind](sweep)

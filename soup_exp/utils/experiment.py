@@ -146,12 +146,12 @@ def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], Any], claim: bool =
     out of space or permission anywhere is a user error too: the message names the file.
     Secret overrides (handed over in the environment) are set on ``cfg`` here.
     """
-    name = cfg.get("stage", "")
+    name = cfg.stage
     try:
         cfg = apply_secret_overrides(cfg)
         scrub_hydra_files(cfg)
         check_config(cfg)
-        require_device(str(cfg.get("device", "auto")))
+        require_device(str(cfg.device))
         if cfg.get("cpu_threads"):
             torch.set_num_threads(int(cfg.cpu_threads))
         if claim:

@@ -80,8 +80,9 @@ def family(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def data_cfg(family, tmp_path):
     return {"classes": None, "roots": {k: str(v) for k, v in family.items()},
-            "heldout": {"per_class": 1, "seed": 0, "index_file": None,
-                        "index_file_lists": "heldout", "split_dir": str(tmp_path / "splits")}}
+            "heldout": {"per_class": 1, "seed": 0, "index_file": None, "index_file_lists": "heldout",
+                        "authors_check": True, "split_dir": str(tmp_path / "splits")},
+            "objectnet": {"border_crop": 0}}
 
 
 @pytest.fixture(scope="session")

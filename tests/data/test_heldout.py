@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import Sampler
 from torchvision import datasets, transforms
 
@@ -11,8 +12,11 @@ from soup_exp.data.classes import ClassSpace
 from soup_exp.data.heldout import build_heldout, build_train_samples, heldout_split
 from soup_exp.data.layout import DatasetLayoutError
 from soup_exp.errors import ConfigError
+from soup_exp.utils.entry import packaged_config_dir
 
 from .conftest import JPEG, PNG, put, wnid_tree
+
+PACKAGED_HELDOUT = OmegaConf.load(packaged_config_dir() / "data" / "imagenet.yaml").heldout
 
 SPACE = ClassSpace.from_config([0, 1, 2])
 
@@ -22,7 +26,7 @@ def train_cfg(tmp_path):
     wnid_tree(tmp_path / "imagenet" / "train", SPACE.wnids, "{w}_{i:03d}.JPEG", per_class=10)
     return {"classes": [0, 1, 2], "roots": {"ImageNet": str(tmp_path / "imagenet")},
             "heldout": {"per_class": 3, "seed": 0, "index_file": None, "index_file_lists": "heldout",
-                        "split_dir": str(tmp_path / "splits")}}
+                        "authors_check": True, "split_dir": str(tmp_path / "splits")}}
 
 
 def test_seeded_split_is_per_class_and_deterministic(train_cfg, tmp_path):
@@ -68,7 +72,7 @@ def test_mask_ones_are_the_heldout_images(train_cfg, tmp_path):
     mask[[0, 11, 29]] = 1
     np.save(tmp_path / "idx.npy", mask)
     with_mask = {**train_cfg, "heldout": {**train_cfg["heldout"], "index_file": str(tmp_path / "idx.npy")}}
-    with_mask["heldout"].pop("index_file_lists")  # the default reading
+    with_mask["heldout"]["index_file_lists"] = PACKAGED_HELDOUT.index_file_lists  # the default reading
     listing, positions = heldout_split(with_mask, SPACE)
     assert positions.tolist() == [0, 11, 29]
     assert len(build_train_samples(with_mask, SPACE)) == 27

@@ -22,7 +22,8 @@ def synthetic_cfg(root, **overrides):
     syn.update(overrides)
     return {"classes": CLASSES, "synthetic": syn,
             "roots": {name: str(root / sub) for name, sub in SUBDIRS.items()},
-            "heldout": {"per_class": 2, "seed": 0, "index_file": None, "split_dir": str(root.parent / "splits")}}
+            "heldout": {"per_class": 2, "seed": 0, "index_file": None, "split_dir": str(root.parent / "splits")},
+            "objectnet": {"border_crop": 0}}
 
 
 def tree_files(root):
