@@ -179,7 +179,7 @@ def greedy_soup(
     accumulate_dtype: torch.dtype = torch.float32,
     candidate_buffer: Mapping[str, torch.Tensor] | None = None,
     progress: bool = False,
-    arithmetic: str = "sum",
+    arithmetic: str = "authors",
     precision: str | None = None,
     order: Sequence[int] | None = None,
 ) -> GreedyResult:
@@ -189,7 +189,8 @@ def greedy_soup(
     the evaluation skeleton's ``state_dict()`` and the candidate *is* the model: loading
     it into the skeleton then copies nothing, and memory is the running model plus one model.
 
-    ``arithmetic="sum"`` keeps a sum in ``accumulate_dtype`` and divides each candidate;
+    ``arithmetic`` defaults to the CLI's ``soup.arithmetic`` (``authors``), so both cook the
+    same soup. ``"sum"`` keeps a sum in ``accumulate_dtype`` and divides each candidate;
     ``"authors"`` keeps the authors' running average (``avg * (n / (n + 1.)) + new * (1. /
     (n + 1))`` in the ingredients' dtype), which reproduces their greedy soup bit for bit.
 

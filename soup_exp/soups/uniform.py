@@ -19,12 +19,13 @@ def uniform_soup(
     accumulate_dtype: torch.dtype = torch.float32,
     prefetch: bool = True,
     progress: bool = False,
-    arithmetic: str = "sum",
+    arithmetic: str = "authors",
 ) -> dict[str, torch.Tensor]:
     """Mean of the ingredients (weighted by ``weights``, normalised to sum 1).
 
     Streams one tensor at a time: memory is one fp32 model plus a few tensors in flight.
-    The result has the ingredients' dtypes. ``arithmetic="sum"`` accumulates in
+    The result has the ingredients' dtypes. ``arithmetic`` defaults to the CLI's
+    ``soup.arithmetic`` (``authors``), so both cook the same soup. ``"sum"`` accumulates in
     ``accumulate_dtype`` and divides once; ``"authors"`` adds ``x_i * (w_i / sum w)`` in
     order, in the ingredients' dtype (at least fp32), as the authors' ``main.py`` did:
     ``soup = v * (1./N) + soup`` -- bit for bit the same soup.

@@ -163,7 +163,7 @@ def test_uniform_soup_equals_the_authors_loop(release, imported):
     assert set(theirs) - set(mapped) == TEXT_KEYS
     for key, tensor in mapped.items():
         assert torch.equal(tensor, theirs[key]), key  # bit for bit
-    summed = _as_wrapper_keys(uniform_soup(imported))  # the sum-then-divide arithmetic
+    summed = _as_wrapper_keys(uniform_soup(imported, arithmetic="sum"))  # sum, then divide
     gap = max((summed[k] - theirs[k]).abs().max().item() for k in summed)
     assert 0 < gap < 1e-6
 

@@ -68,6 +68,12 @@ class FakeEvaluator:
     def accuracy_from_logits(self, logits, name):
         return (logits.argmax(1) == self.y).float().mean().item()
 
+    def member_logits(self, logits, name):
+        return logits
+
+    def ensemble_accuracy(self, mean_logits, name):
+        return self.accuracy_from_logits(mean_logits, name)
+
     def heldout_accuracy_fn(self, skeleton, name):
         def accuracy(sd):
             skeleton.load_state_dict(sd, strict=True)
@@ -443,3 +449,21 @@ def test_a_damaged_learned_state_is_named(pool, monkeypatch, capsys, damage):
         save_file({"raw": torch.zeros(4, 5)}, str(state))
     err = stage_error(_cfg(out, ["learned_by_layer"]), run_soups, capsys)
     assert str(state) in err and "delete it" in err.lower(), err
+
+
+def test_the_python_api_with_its_defaults_cooks_the_stages_soups_bit_for_bit(pool, monkeypatch):
+    """uniform_soup and greedy_soup default to the CLI's soup.arithmetic (authors)."""
+    from soup_exp.soups import greedy_soup, uniform_soup
+
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    made = run_soups(_cfg(out, ["uniform", "greedy"]), run=FakeRun())
+    api = {"uniform": uniform_soup(out / "ingredients"),
+           "greedy": greedy_soup(out / "ingredients", None, evaluator.heldout_accuracy_fn(Tiny(), "h")).state_dict}
+    for name, state_dict in api.items():
+        cooked = load_file(str(made[name] / "model.safetensors"))
+        assert cooked.keys() == state_dict.keys()
+        for key, tensor in cooked.items():
+            assert tensor.dtype == state_dict[key].dtype and torch.equal(tensor, state_dict[key]), (name, key)
+    summed = uniform_soup(out / "ingredients", arithmetic="sum")
+    assert any(not torch.equal(summed[k], api["uniform"][k]) for k in summed)  # the default is what decides

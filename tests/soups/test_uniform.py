@@ -76,4 +76,4 @@ def test_prefetch_off_matches(make_sd):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_accumulate_dtype(dtype, make_sd):
     sds = [make_sd(i) for i in range(3)]
-    _assert_close(uniform_soup(sds, accumulate_dtype=dtype), _mean(sds))
+    _assert_close(uniform_soup(sds, accumulate_dtype=dtype, arithmetic="sum"), _mean(sds))
