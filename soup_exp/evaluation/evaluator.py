@@ -318,18 +318,26 @@ class Evaluator:
         return accuracy
 
 
+def ensemble_mean(total: torch.Tensor, count: int) -> torch.Tensor:
+    """The mean an ensemble predicts from, given the float64 sum of its ``count`` members'
+    :meth:`Evaluator.member_logits`: divided, back to float32. The float64 sum is exact for
+    float32 values within 2**29 of each other in size, so neither the members' order nor
+    how the sum was split (per batch, per member, a running greedy sum) changes a bit. The
+    one definition every ensemble path uses: the evaluate stage, the ensemble recipes and
+    the analyses."""
+    return (total / count).float()
+
+
 def mean_member_logits(member_logits: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Members' logits (as :meth:`Evaluator.member_logits`) averaged as every ensemble path
-    averages them: summed in float64 (exact for float32 values within 2**29 of each other in
-    size, so the members' order does not matter), divided, back to float32. Reads the
-    members one at a time, so they need not be in memory together."""
+    """Members' logits (as :meth:`Evaluator.member_logits`) averaged by :func:`ensemble_mean`.
+    Reads the members one at a time, so they need not be in memory together."""
     total, count = None, 0
     for logits in member_logits:
         total = logits.double() if total is None else total + logits
         count += 1
     if total is None:
         raise ValueError("an ensemble needs at least one member")
-    return (total / count).float()
+    return ensemble_mean(total, count)
 
 
 class EnsembleSums:
@@ -377,7 +385,7 @@ class EnsembleSums:
     def accuracies(self, name: str, datasets: Sequence[str]) -> dict[str, float]:
         """The ensemble's accuracy on each of ``datasets`` (all members must be in)."""
         count = len(self.members[name])
-        return {dataset: self.evaluator.ensemble_accuracy((self._sums.pop((name, dataset)) / count).float(),
+        return {dataset: self.evaluator.ensemble_accuracy(ensemble_mean(self._sums.pop((name, dataset)), count),
                                                           dataset)
                 for dataset in datasets}
 

@@ -182,6 +182,15 @@ class SoupContext:
         """Held-out accuracy of raw logits (rows in held-out order)."""
         return self.evaluator.accuracy_from_logits(logits, HELD_OUT)
 
+    def heldout_member_logits(self, index: int) -> torch.Tensor:
+        """What an ensemble averages of ingredient ``index`` on held-out, as the evaluate
+        stage does (``eval.ensemble_logits``)."""
+        return self.evaluator.member_logits(self.heldout_logits(index), HELD_OUT)
+
+    def ensemble_accuracy(self, mean_member_logits: torch.Tensor) -> float:
+        """Held-out accuracy of an ensemble from its averaged :meth:`heldout_member_logits`."""
+        return self.evaluator.ensemble_accuracy(mean_member_logits, HELD_OUT)
+
     def heldout_batches(self, batch_size: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled held-out ``(images, targets)`` on the device; the order is seeded by
         ``seed`` and epoch (so the seed is an input of the soup)."""

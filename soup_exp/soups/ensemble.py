@@ -1,8 +1,11 @@
 """Output-space baselines: the logit ensemble and the greedy ensemble.
 
-Both work on cached per-ingredient held-out logits (``load_logits(i)``), holding only a
-running sum and one candidate, and the greedy ensemble uses the very rule of the greedy
-soup (:func:`soup_exp.soups.greedy.run_greedy_rule`) with logits in place of weights.
+Both work on cached per-ingredient held-out logits (``load_logits(i)``: what an ensemble
+averages of member ``i``, :meth:`~soup_exp.evaluation.Evaluator.member_logits`), holding
+only a float64 running sum and one candidate, and average them with the evaluate stage's
+:func:`~soup_exp.evaluation.evaluator.ensemble_mean`, so a recipe's held-out accuracy is the
+one the results row shows. The greedy ensemble uses the very rule of the greedy soup
+(:func:`soup_exp.soups.greedy.run_greedy_rule`) with logits in place of weights.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Annotated, Any
 
 import torch
 
+from soup_exp.evaluation.evaluator import ensemble_mean, mean_member_logits
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.greedy import run_greedy_rule
 from soup_exp.soups.recipe import Range, Soup
@@ -28,20 +32,10 @@ class EnsembleResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def mean_logits(indices: Sequence[int], load_logits: LoadLogits) -> torch.Tensor:
-    total = None
-    for i in indices:
-        logits = load_logits(i).float()
-        total = logits.clone() if total is None else total.add_(logits)
-    if total is None:
-        raise ValueError("an ensemble needs at least one member")
-    return total.div_(len(indices))
-
-
 def logit_ensemble(num_members: int, load_logits: LoadLogits, accuracy: AccuracyFromLogits) -> EnsembleResult:
-    """All members, raw logits averaged (then projected and scored by ``accuracy``)."""
+    """All members, their logits averaged (:func:`mean_member_logits`), scored by ``accuracy``."""
     members = list(range(num_members))
-    return EnsembleResult(members, float(accuracy(mean_logits(members, load_logits))))
+    return EnsembleResult(members, float(accuracy(mean_member_logits(load_logits(i) for i in members))))
 
 
 def greedy_ensemble(
@@ -57,14 +51,13 @@ def greedy_ensemble(
     from soup_exp.soups.greedy import greedy_order
 
     first = greedy_order(names, scores)[0]
-    running = {"sum": load_logits(first).float().clone(), "count": 1}
+    running = {"sum": load_logits(first).double(), "count": 1}
 
     def try_candidate(i: int) -> float:
-        candidate = running["sum"] + load_logits(i).float()
-        return float(accuracy(candidate.div_(running["count"] + 1)))
+        return float(accuracy(ensemble_mean(running["sum"] + load_logits(i), running["count"] + 1)))
 
     def accept(i: int) -> None:
-        running["sum"].add_(load_logits(i).float())
+        running["sum"].add_(load_logits(i))
         running["count"] += 1
 
     state = run_greedy_rule(names, scores, try_candidate, accept, tolerance=tolerance,
@@ -75,14 +68,14 @@ def greedy_ensemble(
 def ensemble_recipe(ctx: SoupContext) -> Soup:
     """Recipe ``ensemble``: every ingredient's logits averaged (N models at inference)."""
     n = len(ctx.ingredients)
-    result = logit_ensemble(n, ctx.heldout_logits, ctx.logits_accuracy)
+    result = logit_ensemble(n, ctx.heldout_member_logits, ctx.ensemble_accuracy)
     return Soup(None, {"kind": "ensemble", "members": ctx.names, "coefficients": [1.0 / n] * n,
                        "held_out_accuracy": result.accuracy})
 
 
 def greedy_ensemble_recipe(ctx: SoupContext, *, tolerance: Annotated[float, Range(0.0)]) -> Soup:
     """Recipe ``greedy_ensemble``: the greedy rule over logit ensembles."""
-    result = greedy_ensemble(ctx.names, ctx.scores, ctx.heldout_logits, ctx.logits_accuracy,
+    result = greedy_ensemble(ctx.names, ctx.scores, ctx.heldout_member_logits, ctx.ensemble_accuracy,
                              tolerance=tolerance, progress=ctx.progress)
     ctx.log_table("history", result.history)
     members = [ctx.names[i] for i in result.members]

@@ -1,13 +1,15 @@
 import numpy as np
 import pytest
 import torch
-from eval_testkit import LookupModel, eval_transform
+from eval_testkit import NUM_IDS, LogitProjection, LookupModel, eval_transform, make_dataset
 
 from soup_exp.artifacts.results import avg_shifts
 from soup_exp.data.base import LabeledImages
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation import sources
 from soup_exp.evaluation.evaluator import Evaluator
+from soup_exp.soups.context import SoupContext
+from soup_exp.vocabulary import HELD_OUT
 
 
 def _evaluator(suite, cache=False, **kwargs):
@@ -274,3 +276,46 @@ def test_training_mode_is_restored(suite):
     model.register_forward_hook(lambda m, *_: seen.append(m.training))
     _evaluator(suite).evaluate({"m": model}, datasets=["ImageNetR"])
     assert seen and not any(seen) and model.training
+
+
+
+class _HeldOutContext(SoupContext):
+    """The soup context of the ensemble recipes over a real evaluator and fixed logits."""
+
+    def __init__(self, evaluator, raw, run):
+        self._held_out_evaluator, self._raw, self.run = evaluator, raw, run
+        self.names = [f"m{i}" for i in range(len(raw))]
+        self.ingredients, self.progress, self.recipe = self.names, False, "test"
+
+    evaluator = property(lambda self: self._held_out_evaluator)
+    scores = property(lambda self: [self.logits_accuracy(r) for r in self._raw])
+
+    def heldout_logits(self, index):
+        return self._raw[index]
+
+
+@pytest.mark.parametrize("mode", ["projected", "raw"])
+def test_the_ensemble_recipes_score_as_the_evaluate_stage(tmp_path, mode):
+    """One ensemble mean: the ensemble and greedy_ensemble recipes give the held-out accuracy
+    the evaluate stage writes for their ensembles, on a held-out set with a many-to-one
+    projection (where averaging raw logits, the recipes' old path, scores otherwise)."""
+    from types import SimpleNamespace
+
+    from soup_exp.soups.ensemble import ensemble_recipe, greedy_ensemble_recipe
+
+    rng = np.random.default_rng(11)
+    groups = ((0, 1, 2), (3, 4), (5, 6, 7, 8, 9))
+    spec = [(i % NUM_IDS, int(rng.integers(3))) for i in range(40)]
+    held_out = make_dataset(tmp_path / "data", HELD_OUT, spec, 3, LogitProjection(groups))
+    evaluator = Evaluator([held_out], eval_transform(), batch_size=3, progress=False, ensemble_logits=mode)
+    members = [LookupModel(rng.normal(size=(NUM_IDS, 10)).astype(np.float32)) for _ in range(5)]
+    raw = [evaluator.logits(m, HELD_OUT) for m in members]
+    ctx = _HeldOutContext(evaluator, raw, SimpleNamespace(log_table=lambda *a: None))
+
+    everything = ensemble_recipe(ctx).info["held_out_accuracy"]
+    assert everything == evaluator.evaluate_ensembles({"all": members})["all"][HELD_OUT]
+    greedy = greedy_ensemble_recipe(ctx, tolerance=0.0).info
+    chosen = [members[ctx.names.index(name)] for name in greedy["members"]]
+    assert greedy["held_out_accuracy"] == evaluator.evaluate({"g": chosen})["g"][HELD_OUT]
+    raw_mean = evaluator.accuracy_from_logits(torch.stack(raw).mean(0), HELD_OUT)
+    assert (raw_mean != everything) is (mode == "projected")  # the test tells the two means apart
