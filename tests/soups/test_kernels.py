@@ -133,3 +133,44 @@ def test_the_user_ties_kernel_peak_memory_does_not_grow_with_the_number_of_ingre
     assert ties[LARGE] - ties[SMALL] < tensor_bytes, ties  # 7 more ingredients: not one more tensor
     stacked = {n: _peak_bytes(files[:n], base, "stacked_mean") for n in (SMALL, LARGE)}
     assert stacked[LARGE] - stacked[SMALL] > 7 * tensor_bytes, stacked  # the measure sees N tensors held
+
+
+def test_the_documented_task_arithmetic_kernel(make_sd, monkeypatch):
+    monkeypatch.syspath_prepend(str(USER_REPO))
+    monkeypatch.delitem(sys.modules, "my_soups", raising=False)
+    from my_soups import task_arithmetic
+
+    sds, start = [make_sd(i) for i in range(3)], make_sd(9)
+    out = merge_tensors(resolve_ingredients(sds), task_arithmetic.fn, base=resolve_ingredients(start)[0],
+                        params={"scale": 0.5})
+    for key, tensor in out.items():
+        assert torch.allclose(tensor, start[key] + 0.5 * sum(sd[key] - start[key] for sd in sds), atol=1e-6)
+
+
+def test_a_kernel_recipe_starts_from_the_lp_init_and_is_skipped_without_its_base(tmp_path, make_sd, make_run,
+                                                                                 monkeypatch, caplog):
+    from omegaconf import OmegaConf
+
+    from soup_exp.soups import SoupContext
+
+    monkeypatch.syspath_prepend(str(USER_REPO))
+    monkeypatch.delitem(sys.modules, "my_soups", raising=False)
+    from my_soups import task_arithmetic
+
+    lp = make_run(tmp_path / "pool", "lp_init", make_sd(9), kind="lp")
+    sds = [make_sd(i) for i in range(2)]
+    for i, sd in enumerate(sds):
+        make_run(tmp_path / "pool", f"ft_{i}", sd, hparams={"init_from": str(lp)})
+    cfg = OmegaConf.create({"soups_dir": str(tmp_path / "soups"), "zeroshot_dir": str(tmp_path / "zeroshot"),
+                            "progress": False, "seed": 0,
+                            "soup": {"accumulate_dtype": "float32", "arithmetic": "sum", "kernel_device": "cpu"}})
+    ctx = SoupContext(cfg, resolve_ingredients(tmp_path / "pool"), run=None)
+    ctx.recipe = "task_arithmetic"
+    soup = task_arithmetic(ctx, base="lp", scale=1.0)
+    assert soup.info == {"base": "lp_init"} and "base" in ctx.inputs()
+    start = make_sd(9)
+    for key, tensor in soup.state_dict.items():
+        assert torch.allclose(tensor, start[key] + sum(sd[key] - start[key] for sd in sds), atol=1e-6)
+    with caplog.at_level("WARNING"):
+        assert task_arithmetic(ctx, base="zeroshot", scale=1.0) is None
+    assert "recipe task_arithmetic skipped: its base 'zeroshot' needs a zero-shot model in" in caplog.text

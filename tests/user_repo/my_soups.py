@@ -19,6 +19,15 @@ def top_k_soup(ctx: SoupContext, *, k: Annotated[int, Range(1)]) -> Soup:
 
 
 @kernel
+def task_arithmetic(tensors: Tensors, base: Tensor, *, scale: float) -> Tensor:
+    """The initialisation plus ``scale`` times the sum of the task vectors."""
+    total = torch.zeros_like(base)
+    for tensor in tensors:
+        total += tensor - base
+    return base + scale * total
+
+
+@kernel
 def ties(tensors: Tensors, base: Tensor, *, density: Annotated[float, Range(0.0, 1.0, low_open=True)],
          scale: float) -> Tensor:
     """TIES-merging (Yadav et al. 2023), one tensor at a time: keep the ``density`` share of
