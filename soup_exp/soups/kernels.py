@@ -26,14 +26,22 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from soup_exp.errors import ConfigError
-from soup_exp.soups.ingredients import Ingredient, all_finite, float_keys, validate_ingredients
+from soup_exp.soups.ingredients import (
+    Ingredient,
+    IngredientLike,
+    all_finite,
+    float_keys,
+    load_ingredients,
+    resolve_ingredients,
+    validate_ingredients,
+)
 from soup_exp.soups.recipe import Soup
 from soup_exp.soups.streaming import identical_buffer, prefetched
 
@@ -84,10 +92,10 @@ class Tensors:
 
 
 def merge_tensors(
-    ingredients: Sequence[Ingredient],
+    ingredients: IngredientLike | Iterable[IngredientLike],
     fn: KernelFn,
     *,
-    base: Ingredient | None = None,
+    base: IngredientLike | None = None,
     params: Mapping[str, Any] | None = None,
     accumulate_dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
@@ -96,11 +104,12 @@ def merge_tensors(
     name: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """``fn(tensors, base, **params)`` for every floating tensor of the pool; a state dict
-    in the ingredients' dtypes. ``name`` (the recipe) heads the error a bad output raises."""
-    if not ingredients:
-        raise ValueError("merge_tensors needs at least one ingredient")
-    validate_ingredients(list(ingredients))
+    in the ingredients' dtypes. ``ingredients`` and ``base`` are what :func:`uniform_soup`
+    takes (paths, run directories, state dicts); ``name`` (the recipe) heads the error a bad
+    output raises."""
+    ingredients = load_ingredients(ingredients)
     if base is not None:
+        base = _one(resolve_ingredients(base, kinds=None))
         validate_ingredients([ingredients[0], base])
     first, params, device = ingredients[0], dict(params or {}), torch.device(device)
     where = f"recipe {name}" if name else f"kernel {getattr(fn, '__qualname__', fn)}"
@@ -134,6 +143,12 @@ def merge_tensors(
         if key not in out:
             out[key] = identical_buffer([*ingredients, *([base] if base is not None else [])], key)
     return {k: out[k] for k in first.tensor_keys()}
+
+
+def _one(models: list[Ingredient]) -> Ingredient:
+    if len(models) != 1:
+        raise ConfigError(f"a kernel's base is one model, got {len(models)}: {', '.join(m.name for m in models)}")
+    return models[0]
 
 
 def _checked(result: Any, key: str, spec: tuple[torch.dtype, tuple[int, ...]], where: str) -> torch.Tensor:
