@@ -180,7 +180,8 @@ class Kernel:
         self.__signature__ = inspect.Signature([
             inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_ONLY),
             inspect.Parameter("base", inspect.Parameter.KEYWORD_ONLY, annotation=choice),
-            *[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in given[2:]],
+            *[p if p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) else p.replace(kind=p.KEYWORD_ONLY)
+              for p in given[2:] if p.kind is not p.VAR_POSITIONAL],
         ])
         self.__annotations__ = {**getattr(fn, "__annotations__", {}), "base": choice}
 

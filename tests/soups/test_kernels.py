@@ -174,3 +174,12 @@ def test_a_kernel_recipe_starts_from_the_lp_init_and_is_skipped_without_its_base
     with caplog.at_level("WARNING"):
         assert task_arithmetic(ctx, base="zeroshot", scale=1.0) is None
     assert "recipe task_arithmetic skipped: its base 'zeroshot' needs a zero-shot model in" in caplog.text
+
+
+def test_a_kernel_that_does_not_take_tensors_and_base_is_refused_where_it_is_defined():
+    from soup_exp.soups import kernel
+
+    with pytest.raises(TypeError, match=r"kernel .*one_argument must take \(tensors, base, \*\*params\)"):
+        @kernel
+        def one_argument(tensors):
+            return tensors
