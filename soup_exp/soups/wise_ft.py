@@ -34,7 +34,7 @@ def wise_ft_soups(
     for alpha in alphas:
         alpha = float(alpha)
         yield alpha, merge_tensors([tuned], interpolate, base=start, params={"alpha": alpha},
-                                   accumulate_dtype=accumulate_dtype, name=f"WiSE-FT alpha={alpha:g}")
+                                   accumulate_dtype=accumulate_dtype, name="wise_ft")
 
 
 def interpolate(tensors: Tensors, base: torch.Tensor, *, alpha: float) -> torch.Tensor:
