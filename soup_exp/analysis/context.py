@@ -24,7 +24,6 @@ from soup_exp.artifacts import (
     SOUP_FILE,
     WEIGHTS_FILE,
     find_dirs,
-    is_finished_run,
     recorded_ingredient_paths,
     soup_record,
 )
@@ -175,31 +174,10 @@ class AnalysisContext(SoupContext):
         if which in ("auto", "zeroshot") and self.zeroshot is not None:
             self._use(self.zeroshot.path)
             return self.zeroshot
-        wanted = {"lp": "an LP init (an `lp` ingredient, or hparams.init_from of the fine-tunes)",
-                  "zeroshot": f"a zero-shot model in {self.cfg.zeroshot_dir}",
-                  "auto": f"an LP init or a zero-shot model in {self.cfg.zeroshot_dir}"}[which]
+        wanted = (self.base_needs(which) if which != "auto"
+                  else f"an LP init or a zero-shot model in {self.cfg.zeroshot_dir}")
         raise ConfigError(f"analysis {self.name}: the initialisation '{which}' needs {wanted}; "
                           "name a model instead (an ingredient or soup name)")
-
-    def _lp_init(self) -> Ingredient | None:
-        """The pool's ingredient the fine-tunes started from: at their recorded path, or (a
-        moved or copied experiment) of their recorded init's name; else that path outside."""
-        tuned = [ing for ing in self.ingredients if ing.info.get("kind") == "finetune"]
-        sources = {str((ing.info.get("hparams") or {}).get("init_from")) for ing in tuned} - {"None"}
-        if len(sources) == 1:
-            source = Path(sources.pop())
-            names = {_init_name(ing) for ing in tuned}
-            for ing in self.ingredients:
-                if ing.path is not None and ing.path.parent.resolve() == source.resolve():
-                    return ing
-            for ing in self.ingredients:
-                if names == {ing.name}:
-                    return ing
-            if is_finished_run(source):
-                self._use(source / WEIGHTS_FILE)
-                return resolve_ingredients(source, kinds=None)[0]
-        lps = [ing for ing in self.ingredients if ing.info.get("kind") == "lp"]
-        return lps[0] if len(lps) == 1 else None
 
     def hparams(self, ing: Ingredient) -> dict[str, Any]:
         """The hyperparameters a sweep drew for ``ing`` (``sweep.drawn``), else its ``hparams``."""
@@ -321,7 +299,3 @@ def _weights_of(soup_dir: Path, record: Mapping[str, Any]) -> Ingredient:
     return Ingredient(str(record["name"]), SafetensorsSource(path), path=path, info=dict(record))
 
 
-def _init_name(ing: Ingredient) -> Any:
-    """The name a fine-tune recorded of the ingredient it started from (``metrics.init.name``)."""
-    init = (ing.info.get("metrics") or {}).get("init")
-    return init.get("name") if isinstance(init, Mapping) else None

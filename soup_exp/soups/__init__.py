@@ -3,7 +3,9 @@
 Public API (stable): ``uniform_soup``, ``greedy_soup``, ``learned_soup``; ingredients may
 be safetensors paths, run directories, sweep directories, globs or in-memory state dicts.
 
-Each algorithm module also holds its recipe, ``<name>_recipe(ctx, **params)``, which the
+A weight-space merge can also be a per-tensor kernel, ``@kernel def fn(tensors, base,
+**params) -> Tensor``, which the streaming engine of :mod:`.kernels` runs (Model Stock and
+WiSE-FT are written so). Each algorithm module also holds its recipe, ``<name>_recipe(ctx, **params)``, which the
 ``recipes/<name>.yaml`` config names; :mod:`.recipe` says what a recipe is (a user's is
 written the same way: ``Soup``, ``Range``) and :mod:`.context` what it is given
 (``SoupContext``). The soup stage itself is :func:`soup_exp.soup.run_soups`.
@@ -23,6 +25,7 @@ from soup_exp.soups.ingredients import (
     resolve_ingredients,
     validate_ingredients,
 )
+from soup_exp.soups.kernels import Kernel, Tensors, kernel, merge_tensors
 from soup_exp.soups.learned import LearnedResult, learned_soup
 from soup_exp.soups.model_stock import ModelStockResult, model_stock_soup
 from soup_exp.soups.recipe import Range, Soup
@@ -30,9 +33,9 @@ from soup_exp.soups.uniform import uniform_soup
 from soup_exp.soups.wise_ft import wise_ft_soups
 
 __all__ = [
-    "EmptyIngredientsError", "EnsembleResult", "Range", "Soup", "SoupContext", "GreedyResult", "Ingredient", "IngredientError",
+    "EmptyIngredientsError", "EnsembleResult", "Kernel", "Range", "Tensors", "Soup", "SoupContext", "GreedyResult", "Ingredient", "IngredientError",
     "IngredientMismatchError", "LearnedResult", "ModelStockResult", "NonFiniteWeightsError",
-    "UnsafeCheckpointError", "greedy_ensemble", "greedy_soup", "learned_soup", "load_ingredients",
-    "logit_ensemble", "model_stock_soup", "resolve_ingredients", "uniform_soup", "validate_ingredients",
+    "UnsafeCheckpointError", "greedy_ensemble", "greedy_soup", "kernel", "learned_soup", "load_ingredients",
+    "logit_ensemble", "merge_tensors", "model_stock_soup", "resolve_ingredients", "uniform_soup", "validate_ingredients",
     "wise_ft_soups",
 ]

@@ -26,12 +26,15 @@ from soup_exp.soups.freshness import (
 from soup_exp.soups.ingredients import Ingredient, resolve_ingredients
 from soup_exp.soups.streaming import check_arithmetic
 from soup_exp.utils.hashing import stable_hash
+from soup_exp.utils.runtime import resolve_device
 from soup_exp.vocabulary import HELD_OUT
 
 log = logging.getLogger(__name__)
 
 ACCUMULATE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _ALWAYS = ("recipe", "params", "pool", "numerics")
+BASE_NEEDS = {"lp": "an LP init (an `lp` ingredient, or hparams.init_from of the fine-tunes)",
+              "zeroshot": "a zero-shot model in {zeroshot_dir}"}
 
 
 class SoupContext:
@@ -98,6 +101,49 @@ class SoupContext:
         if not is_finished_run(path):
             return None
         return resolve_ingredients(path, kinds=None)[0]
+
+    def base(self, which: str) -> Ingredient | None:
+        """The model a task-vector recipe starts from: ``lp`` (the LP init the pool's
+        fine-tunes started from) or ``zeroshot``; None when there is none."""
+        if which == "zeroshot":
+            return self.zeroshot
+        if which != "lp":
+            raise ConfigError(f"base {which!r}: expected one of {', '.join(BASE_NEEDS)}")
+        lp = self._lp_init()
+        self._used.setdefault("base", {})["lp"] = weights_identity(lp.path if lp is not None else None)
+        return lp
+
+    def base_needs(self, which: str) -> str:
+        """What :meth:`base` needs to find ``which``, for the message when it is not there."""
+        return BASE_NEEDS[which].format(zeroshot_dir=self.cfg.zeroshot_dir)
+
+    def _lp_init(self) -> Ingredient | None:
+        """The pool's ingredient the fine-tunes started from: at their recorded path, or (a
+        moved or copied experiment) of their recorded init's name; else that path outside."""
+        tuned = [ing for ing in self.ingredients if ing.info.get("kind") == "finetune"]
+        sources = {str((ing.info.get("hparams") or {}).get("init_from")) for ing in tuned} - {"None"}
+        if len(sources) == 1:
+            source = Path(sources.pop())
+            names = {_init_name(ing) for ing in tuned}
+            for ing in self.ingredients:
+                if ing.path is not None and ing.path.parent.resolve() == source.resolve():
+                    return ing
+            for ing in self.ingredients:
+                if names == {ing.name}:
+                    return ing
+            if is_finished_run(source):
+                self._use(source / WEIGHTS_FILE)
+                return resolve_ingredients(source, kinds=None)[0]
+        lps = [ing for ing in self.ingredients if ing.info.get("kind") == "lp"]
+        return lps[0] if len(lps) == 1 else None
+
+    def _use(self, *paths: Path | None) -> None:
+        """Files read besides the pool (an analysis records them as its inputs)."""
+
+    @property
+    def kernel_device(self) -> torch.device:
+        """Where per-tensor kernels compute (``soup.kernel_device``)."""
+        return resolve_device(str(self.cfg.soup.kernel_device))
 
     def model(self, name: str) -> Ingredient:
         """A weight-space soup cooked earlier, an ingredient, or ``best_individual``."""
@@ -273,6 +319,7 @@ class SoupContext:
             "scores": lambda: self._scores,
             "seed": lambda: self.seed,
             "models": lambda: {name: self._soup_identity(name) for name in recorded["models"]},
+            "base": lambda: {"lp": weights_identity(lp.path if (lp := self._lp_init()) is not None else None)},
         }
         base = {k: v for k, v in self.inputs().items() if k in _ALWAYS}
         return as_json({**base, **{k: reads[k]() for k in recorded if k in reads}})
@@ -299,3 +346,9 @@ class SoupContext:
         if rows:
             columns = list(rows[0])
             self.run.log_table(f"{self.recipe}/{key}", columns, [[row.get(c) for c in columns] for row in rows])
+
+
+def _init_name(ing: Ingredient) -> Any:
+    """The name a fine-tune recorded of the ingredient it started from (``metrics.init.name``)."""
+    init = (ing.info.get("metrics") or {}).get("init")
+    return init.get("name") if isinstance(init, Mapping) else None

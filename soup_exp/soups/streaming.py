@@ -111,7 +111,7 @@ def weighted_sum(
                 acc[key] = tensor.to(accumulate_dtype, copy=True).mul_(w)
             bar.update(tensor.numel())
     for key in others:
-        acc[key] = _identical_buffer(ingredients, key)
+        acc[key] = identical_buffer(ingredients, key)
     return {k: acc[k] for k in first.tensor_keys()}
 
 
@@ -131,7 +131,7 @@ def running_average(
             avg[key] = average_step(avg[key], tensor, n)
     for key in first.tensor_keys():
         if key not in avg:
-            avg[key] = _identical_buffer(ingredients, key)
+            avg[key] = identical_buffer(ingredients, key)
     return {k: avg[k] for k in first.tensor_keys()}
 
 
@@ -156,7 +156,7 @@ def check_arithmetic(arithmetic: str) -> str:
     return arithmetic
 
 
-def _identical_buffer(ingredients: Sequence[Ingredient], key: str) -> torch.Tensor:
+def identical_buffer(ingredients: Sequence[Ingredient], key: str) -> torch.Tensor:
     from soup_exp.soups.ingredients import IngredientMismatchError
 
     ref = ingredients[0].get(key)

@@ -11,8 +11,8 @@ import torch
 
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.ingredients import IngredientLike, load_ingredients
+from soup_exp.soups.kernels import Tensors, merge_tensors
 from soup_exp.soups.recipe import Range, Soup
-from soup_exp.soups.streaming import finalize, weighted_sum
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,17 @@ def wise_ft_soups(
 
     alpha 0 is the zero-shot model and 1 the fine-tuned one; both must share keys, shapes
     and base model (the zero-shot head is the fine-tuning head's initialisation)."""
-    pair = load_ingredients([zeroshot, model], kinds=None)
+    start, tuned = load_ingredients([zeroshot, model], kinds=None)
     for alpha in alphas:
         alpha = float(alpha)
-        acc = weighted_sum(pair, [1.0 - alpha, alpha], accumulate_dtype=accumulate_dtype,
-                           desc=f"WiSE-FT alpha={alpha:g}")
-        yield alpha, finalize(acc, 1.0, pair[0])
+        yield alpha, merge_tensors([tuned], interpolate, base=start, params={"alpha": alpha},
+                                   accumulate_dtype=accumulate_dtype, name="wise_ft")
+
+
+def interpolate(tensors: Tensors, base: torch.Tensor, *, alpha: float) -> torch.Tensor:
+    """``(1 - alpha) * base + alpha * model``: the kernel of WiSE-FT."""
+    (model,) = tensors
+    return (base * (1.0 - alpha)).add_(model, alpha=alpha)
 
 
 def wise_ft_name(of: str, alpha: float) -> str:

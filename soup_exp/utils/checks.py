@@ -143,6 +143,7 @@ STAGE_SETTINGS: dict[str, Any] = {
     "soup.pool": ANY_VALUE,
     "soup.arithmetic": ANY_VALUE,
     "soup.accumulate_dtype": Literal["float32", "float64"],
+    "soup.kernel_device": str,
     "pipeline.sweep_size": NON_NEGATIVE_INT,
     "pipeline.sweep": ANY_VALUE,
     "pipeline.stages": list[str],
@@ -175,11 +176,12 @@ def check_stage_settings(cfg: Any) -> None:
     """The shared settings of a stage config, checked before the stage touches anything."""
     check_known_keys(cfg)
     check_settings(cfg, STAGE_SETTINGS)
-    device = config_get(cfg, "device")
-    if isinstance(device, str) and device != "auto":
-        import torch
+    for key in ("device", "soup.kernel_device"):
+        device = config_get(cfg, key)
+        if isinstance(device, str) and device != "auto":
+            import torch
 
-        try:
-            torch.device(device)
-        except (RuntimeError, ValueError) as err:
-            raise ConfigError(f"device={device!r}: expected auto, cpu, cuda or cuda:<index> ({err})") from err
+            try:
+                torch.device(device)
+            except (RuntimeError, ValueError) as err:
+                raise ConfigError(f"{key}={device!r}: expected auto, cpu, cuda or cuda:<index> ({err})") from err

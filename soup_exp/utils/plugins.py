@@ -105,11 +105,11 @@ def check_params(fn: Callable[..., Any], params: Mapping[str, Any], where: str) 
 
 def _annotation(fn: Callable[..., Any], name: str) -> Any:
     """One parameter's annotation, evaluated on its own (others may name types that exist
-    only for type checkers)."""
+    only for type checkers) in the module of the function a decorator wrapped."""
     annotation = getattr(fn, "__annotations__", {}).get(name)
     if isinstance(annotation, str):
         try:
-            return eval(annotation, getattr(fn, "__globals__", {}))  # noqa: S307 - source code, not input
+            return eval(annotation, getattr(inspect.unwrap(fn), "__globals__", {}))  # noqa: S307 - source code, not input
         except Exception:
             return None
     return annotation

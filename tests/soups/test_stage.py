@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import signal
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,11 +19,13 @@ from stage_errors import stage_error
 from torch import nn
 
 import soup_exp.soups.learned as learned
+from soup_exp.errors import ConfigError
 from soup_exp.soup import run_soups
 from soup_exp.soups.context import SoupContext
 from soup_exp.utils.entry import packaged_config_dir
 from soup_exp.utils.experiment import run_stage
 
+USER_REPO = Path(__file__).parents[1] / "user_repo"
 PAPER_RECIPES = ["uniform", "greedy", "learned_per_model", "learned_by_layer", "model_stock", "ensemble",
                  "greedy_ensemble", "wise_ft"]
 
@@ -207,6 +211,45 @@ def test_a_rerun_with_every_soup_cooked_writes_no_wandb_run(pool, monkeypatch):
     assert "greedy/held_out_accuracy" in logged.summary and logged.last_values()
     run_soups(cfg)
     assert run_dirs(out / "wandb") == [first]
+
+
+def _textbook_ties(models: list[dict], base: dict, density: float, scale: float) -> dict:
+    """TIES-merging as the paper writes it: every task vector of a tensor stacked at once."""
+    out = {}
+    for key, start in base.items():
+        tasks = torch.stack([m[key] - start for m in models]).flatten(1)
+        keep = max(1, round(density * tasks.shape[1]))
+        top = tasks.abs().topk(keep, dim=1).indices
+        trimmed = torch.zeros_like(tasks).scatter_(1, top, tasks.gather(1, top))
+        agree = (trimmed.sign() == trimmed.sum(0).sign()) & (trimmed != 0)
+        merged = (trimmed * agree).sum(0) / agree.sum(0).clamp(min=1)
+        out[key] = start + scale * merged.view(start.shape)
+    return out
+
+
+def test_a_user_kernel_recipe_is_cooked_by_the_stage_and_kept(pool, monkeypatch, caplog):
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    monkeypatch.syspath_prepend(str(USER_REPO))
+    monkeypatch.delitem(sys.modules, "my_soups", raising=False)
+    user_conf = f"hydra.searchpath=[file://{USER_REPO / 'conf'}]"
+    made = run_soups(_cfg(out, ["ties"], user_conf, "recipes.ties.density=0.5"), run=FakeRun())
+    record = json.loads((made["ties"] / "soup.json").read_text())
+    assert record["label"] == "TIES merging" and record["base"] == "zeroshot"
+    assert record["params"] == {"base": "zeroshot", "density": 0.5, "scale": 1.0}
+    assert record["ingredients"] == [f"ft_{i}" for i in range(5)]
+    models = [load_file(out / "ingredients" / f"ft_{i}" / "model.safetensors") for i in range(5)]
+    expected = _textbook_ties(models, load_file(out / "zeroshot" / "model.safetensors"), 0.5, 1.0)
+    cooked = load_file(made["ties"] / "model.safetensors")
+    assert list(cooked) == list(expected)
+    assert all(torch.allclose(cooked[k], expected[k], atol=1e-6) for k in expected)
+    with caplog.at_level("INFO"):
+        run_soups(_cfg(out, ["ties"], user_conf, "recipes.ties.density=0.5"), run=FakeRun())
+    assert "is cooked from these ingredients and settings: skipping" in caplog.text
+    with pytest.raises(ConfigError, match=r"recipes\.ties\.density=0: expected a value in \(0, 1\]"):
+        run_soups(_cfg(out, ["ties"], user_conf, "recipes.ties.density=0"), run=FakeRun())
+    with pytest.raises(ConfigError, match=r"recipes\.ties\.base='init': expected one of"):
+        run_soups(_cfg(out, ["ties"], user_conf, "recipes.ties.base=init"), run=FakeRun())
 
 
 def test_unknown_recipe(pool):
