@@ -8,10 +8,10 @@ import pytest
 
 from soup_exp.data.checker import check_datasets
 from soup_exp.data.classes import ClassSpace
-from soup_exp.data.drawing import class_look
+from soup_exp.demo.drawing import class_look
 from soup_exp.data.images import load_image
 from soup_exp.data.registry import build_eval_dataset, build_train_samples
-from soup_exp.data.synthetic import SUBDIRS, SyntheticSpec, ensure_synthetic, generate, plan
+from soup_exp.demo.synthetic import SUBDIRS, SyntheticSpec, ensure_synthetic, generate, plan
 
 CLASSES = ["n02883205", "n07753592"]  # bow tie, banana: in R, A and ObjectNet
 

@@ -43,7 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from soup_exp.data.classes import imagenet_classnames, timm_index_list, wnid_to_index
-from soup_exp.data.drawing import add_border, class_look, render
+from soup_exp.demo.drawing import add_border, class_look, render
 from soup_exp.data.objectnet import (
     MAPPING_FILES,
     PACKAGE_MAPPINGS,
@@ -300,7 +300,3 @@ def ensure_synthetic(data_cfg: Mapping) -> Path:
     log.info("wrote %d synthetic images to %s (pretraining captions: %s)", count, root, root / PRETRAIN_CSV)
     return root
 
-
-def maybe_ensure_synthetic(data_cfg: Mapping) -> Path | None:
-    """``ensure_synthetic`` when ``data.synthetic`` is set; None for real data."""
-    return ensure_synthetic(data_cfg) if data_cfg.get("synthetic") else None
