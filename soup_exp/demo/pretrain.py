@@ -23,7 +23,6 @@ import torch
 from tqdm.auto import tqdm
 
 from soup_exp.data.images import load_image
-from soup_exp.models.backbones import build_backbone
 from soup_exp.utils.hashing import file_sha256
 from soup_exp.utils.io import atomic_save_safetensors, atomic_write_json, file_lock, read_json
 from soup_exp.utils.runtime import code_version
@@ -112,7 +111,9 @@ def pretrain_clip(
     model_cfg: Mapping, captions_csv: str | os.PathLike, settings: PretrainSettings, progress: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Contrastive pretraining from random init; returns the CLIP state dict and stats."""
-    import open_clip
+    import open_clip  # with the backbones below: heavy, and a dry run must not import them
+
+    from soup_exp.models.backbones import build_backbone
 
     rows = read_captions(captions_csv)
     if settings.max_pairs:

@@ -43,13 +43,13 @@ import numpy as np
 from tqdm import tqdm
 
 from soup_exp.data.classes import imagenet_classnames, timm_index_list, wnid_to_index
-from soup_exp.demo.drawing import add_border, class_look, render
 from soup_exp.data.objectnet import (
     MAPPING_FILES,
     PACKAGE_MAPPINGS,
     README_BORDER_CROP,
     read_objectnet_mapping,
 )
+from soup_exp.demo.drawing import add_border, class_look, render
 from soup_exp.errors import ConfigError
 from soup_exp.utils.io import atomic_write_json, file_lock, read_json
 from soup_exp.utils.runtime import available_cores
