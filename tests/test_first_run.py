@@ -40,26 +40,27 @@ def test_a_run_that_fails_its_checks_says_so_in_one_line_and_creates_nothing(tmp
 
 
 def test_dry_run_of_a_sweep_lists_every_job_and_writes_nothing(tmp_path):
-    args = ["finetune", "-m", "experiment=smoke", "sweep=demo", "sweep.index=range(3)", "train.init_from=null",
-            "--dry-run"]
-    cache = tmp_path.parent / f"{tmp_path.name}-cache"
-    early = soup_exp(tmp_path, *args)  # before the data stage: its data is missing, and the line says what makes it
-    assert early.returncode == 2 and "Traceback" not in early.stderr, early.stderr[-3000:]
-    assert "dataset root(s) not found: ImageNet2p" in early.stderr
-    assert "data.prepare (soup_exp.demo.synthetic.ensure_synthetic) makes them" in early.stderr
-    assert list(tmp_path.iterdir()) == [] and not cache.exists()
-    train = cache / "synthetic-imagenet-smoke" / "imagenet" / "train"
-    train.mkdir(parents=True)  # where the data stage writes the training images
-    result = soup_exp(tmp_path, *args)
+    result = soup_exp(tmp_path, "finetune", "-m", "experiment=smoke", "sweep=demo", "sweep.index=range(3)",
+                      "train.init_from=null", "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "soup-exp finetune: dry run, nothing is written (3 jobs, launcher local)" in out
     for name in ("ft_000", "ft_001", "ft_002"):
         assert f"{name} [to run] finetune from the pretrained model, zeroshot head; sweep random {name}: lr=" in out
     assert "data.prepare: soup_exp.demo.synthetic.ensure_synthetic, run by the pipeline's data stage" in out
-    assert f"ImageNet2p (held-out): 10 images/class of {train} (seed 0)\n" in out
+    assert "ImageNet2p (held-out): 10 images/class" in out and "(seed 0)  [not made yet]" in out
     assert f"ingredients: {tmp_path / 'outputs' / 'smoke' / 'ingredients'}" in out
-    assert list(tmp_path.iterdir()) == [] and [p for p in cache.rglob("*") if p.is_file()] == []
+    assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent / f"{tmp_path.name}-cache").exists()
+
+
+def test_a_stage_run_before_the_data_stage_says_to_run_it_and_creates_nothing(tmp_path):
+    result = soup_exp(tmp_path, "evaluate", "experiment=smoke")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("soup-exp evaluate: error: dataset root(s) not found: ImageNet (")
+    assert line.endswith("data.prepare (soup_exp.demo.synthetic.ensure_synthetic) makes them: run the data "
+                         "stage first, `soup-exp pipeline pipeline.stages=[data]` with this run's overrides")
+    assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent / f"{tmp_path.name}-cache").exists()
 
 
 @pytest.mark.parametrize("experiment", [None, *available_options("experiment")])

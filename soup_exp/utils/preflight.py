@@ -218,13 +218,15 @@ def refuse_colliding_outputs(stage: Stage, jobs: Sequence[tuple[DictConfig, list
 def require_roots(cfg: DictConfig, names: Sequence[str]) -> None:
     """Every dataset root ``names`` read from exists (a stat each; layouts are checked by
     the readers and by check_data). Roots a ``data.prepare`` step makes exist once the
-    pipeline's data stage has run, and the message says so."""
+    pipeline's data stage has run: the message says so, and a dry run marks them instead."""
     from soup_exp.data.checker import data_dir_hint
     from soup_exp.data.layout import DatasetLayoutError
 
+    step = prepare_target(cfg.data)
+    if step and cfg.get("dry_run"):
+        return
     missing = {f"{name} ({root})" for name, root in dataset_roots(cfg, names) if root and not Path(root).exists()}
     if missing:
-        step = prepare_target(cfg.data)
         hint = (f"data.prepare ({step}) makes them: run the data stage first, `soup-exp pipeline "
                 "pipeline.stages=[data]` with this run's overrides" if step else data_dir_hint(str(cfg.paths.data_dir)))
         raise DatasetLayoutError(f"dataset root(s) not found: {', '.join(sorted(missing))}. {hint}")
