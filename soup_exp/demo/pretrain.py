@@ -177,6 +177,9 @@ def ensure_pretrained(
 ) -> Path:
     """Return ``model.pretrained``, pretraining it first if it does not exist yet.
 
+    conf/model/tiny_clip.yaml's ``model.prepare`` step, which the data stage runs; the
+    captions are ``captions_csv`` or else ``model.pretrain.captions`` (the generated ones).
+
     Cached: when the file exists nothing is recomputed, unless its sidecar ``<file>.json``
     (settings and the caption file's hash) shows it was made from other settings or
     captions. Ingredients hold their full weights, so replacing the start never breaks them.

@@ -1,6 +1,6 @@
 """The demo's miniature ImageNet family, generated in the real on-disk layouts.
 
-``ensure_synthetic(cfg.data)`` writes, under ``data.synthetic.root``::
+``ensure_synthetic(cfg.data)``, the pipeline's data stage, writes under ``data.synthetic.root``::
 
     imagenet/train/<wnid>/<wnid>_00000.JPEG      train (held-out carved later by heldout.py)
     imagenet/val/<wnid>/ILSVRC2012_val_00000001.JPEG
@@ -274,7 +274,8 @@ def _check_roots(data_cfg: Mapping, root: Path) -> None:
 
 
 def ensure_synthetic(data_cfg: Mapping) -> Path:
-    """Generate the miniature family under ``data.synthetic.root`` unless it already matches."""
+    """Generate the miniature family under ``data.synthetic.root`` unless it already matches
+    (conf/data/synthetic.yaml's ``data.prepare`` step, which the data stage runs)."""
     spec = SyntheticSpec.from_data_cfg(data_cfg)
     root = Path(spec.root)
     _check_roots(data_cfg, root)
