@@ -2,7 +2,7 @@
 
     python scripts/check_data.py [--verify] [--datasets ImageNet ObjectNet] [hydra overrides]
     python scripts/check_data.py paths.data_dir=/data/imagenet-family
-    python scripts/check_data.py data=synthetic          # the demo's generated family
+    python scripts/check_data.py data=synthetic          # the demo's family, once its data stage made it
 
 Prints a table (found/missing, class folders, image counts vs the official counts), a
 note per problem, and, when a dataset is missing or malformed, a last line naming each

@@ -241,9 +241,10 @@ def check_data(cfg: DictConfig) -> list[dict]:
     return [asdict(r) for r in reports]
 
 
-def check_evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> bool:
-    """Known dataset names whose roots exist; ``check_data`` runs the whole (read-only)
-    check here, before Hydra creates a run directory for it."""
+def check_evaluate(cfg: DictConfig, overrides: Sequence[str] = (), *, roots: bool = True) -> bool:
+    """Known dataset names whose roots exist (``roots=False``: the pipeline's data stage
+    makes them first); ``check_data`` runs the whole (read-only) check here, before Hydra
+    creates a run directory for it."""
     from soup_exp.data.registry import EVAL_DATASETS
 
     extra = to_plain(cfg.data.get("datasets")) or {}
@@ -254,9 +255,10 @@ def check_evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> bool:
     if cfg.get("check_data"):
         check_data(cfg)
         return True
-    from soup_exp.utils.preflight import require_roots
+    if roots:
+        from soup_exp.utils.preflight import require_roots
 
-    require_roots(cfg, evaluation_suite(cfg))
+        require_roots(cfg, evaluation_suite(cfg))
     return False
 
 

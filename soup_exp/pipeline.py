@@ -1,7 +1,7 @@
 """`soup-exp pipeline`: every stage in order for one experiment (the demo runs this).
 
-Inputs first (the demo's generated data and pretrained start, both cached), then the
-zero-shot model, the LP init and the fine-tuning sweep as a real Hydra multirun (so a
+Inputs first (the data stage runs ``data.prepare`` and ``model.prepare``, e.g. the demo's
+generated data and pretrained start, both cached), then the zero-shot model, the LP init and the fine-tuning sweep as a real Hydra multirun (so a
 `launcher=` override sends it to submitit or SLURM exactly as `soup-exp finetune -m`
 would), then soups, evaluation, the analyses and the report, each composed from its own primary
 config with the same user overrides.
@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from soup_exp.cluster.signals import run_forwarding_signals
 from soup_exp.errors import SoupExpError
+from soup_exp.inputs import input_steps, prepare_inputs
 from soup_exp.tracking.offline_runs import run_dirs
 from soup_exp.tracking.wandb_run import wandb_dir
 from soup_exp.utils.config import apply_secret_overrides, loggable_config
@@ -102,18 +103,6 @@ def compose_stage(stage: str, overrides: Sequence[str], extra: Sequence[str] = (
 
 
 _COMPOSED: dict[tuple, DictConfig] = {}
-
-
-def prepare_inputs(cfg: DictConfig) -> None:
-    """Generate the miniature datasets and the pretrained start when the config asks."""
-    if cfg.data.get("synthetic"):
-        from soup_exp.data.synthetic import ensure_synthetic
-
-        ensure_synthetic(cfg.data)
-    if cfg.model.get("pretrain"):
-        from soup_exp.models.pretrain import ensure_pretrained
-
-        ensure_pretrained(cfg.model, cfg.data.pretrain_captions)
 
 
 def launcher_overrides() -> list[str]:
@@ -225,6 +214,8 @@ def check_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     selected recipes, evaluation sets and analyses (each stage checks its inputs again when it starts)."""
     check_stage_names(cfg)
     stages = set(cfg.pipeline.stages)
+    if "data" in stages:
+        input_steps(cfg)
     if "finetune" in stages and int(cfg.pipeline.sweep_size) > 0:
         from soup_exp.finetune import resolve_run
 
@@ -236,25 +227,28 @@ def check_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     if "evaluate" in stages:
         from soup_exp.evaluate import check_evaluate
 
-        check_evaluate(compose_stage("evaluate", [o for o in overrides if _override_key(o) != "check_data"]))
+        check_evaluate(compose_stage("evaluate", [o for o in overrides if _override_key(o) != "check_data"]),
+                       roots=not data_stage_makes_data(cfg))
     if "analyze" in stages:
         from soup_exp.analyze import selected_analyses
 
         selected_analyses(compose_stage("analyze", overrides))
 
 
+def data_stage_makes_data(cfg: DictConfig) -> bool:
+    """Whether this run's data stage makes the datasets (``data.prepare``), so that their roots
+    need not exist before the first stage."""
+    return "data" in cfg.pipeline.stages and cfg.data.get("prepare") is not None
+
+
 def plan_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
     """Every stage's dry-run lines, with the sweep's jobs as the multirun would draw them."""
-    from soup_exp.utils.preflight import dataset_lines, merge_plans
+    from soup_exp.utils.preflight import merge_plans, prepare_line
 
     stages = list(cfg.pipeline.stages)
     plans = [{"stages": [" -> ".join(stages)]}]
     if "data" in stages:
-        lines = dataset_lines(cfg, [])
-        if cfg.model.get("pretrain"):
-            ready = "cached" if Path(str(cfg.model.pretrained)).is_file() else "pretrained here first"
-            lines.append(f"pretrained start: {cfg.model.pretrained} ({ready})")
-        plans.append({"data": lines})
+        plans.append({"data": [prepare_line(section, step.target) for section, step in input_steps(cfg)]})
     if "finetune" in stages:
         plans += _finetune_plans(cfg, overrides)
     for stage in ("soup", "evaluate", "analyze", "report"):

@@ -43,9 +43,11 @@ def test_a_full_disk_at_start_up_is_one_line(small_disk, tmp_path) -> None:
     _fill(small_disk)
     env = {**os.environ, "SOUP_ROOT": str(tmp_path / "root"), "SOUP_CACHE_DIR": str(tmp_path / "cache")}
     env.pop(SECRETS_ENV, None)
+    imagenet = tmp_path / "imagenet"
+    (imagenet / "train").mkdir(parents=True)  # the root the start-up check looks for (the data stage's work)
     done = subprocess.run([sys.executable, "-m", "soup_exp.finetune", "experiment=smoke",
-                           f"paths.output_dir={small_disk}/out"], env=env, capture_output=True, text=True,
-                          timeout=120)
+                           f"data.roots.ImageNet={imagenet}", f"paths.output_dir={small_disk}/out"],
+                          env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     line = done.stderr.strip().splitlines()[-1]

@@ -47,8 +47,19 @@ def test_dry_run_of_a_sweep_lists_every_job_and_writes_nothing(tmp_path):
     assert "soup-exp finetune: dry run, nothing is written (3 jobs, launcher local)" in out
     for name in ("ft_000", "ft_001", "ft_002"):
         assert f"{name} [to run] finetune from the pretrained model, zeroshot head; sweep random {name}: lr=" in out
-    assert "ImageNet2p (held-out): 10 images/class" in out and "generated on first use" in out
+    assert "data.prepare: soup_exp.demo.synthetic.ensure_synthetic, run by the pipeline's data stage" in out
+    assert "ImageNet2p (held-out): 10 images/class" in out and "(seed 0)  [not made yet]" in out
     assert f"ingredients: {tmp_path / 'outputs' / 'smoke' / 'ingredients'}" in out
+    assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent / f"{tmp_path.name}-cache").exists()
+
+
+def test_a_stage_run_before_the_data_stage_says_to_run_it_and_creates_nothing(tmp_path):
+    result = soup_exp(tmp_path, "evaluate", "experiment=smoke")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("soup-exp evaluate: error: dataset root(s) not found: ImageNet (")
+    assert line.endswith("data.prepare (soup_exp.demo.synthetic.ensure_synthetic) makes them: run the data "
+                         "stage first, `soup-exp pipeline pipeline.stages=[data]` with this run's overrides")
     assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent / f"{tmp_path.name}-cache").exists()
 
 

@@ -87,9 +87,6 @@ def default_names(data_cfg: Mapping) -> list[str]:
 def check_datasets(data_cfg: Mapping, names: Sequence[str] | None = None, *, verify: bool = False,
                    classes: ClassSpace | None = None, num_threads: int = 8) -> list[DatasetReport]:
     """One report per dataset (``names`` default: every configured root, train included)."""
-    from soup_exp.data.synthetic import maybe_ensure_synthetic
-
-    maybe_ensure_synthetic(data_cfg)
     classes = classes or class_space(data_cfg)
     wanted = []
     for name in names or default_names(data_cfg):

@@ -1,8 +1,8 @@
 """Dataset registry: result key -> builder of a :class:`LabeledImages` from ``cfg.data``.
 
 Stages never look at layouts; they ask for ``build_eval_dataset(name, cfg.data, classes)``
-and ``build_train_samples(cfg.data, classes)``. With ``data=synthetic`` the miniature
-family is generated on first use, so every stage works from a cold cache.
+and ``build_train_samples(cfg.data, classes)``. Lookups only read: data that has to be
+made first is made by the pipeline's data stage (``data.prepare``, soup_exp.inputs).
 """
 
 from __future__ import annotations
@@ -63,18 +63,10 @@ def class_space(data_cfg: Mapping) -> ClassSpace:
     return ClassSpace.from_config(to_plain(data_cfg.get("classes")))
 
 
-def _prepare(data_cfg: Mapping) -> None:
-    if data_cfg.get("synthetic"):
-        from soup_exp.data.synthetic import ensure_synthetic
-
-        ensure_synthetic(data_cfg)
-
-
 def build_eval_dataset(name: str, data_cfg: Mapping, classes: ClassSpace | None = None) -> LabeledImages:
     """The evaluation set ``name``: a built-in result key, or a user's dataset in
     ``data.datasets.<name>`` (one file in the ``datasets`` config group)."""
     classes = classes or class_space(data_cfg)
-    _prepare(data_cfg)
     if name in EVAL_DATASETS:
         return EVAL_DATASETS[name](data_cfg, classes)
     extra = to_plain(data_cfg.get("datasets")) or {}
@@ -103,5 +95,4 @@ def user_dataset(name: str, spec: dict, classes: ClassSpace) -> LabeledImages:
 def build_train_samples(data_cfg: Mapping, classes: ClassSpace | None = None) -> list[tuple[str, int]]:
     """ImageNet train minus the held-out split: (path, ClassSpace column) pairs."""
     classes = classes or class_space(data_cfg)
-    _prepare(data_cfg)
     return heldout.build_train_samples(data_cfg, classes)

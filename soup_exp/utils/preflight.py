@@ -218,16 +218,19 @@ def refuse_colliding_outputs(stage: Stage, jobs: Sequence[tuple[DictConfig, list
 
 def require_roots(cfg: DictConfig, names: Sequence[str]) -> None:
     """Every dataset root ``names`` read from exists (a stat each; layouts are checked by
-    the readers and by check_data). Generated data appears on first use, so it passes."""
+    the readers and by check_data). Roots a ``data.prepare`` step makes exist once the
+    pipeline's data stage has run: the message says so, and a dry run marks them instead."""
     from soup_exp.data.checker import data_dir_hint
     from soup_exp.data.layout import DatasetLayoutError
 
-    if cfg.data.get("synthetic"):
+    step = prepare_target(cfg.data)
+    if step and cfg.get("dry_run"):
         return
     missing = {f"{name} ({root})" for name, root in dataset_roots(cfg, names) if root and not Path(root).exists()}
     if missing:
-        raise DatasetLayoutError(f"dataset root(s) not found: {', '.join(sorted(missing))}. "
-                                 + data_dir_hint(str(cfg.paths.data_dir)))
+        hint = (f"data.prepare ({step}) makes them: run the data stage first, `soup-exp pipeline "
+                "pipeline.stages=[data]` with this run's overrides" if step else data_dir_hint(str(cfg.paths.data_dir)))
+        raise DatasetLayoutError(f"dataset root(s) not found: {', '.join(sorted(missing))}. {hint}")
 
 
 def dataset_roots(cfg: DictConfig, names: Sequence[str]) -> list[tuple[str, str | None]]:
@@ -248,8 +251,20 @@ def dataset_roots(cfg: DictConfig, names: Sequence[str]) -> list[tuple[str, str 
 
 # ---- plan lines the stages share ----------------------------------------------------------
 
-def exists_mark(path: str | Path) -> str:
-    return "" if Path(str(path)).exists() else "  [missing]"
+def exists_mark(path: str | Path, made_by_data_stage: bool = False) -> str:
+    if Path(str(path)).exists():
+        return ""
+    return "  [not made yet]" if made_by_data_stage else "  [missing]"
+
+
+def prepare_target(section: Mapping[str, Any]) -> str | None:
+    """The callable a config section's ``prepare`` step names (soup_exp.inputs), if any."""
+    step = section.get("prepare")
+    return str(step.get("_target_")) if isinstance(step, Mapping) else None
+
+
+def prepare_line(section: str, target: str) -> str:
+    return f"{section}.prepare: {target}, run by the pipeline's data stage"
 
 
 def dataset_lines(cfg: DictConfig, names: Sequence[str]) -> list[str]:
@@ -258,13 +273,13 @@ def dataset_lines(cfg: DictConfig, names: Sequence[str]) -> list[str]:
 
     data = cfg.data
     roots: Mapping[str, Any] = data.get("roots") or {}
-    synthetic = data.get("synthetic")
-    lines = []
+    step = prepare_target(data)
+    lines = [prepare_line("data", step)] if step else []
     for name in names:
         if name in (HELD_OUT, "train"):
             heldout = data.heldout
             train = Path(str(roots.get("ImageNet"))) / "train"
-            mark = "" if synthetic else exists_mark(train)
+            mark = exists_mark(train, bool(step))
             if name == "train":
                 lines.append(f"train: {train} minus the held-out split{mark}")
             elif heldout.get("index_file"):
@@ -275,15 +290,12 @@ def dataset_lines(cfg: DictConfig, names: Sequence[str]) -> list[str]:
         elif name in EVAL_DATASETS:
             root_key = "ImageNet" if name == "ImageNetReal" else name
             root = roots.get(root_key)
-            lines.append(f"{name}: {root}{'' if synthetic or not root else exists_mark(root)}")
+            lines.append(f"{name}: {root}{exists_mark(root, bool(step)) if root else ''}")
         else:
             spec = (data.get("datasets") or {}).get(name) or {}
             root = spec.get("root")
             lines.append(f"{name}: {root or spec.get('_target_') or '(your dataset)'}"
                          f"{exists_mark(root) if root else ''}")
-    if synthetic:
-        state = "present" if Path(str(synthetic.root)).is_dir() else "generated on first use"
-        lines.insert(0, f"synthetic ImageNet family at {synthetic.root} ({state})")
     return lines
 
 

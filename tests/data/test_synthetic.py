@@ -8,10 +8,10 @@ import pytest
 
 from soup_exp.data.checker import check_datasets
 from soup_exp.data.classes import ClassSpace
-from soup_exp.data.drawing import class_look
 from soup_exp.data.images import load_image
 from soup_exp.data.registry import build_eval_dataset, build_train_samples
-from soup_exp.data.synthetic import SUBDIRS, SyntheticSpec, ensure_synthetic, generate, plan
+from soup_exp.demo.drawing import class_look
+from soup_exp.demo.synthetic import SUBDIRS, SyntheticSpec, ensure_synthetic, generate, plan
 
 CLASSES = ["n02883205", "n07753592"]  # bow tie, banana: in R, A and ObjectNet
 
@@ -47,9 +47,10 @@ def test_same_seed_gives_byte_identical_files_in_any_number_of_processes(tmp_pat
 def test_real_readers_read_the_generated_family(tmp_path):
     cfg = synthetic_cfg(tmp_path / "syn")
     classes = ClassSpace.from_config(CLASSES)
+    ensure_synthetic(cfg)
     sizes = {}
     for name in ("ImageNet2p", "ImageNet", "ImageNetV2", "ImageNetSketch", "ImageNetR", "ImageNetA", "ObjectNet"):
-        ds = build_eval_dataset(name, cfg, classes)  # generates on first use
+        ds = build_eval_dataset(name, cfg, classes)
         assert ds.num_targets == 2 and {t for _, t in ds.samples} == {0, 1}
         sizes[name] = len(ds)
         img = load_image(ds.samples[0][0], ds.border_crop)

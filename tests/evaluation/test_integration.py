@@ -6,6 +6,7 @@ from hydra import compose, initialize_config_dir
 
 from soup_exp.data.registry import class_space
 from soup_exp.evaluation.evaluator import build_evaluator
+from soup_exp.inputs import prepare_inputs
 from soup_exp.models import build_classifier
 from soup_exp.utils.entry import packaged_config_dir
 
@@ -16,12 +17,14 @@ CONF = str(packaged_config_dir())
 def cfg(tmp_path_factory):
     cache = tmp_path_factory.mktemp("integ")
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="evaluate", overrides=[
+        composed = compose(config_name="evaluate", overrides=[
             "data=synthetic", "model=tiny_clip", "model.pretrained=null", f"paths.cache_dir={cache}",
             "data.synthetic.train_per_class=2", "data.synthetic.val_per_class=3",
             "data.synthetic.shift_per_class=2", "data.synthetic.pretrain_per_class=1",
             "data.heldout.per_class=2", "num_workers=0", "device=cpu", "progress=false",
         ])
+    prepare_inputs({"data": composed.data})  # the data stage's work: the generated family
+    return composed
 
 
 def test_suite_on_real_layouts_cache_matches_decoding(cfg):

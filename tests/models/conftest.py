@@ -28,7 +28,7 @@ def shapes_data(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def pretrained_tiny_clip(shapes_data, tmp_path_factory) -> dict:
     """A tiny CLIP pretrained for 2 short epochs: zero-shot above chance, far from perfect."""
-    from soup_exp.models.pretrain import ensure_pretrained
+    from soup_exp.demo.pretrain import ensure_pretrained
 
     torch.set_num_threads(1)
     cfg = tiny_clip_cfg(str(tmp_path_factory.mktemp("pretrained") / "tiny.safetensors"))

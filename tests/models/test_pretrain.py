@@ -6,7 +6,7 @@ import torch
 from models_testdata import accuracy, tiny_clip_cfg
 from PIL import Image
 
-import soup_exp.models.pretrain as pretrain
+import soup_exp.demo.pretrain as pretrain
 from soup_exp.models import ImageClassifier, build_backbone, zeroshot_head
 from soup_exp.utils.io import read_json
 

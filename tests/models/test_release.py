@@ -322,6 +322,7 @@ def test_real_vitb32_release_layout(tmp_path):
 @pytest.mark.slow
 def test_soup_evaluate_and_report_run_on_the_imports(release, tmp_path):
     """The stages after `import`, on the miniature ImageNet family (heads cut to its 8 classes)."""
+    from soup_exp.inputs import prepare_inputs
     from soup_exp.utils.entry import STAGES
 
     common = ["data=synthetic", "model=tiny_clip", "model.pretrained=null", f"paths.output_dir={tmp_path / 'out'}",
@@ -335,6 +336,8 @@ def test_soup_evaluate_and_report_run_on_the_imports(release, tmp_path):
             cfg = compose(config_name=stage, overrides=[*common, *extra])
         return STAGES[stage].run()(cfg)
 
+    with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
+        prepare_inputs({"data": compose(config_name="soup", overrides=common).data})  # the data stage's work
     run("import", f"checkpoints={release.dir}", f"results={release.results}", f"hparams={release.hparams}")
     made = run("soup", "recipes=[uniform,greedy,ensemble]")
     assert set(made) == {"uniform", "greedy", "ensemble"}

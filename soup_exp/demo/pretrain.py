@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
+from soup_exp.data.images import load_image
 from soup_exp.utils.hashing import file_sha256
 from soup_exp.utils.io import atomic_save_safetensors, atomic_write_json, file_lock, read_json
+from soup_exp.utils.runtime import code_version
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +83,6 @@ def read_captions(captions_csv: str | os.PathLike) -> list[tuple[Path, str]]:
     return rows
 
 
-def _image_reader():
-    try:
-        from soup_exp.data.images import load_image
-    except ImportError:
-        def load_image(p: str | os.PathLike, border_crop: int = 0) -> Image.Image:
-            with Image.open(p) as im:
-                return im.convert("RGB")
-    return load_image
-
-
 def _freeze_token_embeddings(model: torch.nn.Module) -> None:
     """Keep the vocabulary's embeddings at their random init.
 
@@ -120,7 +111,7 @@ def pretrain_clip(
     model_cfg: Mapping, captions_csv: str | os.PathLike, settings: PretrainSettings, progress: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Contrastive pretraining from random init; returns the CLIP state dict and stats."""
-    import open_clip
+    import open_clip  # with the backbones below: heavy, and a dry run must not import them
 
     from soup_exp.models.backbones import build_backbone
 
@@ -132,7 +123,6 @@ def pretrain_clip(
     torch.manual_seed(settings.seed)
     backbone = build_backbone({**model_cfg, "pretrained": None}, pretrained=False)
     model, tokenizer, transform = backbone.clip_model, backbone.tokenizer, backbone.preprocess_train
-    load_image = _image_reader()
     images = [load_image(p) for p, _ in tqdm(rows, desc="pretrain: reading images", disable=not progress)]
     texts = tokenizer([t for _, t in rows])
 
@@ -187,12 +177,13 @@ def ensure_pretrained(
 ) -> Path:
     """Return ``model.pretrained``, pretraining it first if it does not exist yet.
 
+    conf/model/tiny_clip.yaml's ``model.prepare`` step, which the data stage runs; the
+    captions are ``captions_csv`` or else ``model.pretrain.captions`` (the generated ones).
+
     Cached: when the file exists nothing is recomputed, unless its sidecar ``<file>.json``
     (settings and the caption file's hash) shows it was made from other settings or
     captions. Ingredients hold their full weights, so replacing the start never breaks them.
     """
-    from soup_exp.utils.runtime import code_version
-
     cfg = _config_dict(model_cfg)
     target = cfg.get("pretrained")
     if not target or not str(target).endswith(".safetensors"):

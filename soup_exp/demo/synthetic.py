@@ -1,6 +1,6 @@
 """The demo's miniature ImageNet family, generated in the real on-disk layouts.
 
-``ensure_synthetic(cfg.data)`` writes, under ``data.synthetic.root``::
+``ensure_synthetic(cfg.data)``, the pipeline's data stage, writes under ``data.synthetic.root``::
 
     imagenet/train/<wnid>/<wnid>_00000.JPEG      train (held-out carved later by heldout.py)
     imagenet/val/<wnid>/ILSVRC2012_val_00000001.JPEG
@@ -43,13 +43,13 @@ import numpy as np
 from tqdm import tqdm
 
 from soup_exp.data.classes import imagenet_classnames, timm_index_list, wnid_to_index
-from soup_exp.data.drawing import add_border, class_look, render
 from soup_exp.data.objectnet import (
     MAPPING_FILES,
     PACKAGE_MAPPINGS,
     README_BORDER_CROP,
     read_objectnet_mapping,
 )
+from soup_exp.demo.drawing import add_border, class_look, render
 from soup_exp.errors import ConfigError
 from soup_exp.utils.io import atomic_write_json, file_lock, read_json
 from soup_exp.utils.runtime import available_cores
@@ -274,7 +274,8 @@ def _check_roots(data_cfg: Mapping, root: Path) -> None:
 
 
 def ensure_synthetic(data_cfg: Mapping) -> Path:
-    """Generate the miniature family under ``data.synthetic.root`` unless it already matches."""
+    """Generate the miniature family under ``data.synthetic.root`` unless it already matches
+    (conf/data/synthetic.yaml's ``data.prepare`` step, which the data stage runs)."""
     spec = SyntheticSpec.from_data_cfg(data_cfg)
     root = Path(spec.root)
     _check_roots(data_cfg, root)
@@ -300,7 +301,3 @@ def ensure_synthetic(data_cfg: Mapping) -> Path:
     log.info("wrote %d synthetic images to %s (pretraining captions: %s)", count, root, root / PRETRAIN_CSV)
     return root
 
-
-def maybe_ensure_synthetic(data_cfg: Mapping) -> Path | None:
-    """``ensure_synthetic`` when ``data.synthetic`` is set; None for real data."""
-    return ensure_synthetic(data_cfg) if data_cfg.get("synthetic") else None
