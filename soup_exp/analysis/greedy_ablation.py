@@ -17,7 +17,8 @@ from typing import Annotated, Any
 from tqdm.auto import tqdm
 
 from soup_exp.analysis.context import AnalysisContext
-from soup_exp.soups.greedy import greedy_order, greedy_soup
+from soup_exp.soups.greedy import greedy_soup
+from soup_exp.soups.greedy_rule import greedy_order
 from soup_exp.soups.uniform import uniform_soup
 from soup_exp.utils.checks import Range
 

@@ -23,6 +23,7 @@ from soup_exp.soups.freshness import (
     recorded_inputs,
     weights_identity,
 )
+from soup_exp.soups.greedy_rule import greedy_order
 from soup_exp.soups.ingredients import Ingredient, resolve_ingredients
 from soup_exp.soups.streaming import check_arithmetic
 from soup_exp.utils.hashing import stable_hash
@@ -278,8 +279,6 @@ class SoupContext:
     @property
     def best_index(self) -> int:
         """The ingredient with the best held-out accuracy (ties as the greedy order breaks them)."""
-        from soup_exp.soups.greedy import greedy_order
-
         return greedy_order(self.names, self.scores)[0]
 
     # ---- outputs ------------------------------------------------------------------------

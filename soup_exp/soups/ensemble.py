@@ -5,7 +5,7 @@ averages of member ``i``, :meth:`~soup_exp.evaluation.Evaluator.member_logits`),
 only a float64 running sum and one candidate, and average them with the evaluate stage's
 :func:`~soup_exp.evaluation.evaluator.ensemble_mean`, so a recipe's held-out accuracy is the
 one the results row shows. The greedy ensemble uses the very rule of the greedy soup
-(:func:`soup_exp.soups.greedy.run_greedy_rule`) with logits in place of weights.
+(:func:`soup_exp.soups.greedy_rule.run_greedy_rule`) with logits in place of weights.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from soup_exp.evaluation.evaluator import ensemble_mean, mean_member_logits
 from soup_exp.soups.context import SoupContext
-from soup_exp.soups.greedy import run_greedy_rule
+from soup_exp.soups.greedy_rule import greedy_order, run_greedy_rule
 from soup_exp.soups.recipe import Range, Soup
 
 LoadLogits = Callable[[int], torch.Tensor]
@@ -48,8 +48,6 @@ def greedy_ensemble(
     progress: bool = False,
 ) -> EnsembleResult:
     """The greedy-soup rule applied to logit ensembles."""
-    from soup_exp.soups.greedy import greedy_order
-
     first = greedy_order(names, scores)[0]
     running = {"sum": load_logits(first).double(), "count": 1}
 

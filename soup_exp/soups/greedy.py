@@ -1,9 +1,6 @@
-"""Greedy soup (and the greedy rule it shares with the greedy ensemble).
+"""Greedy soup: the greedy rule (:mod:`soup_exp.soups.greedy_rule`) over weights.
 
-The paper's rule: order ingredients by held-out accuracy (best first; among equal scores
-the later ingredient first, as the authors' ascending sort followed by ``reverse()``),
-start from the best, and keep each next candidate only if the held-out accuracy of the
-average strictly improves (by more than ``tolerance``). Memory is one running model plus
+Memory is one running model plus
 one candidate soup. With ``arithmetic="sum"`` the running model is an fp32 (or fp64) sum
 and an accepted candidate is re-read (from the page cache) into it; with ``"authors"`` it
 is the authors' running average and the accepted candidate is copied into it. The state
@@ -20,10 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from tqdm.auto import tqdm
 
 from soup_exp.artifacts import ArtifactError, read_record
 from soup_exp.soups.context import SoupContext
+from soup_exp.soups.greedy_rule import candidate_order, run_greedy_rule
 from soup_exp.soups.ingredients import (
     Ingredient,
     IngredientError,
@@ -59,80 +56,6 @@ class GreedyResult:
     @property
     def chosen_names(self) -> list[str]:
         return [self.names[i] for i in self.chosen]
-
-
-def greedy_order(names: Sequence[str], scores: Sequence[float]) -> list[int]:
-    """Indices by held-out accuracy, best first, exactly as the authors' ``main.py`` orders
-    its results rows: a stable ascending sort, reversed, so among equal scores the later
-    ingredient comes first (their ``model_5`` before ``model_4``)."""
-    if len(names) != len(scores):
-        raise IngredientError(f"{len(scores)} held-out scores for {len(names)} ingredients")
-    order = sorted(range(len(names)), key=lambda i: float(scores[i]))
-    order.reverse()
-    return order
-
-
-def candidate_order(names: Sequence[str], scores: Sequence[float], order: Sequence[int] | None) -> list[int]:
-    """``order`` checked to be a permutation of the ingredients, or the paper's order."""
-    if order is None:
-        return greedy_order(names, scores)
-    order = [int(i) for i in order]
-    if sorted(order) != list(range(len(names))):
-        raise IngredientError(f"a greedy order must list each of the {len(names)} ingredients once, got {order}")
-    return order
-
-
-def run_greedy_rule(
-    names: Sequence[str],
-    scores: Sequence[float],
-    try_candidate: Callable[[int], float],
-    accept: Callable[[int], None],
-    *,
-    tolerance: float = 0.0,
-    state: dict[str, Any] | None = None,
-    save_state: Callable[[dict[str, Any]], None] | None = None,
-    progress: bool = False,
-    desc: str = "greedy",
-    order: Sequence[int] | None = None,
-) -> dict[str, Any]:
-    """The greedy rule over an abstract "soup": ``try_candidate(i)`` scores the current
-    members plus ``i``; ``accept(i)`` adds it. Returns the state (chosen, history, best).
-    Candidates come in ``order`` (default :func:`greedy_order`, the paper's), the first
-    of which starts the soup."""
-    order = candidate_order(names, scores, order)
-    if state is None:
-        first = order[0]
-        state = {
-            "position": 1,
-            "chosen": [first],
-            "best": float(scores[first]),
-            "history": [{"step": 0, "index": first, "name": names[first],
-                         "individual_accuracy": float(scores[first]), "accuracy": float(scores[first]),
-                         "accepted": True, "num_ingredients": 1}],
-        }
-        if save_state:
-            save_state(state)
-    with tqdm(total=len(order) - 1, initial=state["position"] - 1, desc=desc,
-              disable=not progress, leave=False) as bar:
-        while state["position"] < len(order):
-            i = order[state["position"]]
-            acc = float(try_candidate(i))
-            accepted = acc > state["best"] + tolerance
-            if accepted:
-                accept(i)
-                state["chosen"].append(i)
-                state["best"] = acc
-            state["history"].append({
-                "step": state["position"], "index": i, "name": names[i],
-                "individual_accuracy": float(scores[i]), "accuracy": acc,
-                "accepted": accepted, "num_ingredients": len(state["chosen"]),
-            })
-            state["position"] += 1
-            if save_state:
-                save_state(state)
-            bar.update(1)
-            bar.set_postfix(best=f"{state['best']:.4f}", kept=len(state["chosen"]))
-    return state
 
 
 def held_out_scores_for(

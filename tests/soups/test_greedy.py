@@ -158,7 +158,7 @@ def test_order_is_the_authors_sort_on_their_results_file():
     """main.py: sorted(dict(row order).items(), key=itemgetter(1)) then reverse()."""
     import operator
 
-    from soup_exp.soups.greedy import greedy_order
+    from soup_exp.soups.greedy_rule import greedy_order
     from soup_exp.training.sweep import PACKAGED_HPARAMS
 
     with open(PACKAGED_HPARAMS.parent / "individual_model_results.jsonl") as f:
