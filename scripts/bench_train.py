@@ -33,12 +33,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from soup_exp.models import ImageClassifier, build_backbone
+from soup_exp.stages.entry import packaged_config_dir
 from soup_exp.training.augment import with_randaugment
 from soup_exp.training.data import SeededDistributedSampler, TrainImages
 from soup_exp.training.distributed import DistContext
 from soup_exp.training.loop import Schedule, Trainer
 from soup_exp.training.settings import train_settings
-from soup_exp.utils.entry import packaged_config_dir
 
 
 def finetune_config(args: argparse.Namespace):

@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 
 from soup_exp.data.checker import check_datasets, raise_on_failure, render_table
 from soup_exp.errors import SoupExpError
-from soup_exp.utils.entry import packaged_config_dir
+from soup_exp.stages.entry import packaged_config_dir
 
 
 def main(argv: list[str] | None = None) -> int:

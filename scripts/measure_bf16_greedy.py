@@ -30,7 +30,7 @@ import torch
 def soup_config(out_dir: Path, overrides: Sequence[str]):
     from hydra import compose, initialize_config_dir
 
-    from soup_exp.utils.entry import packaged_config_dir
+    from soup_exp.stages.entry import packaged_config_dir
 
     with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
         return compose(config_name="soup", overrides=[

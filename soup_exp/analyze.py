@@ -25,8 +25,8 @@ from soup_exp.analysis.context import AnalysisContext
 from soup_exp.artifacts import check_name
 from soup_exp.artifacts.analysis import file_stats, finished_analysis, write_analysis_record
 from soup_exp.soups.ingredients import load_ingredients
+from soup_exp.stages.entry import stage_entry
 from soup_exp.utils.config import to_plain
-from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.io import remove_stale_temp_files
 from soup_exp.utils.plugins import Plugin, plan_line, selected_plugins
 from soup_exp.utils.runtime import code_version
@@ -49,7 +49,7 @@ def check_analyze(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
 def plan_analyze(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
     """A dry run's lines: the pool, each selected analysis and whether it is already done."""
     from soup_exp.errors import SoupExpError
-    from soup_exp.utils.preflight import logger_line
+    from soup_exp.stages.preflight import logger_line
 
     pool = to_plain(cfg.soup.pool)
     try:

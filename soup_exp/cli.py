@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-from soup_exp.utils.entry import STAGES, available_options
-from soup_exp.utils.stage_help import stage_help, wants_help
+from soup_exp.stages.entry import STAGES, available_options
+from soup_exp.stages.stage_help import stage_help, wants_help
 
 # command -> (summary, module whose ``main(argv)`` takes the remaining arguments)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -39,8 +39,8 @@ from soup_exp.artifacts.results import ResultsStore, with_avg_shifts
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation.evaluator import EnsembleSums, Evaluator, build_evaluator, evaluation_suite
 from soup_exp.soups.ingredients import all_finite
+from soup_exp.stages.entry import stage_entry
 from soup_exp.utils.config import to_plain
-from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.utils.io import remove_stale_temp_files
 from soup_exp.vocabulary import ACCURACY_KEYS, AVG_SHIFTS
@@ -256,7 +256,7 @@ def check_evaluate(cfg: DictConfig, overrides: Sequence[str] = (), *, roots: boo
         check_data(cfg)
         return True
     if roots:
-        from soup_exp.utils.preflight import require_roots
+        from soup_exp.stages.preflight import require_roots
 
         require_roots(cfg, evaluation_suite(cfg))
     return False
@@ -264,7 +264,7 @@ def check_evaluate(cfg: DictConfig, overrides: Sequence[str] = (), *, roots: boo
 
 def plan_evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
     """A dry run's lines: the datasets, each model found and whether its row is already there."""
-    from soup_exp.utils.preflight import dataset_lines, logger_line
+    from soup_exp.stages.preflight import dataset_lines, logger_line
 
     previous = {row["name"]: row for row in ResultsStore(cfg.results_file).rows()}
     done, todo = [], []

@@ -36,6 +36,8 @@ from soup_exp.artifacts import (
 )
 from soup_exp.data.classes import ClassSpace
 from soup_exp.errors import ConfigError, SoupExpError
+from soup_exp.stages.entry import stage_entry
+from soup_exp.stages.experiment import check_names
 from soup_exp.training import ingredient as store
 from soup_exp.training.checkpoint import checkpoint_path
 from soup_exp.training.distributed import DistContext, setup_distributed, teardown_distributed
@@ -43,8 +45,6 @@ from soup_exp.training.optim import planned_warmup
 from soup_exp.training.settings import TrainSettings, train_settings
 from soup_exp.training.sweep import SweepDraw, apply_sweep
 from soup_exp.utils.config import loggable_config, to_plain
-from soup_exp.utils.entry import stage_entry
-from soup_exp.utils.experiment import check_names
 from soup_exp.utils.hashing import content_sha256, stable_hash
 from soup_exp.utils.io import remove_stale_temp_files
 from soup_exp.utils.runtime import code_version, threads_beside_loader
@@ -123,7 +123,7 @@ def finished_output(cfg: DictConfig) -> Path | None:
 
 def check_finetune(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Everything that can fail before training, checked before anything is created."""
-    from soup_exp.utils.preflight import require_roots
+    from soup_exp.stages.preflight import require_roots
 
     spec = resolve_run(cfg)
     if spec.finished() is None:
@@ -133,7 +133,7 @@ def check_finetune(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
 
 def plan_finetune(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
     """A dry run's lines: the run, its datasets and outputs, and whether it is already done."""
-    from soup_exp.utils.preflight import classes_line, dataset_lines, logger_line
+    from soup_exp.stages.preflight import classes_line, dataset_lines, logger_line
 
     spec = resolve_run(cfg)
     datasets = [HELD_OUT] + (["train"] if spec.settings.mode != "zeroshot" else [])

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from soup_exp.artifacts import ingredient_record, is_finished_run
 from soup_exp.errors import ConfigError, OutputConflictError
+from soup_exp.stages.entry import stage_entry
 from soup_exp.tracking.wandb_run import loggable_config
-from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.io import read_json
 
 log = logging.getLogger(__name__)

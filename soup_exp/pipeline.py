@@ -26,10 +26,10 @@ from omegaconf import DictConfig
 from soup_exp.cluster.signals import run_forwarding_signals
 from soup_exp.errors import SoupExpError
 from soup_exp.inputs import input_steps, prepare_inputs
+from soup_exp.stages.entry import STAGES, packaged_config_dir, stage_entry
 from soup_exp.tracking.offline_runs import run_dirs
 from soup_exp.tracking.wandb_run import wandb_dir
 from soup_exp.utils.config import apply_secret_overrides, loggable_config
-from soup_exp.utils.entry import STAGES, packaged_config_dir, stage_entry
 from soup_exp.utils.io import atomic_write_json
 from soup_exp.utils.text import plural
 
@@ -243,7 +243,7 @@ def data_stage_makes_data(cfg: DictConfig) -> bool:
 
 def plan_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
     """Every stage's dry-run lines, with the sweep's jobs as the multirun would draw them."""
-    from soup_exp.utils.preflight import merge_plans, prepare_line
+    from soup_exp.stages.preflight import merge_plans, prepare_line
 
     stages = list(cfg.pipeline.stages)
     plans = [{"stages": [" -> ".join(stages)]}]

@@ -27,10 +27,10 @@ from soup_exp.reporting.paper import (
 )
 from soup_exp.reporting.reproduction import reproduction_table
 from soup_exp.reporting.table import RENDERERS, Table, build_table, render, to_markdown
+from soup_exp.stages.entry import stage_entry
 from soup_exp.tracking.repeats import content_fingerprint, previous_run, remember_run
 from soup_exp.tracking.wandb_run import start_run
 from soup_exp.utils.config import config_get, to_plain
-from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.io import atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def check_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
 
 def plan_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
     """A dry run's lines: which results are read, what they are compared with, where the report goes."""
-    from soup_exp.utils.preflight import logger_line
+    from soup_exp.stages.preflight import logger_line
 
     results = to_plain(cfg["results"])
     entries = [results] if isinstance(results, str) else list(results or [])
@@ -75,7 +75,7 @@ def _result_rows(cfg: DictConfig | Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _other_results_hint(cfg: DictConfig | Mapping[str, Any], shown: int = 5) -> str:
-    from soup_exp.utils.entry import packaged_config_dir
+    from soup_exp.stages.entry import packaged_config_dir
 
     own, root = cfg.get("results_file"), (cfg.get("paths") or {}).get("output_dir")
     if not own or not root or str(cfg.get("results")) != str(own) or Path(str(own)).exists():

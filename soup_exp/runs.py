@@ -100,14 +100,14 @@ def experiment_wandb_dir(overrides: Sequence[str], config_dir: str | None = None
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from soup_exp.tracking.wandb_run import wandb_dir
-    from soup_exp.utils.entry import (
+    from soup_exp.stages.entry import (
         _search_packaged_configs_after,
         check_experiment,
         check_yaml_syntax,
         packaged_config_dir,
         split_config_dir,
     )
+    from soup_exp.tracking.wandb_run import wandb_dir
 
     user_dir, overrides = split_config_dir([*(["--config-dir", config_dir] if config_dir else []), *overrides])
     if user_dir is not None:

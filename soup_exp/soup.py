@@ -25,8 +25,8 @@ from soup_exp.soups.context import SoupContext
 from soup_exp.soups.freshness import INPUTS_KEY
 from soup_exp.soups.ingredients import Ingredient, load_ingredients
 from soup_exp.soups.recipe import Recipe, Soup, soups_of
+from soup_exp.stages.entry import stage_entry
 from soup_exp.utils.config import to_plain
-from soup_exp.utils.entry import stage_entry
 from soup_exp.utils.io import read_json, remove_stale_temp_files
 from soup_exp.utils.plugins import plan_line, selected_plugins
 from soup_exp.utils.runtime import code_version
@@ -54,7 +54,7 @@ def plan_soups(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list
     """A dry run's lines: the pool, each selected recipe and whether its soup is already cooked."""
     from soup_exp.artifacts import is_finished_soup
     from soup_exp.errors import SoupExpError
-    from soup_exp.utils.preflight import dataset_lines, logger_line
+    from soup_exp.stages.preflight import dataset_lines, logger_line
 
     pool = to_plain(cfg.soup.pool)
     try:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from soup_exp.utils.experiment import run_stage
+from soup_exp.stages.experiment import run_stage
 
 
 def stage_error(cfg: Any, stage: Callable[[Any], Any], capsys: Any) -> str:

@@ -18,6 +18,8 @@ from stage_errors import stage_error
 
 from soup_exp.errors import OutputConflictError
 from soup_exp.evaluate import run_evaluate
+from soup_exp.stages.entry import packaged_config_dir
+from soup_exp.stages.experiment import claim_output_dir, experiment_identity, run_stage
 from soup_exp.utils.config import (
     SECRETS_ENV,
     apply_secret_overrides,
@@ -25,8 +27,6 @@ from soup_exp.utils.config import (
     loggable_config,
     split_secret_overrides,
 )
-from soup_exp.utils.entry import packaged_config_dir
-from soup_exp.utils.experiment import claim_output_dir, experiment_identity, run_stage
 
 
 def _cli(root: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import soup_exp
-from soup_exp.utils.entry import STAGES, available_options, packaged_config_dir
+from soup_exp.stages.entry import STAGES, available_options, packaged_config_dir
 
 PACKAGE = Path(soup_exp.__file__).parent
 

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from soup_exp.utils.entry import STAGES, available_options, packaged_config_dir
+from soup_exp.stages.entry import STAGES, available_options, packaged_config_dir
 
 PRIMARY = list(STAGES)
 CONFIG_DIR = packaged_config_dir()
@@ -77,7 +77,7 @@ def test_module_entry_point_checks_experiment_too():
 
 def test_output_dir_of_another_experiment_is_refused(tmp_path):
     from soup_exp.errors import OutputConflictError
-    from soup_exp.utils.experiment import claim_output_dir
+    from soup_exp.stages.experiment import claim_output_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         first = compose(config_name="evaluate", overrides=["name=shared", f"paths.output_dir={tmp_path}"])

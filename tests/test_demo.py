@@ -12,8 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import soup_exp.pipeline as pipeline
+from soup_exp.stages.entry import packaged_config_dir
 from soup_exp.training.sweep import apply_sweep
-from soup_exp.utils.entry import packaged_config_dir
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "demo_seeds.py"
 MARGIN = 0.25  # points: 3 of 1,200 held-out images

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from soup_exp.utils.entry import STAGES, available_options, packaged_config_dir
-from soup_exp.utils.preflight import plan, render_plan
+from soup_exp.stages.entry import STAGES, available_options, packaged_config_dir
+from soup_exp.stages.preflight import plan, render_plan
 
 
 def soup_exp(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from soup_exp.data.registry import build_train_samples, class_space
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation.evaluator import build_evaluator
 from soup_exp.inputs import input_steps, prepare_inputs
-from soup_exp.utils.entry import packaged_config_dir
+from soup_exp.stages.entry import packaged_config_dir
 
 PACKAGE = Path(soup_exp.__file__).parent
 DEMO = PACKAGE / "demo"
@@ -70,7 +70,7 @@ def test_looking_up_the_demo_data_on_an_empty_cache_creates_no_file(tmp_path):
 
 
 def test_a_stage_before_the_data_stage_names_the_step_that_makes_its_data(tmp_path):
-    from soup_exp.utils.preflight import require_roots
+    from soup_exp.stages.preflight import require_roots
 
     with pytest.raises(DatasetLayoutError) as caught:
         require_roots(compose_in(tmp_path, "finetune"), ["ImageNet2p"])

@@ -83,3 +83,15 @@ for name in sys.argv[1:]:
 """
     result = subprocess.run([sys.executable, "-c", script, *modules()], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_utils_depend_on_nothing_above_them():
+    """``soup_exp.utils`` is the bottom layer: any module may use it, and it uses only itself
+    and the modules that import nothing (errors, vocabulary)."""
+    mods = modules()
+    bottom = {"soup_exp", "soup_exp.errors", "soup_exp.vocabulary"}
+    for name, path in mods.items():
+        if name.startswith("soup_exp.utils"):
+            above = {m for m in project_imports(name, path, set(mods))
+                     if m not in bottom and not m.startswith("soup_exp.utils")}
+            assert not above, f"{name} imports {sorted(above)}"

@@ -60,7 +60,7 @@ def test_wheel_carries_the_configs_and_nothing_of_the_checkout(installed, tmp_pa
     assert "soup_exp/conf/soup.yaml" in names and "soup_exp/conf/recipes/greedy.yaml" in names
     assert "soup_exp/reference/model-soups-vitb32/hparam_info.json" in names
     result = subprocess.run([str(installed / "bin" / "python"), "-c",
-                             "import soup_exp, soup_exp.utils.entry as e; print(soup_exp.__file__); "
+                             "import soup_exp, soup_exp.stages.entry as e; print(soup_exp.__file__); "
                              "print(e.packaged_config_dir())"], cwd=tmp_path, capture_output=True, text=True)
     module, conf = result.stdout.split()
     assert str(installed) in module and str(installed) in conf and str(REPO) not in result.stdout

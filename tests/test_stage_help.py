@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from soup_exp.utils.entry import INTERRUPTED_EXIT, STAGES
+from soup_exp.stages.entry import INTERRUPTED_EXIT, STAGES
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -48,7 +48,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     script = tmp_path / "slow_stage.py"
     script.write_text(textwrap.dedent("""
         import sys, time
-        from soup_exp.utils import entry
+        from soup_exp.stages import entry
 
         def slow(cfg):
             print("running", flush=True)

@@ -106,8 +106,8 @@ def stop_on_failures(stage: str, labels: Sequence[str], returns: Sequence[JobRet
 
 def finished_output(launcher: Any, overrides: list[str], number: int) -> Path | None:
     """The output of job ``number`` when the stage says its work is already done."""
-    from soup_exp.utils.entry import STAGES
-    from soup_exp.utils.preflight import exit_on_user_error
+    from soup_exp.stages.entry import STAGES
+    from soup_exp.stages.preflight import exit_on_user_error
     from soup_exp.utils.resolvers import planned_job
 
     stage = STAGES.get(str(launcher.config.get("stage")))
@@ -247,7 +247,7 @@ class WatchedSlurmLauncher(WatchedLaunch, SlurmLauncher):
 
     def before_submission(self) -> None:
         from soup_exp.cluster.preflight import check_request
-        from soup_exp.utils.experiment import exit_with_error
+        from soup_exp.stages.experiment import exit_with_error
 
         try:
             check_request(self.params)

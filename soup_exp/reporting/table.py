@@ -108,7 +108,7 @@ def recipe_label(recipe: str) -> str | None:
     """The ``label`` of a packaged recipe file, for rows that carry none (the authors' files)."""
     from omegaconf import OmegaConf
 
-    from soup_exp.utils.entry import packaged_config_dir
+    from soup_exp.stages.entry import packaged_config_dir
 
     path = packaged_config_dir() / "recipes" / f"{recipe}.yaml"
     return OmegaConf.load(path).get("label") if path.is_file() else None

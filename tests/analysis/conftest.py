@@ -23,7 +23,7 @@ from soup_exp.analysis.context import AnalysisContext
 from soup_exp.data.base import LabeledImages, LogitProjection
 from soup_exp.evaluation.evaluator import Evaluator
 from soup_exp.soups.context import SoupContext
-from soup_exp.utils.entry import packaged_config_dir
+from soup_exp.stages.entry import packaged_config_dir
 from soup_exp.utils.io import atomic_write_json
 
 NUM_CLASSES = 4

@@ -12,7 +12,7 @@ from soup_exp.data.classes import ClassSpace
 from soup_exp.data.heldout import build_heldout, build_train_samples, heldout_split
 from soup_exp.data.layout import DatasetLayoutError
 from soup_exp.errors import ConfigError
-from soup_exp.utils.entry import packaged_config_dir
+from soup_exp.stages.entry import packaged_config_dir
 
 from .conftest import JPEG, PNG, put, wnid_tree
 

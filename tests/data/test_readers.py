@@ -96,7 +96,7 @@ def test_border_crop_is_one_objectnet_override(data_cfg):
 def test_paper_config_evaluates_objectnet_uncropped():
     from hydra import compose, initialize_config_dir
 
-    from soup_exp.utils.entry import packaged_config_dir
+    from soup_exp.stages.entry import packaged_config_dir
 
     with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
         assert compose(config_name="evaluate").data.objectnet.border_crop == 0

@@ -142,7 +142,7 @@ def test_paper_preset_evaluates_in_fp32_and_projects_ensemble_members():
     from hydra import compose, initialize_config_dir
 
     from soup_exp.evaluation.evaluator import configured_numerics
-    from soup_exp.utils.entry import packaged_config_dir
+    from soup_exp.stages.entry import packaged_config_dir
 
     with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=["device=cuda"])

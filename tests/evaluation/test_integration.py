@@ -8,7 +8,7 @@ from soup_exp.data.registry import class_space
 from soup_exp.evaluation.evaluator import build_evaluator
 from soup_exp.inputs import prepare_inputs
 from soup_exp.models import build_classifier
-from soup_exp.utils.entry import packaged_config_dir
+from soup_exp.stages.entry import packaged_config_dir
 
 CONF = str(packaged_config_dir())
 

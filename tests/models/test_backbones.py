@@ -9,7 +9,7 @@ from models_testdata import tiny_clip_cfg
 from safetensors.torch import save_file
 
 from soup_exp.models import BackboneLoadError, build_backbone
-from soup_exp.utils.entry import packaged_config_dir
+from soup_exp.stages.entry import packaged_config_dir
 
 CONF_MODEL = packaged_config_dir() / "model"
 
@@ -108,7 +108,7 @@ def test_a_users_backbone_builder_by_target(monkeypatch):
     from hydra import compose, initialize_config_dir
 
     from soup_exp.models import build_classifier
-    from soup_exp.utils.entry import _search_packaged_configs_after
+    from soup_exp.stages.entry import _search_packaged_configs_after
 
     user_repo = Path(__file__).resolve().parents[1] / "user_repo"
     monkeypatch.syspath_prepend(str(user_repo))

@@ -19,7 +19,7 @@ from soup_exp.data.classes import ClassSpace
 from soup_exp.models import build_classifier, load_classifier
 from soup_exp.models.release import ReleaseCheckpointError, WrapperLayout, read_checkpoint
 from soup_exp.soups import greedy_soup, uniform_soup
-from soup_exp.utils.entry import packaged_config_dir
+from soup_exp.stages.entry import packaged_config_dir
 
 TINY = {"source": "open_clip", "name": "soup-tiny-vit", "pretrained": None}
 NUM_MODELS = 12  # model_10 and model_11 sort after model_9 (numbers, not strings)
@@ -323,7 +323,7 @@ def test_real_vitb32_release_layout(tmp_path):
 def test_soup_evaluate_and_report_run_on_the_imports(release, tmp_path):
     """The stages after `import`, on the miniature ImageNet family (heads cut to its 8 classes)."""
     from soup_exp.inputs import prepare_inputs
-    from soup_exp.utils.entry import STAGES
+    from soup_exp.stages.entry import STAGES
 
     common = ["data=synthetic", "model=tiny_clip", "model.pretrained=null", f"paths.output_dir={tmp_path / 'out'}",
               f"paths.cache_dir={tmp_path / 'cache'}", "name=release", "progress=false", "device=cpu",

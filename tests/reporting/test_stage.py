@@ -12,7 +12,7 @@ from soup_exp.tracking.offline_runs import read_offline_run
 def _compose(*overrides):
     from hydra import compose, initialize_config_dir
 
-    from soup_exp.utils.entry import packaged_config_dir
+    from soup_exp.stages.entry import packaged_config_dir
 
     with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
         return compose(config_name="report", overrides=list(overrides))

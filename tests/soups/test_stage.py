@@ -22,8 +22,8 @@ import soup_exp.soups.learned as learned
 from soup_exp.errors import ConfigError
 from soup_exp.soup import run_soups
 from soup_exp.soups.context import SoupContext
-from soup_exp.utils.entry import packaged_config_dir
-from soup_exp.utils.experiment import run_stage
+from soup_exp.stages.entry import packaged_config_dir
+from soup_exp.stages.experiment import run_stage
 
 USER_REPO = Path(__file__).parents[1] / "user_repo"
 PAPER_RECIPES = ["uniform", "greedy", "learned_per_model", "learned_by_layer", "model_stock", "ensemble",

@@ -20,9 +20,9 @@ from soup_exp.evaluate import discover_models
 from soup_exp.soup import run_soups
 from soup_exp.soups import greedy_soup
 from soup_exp.soups.ingredients import IngredientMismatchError
+from soup_exp.stages.entry import packaged_config_dir
+from soup_exp.stages.experiment import run_stage
 from soup_exp.utils import io
-from soup_exp.utils.entry import packaged_config_dir
-from soup_exp.utils.experiment import run_stage
 from soup_exp.utils.io import atomic_write_json
 
 

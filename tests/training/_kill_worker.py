@@ -17,7 +17,7 @@ from conftest import compose_finetune  # noqa: E402
 
 import soup_exp.training.loop as loop  # noqa: E402
 from soup_exp.finetune import run_finetune  # noqa: E402
-from soup_exp.utils.experiment import run_stage  # noqa: E402
+from soup_exp.stages.experiment import run_stage  # noqa: E402
 
 kill_at = int(os.environ["KILL_AT_STEP"])
 kill_signal = getattr(signal, os.environ.get("KILL_SIGNAL", "SIGKILL"))

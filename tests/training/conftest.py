@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from tiny_finetune import tiny_overrides, write_tiny_imagenet
 
-from soup_exp.utils.entry import packaged_config_dir
+from soup_exp.stages.entry import packaged_config_dir
 
 CONF = packaged_config_dir()
 

@@ -12,11 +12,11 @@ from torchvision import transforms as T
 
 from soup_exp.errors import ConfigError
 from soup_exp.models import build_backbone
+from soup_exp.stages.entry import packaged_config_dir
 from soup_exp.training.augment import BASE_TRANSFORMS, train_transform
 from soup_exp.training.lp import train_linear_probe
 from soup_exp.training.settings import BASE_TRANSFORMS as BASE_TRANSFORM_NAMES
 from soup_exp.training.settings import train_settings
-from soup_exp.utils.entry import packaged_config_dir
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -56,7 +56,7 @@ def test_a_sweep_name_that_ignores_the_index_is_refused_from_two_composed_jobs(t
 
 
 def test_only_distinct_indices_decides_when_composing_two_jobs_is_enough():
-    from soup_exp.utils.preflight import only_distinct_indices
+    from soup_exp.stages.preflight import only_distinct_indices
 
     assert only_distinct_indices([["sweep=paper", "sweep.index=0"], ["sweep=paper", "sweep.index=1"]])
     assert not only_distinct_indices([["sweep.index=0", "train.lr=1"], ["sweep.index=0", "train.lr=2"]])

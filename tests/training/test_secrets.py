@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from soup_exp.errors import ConfigError
+from soup_exp.stages.experiment import KeepSecretsOut
 from soup_exp.utils.config import (
     REDACTED,
     SECRETS_ENV,
@@ -24,7 +25,6 @@ from soup_exp.utils.config import (
     loggable_config,
     split_secret_overrides,
 )
-from soup_exp.utils.experiment import KeepSecretsOut
 
 SECRETS = ("TOPSECRET-hf-0123456789", "KEYSECRET-wandb-0123456789", "FILESECRET-0123456789",
            "NESTEDSECRET-0123456789", "ENVSETSECRET-0123456789", "WANDBVALUE-0123456789abcdef")
@@ -135,7 +135,7 @@ import os
 
 import hydra
 from soup_exp.utils.config import apply_secret_overrides
-from soup_exp.utils.experiment import scrub_hydra_files
+from soup_exp.stages.experiment import scrub_hydra_files
 
 
 @hydra.main(config_path=".", config_name="app", version_base="1.3")
@@ -156,7 +156,7 @@ def test_config_file_secrets_reach_the_job_but_no_file(tmp_path, mode) -> None:
     (tmp_path / "app.py").write_text(APP)
     (tmp_path / "app.yaml").write_text(
         f"model:\n  hf_token: {SECRETS[2]}\npasted_login: wandb login {SECRETS[5]}\n"
-        "hydra:\n  callbacks:\n    no_leaks:\n      _target_: soup_exp.utils.experiment.KeepSecretsOut\n"
+        "hydra:\n  callbacks:\n    no_leaks:\n      _target_: soup_exp.stages.experiment.KeepSecretsOut\n"
         f"  run:\n    dir: {tmp_path}/out/run\n  sweep:\n    dir: {tmp_path}/out/multi\n"
         f"  job:\n    env_set:\n      HF_TOKEN: {SECRETS[4]}\n")
     env = {**os.environ, "WANDB_API_KEY": SECRETS[5]}

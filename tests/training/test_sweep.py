@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from soup_exp.errors import ConfigError
+from soup_exp.stages.entry import packaged_config_dir
 from soup_exp.training.settings import train_settings
 from soup_exp.training.sweep import (
     PACKAGED_HPARAMS,
@@ -17,7 +18,6 @@ from soup_exp.training.sweep import (
     published_hparams,
     resolve_sweep,
 )
-from soup_exp.utils.entry import packaged_config_dir
 
 CONF = packaged_config_dir()
 # The ranges of PAPER.md (observed in the authors' hparam_info.json).

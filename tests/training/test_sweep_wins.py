@@ -11,8 +11,8 @@ import sys
 from hydra import compose, initialize_config_dir
 
 import soup_exp.finetune as finetune
+from soup_exp.stages.entry import packaged_config_dir
 from soup_exp.utils.config import SECRETS_ENV
-from soup_exp.utils.entry import packaged_config_dir
 
 OVERRIDES = ["experiment=smoke", "sweep=demo", "train.lr=0.1", "train.weight_decay=0.3", "train.epochs=1"]
 

@@ -41,7 +41,7 @@ class Stage:
     function: str
     claims_output: bool = True  # writes into the experiment's output directory
     # module functions ``(cfg, overrides)``: checks before anything is created (raise a
-    # SoupExpError), and a dry run's plan (soup_exp.utils.preflight.Plan)
+    # SoupExpError), and a dry run's plan (soup_exp.stages.preflight.Plan)
     check: str | None = None
     plan: str | None = None
     # module function ``(cfg) -> Path``: the directory one job writes, so a multirun whose
@@ -201,7 +201,7 @@ def _save_hydra_configs_atomically(stage: str) -> None:
     def save_config(cfg: Any, filename: str, output_dir: Path) -> None:
         from omegaconf import OmegaConf
 
-        from soup_exp.utils.experiment import exit_with_error
+        from soup_exp.stages.experiment import exit_with_error
         from soup_exp.utils.io import WriteError, atomic_write_text
 
         try:
@@ -220,15 +220,15 @@ def stage_entry(name: str) -> Callable[[], None]:
     stage = STAGES[name]
 
     def task(cfg: Any) -> Any:
-        from soup_exp.utils.experiment import run_stage
+        from soup_exp.stages.experiment import run_stage
 
         return run_stage(cfg, stage.run(), claim=stage.claims(cfg))
 
     def main() -> None:
         import hydra
 
+        from soup_exp.stages.stage_help import stage_help, wants_help
         from soup_exp.utils.config import hand_over_secrets, split_secret_overrides
-        from soup_exp.utils.stage_help import stage_help, wants_help
 
         if wants_help(sys.argv[1:]):
             print(stage_help(name))

@@ -23,7 +23,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from soup_exp.utils.entry import STAGES, Stage
+from soup_exp.stages.entry import STAGES, Stage
 from soup_exp.utils.resolvers import planned_job
 from soup_exp.utils.text import plural
 from soup_exp.vocabulary import HELD_OUT
@@ -65,7 +65,7 @@ def common_checks(stage: Stage, cfg: DictConfig) -> None:
     """What every stage needs before it starts: names that are path components, valid
     settings, a valid class space, an output directory that is not another experiment's
     and can be written."""
-    from soup_exp.utils.experiment import check_config
+    from soup_exp.stages.experiment import check_config
 
     check_config(cfg)
     if cfg.get("data") is not None:
@@ -73,7 +73,7 @@ def common_checks(stage: Stage, cfg: DictConfig) -> None:
 
         class_space(cfg.data)
     if stage.claims(cfg):
-        from soup_exp.utils.experiment import check_output_dir
+        from soup_exp.stages.experiment import check_output_dir
 
         check_output_dir(cfg)
 
@@ -185,7 +185,7 @@ class Preflight(Callback):
 def exit_on_user_error(stage: Stage, err: Exception) -> None:
     """A user's error is the stage's one line (also when Hydra or OmegaConf wrapped it, as a
     resolver's); anything else is a bug and keeps its traceback."""
-    from soup_exp.utils.experiment import exit_with_error, user_error
+    from soup_exp.stages.experiment import exit_with_error, user_error
 
     mine = user_error(err)
     if mine is None:
