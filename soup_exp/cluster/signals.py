@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -66,6 +67,8 @@ class StopOnSignal:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread may set handlers; its own stay in charge
         for signum in self.SIGNALS:
             current = signal.getsignal(signum)
             if _is_default(current, signum) or _from_submitit(current):
@@ -88,6 +91,7 @@ class StopOnSignal:
         if not distributed:
             return self.signum
         import torch
+
         flag = torch.tensor([self.signum], dtype=torch.int32, device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item())
