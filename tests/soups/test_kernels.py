@@ -92,10 +92,12 @@ def test_integer_buffers_are_copied_and_must_match_the_base_too(make_sd):
         merge_tensors(pool, mean, base=base)
 
 
-# A fresh process per measure, so that its peak resident size is this merge's; glibc's
-# malloc is told to map every large block on its own, so a freed tensor leaves the count.
+# A fresh process per measure, so that its peak resident size is this merge's (VmHWM: the
+# high-water mark of this process's memory map; getrusage's ru_maxrss would carry the
+# parent's peak over the exec); glibc's malloc is told to map every large block on its own,
+# so a freed tensor leaves the count.
 CHILD = """
-import resource, sys, torch
+import re, sys, torch
 sys.path.insert(0, sys.argv[1])
 from my_soups import ties
 from soup_exp.soups import merge_tensors, resolve_ingredients
@@ -105,7 +107,7 @@ torch.set_num_threads(1)
 kernel = ties.fn if sys.argv[2] == "ties" else stacked_mean
 merge_tensors(resolve_ingredients(sys.argv[4:]), kernel, base=resolve_ingredients(sys.argv[3])[0],
               params=dict(density=0.2, scale=1.0))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024)
 """
 TENSOR = 2 ** 20  # floats: 4 MiB a tensor, three tensors a model
 SMALL, LARGE = 5, 12  # pools past the reader's look-ahead (PREFETCH_TENSORS), so only N differs
