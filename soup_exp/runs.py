@@ -191,13 +191,14 @@ def _scalars_first(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _series(run: OfflineRun) -> dict[str, list[Any]]:
-    """Every logged key (W&B's own ``_step``/``_runtime``/``_timestamp`` left out) -> its values."""
+    """Every logged key (W&B's own ``_step``/``_runtime``/``_timestamp`` left out) -> its values, by key:
+    wandb-core writes a row's items in no fixed order."""
     series: dict[str, list[Any]] = {}
     for row in run.history:
         for key, value in row.items():
             if not key.startswith("_"):
                 series.setdefault(key, []).append(value)
-    return series
+    return dict(sorted(series.items()))
 
 
 def _visible(values: dict[str, Any]) -> dict[str, Any]:

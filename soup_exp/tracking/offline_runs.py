@@ -65,11 +65,12 @@ class OfflineRun:
         return [row[key] for row in self.history if key in row]
 
     def last_values(self) -> dict[str, Any]:
-        """Each logged key's last value (W&B's own ``_step``/``_runtime``/``_timestamp`` left out)."""
+        """Each logged key's last value (W&B's own ``_step``/``_runtime``/``_timestamp`` left out), by key:
+        wandb-core writes a row's items in no fixed order."""
         last: dict[str, Any] = {}
         for row in self.history:
             last.update({k: v for k, v in row.items() if not k.startswith("_")})
-        return last
+        return dict(sorted(last.items()))
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.run_id, "name": self.name, "stage": self.stage, "state": self.state,
