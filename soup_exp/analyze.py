@@ -25,6 +25,7 @@ from soup_exp.analysis.context import AnalysisContext
 from soup_exp.artifacts import check_name
 from soup_exp.artifacts.analysis import file_stats, finished_analysis, write_analysis_record
 from soup_exp.soups.ingredients import load_ingredients
+from soup_exp.soups.settings import SoupSettings
 from soup_exp.stages.entry import stage_entry
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.io import remove_stale_temp_files
@@ -43,6 +44,7 @@ def selected_analyses(cfg: DictConfig) -> list[Plugin]:
 def check_analyze(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Analyses and their parameters, and a pool that holds ingredients, before anything is created."""
     selected_analyses(cfg)
+    SoupSettings.from_config(cfg)
     load_ingredients(to_plain(cfg.soup.pool))
 
 

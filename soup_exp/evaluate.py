@@ -38,6 +38,7 @@ from soup_exp.artifacts import (
 from soup_exp.artifacts.results import ResultsStore, with_avg_shifts
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation.evaluator import EnsembleSums, Evaluator, build_evaluator, evaluation_suite
+from soup_exp.evaluation.settings import EvalSettings
 from soup_exp.soups.ingredients import all_finite
 from soup_exp.stages.entry import stage_entry
 from soup_exp.utils.config import to_plain
@@ -248,7 +249,7 @@ def check_evaluate(cfg: DictConfig, overrides: Sequence[str] = (), *, roots: boo
     from soup_exp.data.registry import EVAL_DATASETS
 
     extra = to_plain(cfg.data.get("datasets")) or {}
-    unknown = [n for n in evaluation_suite(cfg) if n not in EVAL_DATASETS and n not in extra]
+    unknown = [n for n in evaluation_suite(EvalSettings.from_config(cfg)) if n not in EVAL_DATASETS and n not in extra]
     if unknown:
         raise ConfigError(f"eval.datasets: unknown {unknown}; known: {', '.join([*EVAL_DATASETS, *extra])} "
                           "(add your own as a file in the datasets config group, see docs/extending.md)")
@@ -258,7 +259,7 @@ def check_evaluate(cfg: DictConfig, overrides: Sequence[str] = (), *, roots: boo
     if roots:
         from soup_exp.stages.preflight import require_roots
 
-        require_roots(cfg, evaluation_suite(cfg))
+        require_roots(cfg, evaluation_suite(EvalSettings.from_config(cfg)))
     return False
 
 
@@ -279,7 +280,7 @@ def plan_evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, l
         lines.append(f"done, a row for these weights ({len(done)}; skipped unless the datasets changed): "
                      f"{', '.join(done)}")
     return {
-        "data": dataset_lines(cfg, evaluation_suite(cfg)),
+        "data": dataset_lines(cfg, evaluation_suite(EvalSettings.from_config(cfg))),
         "evaluate": lines or [f"no models yet in {cfg.zeroshot_dir}, {cfg.ingredients_dir} or {cfg.soups_dir}"],
         "outputs": [f"results: {cfg.results_file}", logger_line(cfg)],
     }
@@ -327,7 +328,7 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
 
     classes = class_space(cfg.data)
     skeleton, backbone = build_classifier(cfg.model, classes.num_classes, pretrained=False)
-    evaluator = build_evaluator(cfg, backbone.preprocess_val, classes)
+    evaluator = build_evaluator(EvalSettings.from_config(cfg), backbone.preprocess_val, classes)
     identities = {name: evaluator.dataset(name).identity() for name in evaluator.names}
     transform = " ".join(evaluator.transform.key.split())
     metas = {e.name: {"weights": e.fingerprint(), "eval_transform": transform, "datasets": identities,

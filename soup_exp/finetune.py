@@ -461,8 +461,9 @@ HEAD_INITS: dict[str, Callable[[Any, Job], nn.Linear]] = {"zeroshot": zeroshot_h
 
 def _held_out_evaluator(job: Job, preprocess: Any):
     from soup_exp.evaluation.evaluator import build_evaluator
+    from soup_exp.evaluation.settings import EvalSettings
 
-    return build_evaluator(job.cfg, preprocess, job.classes, names=[HELD_OUT])
+    return build_evaluator(EvalSettings.from_config(job.cfg), preprocess, job.classes, names=[HELD_OUT])
 
 
 def held_out_accuracy(job: Job, model: nn.Module, preprocess: Any) -> dict[str, Any]:

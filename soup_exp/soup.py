@@ -25,6 +25,7 @@ from soup_exp.soups.context import SoupContext
 from soup_exp.soups.freshness import INPUTS_KEY
 from soup_exp.soups.ingredients import Ingredient, load_ingredients
 from soup_exp.soups.recipe import Recipe, Soup, soups_of
+from soup_exp.soups.settings import SoupSettings
 from soup_exp.stages.entry import stage_entry
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.io import read_json, remove_stale_temp_files
@@ -47,6 +48,7 @@ def selected_recipes(cfg: DictConfig) -> list[Recipe]:
 def check_soups(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Recipes and their parameters, and a pool that holds ingredients, before anything is created."""
     selected_recipes(cfg)
+    SoupSettings.from_config(cfg)
     load_ingredients(to_plain(cfg.soup.pool))
 
 

@@ -17,6 +17,7 @@ from soup_exp.data.layout import DatasetLayoutError
 from soup_exp.data.registry import build_train_samples, class_space
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation.evaluator import build_evaluator
+from soup_exp.evaluation.settings import EvalSettings
 from soup_exp.inputs import input_steps, prepare_inputs
 from soup_exp.stages.entry import packaged_config_dir
 
@@ -61,7 +62,7 @@ def test_looking_up_the_demo_data_on_an_empty_cache_creates_no_file(tmp_path):
     cfg = compose_in(tmp_path, "evaluate")
     classes = class_space(cfg.data)
     with pytest.raises(DatasetLayoutError, match="synthetic-imagenet-smoke/imagenet does not exist"):
-        build_evaluator(cfg, preprocess=None, classes=classes)
+        build_evaluator(EvalSettings.from_config(cfg), preprocess=None, classes=classes)
     with pytest.raises(DatasetLayoutError, match="does not exist"):
         build_train_samples(cfg.data, classes)
     reports = check_datasets(cfg.data, list(cfg.eval.datasets))

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from soup_exp.analysis.settings import analysis_key_settings
 from soup_exp.artifacts import (
     SOUP_FILE,
     WEIGHTS_FILE,
@@ -31,9 +32,9 @@ from soup_exp.artifacts.analysis import file_stats, read_partial, write_partial
 from soup_exp.artifacts.results import with_avg_shifts
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation.evaluator import mean_member_logits
+from soup_exp.evaluation.settings import EvalSettings
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.ingredients import Ingredient, SafetensorsSource, resolve_ingredients
-from soup_exp.utils.config import to_plain
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.vocabulary import AVG_SHIFTS, HELD_OUT, SHIFTS
 
@@ -106,14 +107,8 @@ class AnalysisContext(SoupContext):
         """What an analysis's numbers depend on: the pool's and zero-shot model's files, the
         model, data and evaluation settings, and the analysis with its parameters."""
         pool = [[ing.name, file_stats([ing.path]) if ing.path else None] for ing in self.ingredients]
-        zeroshot = Path(self.cfg.zeroshot_dir) / WEIGHTS_FILE
-        cfg = self.cfg
-        settings = {
-            "model": to_plain(cfg.model), "data": to_plain(cfg.data),
-            "eval": {k: to_plain(cfg.eval.get(k)) for k in ("datasets", "precision", "ensemble_logits")},
-            "soup": {k: to_plain(cfg.soup.get(k)) for k in ("arithmetic", "accumulate_dtype")},
-            "device": str(cfg.device), "seed": int(cfg.seed),
-        }
+        zeroshot = self.settings.zeroshot_dir / WEIGHTS_FILE
+        settings = analysis_key_settings(self.cfg.model, EvalSettings.from_config(self.cfg), self.settings)
         return stable_hash({"target": target, "params": params, "pool": pool,
                             "zeroshot": file_stats([zeroshot]), "settings": settings}, length=20)
 
@@ -191,8 +186,9 @@ class AnalysisContext(SoupContext):
         """Held-out first, then the evaluation suite (the soup context's judge has held-out only)."""
         from soup_exp.evaluation.evaluator import build_evaluator, evaluation_suite
 
-        names = list(dict.fromkeys([HELD_OUT, *evaluation_suite(self.cfg)]))
-        return build_evaluator(self.cfg, self._classifier[1].preprocess_val, self.classes, names=names)
+        settings = EvalSettings.from_config(self.cfg)
+        names = list(dict.fromkeys([HELD_OUT, *evaluation_suite(settings)]))
+        return build_evaluator(settings, self._classifier[1].preprocess_val, self.classes, names=names)
 
     @property
     def suite(self) -> list[str]:
@@ -288,8 +284,8 @@ class AnalysisContext(SoupContext):
             chosen = sorted(order[: min(images, len(samples))].tolist())
             dataset = LabeledImages("TrainSubset", [samples[i] for i in chosen], self.classes.num_classes,
                                     root=f"train:{images}:{seed}")
-            evaluator = build_evaluator(self.cfg, self._classifier[1].preprocess_val, self.classes, names=[],
-                                        extra=[dataset])
+            evaluator = build_evaluator(EvalSettings.from_config(self.cfg), self._classifier[1].preprocess_val,
+                                        self.classes, names=[], extra=[dataset])
             self._train_evaluators[(images, seed)] = evaluator
         return self._train_evaluators[(images, seed)], "TrainSubset"
 

@@ -8,6 +8,7 @@ made first is made by the pipeline's data stage (``data.prepare``, soup_exp.inpu
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from soup_exp.data import heldout
 from soup_exp.data.base import LabeledImages
@@ -27,12 +28,22 @@ from soup_exp.utils.config import to_plain
 from soup_exp.vocabulary import HELD_OUT
 
 __all__ = ["EVAL_DATASETS", "DatasetLayoutError", "build_eval_dataset", "build_train_samples",
-           "class_space", "dataset_root"]
+           "class_space", "dataset_folder", "dataset_root", "root_key"]
 
 EvalBuilder = Callable[[Mapping, ClassSpace], LabeledImages]
 
 
+TRAIN_READERS = (HELD_OUT, "train")  # both read the train folder of the ImageNet root
+SHARED_ROOTS = {"ImageNetReal": "ImageNet", **dict.fromkeys(TRAIN_READERS, "ImageNet")}
+
+
+def root_key(name: str) -> str:
+    """The ``data.roots`` key a built-in dataset is read from."""
+    return SHARED_ROOTS.get(name, name)
+
+
 def dataset_root(data_cfg: Mapping, name: str) -> str:
+    """``data.roots.<name>``; one line naming the key when it is not set."""
     roots = data_cfg.get("roots") or {}
     root = roots.get(name)
     if not root:
@@ -41,8 +52,24 @@ def dataset_root(data_cfg: Mapping, name: str) -> str:
     return str(root)
 
 
-def _rooted(reader: Callable[[str, ClassSpace], LabeledImages], root_key: str) -> EvalBuilder:
-    return lambda data_cfg, classes: reader(dataset_root(data_cfg, root_key), classes)
+def dataset_folder(data_cfg: Mapping, name: str) -> str | None:
+    """The folder dataset ``name`` is read from, without reading it (None: not set): the
+    train folder of the ImageNet root for the held-out and training sets, a built-in's
+    ``data.roots`` entry, else a user dataset's ``root``. The one place a dataset's name meets its root;
+    preflight asks it."""
+    roots = data_cfg.get("roots") or {}
+    extra = data_cfg.get("datasets") or {}
+    if name in TRAIN_READERS:
+        return str(Path(str(roots.get(root_key(name)))) / "train")
+    if name in EVAL_DATASETS or name not in extra:
+        root = roots.get(root_key(name))
+    else:
+        root = (extra[name] or {}).get("root")
+    return str(root) if root else None
+
+
+def _rooted(reader: Callable[[str, ClassSpace], LabeledImages], name: str) -> EvalBuilder:
+    return lambda data_cfg, classes: reader(dataset_root(data_cfg, root_key(name)), classes)
 
 
 EVAL_DATASETS: dict[str, EvalBuilder] = {
@@ -52,9 +79,9 @@ EVAL_DATASETS: dict[str, EvalBuilder] = {
     "ImageNetSketch": _rooted(read_imagenet_sketch, "ImageNetSketch"),
     "ImageNetR": _rooted(read_imagenet_r, "ImageNetR"),
     "ImageNetA": _rooted(read_imagenet_a, "ImageNetA"),
-    "ObjectNet": lambda data_cfg, classes: read_objectnet(dataset_root(data_cfg, "ObjectNet"), classes,
+    "ObjectNet": lambda data_cfg, classes: read_objectnet(dataset_root(data_cfg, root_key("ObjectNet")), classes,
                                                           border_crop=border_crop(data_cfg)),
-    "ImageNetReal": _rooted(read_imagenet_real, "ImageNet"),
+    "ImageNetReal": _rooted(read_imagenet_real, "ImageNetReal"),
 }
 
 

@@ -25,6 +25,7 @@ from soup_exp.artifacts.results import with_avg_shifts
 from soup_exp.data.base import LabeledImages
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation.cache import CachedImages, PreprocessedCache
+from soup_exp.evaluation.settings import ENSEMBLE_LOGITS, PRECISIONS, EvalSettings, check_choice
 from soup_exp.evaluation.sources import Batch, DecodingSource
 from soup_exp.evaluation.transforms import split_transform
 from soup_exp.utils.runtime import autocast, effective_precision, resolve_device
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 
 ModelOrEnsemble = nn.Module | Sequence[nn.Module]
 LogitsSink = Callable[[str, str, torch.Tensor, torch.Tensor], None]
-ENSEMBLE_LOGITS = ("projected", "raw")
-PRECISIONS = ("fp32", "bf16")
 
 
 def _members(value: ModelOrEnsemble) -> list[nn.Module]:
@@ -73,10 +72,8 @@ class Evaluator:
         read_threads: int = 4,
         ensemble_logits: str = "projected",
     ):
-        if ensemble_logits not in ENSEMBLE_LOGITS:
-            raise ConfigError(f"eval.ensemble_logits={ensemble_logits!r}: expected one of {', '.join(ENSEMBLE_LOGITS)}")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"eval precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        check_choice("eval.ensemble_logits", ensemble_logits, ENSEMBLE_LOGITS)
+        check_choice("eval.precision", precision, PRECISIONS)
         self.ensemble_logits = ensemble_logits
         self.datasets: dict[str, LabeledImages] = {}
         for dataset in datasets:
@@ -390,41 +387,38 @@ class EnsembleSums:
                 for dataset in datasets}
 
 
-def evaluation_suite(cfg: Mapping) -> list[str]:
+def evaluation_suite(settings: EvalSettings) -> list[str]:
     """``eval.datasets`` plus the user's datasets (``data.datasets``), each once."""
-    extra = cfg["data"].get("datasets") or {}
-    return list(dict.fromkeys([*cfg["eval"]["datasets"], *extra]))
+    extra = settings.data.get("datasets") or {}
+    return list(dict.fromkeys([*settings.datasets, *extra]))
 
 
-def configured_numerics(cfg: Mapping) -> str:
-    """What :func:`build_evaluator` of ``cfg`` will measure at, without building it: compare
-    with an ingredient's ``held_out_precision`` to decide whether to re-score it."""
-    return effective_precision(resolve_device(str(cfg["device"])), str(cfg["eval"]["precision"]))
+def configured_numerics(settings: EvalSettings) -> str:
+    """What :func:`build_evaluator` of ``settings`` will measure at, without building it:
+    compare with an ingredient's ``held_out_precision`` to decide whether to re-score it."""
+    return effective_precision(resolve_device(settings.device), settings.precision)
 
 
 def build_evaluator(
-    cfg: Mapping, preprocess: Any, classes: Any, names: Sequence[str] | None = None,
+    settings: EvalSettings, preprocess: Any, classes: Any, names: Sequence[str] | None = None,
     extra: Sequence[LabeledImages] = (),
 ) -> Evaluator:
-    """The evaluator of a stage config: datasets ``names`` (default ``cfg.eval.datasets``)
-    built by the data registry for the model's class space ``classes``, then ``extra``
-    (datasets built elsewhere, e.g. a fixed subset of the training images)."""
+    """The evaluator of a stage's :class:`EvalSettings`: datasets ``names`` (default
+    :func:`evaluation_suite`) built by the data registry for the model's class space ``classes``,
+    then ``extra`` (datasets built elsewhere, e.g. a fixed subset of the training images)."""
     from soup_exp.data.registry import build_eval_dataset
 
-    eval_cfg = cfg["eval"]
-    names = list(names if names is not None else evaluation_suite(cfg))
-    datasets = [*(build_eval_dataset(name, cfg["data"], classes) for name in names), *extra]
-    cache_dir = eval_cfg["cache"]["dir"] if eval_cfg["cache"]["enabled"] else None
-    workers = eval_cfg["num_workers"] if eval_cfg["num_workers"] is not None else cfg["num_workers"]
+    names = list(names if names is not None else evaluation_suite(settings))
+    datasets = [*(build_eval_dataset(name, settings.data, classes) for name in names), *extra]
     return Evaluator(
         datasets,
         preprocess,
-        batch_size=int(eval_cfg["batch_size"]),
-        num_workers=int(workers),
-        device=str(cfg["device"]),
-        precision=str(eval_cfg["precision"]),
-        cache_dir=str(cache_dir) if cache_dir else None,
-        progress=bool(cfg["progress"]),
-        read_threads=int(eval_cfg["read_threads"]),
-        ensemble_logits=str(eval_cfg["ensemble_logits"]),
+        batch_size=settings.batch_size,
+        num_workers=settings.num_workers,
+        device=settings.device,
+        precision=settings.precision,
+        cache_dir=settings.cache_dir,
+        progress=settings.progress,
+        read_threads=settings.read_threads,
+        ensemble_logits=settings.ensemble_logits,
     )

@@ -25,14 +25,13 @@ from soup_exp.soups.freshness import (
 )
 from soup_exp.soups.greedy_rule import greedy_order
 from soup_exp.soups.ingredients import Ingredient, resolve_ingredients
-from soup_exp.soups.streaming import check_arithmetic
+from soup_exp.soups.settings import SoupSettings
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.utils.runtime import resolve_device
 from soup_exp.vocabulary import HELD_OUT
 
 log = logging.getLogger(__name__)
 
-ACCUMULATE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _ALWAYS = ("recipe", "params", "pool", "numerics")
 BASE_NEEDS = {"lp": "an LP init (an `lp` ingredient, or hparams.init_from of the fine-tunes)",
               "zeroshot": "a zero-shot model in {zeroshot_dir}"}
@@ -48,15 +47,13 @@ class SoupContext:
         self.ingredients = ingredients
         self.names = [ing.name for ing in ingredients]
         self.pool = pool_identity(ingredients)  # the pool does not change while the stage runs
-        self.soups_dir = Path(cfg.soups_dir)
+        self.settings = SoupSettings.from_config(cfg)
+        self.soups_dir = self.settings.soups_dir
         self.run = run
-        self.progress = bool(cfg.progress)
-        self.seed = int(cfg.seed)
-        dtype = str(cfg.soup.accumulate_dtype)
-        if dtype not in ACCUMULATE_DTYPES:
-            raise ConfigError(f"soup.accumulate_dtype={dtype!r}: use one of {sorted(ACCUMULATE_DTYPES)}")
-        self.accumulate_dtype = ACCUMULATE_DTYPES[dtype]
-        self.arithmetic = check_arithmetic(str(cfg.soup.arithmetic))
+        self.progress = self.settings.progress
+        self.seed = self.settings.seed
+        self.accumulate_dtype = self.settings.accumulate_dtype
+        self.arithmetic = self.settings.arithmetic
         self.recipe = ""  # the recipe being cooked (set by the stage through begin())
         self.params: dict[str, Any] = {}
         self._used: dict[str, Any] = {}  # what the recipe read besides the pool: inputs of its soups
@@ -98,7 +95,7 @@ class SoupContext:
 
     @cached_property
     def _zeroshot(self) -> Ingredient | None:
-        path = Path(self.cfg.zeroshot_dir)
+        path = self.settings.zeroshot_dir
         if not is_finished_run(path):
             return None
         return resolve_ingredients(path, kinds=None)[0]
@@ -144,7 +141,7 @@ class SoupContext:
     @property
     def kernel_device(self) -> torch.device:
         """Where per-tensor kernels compute (``soup.kernel_device``)."""
-        return resolve_device(str(self.cfg.soup.kernel_device))
+        return resolve_device(self.settings.kernel_device)
 
     def model(self, name: str) -> Ingredient:
         """A weight-space soup cooked earlier, an ingredient, or ``best_individual``."""
@@ -172,8 +169,10 @@ class SoupContext:
     @cached_property
     def _evaluator(self):
         from soup_exp.evaluation.evaluator import build_evaluator
+        from soup_exp.evaluation.settings import EvalSettings
 
-        return build_evaluator(self.cfg, self._classifier[1].preprocess_val, self.classes, names=[HELD_OUT])
+        return build_evaluator(EvalSettings.from_config(self.cfg), self._classifier[1].preprocess_val, self.classes,
+                               names=[HELD_OUT])
 
     @cached_property
     def held_out_identity(self) -> str:
@@ -264,8 +263,9 @@ class SoupContext:
     @cached_property
     def _scores(self) -> list[float]:
         from soup_exp.evaluation.evaluator import configured_numerics
+        from soup_exp.evaluation.settings import EvalSettings
 
-        numerics = configured_numerics(self.cfg)
+        numerics = configured_numerics(EvalSettings.from_config(self.cfg))
         scores = []
         for i, ing in enumerate(self.ingredients):
             recorded = ing.held_out_accuracy_at(numerics, self.held_out_identity)

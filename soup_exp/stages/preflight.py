@@ -234,19 +234,10 @@ def require_roots(cfg: DictConfig, names: Sequence[str]) -> None:
 
 
 def dataset_roots(cfg: DictConfig, names: Sequence[str]) -> list[tuple[str, str | None]]:
-    """``(name, root folder)`` of each dataset: held-out and training sets read ImageNet train."""
-    roots: Mapping[str, Any] = cfg.data.get("roots") or {}
-    extra: Mapping[str, Any] = cfg.data.get("datasets") or {}
-    found = []
-    for name in names:
-        if name in (HELD_OUT, "train"):
-            found.append((name, str(Path(str(roots.get("ImageNet"))) / "train")))
-        elif name in extra:
-            found.append((name, (extra[name] or {}).get("root")))
-        else:
-            root = roots.get("ImageNet" if name == "ImageNetReal" else name)
-            found.append((name, str(root) if root else None))
-    return found
+    """``(name, root folder)`` of each dataset, as the data registry resolves it."""
+    from soup_exp.data.registry import dataset_folder
+
+    return [(name, dataset_folder(cfg.data, name)) for name in names]
 
 
 # ---- plan lines the stages share ----------------------------------------------------------
@@ -269,16 +260,15 @@ def prepare_line(section: str, target: str) -> str:
 
 def dataset_lines(cfg: DictConfig, names: Sequence[str]) -> list[str]:
     """One line per evaluation or training set: where it is read from, and whether it is there."""
-    from soup_exp.data.registry import EVAL_DATASETS
+    from soup_exp.data.registry import EVAL_DATASETS, TRAIN_READERS
 
     data = cfg.data
-    roots: Mapping[str, Any] = data.get("roots") or {}
     step = prepare_target(data)
     lines = [prepare_line("data", step)] if step else []
-    for name in names:
-        if name in (HELD_OUT, "train"):
+    for name, root in dataset_roots(cfg, names):
+        if name in TRAIN_READERS:
             heldout = data.heldout
-            train = Path(str(roots.get("ImageNet"))) / "train"
+            train = Path(str(root))
             mark = exists_mark(train, bool(step))
             if name == "train":
                 lines.append(f"train: {train} minus the held-out split{mark}")
@@ -288,12 +278,9 @@ def dataset_lines(cfg: DictConfig, names: Sequence[str]) -> list[str]:
                 lines.append(f"{HELD_OUT} (held-out): {heldout.per_class} images/class of {train} "
                              f"(seed {heldout.seed}){mark}")
         elif name in EVAL_DATASETS:
-            root_key = "ImageNet" if name == "ImageNetReal" else name
-            root = roots.get(root_key)
             lines.append(f"{name}: {root}{exists_mark(root, bool(step)) if root else ''}")
         else:
             spec = (data.get("datasets") or {}).get(name) or {}
-            root = spec.get("root")
             lines.append(f"{name}: {root or spec.get('_target_') or '(your dataset)'}"
                          f"{exists_mark(root) if root else ''}")
     return lines

@@ -141,8 +141,8 @@ STAGE_SETTINGS: dict[str, Any] = {
     "eval.cache.enabled": bool,
     "eval.cache.dir": ANY_VALUE,
     "soup.pool": ANY_VALUE,
-    "soup.arithmetic": ANY_VALUE,
-    "soup.accumulate_dtype": Literal["float32", "float64"],
+    "soup.arithmetic": ANY_VALUE,  # checked by SoupSettings (soups/settings.py)
+    "soup.accumulate_dtype": ANY_VALUE,  # checked by SoupSettings (soups/settings.py)
     "soup.kernel_device": str,
     "pipeline.sweep_size": NON_NEGATIVE_INT,
     "pipeline.sweep": ANY_VALUE,

@@ -24,6 +24,21 @@ def to_plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
+def check_choice(key: str, value: Any, choices: Sequence[str]) -> Any:
+    """``value`` when it is one of ``choices``; else one line naming the config ``key``."""
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def frozen_subtree(node: Any) -> Any:
+    """A resolved, read-only copy of a config subtree, detached from the root config, so a
+    library handed it cannot reach other sections (interpolations are resolved first)."""
+    copy = OmegaConf.create(to_plain(node) or {})
+    OmegaConf.set_readonly(copy, True)
+    return copy
+
+
 def config_get(cfg: Any, dotted: str, default: Any = None) -> Any:
     """``cfg.a.b`` for ``dotted="a.b"``, or ``default`` when a level is missing or null."""
     node = cfg

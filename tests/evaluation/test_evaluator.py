@@ -134,7 +134,7 @@ def test_ensemble_sums_from_member_passes_equal_one_pass_over_the_ensemble(suite
 def test_invalid_modes_are_config_errors(suite):
     with pytest.raises(ConfigError, match="ensemble_logits='mean'"):
         Evaluator(suite["datasets"], eval_transform(), ensemble_logits="mean")
-    with pytest.raises(ConfigError, match="precision 'fp8'"):
+    with pytest.raises(ConfigError, match="eval.precision='fp8'"):
         Evaluator(suite["datasets"], eval_transform(), precision="fp8")
 
 
@@ -142,6 +142,7 @@ def test_paper_preset_evaluates_in_fp32_and_projects_ensemble_members():
     from hydra import compose, initialize_config_dir
 
     from soup_exp.evaluation.evaluator import configured_numerics
+    from soup_exp.evaluation.settings import EvalSettings
     from soup_exp.stages.entry import packaged_config_dir
 
     with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
@@ -149,6 +150,7 @@ def test_paper_preset_evaluates_in_fp32_and_projects_ensemble_members():
         fast = compose(config_name="soup", overrides=["device=cuda", "eval.precision=bf16"])
         cpu = compose(config_name="soup", overrides=["device=cpu", "eval.precision=bf16"])
     assert cfg.eval.ensemble_logits == "projected" and cfg.precision == "bf16"  # training stays bf16
+    cfg, fast, cpu = (EvalSettings.from_config(c) for c in (cfg, fast, cpu))
     assert configured_numerics(cfg) == "fp32" and configured_numerics(fast) == "bf16"
     assert configured_numerics(cpu) == "fp32"  # autocast is CUDA-only
 
@@ -240,6 +242,7 @@ def test_build_evaluator_reads_the_stage_config(suite, monkeypatch, enabled):
 
     from soup_exp.data import registry
     from soup_exp.evaluation.evaluator import build_evaluator
+    from soup_exp.evaluation.settings import EvalSettings
 
     by_name = {d.name: d for d in suite["datasets"]}
     calls = []
@@ -256,14 +259,15 @@ def test_build_evaluator_reads_the_stage_config(suite, monkeypatch, enabled):
                  "precision": "fp32", "ensemble_logits": "projected",
                  "num_workers": 2, "cache": {"enabled": enabled, "dir": str(suite["tmp"] / "c")}},
     })
-    evaluator = build_evaluator(cfg, eval_transform(), "classes")
+    evaluator = build_evaluator(EvalSettings.from_config(cfg), eval_transform(), "classes")
     assert evaluator.names == ["ImageNet", "ImageNetR"]
     assert calls == [("ImageNet", "/data/imagenet", "classes"), ("ImageNetR", "/data/imagenet", "classes")]
     assert (evaluator.batch_size, evaluator.num_workers) == (7, 2)
     assert (evaluator.cache is not None) is enabled
-    assert build_evaluator(cfg, eval_transform(), "classes", names=["ObjectNet"]).names == ["ObjectNet"]
+    assert build_evaluator(EvalSettings.from_config(cfg), eval_transform(), "classes",
+                           names=["ObjectNet"]).names == ["ObjectNet"]
     cfg.eval.num_workers = None  # falls back to the top-level num_workers
-    evaluator = build_evaluator(cfg, eval_transform(), "classes")
+    evaluator = build_evaluator(EvalSettings.from_config(cfg), eval_transform(), "classes")
     assert evaluator.num_workers == 0
     out = evaluator.evaluate({"m": LookupModel(suite["table"])})["m"]
     assert out["ImageNetR"] == suite["expected"]["ImageNetR"]

@@ -6,6 +6,7 @@ from hydra import compose, initialize_config_dir
 
 from soup_exp.data.registry import class_space
 from soup_exp.evaluation.evaluator import build_evaluator
+from soup_exp.evaluation.settings import EvalSettings
 from soup_exp.inputs import prepare_inputs
 from soup_exp.models import build_classifier
 from soup_exp.stages.entry import packaged_config_dir
@@ -32,9 +33,9 @@ def test_suite_on_real_layouts_cache_matches_decoding(cfg):
     classes = class_space(cfg.data)
     model, backbone = build_classifier(cfg.model, classes.num_classes)
     torch.nn.init.normal_(model.head.weight)
-    cached = build_evaluator(cfg, backbone.preprocess_val, classes)
+    cached = build_evaluator(EvalSettings.from_config(cfg), backbone.preprocess_val, classes)
     cfg.eval.cache.enabled = False
-    plain = build_evaluator(cfg, backbone.preprocess_val, classes)
+    plain = build_evaluator(EvalSettings.from_config(cfg), backbone.preprocess_val, classes)
     assert plain.cache is None and cached.cache is not None
     assert cached.names == list(cfg.eval.datasets)
     assert {n: cached.dataset(n).border_crop for n in cached.names} == dict.fromkeys(cached.names, 0)
