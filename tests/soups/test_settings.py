@@ -1,0 +1,47 @@
+"""SoupSettings: the soup stage's own settings, read and checked once."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from soup_exp.errors import ConfigError
+from soup_exp.soups.context import SoupContext
+from soup_exp.soups.settings import SoupSettings
+
+
+def stage_cfg(**soup):
+    return OmegaConf.create({
+        "out_dir": "/runs/x", "soups_dir": "${out_dir}/soups", "zeroshot_dir": "${out_dir}/zeroshot",
+        "progress": False, "seed": 4,
+        "soup": {"accumulate_dtype": "float64", "arithmetic": "sum", "kernel_device": "cpu", **soup},
+    })
+
+
+def test_settings_read_the_soup_subtree():
+    settings = SoupSettings.from_config(stage_cfg())
+    assert settings == SoupSettings(accumulate_dtype=torch.float64, arithmetic="sum", kernel_device="cpu", seed=4,
+                                    progress=False, soups_dir=Path("/runs/x/soups"),
+                                    zeroshot_dir=Path("/runs/x/zeroshot"))
+    assert settings.accumulate_dtype_name == "float64"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.seed = 5
+
+
+@pytest.mark.parametrize(("key", "value"), [("accumulate_dtype", "float16"), ("arithmetic", "mean")])
+def test_an_unknown_value_is_one_line_naming_the_key(key, value):
+    with pytest.raises(ConfigError) as error:
+        SoupSettings.from_config(stage_cfg(**{key: value}))
+    message = str(error.value)
+    assert message.startswith(f"soup.{key}={value!r}: expected one of ") and "\n" not in message
+
+
+def test_the_context_takes_its_numerics_from_the_settings():
+    ctx = SoupContext(stage_cfg(), [], run=None)
+    assert (ctx.accumulate_dtype, ctx.arithmetic, ctx.seed, ctx.soups_dir) == (
+        torch.float64, "sum", 4, Path("/runs/x/soups"))
+    assert ctx.inputs()["numerics"] == {"accumulate_dtype": "float64", "arithmetic": "sum"}
+    with pytest.raises(ConfigError, match="soup.accumulate_dtype='bf16'"):
+        SoupContext(stage_cfg(accumulate_dtype="bf16"), [], run=None)
