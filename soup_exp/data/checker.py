@@ -20,7 +20,7 @@ from soup_exp.data.imagenet import IMAGENET_TREE, scan_wnid_folders, split_root
 from soup_exp.data.images import UnreadableImageError, load_image
 from soup_exp.data.layout import DatasetLayoutError, FolderScan
 from soup_exp.data.objectnet import border_crop, border_note, scan_objectnet
-from soup_exp.data.registry import class_space
+from soup_exp.data.registry import class_space, root_key
 from soup_exp.data.shifts import scan_sketch, scan_subset_shift, scan_v2
 from soup_exp.vocabulary import HELD_OUT
 
@@ -35,7 +35,6 @@ OFFICIAL_IMAGES = {
 }
 # Evaluation sets read from another dataset's tree.
 ALIASES = {HELD_OUT: "ImageNetTrain", "ImageNetReal": "ImageNet"}
-ROOT_KEYS = {"ImageNetTrain": "ImageNet"}
 
 Scanner = Callable[[str, ClassSpace], FolderScan]
 SCANNERS: dict[str, Scanner] = {
@@ -81,7 +80,7 @@ class DatasetReport:
 
 def default_names(data_cfg: Mapping) -> list[str]:
     roots = data_cfg.get("roots") or {}
-    return ["ImageNetTrain", *[n for n in SCANNERS if n != "ImageNetTrain" and roots.get(ROOT_KEYS.get(n, n))]]
+    return ["ImageNetTrain", *[n for n in SCANNERS if n != "ImageNetTrain" and roots.get(root_key(n))]]
 
 
 def check_datasets(data_cfg: Mapping, names: Sequence[str] | None = None, *, verify: bool = False,
@@ -100,7 +99,7 @@ def check_datasets(data_cfg: Mapping, names: Sequence[str] | None = None, *, ver
 
 def _check_one(name: str, data_cfg: Mapping, classes: ClassSpace, verify: bool,
                num_threads: int) -> DatasetReport:
-    root = str((data_cfg.get("roots") or {}).get(ROOT_KEYS.get(name, name)) or "")
+    root = str((data_cfg.get("roots") or {}).get(root_key(name)) or "")
     report = DatasetReport(name=name, root=root, status="ok")
     if not root or not Path(root).is_dir():
         report.status = "missing"

@@ -34,7 +34,8 @@ EvalBuilder = Callable[[Mapping, ClassSpace], LabeledImages]
 
 
 TRAIN_READERS = (HELD_OUT, "train")  # both read the train folder of the ImageNet root
-SHARED_ROOTS = {"ImageNetReal": "ImageNet", **dict.fromkeys(TRAIN_READERS, "ImageNet")}
+# names read from another dataset's root (ImageNetTrain: check_data's scanner of that folder)
+SHARED_ROOTS = {"ImageNetReal": "ImageNet", **dict.fromkeys([*TRAIN_READERS, "ImageNetTrain"], "ImageNet")}
 
 
 def root_key(name: str) -> str:

@@ -25,6 +25,7 @@ def test_each_kind_of_dataset_has_its_folder(tmp_path):
     assert dataset_folder(data, "ObjectNet") == str(tmp_path / "on")  # a built-in wins, as the registry builds it
     assert dataset_folder(data, "Mine") == str(tmp_path / "mine")
     assert dataset_folder(data, "Made") is None and dataset_folder(data, "ImageNetA") is None
+    assert root_key("ImageNetTrain") == "ImageNet"  # check_data asks it too
     assert {root_key(name) for name in EVAL_DATASETS} == {
         "ImageNet", "ImageNetV2", "ImageNetSketch", "ImageNetR", "ImageNetA", "ObjectNet"}
 
