@@ -45,3 +45,20 @@ def test_the_context_takes_its_numerics_from_the_settings():
     assert ctx.inputs()["numerics"] == {"accumulate_dtype": "float64", "arithmetic": "sum"}
     with pytest.raises(ConfigError, match="soup.accumulate_dtype='bf16'"):
         SoupContext(stage_cfg(accumulate_dtype="bf16"), [], run=None)
+
+
+@pytest.mark.parametrize("setting", ["soup.accumulate_dtype=bf16", "soup.arithmetic=mean"])
+def test_the_soup_and_analyze_preflights_refuse_an_unknown_value_in_one_line(tmp_path, capsys, setting):
+    from hydra import compose, initialize_config_dir
+    from stage_errors import stage_error
+
+    from soup_exp.analyze import check_analyze
+    from soup_exp.soup import check_soups
+    from soup_exp.stages.entry import packaged_config_dir
+
+    key, value = setting.split("=")
+    for name, check in (("soup", check_soups), ("analyze", check_analyze)):
+        with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
+            cfg = compose(config_name=name, overrides=[f"paths.output_dir={tmp_path}", "logger=disabled", setting])
+        err = stage_error(cfg, check, capsys)
+        assert f"{key}={value!r}: expected one of" in err, err
