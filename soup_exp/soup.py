@@ -144,7 +144,7 @@ def write(ctx: SoupContext, recipe: Recipe, soup: Soup) -> Path:
 def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup) -> SoupRecord:
     """The ``soup.json`` contract (docs/architecture.md, "Soup directories"), as the record
     :mod:`soup_exp.artifacts.models` reads back; its ``json`` keeps the order keys are written in."""
-    info = dict(soup.info)
+    info = soup.recorded()
     members = [_ingredient(ctx, item) for item in info.pop("ingredients", ctx.ingredients)]
     first = members[0] if members else None
     name = check_name(soup.name, f"recipe {recipe.name}: soup name")

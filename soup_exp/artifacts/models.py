@@ -36,7 +36,7 @@ from soup_exp.artifacts.dirs import (
 # soup.json keys with a meaning of their own; everything else a recipe records is ``extra``
 SOUP_FIELDS = ("name", "recipe", "kind", "label", "ingredients", "ingredient_paths", "num_ingredients",
                "base_model", "classes", "params", "metrics", "coefficients", "members", "held_out_accuracy",
-               "history", "alpha", "interpolated", "beta")
+               "history", "alpha", "interpolated", "beta", "curve")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class SoupRecord:
     alpha: float | None = None  # WiSE-FT's mixing weight
     interpolated: Any = None  # WiSE-FT: the fine-tuned model interpolated with
     beta: Any = None  # learned soups: the learned temperature
+    curve: Any = None  # learned soups: the loss per step
     extra: Mapping[str, Any] = field(default_factory=dict)
     json: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
