@@ -14,7 +14,6 @@ import copy
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +21,13 @@ import torch
 from omegaconf import DictConfig
 
 from soup_exp.artifacts import (
-    INGREDIENT_FILE,
-    SOUP_FILE,
-    WEIGHTS_FILE,
     ArtifactError,
-    find_dirs,
-    ingredient_record,
+    Ensemble,
+    Model,
     is_finished_run,
     is_finished_soup,
     load_weights,
-    recorded_ingredient_paths,
-    run_weights,
-    soup_record,
+    read_models,
 )
 from soup_exp.artifacts.results import ResultsStore, with_avg_shifts
 from soup_exp.errors import ConfigError
@@ -52,99 +46,21 @@ log = logging.getLogger(__name__)
 ROW_FIELDS = ("recipe", "label", "alpha", "interpolated")
 
 
-@dataclass
-class ModelEntry:
-    """One evaluable model: a weights file, or (for an ensemble) its members' files."""
-
-    name: str
-    kind: str
-    path: Path
-    weights: list[Path]
-    info: dict = field(default_factory=dict)
-    ensemble: bool = False
-
-    def fingerprint(self) -> str:
-        """Identity of the weights evaluated: path, size and mtime of each file."""
-        stats = []
-        for p in self.weights:
-            st = os.stat(p)
-            stats.append((str(p.resolve()), st.st_size, st.st_mtime_ns))
-        return stable_hash(stats, length=20)
+def fingerprint(model: Model) -> str:
+    """Identity of the weights evaluated: path, size and mtime of each file."""
+    stats = []
+    for p in model.files:
+        st = os.stat(p)
+        stats.append((str(p.resolve()), st.st_size, st.st_mtime_ns))
+    return stable_hash(stats, length=20)
 
 
-# ---- discovery ----------------------------------------------------------------------
+def discover_models(cfg: Mapping) -> list[Model]:
+    """Every evaluable model of the experiment (:func:`~soup_exp.artifacts.read_models`)."""
+    return read_models(cfg["zeroshot_dir"], cfg["ingredients_dir"], cfg["soups_dir"])
 
 
-def _run_entry(run_dir: Path, default_kind: str) -> ModelEntry:
-    info = ingredient_record(run_dir)
-    return ModelEntry(info["name"], str(info.get("kind") or default_kind), run_dir, [run_weights(run_dir)], info)
-
-
-def discover_ingredients(cfg: Mapping) -> list[ModelEntry]:
-    """Zero-shot model (if present) and finished ingredients, in path order."""
-    entries = []
-    if is_finished_run(Path(cfg["zeroshot_dir"])):
-        entries.append(_run_entry(Path(cfg["zeroshot_dir"]), "zeroshot"))
-    for run_dir in find_dirs(Path(cfg["ingredients_dir"]), INGREDIENT_FILE):
-        entries.append(_run_entry(run_dir, "finetune"))
-    return entries
-
-
-def _resolve_member(member: Any, soup_dir: Path, info: Mapping, known: Mapping[str, ModelEntry]) -> Path:
-    """A member is an ingredient name, an index into ``ingredients``, or a path. A name is
-    looked up among this experiment's models first, then at the path the soup recorded
-    (relative to its folder, so a copied experiment reads its own files)."""
-    names = info.get("ingredients") or []
-    if isinstance(member, int) and member < len(names):
-        member = names[member]
-    member = str(member)
-    if member in known:
-        return known[member].weights[0]
-    recorded = recorded_ingredient_paths(info, soup_dir)
-    for candidate in (recorded.get(member, soup_dir / member), soup_dir / member):
-        if candidate.is_dir() and (candidate / WEIGHTS_FILE).is_file():
-            return candidate / WEIGHTS_FILE
-        if candidate.is_file() and candidate.suffix == ".safetensors":
-            return candidate
-    raise ArtifactError(
-        f"{soup_dir / SOUP_FILE}: ensemble member {member!r} is neither a known ingredient "
-        f"({', '.join(sorted(known)) or 'none found'}) nor a path to {WEIGHTS_FILE}"
-    )
-
-
-def discover_soups(cfg: Mapping, known: Mapping[str, ModelEntry]) -> list[ModelEntry]:
-    """Soups (weights) and output-space ensembles (``members``), in name order."""
-    entries = []
-    for soup_dir in find_dirs(Path(cfg["soups_dir"]), SOUP_FILE, recursive=False):
-        info = soup_record(soup_dir)
-        members = info.get("members")
-        if members is not None:
-            weights = [_resolve_member(m, soup_dir, info, known) for m in members]
-            entries.append(ModelEntry(info["name"], str(info.get("kind") or "ensemble"), soup_dir, weights,
-                                      info, ensemble=True))
-        else:
-            entries.append(ModelEntry(info["name"], str(info.get("kind") or "soup"), soup_dir,
-                                      [run_weights(soup_dir, SOUP_FILE)], info))
-    return entries
-
-
-def discover_models(cfg: Mapping) -> list[ModelEntry]:
-    """Every evaluable model of the experiment; names must be unique."""
-    ingredients = discover_ingredients(cfg)
-    known = {e.name: e for e in ingredients}
-    entries = ingredients + discover_soups(cfg, known)
-    seen: dict[str, Path] = {}
-    for entry in entries:
-        if entry.name in seen:
-            raise ArtifactError(
-                f"two models are named {entry.name!r}: {seen[entry.name]} and {entry.path}; "
-                "result rows are keyed by name, rename one"
-            )
-        seen[entry.name] = entry.path
-    return entries
-
-
-def select_models(entries: Sequence[ModelEntry], wanted: Any) -> list[ModelEntry]:
+def select_models(entries: Sequence[Model], wanted: Any) -> list[Model]:
     """``models=all`` or a list of names (unknown names are an error listing the choices)."""
     if wanted is None or wanted == "all":
         return list(entries)
@@ -187,7 +103,7 @@ def ensemble_accuracies(
     return with_avg_shifts(sums.accuracies("ensemble", evaluator.names))
 
 
-def _row(entry: ModelEntry, accuracies: Mapping[str, float], meta: Mapping[str, Any],
+def _row(entry: Model, accuracies: Mapping[str, float], meta: Mapping[str, Any],
          previous: Mapping | None) -> dict:
     """The result row: this evaluation's accuracies plus those of the previous row that
     were measured on the same weights and transform and on datasets not evaluated now."""
@@ -199,7 +115,7 @@ def _row(entry: ModelEntry, accuracies: Mapping[str, float], meta: Mapping[str, 
             if name not in accuracies and isinstance((previous or {}).get(name), int | float):
                 kept[name], kept_ids[name] = previous[name], identity
     merged = with_avg_shifts({**kept, **{k: v for k, v in accuracies.items() if k != AVG_SHIFTS}})
-    info = entry.info
+    info = entry.record
     row: dict[str, Any] = {"name": entry.name, "kind": entry.kind}
     row.update({k: info[k] for k in ROW_FIELDS if info.get(k) is not None})
     row.update(merged)
@@ -209,7 +125,7 @@ def _row(entry: ModelEntry, accuracies: Mapping[str, float], meta: Mapping[str, 
     published = (info.get("metrics") or {}).get("published")
     if published:  # an import of the authors' release: their numbers for this very checkpoint
         row["published"] = {k: published[k] for k in ACCURACY_KEYS if k in published}
-    row["path"] = str(entry.path)
+    row["path"] = str(entry.directory)
     row["meta"] = {**meta, "base_model": info.get("base_model"),
                    "datasets": {**kept_ids, **meta["datasets"]}}
     return row
@@ -271,7 +187,7 @@ def plan_evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, l
     done, todo = [], []
     for entry in select_models(discover_models(cfg), to_plain(cfg.models)):
         row = previous.get(entry.name)
-        same = row is not None and (row.get("meta") or {}).get("weights") == entry.fingerprint()
+        same = row is not None and (row.get("meta") or {}).get("weights") == fingerprint(entry)
         (done if same else todo).append(entry.name)
     lines = []
     if todo:
@@ -286,7 +202,7 @@ def plan_evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, l
     }
 
 
-def drop_rows_of_deleted_models(store: ResultsStore, found: Sequence[ModelEntry]) -> list[str]:
+def drop_rows_of_deleted_models(store: ResultsStore, found: Sequence[Model]) -> list[str]:
     """Remove the rows of models that are gone: no model of that name is found now and the
     row's ``path`` holds no finished run or soup. A moved experiment keeps its rows (its
     models are still found by name); rows without a path (imported numbers) are kept."""
@@ -331,7 +247,7 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
     evaluator = build_evaluator(EvalSettings.from_config(cfg), backbone.preprocess_val, classes)
     identities = {name: evaluator.dataset(name).identity() for name in evaluator.names}
     transform = " ".join(evaluator.transform.key.split())
-    metas = {e.name: {"weights": e.fingerprint(), "eval_transform": transform, "datasets": identities,
+    metas = {e.name: {"weights": fingerprint(e), "eval_transform": transform, "datasets": identities,
                       "classes": classes.identity()} for e in entries}
     todo = [e for e in entries if eval_cfg.force or not _up_to_date(previous.get(e.name), metas[e.name])]
     for entry in entries:
@@ -342,26 +258,26 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
     rows: list[dict] = []
     if todo:
         with start_run(cfg, "evaluate", name=f"{cfg.name}-evaluate") as run:  # finishes it, failed or not
-            def record(entry: ModelEntry, accuracies: Mapping[str, float]) -> None:
+            def record(entry: Model, accuracies: Mapping[str, float]) -> None:
                 row = _row(entry, accuracies, metas[entry.name], previous.get(entry.name))
                 rows.append(store.upsert(row, config=cfg))
                 log.info("%s: %s", entry.name, ", ".join(f"{k} {100 * v:.2f}" for k, v in accuracies.items()))
                 run.log({f"{entry.name}/{k}": v for k, v in accuracies.items()})
 
-            def skip(entry: ModelEntry, err: NonFiniteModelError) -> None:
+            def skip(entry: Model, err: NonFiniteModelError) -> None:
                 broken[entry.name] = str(err)
                 log.error("%s is not evaluated (%s); its previous result row, if any, is kept", entry.name, err)
 
-            singles = [e for e in todo if not e.ensemble]
-            ensembles = [e for e in todo if e.ensemble]
+            singles = [e for e in todo if not isinstance(e, Ensemble)]
+            ensembles = [e for e in todo if isinstance(e, Ensemble)]
             # ensembles of models evaluated now are scored from those passes' logits
-            sums = EnsembleSums(evaluator, {e.name: [str(w.resolve()) for w in e.weights] for e in ensembles},
-                                {e.name: str(e.weights[0].resolve()) for e in singles})
+            sums = EnsembleSums(evaluator, {e.name: [str(w.resolve()) for w in e.members] for e in ensembles},
+                                {e.name: str(e.weights.resolve()) for e in singles})
             for group in _chunks(singles, eval_cfg.models_per_pass):
                 models = {}
                 for entry in group:
                     try:
-                        models[entry.name] = _load(skeleton, entry.weights[0])
+                        models[entry.name] = _load(skeleton, entry.weights)
                     except NonFiniteModelError as err:
                         skip(entry, err)
                 results = evaluator.evaluate(models, on_logits=sums) if models else {}
@@ -374,7 +290,7 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
                     if sums.complete(entry.name, evaluator.names):
                         accuracies = with_avg_shifts(sums.accuracies(entry.name, evaluator.names))
                     else:
-                        accuracies = ensemble_accuracies(evaluator, skeleton, entry.weights, eval_cfg.models_per_pass)
+                        accuracies = ensemble_accuracies(evaluator, skeleton, entry.members, eval_cfg.models_per_pass)
                     record(entry, accuracies)
                 except NonFiniteModelError as err:
                     skip(entry, err)

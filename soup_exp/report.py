@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from soup_exp.artifacts import SOUP_FILE, find_dirs, soup_record
+from soup_exp.artifacts import SOUP_FILE, SoupRecord, soup_records
 from soup_exp.artifacts.analysis import analysis_records
 from soup_exp.artifacts.results import ResultsFormatError
 from soup_exp.errors import ConfigError
@@ -147,7 +147,7 @@ def _write_table(table: Table, base: Path, formats: list[str]) -> dict[str, Path
     return written
 
 
-def _write_figures(rows: list[dict[str, Any]], soups: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
+def _write_figures(rows: list[dict[str, Any]], soups: list[SoupRecord], out_dir: Path) -> dict[str, Path]:
     from soup_exp.reporting.figures import (  # matplotlib: not needed by a plan
         SoupFileError,
         plot_figure1,
@@ -157,14 +157,14 @@ def _write_figures(rows: list[dict[str, Any]], soups: list[dict[str, Any]], out_
 
     paths = list(plot_figure1(rows, out_dir / "figure1"))
     for soup in soups:
-        name = _safe_name(str(soup.get("name") or soup.get("recipe")))
+        name = _safe_name(str(soup.name or soup.recipe))
         try:
-            if soup.get("history"):
+            if soup.history:
                 paths += plot_greedy_trajectory(soup, out_dir / f"greedy_trajectory_{name}")
-            if soup.get("beta") is not None and soup.get("coefficients") is not None:  # learned soups
+            if soup.is_learned:
                 paths += plot_learned_coefficients(soup, out_dir / f"coefficients_{name}")
         except SoupFileError as err:
-            warnings.warn(f"{soup['_path']}: {err}; figure skipped", stacklevel=2)
+            warnings.warn(f"{soup.directory / SOUP_FILE}: {err}; figure skipped", stacklevel=2)
     return {path.name: path for path in paths}
 
 
@@ -205,7 +205,7 @@ def analysis_index(records: Sequence[Mapping[str, Any]], report_dir: Path) -> st
     return "\n".join(lines)
 
 
-def _read_soups(soups_dir: Any) -> list[dict[str, Any]]:
+def _read_soups(soups_dir: Any) -> list[SoupRecord]:
     """Every ``soup.json`` under ``soups_dir`` (one per recipe directory), if it exists."""
     if not soups_dir:
         return []
@@ -213,16 +213,16 @@ def _read_soups(soups_dir: Any) -> list[dict[str, Any]]:
     if not root.is_dir():
         log.info("no soups directory at %s: greedy/learned figures skipped", root)
         return []
-    return [{**soup_record(d), "_path": str(d / SOUP_FILE)} for d in find_dirs(root, SOUP_FILE, recursive=False)]
+    return soup_records(root)
 
 
-def _with_ingredient_counts(rows: list[dict[str, Any]], soups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _with_ingredient_counts(rows: list[dict[str, Any]], soups: list[SoupRecord]) -> list[dict[str, Any]]:
     """Fill ``num_ingredients`` from the matching soup.json when the result row lacks it."""
     counts = {}
     for soup in soups:
-        members = soup.get("ingredients") or soup.get("members")
-        if soup.get("name") and isinstance(members, list):
-            counts[soup["name"]] = len(members)
+        members = soup.ingredients or soup.members
+        if soup.name and isinstance(members, tuple):
+            counts[soup.name] = len(members)
     return [
         {**r, "num_ingredients": counts[r["name"]]} if r.get("num_ingredients") is None and r["name"] in counts else r
         for r in rows

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from soup_exp.artifacts import SOUP_FILE, check_name, portable_path, write_soup_dir
+from soup_exp.artifacts import SOUP_FILE, SoupRecord, check_name, portable_path, write_soup_dir
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.freshness import INPUTS_KEY
 from soup_exp.soups.ingredients import Ingredient, load_ingredients
@@ -135,22 +135,23 @@ def retire_orphans(soups_dir: Path, recipes: set[str], made: dict[str, Path]) ->
 
 def write(ctx: SoupContext, recipe: Recipe, soup: Soup) -> Path:
     record = soup_record(ctx, recipe, soup)
-    out = write_soup_dir(ctx.soups_dir / record["name"], record, soup.state_dict, soup.weights_from)
-    held = record.get("held_out_accuracy")
-    log.info("%s -> %s%s", record["name"], out, f" (held-out {100 * held:.2f}%)" if held is not None else "")
+    out = write_soup_dir(record.directory, record.json, soup.state_dict, soup.weights_from)
+    held = record.held_out_accuracy
+    log.info("%s -> %s%s", record.name, out, f" (held-out {100 * held:.2f}%)" if held is not None else "")
     if held is not None:
-        ctx.run.summary({f"{record['name']}/held_out_accuracy": held})
+        ctx.run.summary({f"{record.name}/held_out_accuracy": held})
     return out
 
 
-def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup) -> dict[str, Any]:
-    """The ``soup.json`` contract (docs/architecture.md, "Soup directories")."""
-    info = dict(soup.info)
+def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup) -> SoupRecord:
+    """The ``soup.json`` contract (docs/architecture.md, "Soup directories"), as the record
+    :mod:`soup_exp.artifacts.models` reads back; its ``json`` keeps the order keys are written in."""
+    info = soup.recorded()
     members = [_ingredient(ctx, item) for item in info.pop("ingredients", ctx.ingredients)]
     first = members[0] if members else None
     name = check_name(soup.name, f"recipe {recipe.name}: soup name")
     folder, experiment = ctx.soups_dir / name, Path(str(ctx.cfg.out_dir))
-    return {
+    return SoupRecord.of({
         "name": name,
         "recipe": recipe.name,
         "kind": info.pop("kind", "soup"),
@@ -165,7 +166,7 @@ def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup) -> dict[str, Any]:
         INPUTS_KEY: ctx.inputs(),
         "code_version": code_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    }, folder)
 
 
 def _ingredient(ctx: SoupContext, item: Ingredient | str) -> Ingredient:

@@ -19,7 +19,6 @@ NOT_CONFIG_FALLBACKS = {
     ("entry.py", "check_data"): "shared by every stage; only evaluate defines check_data",
     ("backbones.py", "quick_gelu"): "open_clip's pretrained-tag record, not a config",
     ("pipeline.py", "_target_"): "Hydra's launcher node",
-    ("figures.py", "name"): "result rows and soup records",
     ("analysis_figures.py", "name"): "result rows",
     ("synthetic.py", "per_class"): "the demo's data, moving out of the runtime (issue 20 item 5)",
     ("synthetic.py", "pretrain_per_class"): "the demo's data, moving out of the runtime (issue 20 item 5)",

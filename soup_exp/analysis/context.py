@@ -21,13 +21,7 @@ from typing import Any
 import torch
 
 from soup_exp.analysis.settings import analysis_key_settings
-from soup_exp.artifacts import (
-    SOUP_FILE,
-    WEIGHTS_FILE,
-    find_dirs,
-    recorded_ingredient_paths,
-    soup_record,
-)
+from soup_exp.artifacts import SOUP_FILE, WEIGHTS_FILE, SoupRecord, resolve_member, soup_records
 from soup_exp.artifacts.analysis import file_stats, read_partial, write_partial
 from soup_exp.artifacts.results import with_avg_shifts
 from soup_exp.errors import ConfigError
@@ -45,15 +39,32 @@ INIT_CHOICES = ("auto", "zeroshot", "lp")
 
 @dataclass
 class SoupEntry:
-    """A finished soup: weights (weight-space recipes) or members (logit ensembles)."""
+    """A finished soup (its typed ``soup.json``): weights (weight-space recipes) or members
+    (logit ensembles)."""
 
-    name: str
-    kind: str
-    recipe: str
-    label: str
-    record: dict[str, Any]
+    soup: SoupRecord
     weights: Ingredient | None = None
     members: list[Ingredient] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.soup.name
+
+    @property
+    def kind(self) -> str:
+        return str(self.soup.kind or "soup")
+
+    @property
+    def recipe(self) -> str:
+        return str(self.soup.recipe or "")
+
+    @property
+    def label(self) -> str:
+        return self.soup.display_label
+
+    @property
+    def record(self) -> Mapping[str, Any]:
+        return self.soup.json
 
 
 class AnalysisContext(SoupContext):
@@ -122,40 +133,29 @@ class AnalysisContext(SoupContext):
         soup_dir = self.soups_dir / name
         if (soup_dir / SOUP_FILE).is_file() and (soup_dir / WEIGHTS_FILE).is_file():
             self._use(soup_dir / SOUP_FILE, soup_dir / WEIGHTS_FILE)
-            return _weights_of(soup_dir, soup_record(soup_dir))
+            return _weights_of(SoupRecord.read(soup_dir))
         return super().model(name)
 
     def soups(self) -> list[SoupEntry]:
         """Every finished soup and ensemble in ``soups_dir``, in name order."""
-        root = self.soups_dir
-        if not root.is_dir():
-            return []
         entries = []
-        by_name = dict(zip(self.names, self.ingredients, strict=True))
-        for soup_dir in find_dirs(root, SOUP_FILE, recursive=False):
-            record = soup_record(soup_dir)
-            self._use(soup_dir / SOUP_FILE, soup_dir / WEIGHTS_FILE)
-            entry = SoupEntry(record["name"], str(record.get("kind") or "soup"), str(record.get("recipe") or ""),
-                              str(record.get("label") or record["name"]), record)
-            if record.get("members") is not None:
-                entry.members = [self._member(m, soup_dir, record, by_name) for m in record["members"]]
-            elif (soup_dir / WEIGHTS_FILE).is_file():
-                entry.weights = _weights_of(soup_dir, record)
-            else:
-                continue
-            entries.append(entry)
+        for soup in soup_records(self.soups_dir):
+            self._use(soup.directory / SOUP_FILE, soup.directory / WEIGHTS_FILE)
+            if soup.is_ensemble:
+                entries.append(SoupEntry(soup, members=[self._member(m, soup) for m in soup.members or ()]))
+            elif (soup.directory / WEIGHTS_FILE).is_file():
+                entries.append(SoupEntry(soup, weights=_weights_of(soup)))
         return entries
 
-    def _member(self, member: Any, soup_dir: Path, record: Mapping[str, Any],
-                by_name: Mapping[str, Ingredient]) -> Ingredient:
-        if str(member) in by_name:
-            return by_name[str(member)]
-        path = recorded_ingredient_paths(record, soup_dir).get(str(member))
-        if path is not None and path.exists():
-            self._use(Path(path))
-            return resolve_ingredients(path, kinds=None)[0]
-        raise ConfigError(f"{self.soups_dir / record['name'] / SOUP_FILE}: ensemble member {member!r} is not in "
-                          f"the pool ({', '.join(self.names)}) and has no readable path")
+    def _member(self, member: Any, soup: SoupRecord) -> Ingredient:
+        """An ensemble member, by the reader's rules (:func:`~soup_exp.artifacts.resolve_member`):
+        the pool's ingredient when it names one, else the file the soup recorded."""
+        pool = {ing.path: ing for ing in self.ingredients if ing.path is not None}
+        path = resolve_member(member, soup, {ing.name: path for path, ing in pool.items()})
+        if path in pool:
+            return pool[path]
+        self._use(path)
+        return resolve_ingredients(path, kinds=None)[0]
 
     def initialisation(self, which: str = "auto") -> Ingredient:
         """The model fine-tuning started from: ``lp`` (the LP init the pool's fine-tunes
@@ -290,8 +290,8 @@ class AnalysisContext(SoupContext):
         return self._train_evaluators[(images, seed)], "TrainSubset"
 
 
-def _weights_of(soup_dir: Path, record: Mapping[str, Any]) -> Ingredient:
-    path = soup_dir / WEIGHTS_FILE
-    return Ingredient(str(record["name"]), SafetensorsSource(path), path=path, info=dict(record))
+def _weights_of(soup: SoupRecord) -> Ingredient:
+    path = soup.directory / WEIGHTS_FILE
+    return Ingredient(soup.name, SafetensorsSource(path), path=path, info=dict(soup.json))
 
 

@@ -1,4 +1,5 @@
-"""Every on-disk contract in one place: run and soup directories (:mod:`.dirs`) and the
+"""Every on-disk contract in one place: run and soup directories (:mod:`.dirs`), the one
+reader of an experiment's models into typed records (:mod:`.models`) and the
 ``results.jsonl`` file (:mod:`.results`). Stages read and write artefacts only through
 these modules, so a layout is defined once."""
 
@@ -28,6 +29,17 @@ from soup_exp.artifacts.dirs import (
     write_soup_dir,
     write_weights,
 )
+from soup_exp.artifacts.models import (
+    Ensemble,
+    Model,
+    SoupRecord,
+    WeightsModel,
+    read_models,
+    read_runs,
+    read_soups,
+    resolve_member,
+    soup_records,
+)
 
 __all__ = [
     "INGREDIENT_FILE", "RUN_FILE", "SOUP_FILE", "WEIGHTS_FILE", "ArtifactError", "CheckpointMismatchError",
@@ -35,4 +47,6 @@ __all__ = [
     "load_state_dict_strict", "load_weights", "natural_key", "portable_path", "read_record", "read_weights",
     "recorded_ingredient_paths", "run_weights", "soup_record",
     "weights_file", "write_run", "write_soup_dir", "write_weights",
+    "Ensemble", "Model", "SoupRecord", "WeightsModel", "read_models", "read_runs", "read_soups",
+    "resolve_member", "soup_records",
 ]

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
+from soup_exp.artifacts.models import SoupRecord
 from soup_exp.errors import SoupExpError
 from soup_exp.utils.io import atomic_path
 from soup_exp.vocabulary import AVG_SHIFTS, IMAGENET
@@ -128,10 +129,16 @@ def recipe_display_name(row: Mapping[str, Any]) -> str:
     return str(row.get("label") or (recipe_label(str(recipe)) if recipe else None) or recipe or row.get("name") or "soup")
 
 
-def soup_title(soup: Mapping[str, Any]) -> str:
+def soup_title(soup: SoupRecord | Mapping[str, Any]) -> str:
     """A soup's label, with its name when that is not just the recipe's (two greedy soups)."""
-    label, name = recipe_display_name(soup), soup.get("name")
-    return label if not name or name in (soup.get("recipe"), label) else f"{label} ({name})"
+    soup = as_soup(soup)
+    label = recipe_display_name({"name": soup.name, "recipe": soup.recipe, "label": soup.label})
+    return label if not soup.name or soup.name in (soup.recipe, label) else f"{label} ({soup.name})"
+
+
+def as_soup(soup: SoupRecord | Mapping[str, Any]) -> SoupRecord:
+    """A soup's typed record; a ``soup.json`` object read elsewhere is read into one."""
+    return soup if isinstance(soup, SoupRecord) else SoupRecord.of(soup, Path("."))
 
 
 def legend_below(fig: Figure, ax: Any, ncols: int = 3, **kwargs: Any) -> None:
@@ -253,21 +260,22 @@ _ACCURACY_KEYS = ("held_out", "held_out_accuracy", "soup_held_out", "accuracy", 
 _ACCEPT_KEYS = ("accepted", "added", "kept", "improved")
 
 
-def greedy_steps(soup: Mapping[str, Any]) -> list[GreedyStep]:
+def greedy_steps(soup: SoupRecord | Mapping[str, Any]) -> list[GreedyStep]:
     """The greedy history of a soup.json: per candidate, the held-out accuracy of the soup
     with it added and whether it was kept. Entries without an accept flag are judged by
     the rule of the reference code (kept when held-out accuracy strictly improves)."""
-    history = soup.get("history")
-    if not isinstance(history, list) or not history:
-        raise SoupFileError(f"soup {soup.get('name', '?')!r}: soup.json has no greedy 'history' list")
+    soup = as_soup(soup)
+    history, where = soup.history, f"soup {soup.name or '?'!r}"
+    if not isinstance(history, tuple) or not history:
+        raise SoupFileError(f"{where}: soup.json has no greedy 'history' list")
     steps, best = [], -math.inf
     for index, entry in enumerate(history):
         if not isinstance(entry, Mapping):
-            raise SoupFileError(f"soup {soup.get('name', '?')!r}: history[{index}] is not an object: {entry!r}")
+            raise SoupFileError(f"{where}: history[{index}] is not an object: {entry!r}")
         accuracy = _first(entry, _ACCURACY_KEYS)
         if accuracy is None:
             raise SoupFileError(
-                f"soup {soup.get('name', '?')!r}: history[{index}] has no held-out accuracy "
+                f"{where}: history[{index}] has no held-out accuracy "
                 f"(expected one of {', '.join(_ACCURACY_KEYS)}): {dict(entry)}"
             )
         accepted = _first(entry, _ACCEPT_KEYS)
@@ -279,9 +287,10 @@ def greedy_steps(soup: Mapping[str, Any]) -> list[GreedyStep]:
     return steps
 
 
-def plot_greedy_trajectory(soup: Mapping[str, Any], out_base: str | Path) -> list[Path]:
+def plot_greedy_trajectory(soup: SoupRecord | Mapping[str, Any], out_base: str | Path) -> list[Path]:
     """Held-out accuracy after trying each candidate (in held-out order), kept ones
     filled, rejected ones hollow, with the running soup accuracy as a step line."""
+    soup = as_soup(soup)
     steps = greedy_steps(soup)
     xs = list(range(1, len(steps) + 1))
     ys = [100 * s.held_out for s in steps]
@@ -289,7 +298,7 @@ def plot_greedy_trajectory(soup: Mapping[str, Any], out_base: str | Path) -> lis
     for step, y in zip(steps, ys, strict=True):
         best = max(best, y) if step.accepted else best
         running.append(best if best > -math.inf else y)
-    what = "ensemble" if soup.get("kind") == "ensemble" else "soup"
+    what = "ensemble" if soup.kind == "ensemble" else "soup"
     fig, ax = new_figure()
     color = STYLES["greedy_ensemble" if what == "ensemble" else "greedy"].color
     ax.step(xs, running, where="post", color=color, linestyle="--", linewidth=1.0, label=f"Greedy {what}")
@@ -312,12 +321,12 @@ def plot_greedy_trajectory(soup: Mapping[str, Any], out_base: str | Path) -> lis
             save_data(["step", "candidate", "held_out", "accepted", "soup_held_out"], data, out_base)]
 
 
-def coefficient_matrix(soup: Mapping[str, Any]) -> tuple[list[str], list[str], list[list[float]]]:
+def coefficient_matrix(soup: SoupRecord | Mapping[str, Any]) -> tuple[list[str], list[str], list[list[float]]]:
     """``(row labels, ingredient names, values)`` of a soup.json's ``coefficients``: one
     row for per-model mixing weights, one row per layer for by-layer soups."""
-    coefficients = soup.get("coefficients")
-    ingredients = [str(n) for n in soup.get("ingredients") or []]
-    where = f"soup {soup.get('name', '?')!r}"
+    soup = as_soup(soup)
+    coefficients, ingredients = soup.coefficients, list(soup.ingredients)
+    where = f"soup {soup.name or '?'!r}"
     if isinstance(coefficients, Mapping) and coefficients and all(_is_number(v) for v in coefficients.values()):
         return ["mixing weight"], [str(k) for k in coefficients], [[float(v) for v in coefficients.values()]]
     if isinstance(coefficients, Mapping) and coefficients:
@@ -342,18 +351,19 @@ LAYER_ROW_INCHES = 0.16  # one readable label (LABEL_FONT points) per layer row
 BETA_NOTE = "β: the learned temperature multiplying the logits (starts at 1)"
 
 
-def plot_learned_coefficients(soup: Mapping[str, Any], out_base: str | Path) -> list[Path]:
+def plot_learned_coefficients(soup: SoupRecord | Mapping[str, Any], out_base: str | Path) -> list[Path]:
     """Per-model soups: a bar per ingredient. By-layer soups: a layers x ingredients
     heatmap (a colour-vision-safe sequential map) with a colour bar, every layer labelled
     (the figure grows with the number of layers rather than shrinking or skipping labels)."""
+    soup = as_soup(soup)
     rows, ingredients, values = coefficient_matrix(soup)
     by_layer = len(rows) > 1
     height = max(FIGSIZE[1], 1.8 + LAYER_ROW_INCHES * len(rows)) if by_layer else FIGSIZE[1]
     fig = Figure(figsize=(FIGSIZE[0], height), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     title = soup_title(soup)
-    if soup.get("beta") is not None:
-        title += f", β = {float(soup['beta']):.3g}\n{BETA_NOTE}"
+    if soup.beta is not None:
+        title += f", β = {float(soup.beta):.3g}\n{BETA_NOTE}"
     if not by_layer:
         xs = range(len(ingredients))
         ax.bar(xs, values[0], color=STYLES["learned_per_model"].color, edgecolor="black", linewidth=0.6)

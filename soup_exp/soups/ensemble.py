@@ -67,8 +67,8 @@ def ensemble_recipe(ctx: SoupContext) -> Soup:
     """Recipe ``ensemble``: every ingredient's logits averaged (N models at inference)."""
     n = len(ctx.ingredients)
     result = logit_ensemble(n, ctx.heldout_member_logits, ctx.ensemble_accuracy)
-    return Soup(None, {"kind": "ensemble", "members": ctx.names, "coefficients": [1.0 / n] * n,
-                       "held_out_accuracy": result.accuracy})
+    return Soup(None, kind="ensemble", members=ctx.names, coefficients=[1.0 / n] * n,
+                held_out_accuracy=result.accuracy)
 
 
 def greedy_ensemble_recipe(ctx: SoupContext, *, tolerance: Annotated[float, Range(0.0)]) -> Soup:
@@ -77,6 +77,6 @@ def greedy_ensemble_recipe(ctx: SoupContext, *, tolerance: Annotated[float, Rang
                              tolerance=tolerance, progress=ctx.progress)
     ctx.log_table("history", result.history)
     members = [ctx.names[i] for i in result.members]
-    return Soup(None, {"kind": "ensemble", "members": members, "ingredients": members,
-                       "coefficients": [1.0 / len(members)] * len(members), "history": result.history,
-                       "held_out_accuracy": result.accuracy, "pool": ctx.names})
+    return Soup(None, {"pool": ctx.names}, kind="ensemble", members=members, ingredients=members,
+                coefficients=[1.0 / len(members)] * len(members), history=result.history,
+                held_out_accuracy=result.accuracy)

@@ -245,7 +245,5 @@ def greedy_recipe(ctx: SoupContext, *, tolerance: Annotated[float, Range(0.0)]) 
                          arithmetic=ctx.arithmetic)
     ctx.log_table("history", result.history)
     k = len(result.chosen)
-    return Soup(result.state_dict, {
-        "ingredients": result.chosen_names, "coefficients": [1.0 / k] * k, "history": result.history,
-        "held_out_accuracy": result.accuracy, "pool": ctx.names,
-    })
+    return Soup(result.state_dict, {"pool": ctx.names}, ingredients=result.chosen_names,
+                coefficients=[1.0 / k] * k, history=result.history, held_out_accuracy=result.accuracy)

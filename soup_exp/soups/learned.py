@@ -250,7 +250,5 @@ def learned_recipe(
     ctx.log_table("coefficients", rows)
     ctx.log_table("curve", result.curve)
     ctx.run.summary({f"{ctx.recipe}/beta": result.beta})
-    return Soup(result.state_dict, {
-        "coefficients": result.coefficients, "beta": result.beta, "curve": result.curve,
-        "held_out_accuracy": ctx.evaluate(result.state_dict), "placement": result.placement,
-    })
+    return Soup(result.state_dict, {"placement": result.placement}, coefficients=result.coefficients,
+                beta=result.beta, curve=result.curve, held_out_accuracy=ctx.evaluate(result.state_dict))

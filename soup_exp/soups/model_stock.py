@@ -75,4 +75,4 @@ def model_stock_recipe(ctx: SoupContext) -> Soup | None:
         log.warning("Model Stock skipped: it needs the pretrained (zero-shot) model in %s", ctx.cfg.zeroshot_dir)
         return None
     result = model_stock_soup(ctx.ingredients, ctx.zeroshot, progress=ctx.progress)
-    return Soup(result.state_dict, {"coefficients": result.ratios, "pretrained": ctx.zeroshot.name})
+    return Soup(result.state_dict, {"pretrained": ctx.zeroshot.name}, coefficients=result.ratios)

@@ -15,8 +15,8 @@ costs a second, not a learned soup.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,15 +33,38 @@ __all__ = ["Annotated", "Range", "Recipe", "Soup", "check_params", "load_recipe"
 class Soup:
     """One cooked soup: weights (None for output-space recipes) and ``soup.json`` fields.
 
-    ``info`` may hold ``ingredients`` (names, default: the whole pool), ``coefficients``,
-    ``members`` (an ensemble's ingredient names), ``held_out_accuracy``, ``history``,
-    ``kind`` (default ``soup``), ``label`` and anything else worth keeping.
+    The fields with a meaning (read back as :class:`~soup_exp.artifacts.SoupRecord`) are
+    typed: ``ingredients`` (names or ingredients, default: the whole pool), ``kind``
+    (default ``soup``), ``label``, ``members`` (an ensemble's ingredient names),
+    ``coefficients``, ``history`` (greedy), ``alpha`` and ``interpolated`` (WiSE-FT),
+    ``beta`` and ``curve`` (learned soups), ``held_out_accuracy``. ``info`` holds anything
+    else worth keeping; a key of ``info`` named like a field is recorded as that field.
     """
 
     state_dict: Mapping[str, torch.Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     name: str | None = None  # required when a recipe cooks several soups
     weights_from: Path | None = None  # reuse an existing weights file (hard link)
+    ingredients: Sequence[Any] | None = None
+    kind: str | None = None
+    label: str | None = None
+    members: Sequence[str] | None = None
+    coefficients: Any = None
+    history: Sequence[Mapping[str, Any]] | None = None
+    alpha: float | None = None
+    interpolated: str | None = None
+    beta: float | None = None
+    curve: Sequence[Any] | None = None
+    held_out_accuracy: float | None = None
+
+    def recorded(self) -> dict[str, Any]:
+        """What ``soup.json`` records from the recipe: the fields set, in the order above,
+        then ``info``'s keys in their own order."""
+        typed = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _PLAIN}
+        return {**{k: v for k, v in typed.items() if v is not None}, **self.info}
+
+
+_PLAIN = ("state_dict", "info", "name", "weights_from")
 
 
 @dataclass(frozen=True)
@@ -66,7 +89,7 @@ def soups_of(recipe: str, result: Any) -> Iterator[Soup]:
     if result is None:
         return
     if isinstance(result, Soup):
-        yield Soup(result.state_dict, dict(result.info), result.name or recipe, result.weights_from)
+        yield replace(result, info=dict(result.info), name=result.name or recipe)
     elif isinstance(result, Mapping):
         yield Soup(result, {}, recipe)
     elif isinstance(result, Iterable):

@@ -56,4 +56,4 @@ def uniform_recipe(ctx: SoupContext) -> Soup:
     n = len(ctx.ingredients)
     state_dict = uniform_soup(ctx.ingredients, accumulate_dtype=ctx.accumulate_dtype, progress=ctx.progress,
                               arithmetic=ctx.arithmetic)
-    return Soup(state_dict, {"coefficients": [1.0 / n] * n})
+    return Soup(state_dict, coefficients=[1.0 / n] * n)

@@ -63,6 +63,5 @@ def wise_ft_recipe(
             continue
         model = ctx.model(name)
         for alpha, state_dict in wise_ft_soups(model, zeroshot, todo, accumulate_dtype=ctx.accumulate_dtype):
-            yield Soup(state_dict, {"kind": "wise_ft", "ingredients": [zeroshot, model],
-                                    "coefficients": [1.0 - alpha, alpha], "alpha": alpha,
-                                    "interpolated": name}, name=wise_ft_name(name, alpha))
+            yield Soup(state_dict, name=wise_ft_name(name, alpha), kind="wise_ft", ingredients=[zeroshot, model],
+                       coefficients=[1.0 - alpha, alpha], alpha=alpha, interpolated=name)

@@ -316,10 +316,10 @@ def test_the_ensemble_recipes_score_as_the_evaluate_stage(tmp_path, mode):
     raw = [evaluator.logits(m, HELD_OUT) for m in members]
     ctx = _HeldOutContext(evaluator, raw, SimpleNamespace(log_table=lambda *a: None))
 
-    everything = ensemble_recipe(ctx).info["held_out_accuracy"]
+    everything = ensemble_recipe(ctx).held_out_accuracy
     assert everything == evaluator.evaluate_ensembles({"all": members})["all"][HELD_OUT]
-    greedy = greedy_ensemble_recipe(ctx, tolerance=0.0).info
-    chosen = [members[ctx.names.index(name)] for name in greedy["members"]]
-    assert greedy["held_out_accuracy"] == evaluator.evaluate({"g": chosen})["g"][HELD_OUT]
+    greedy = greedy_ensemble_recipe(ctx, tolerance=0.0)
+    chosen = [members[ctx.names.index(name)] for name in greedy.members]
+    assert greedy.held_out_accuracy == evaluator.evaluate({"g": chosen})["g"][HELD_OUT]
     raw_mean = evaluator.accuracy_from_logits(torch.stack(raw).mean(0), HELD_OUT)
     assert (raw_mean != everything) is (mode == "projected")  # the test tells the two means apart

@@ -7,6 +7,7 @@ import torch
 from eval_testkit import make_dataset
 from omegaconf import OmegaConf
 
+from soup_exp.artifacts import Ensemble
 from soup_exp.data import registry
 from soup_exp.data.base import LogitProjection
 from soup_exp.errors import ConfigError
@@ -150,7 +151,7 @@ def test_discovery_and_selection_errors(experiment):
                        "ingredients": ["other_pool_0", "other_pool_1"],
                        "ingredient_paths": [str(external), str(external / "model.safetensors")]})
     ext = {e.name: e for e in discover_models(cfg)}["ext"]
-    assert ext.ensemble and ext.weights == [external / "model.safetensors"] * 2
+    assert isinstance(ext, Ensemble) and ext.members == (external / "model.safetensors",) * 2
     cfg.models = ["nope"]
     with pytest.raises(ConfigError, match="no model named"):
         run_evaluate(cfg)

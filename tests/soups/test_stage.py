@@ -323,7 +323,7 @@ def test_only_soups_whose_inputs_changed_are_recooked(pool, monkeypatch, caplog)
 
 
 def test_a_shrunk_wise_ft_grid_retires_the_dropped_alphas(pool, monkeypatch, caplog):
-    from soup_exp.evaluate import discover_soups
+    from soup_exp.artifacts import read_soups
 
     out, evaluator = pool
     _patch(monkeypatch, evaluator)
@@ -334,7 +334,7 @@ def test_a_shrunk_wise_ft_grid_retires_the_dropped_alphas(pool, monkeypatch, cap
     assert sorted(p.name for p in (out / "soups" / ".stale").iterdir()) == ["wise_ft_greedy_a0.00",
                                                                             "wise_ft_greedy_a1.00"]
     assert "soup 'wise_ft_greedy_a0.00' is no longer made by recipe wise_ft" in caplog.text
-    found = {e.name for e in discover_soups({"soups_dir": str(out / "soups")}, {})}
+    found = {e.name for e in read_soups(out / "soups", {})}
     assert found == {"uniform", "greedy", "wise_ft_greedy_a0.50"}
     run_soups(_cfg(out, ["uniform"]), run=FakeRun())  # soups of recipes not selected now stay
     assert (out / "soups" / "greedy" / "soup.json").is_file()

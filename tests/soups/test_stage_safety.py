@@ -274,7 +274,7 @@ def test_a_copied_experiments_ensembles_read_its_own_members(tmp_path, make_run,
         if original_deleted:
             shutil.rmtree(out)
         ensemble = next(e for e in discover_models(_cfg(copy)) if e.name == "ensemble")
-        read = {p.parent.name: p for p in ensemble.weights}
+        read = {p.parent.name: p for p in ensemble.members}
         assert set(read) == {"ft_0", "ft_1", "ft_9", "ft_8"}
         assert all(read[n].is_relative_to(copy) for n in ("ft_0", "ft_1", "ft_9")) and read["ft_8"].parent == shared
 
