@@ -66,7 +66,7 @@ class Evaluator:
         batch_size: int = 256,
         num_workers: int = 0,
         device: str | torch.device = "cpu",
-        precision: str = "bf16",
+        precision: str = "fp32",
         cache_dir: str | None = None,
         progress: bool = True,
         read_threads: int = 4,
