@@ -26,6 +26,7 @@ from soup_exp.soups.freshness import INPUTS_KEY
 from soup_exp.soups.ingredients import Ingredient, load_ingredients
 from soup_exp.soups.recipe import Recipe, Soup, soups_of
 from soup_exp.stages.entry import stage_entry
+from soup_exp.stages.roles import SoupRoles
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.io import read_json, remove_stale_temp_files
 from soup_exp.utils.plugins import plan_line, selected_plugins
@@ -82,27 +83,30 @@ def run_soups(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
         from soup_exp.tracking import start_run
 
         run = start_run(cfg, "soup", name=f"{cfg.name}-soup")
-    ctx = SoupContext(cfg, ingredients, run)
+    roles = SoupRoles(cfg, ingredients, run)
+    soups_dir, experiment = Path(cfg.soups_dir), Path(str(cfg.out_dir))
     made: dict[str, Path] = {}
+    kept: set[str] = set()
     try:
         for recipe in recipes:
-            ctx.begin(recipe)
-            if ctx.finished(recipe.name):
+            ctx = roles.context(recipe.name, recipe.params)
+            if ctx.store.finished(recipe.name):
                 log.info("soup '%s' in %s is cooked from these ingredients and settings: skipping",
-                         recipe.name, ctx.soups_dir / recipe.name)
-                made[recipe.name] = ctx.soups_dir / recipe.name
-                continue
-            started = time.perf_counter()
-            for soup in soups_of(recipe.name, recipe.cook(ctx)):
-                made[soup.name] = write(ctx, recipe, soup)
-            ctx.clear_state()
-            log.info("recipe %s cooked in %.1f s", recipe.name, time.perf_counter() - started)
-        made.update({name: ctx.soups_dir / name for name in sorted(ctx.kept - set(made))})
-        retire_orphans(ctx.soups_dir, {r.name for r in recipes}, made)
+                         recipe.name, soups_dir / recipe.name)
+                made[recipe.name] = soups_dir / recipe.name
+            else:
+                started = time.perf_counter()
+                for soup in soups_of(recipe.name, recipe.cook(ctx)):
+                    made[soup.name] = write(ctx, recipe, soup, experiment)
+                ctx.store.clear_state()
+                log.info("recipe %s cooked in %.1f s", recipe.name, time.perf_counter() - started)
+            kept |= ctx.store.kept
+        made.update({name: soups_dir / name for name in sorted(kept - set(made))})
+        retire_orphans(soups_dir, {r.name for r in recipes}, made)
     finally:
         if own_run:
             run.finish()
-    log.info("soups written to %s: %s", ctx.soups_dir, ", ".join(made))
+    log.info("soups written to %s: %s", soups_dir, ", ".join(made))
     return made
 
 
@@ -131,9 +135,9 @@ def retire_orphans(soups_dir: Path, recipes: set[str], made: dict[str, Path]) ->
     return moved
 
 
-def write(ctx: SoupContext, recipe: Recipe, soup: Soup) -> Path:
-    record = soup_record(ctx, recipe, soup)
-    out = write_soup_dir(ctx.soups_dir / record["name"], record, soup.state_dict, soup.weights_from)
+def write(ctx: SoupContext, recipe: Recipe, soup: Soup, experiment: Path) -> Path:
+    record = soup_record(ctx, recipe, soup, experiment)
+    out = write_soup_dir(ctx.store.soups_dir / record["name"], record, soup.state_dict, soup.weights_from)
     held = record.get("held_out_accuracy")
     log.info("%s -> %s%s", record["name"], out, f" (held-out {100 * held:.2f}%)" if held is not None else "")
     if held is not None:
@@ -141,13 +145,14 @@ def write(ctx: SoupContext, recipe: Recipe, soup: Soup) -> Path:
     return out
 
 
-def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup) -> dict[str, Any]:
-    """The ``soup.json`` contract (docs/architecture.md, "Soup directories")."""
+def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup, experiment: Path) -> dict[str, Any]:
+    """The ``soup.json`` contract (docs/architecture.md, "Soup directories"); paths inside
+    ``experiment`` are recorded relative to the soup's folder."""
     info = dict(soup.info)
-    members = [_ingredient(ctx, item) for item in info.pop("ingredients", ctx.ingredients)]
+    members = [_ingredient(ctx, item) for item in info.pop("ingredients", ctx.pool.ingredients)]
     first = members[0] if members else None
     name = check_name(soup.name, f"recipe {recipe.name}: soup name")
-    folder, experiment = ctx.soups_dir / name, Path(str(ctx.cfg.out_dir))
+    folder = ctx.store.soups_dir / name
     return {
         "name": name,
         "recipe": recipe.name,
@@ -160,14 +165,14 @@ def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup) -> dict[str, Any]:
         "classes": first.info.get("classes") if first else None,
         "params": recipe.params,
         **info,
-        INPUTS_KEY: ctx.inputs(),
+        INPUTS_KEY: ctx.store.inputs(),
         "code_version": code_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
 def _ingredient(ctx: SoupContext, item: Ingredient | str) -> Ingredient:
-    return item if isinstance(item, Ingredient) else ctx.model(str(item))
+    return item if isinstance(item, Ingredient) else ctx.pool.model(str(item))
 
 
 main = stage_entry("soup")

@@ -179,11 +179,11 @@ class Preempted(Exception):
 def test_an_interrupted_analysis_resumes_without_redoing_finished_work(world, cook, fake_run, monkeypatch, name):
     """Preempted at its second group of candidates, the analysis keeps what it finished: the
     rerun evaluates only the candidates it had not."""
-    from soup_exp.analysis.context import AnalysisContext
+    from soup_exp.analysis.suite import Suite
 
     cook("greedy")
     groups = []
-    real = AnalysisContext._evaluate_group
+    real = Suite._evaluate_group
 
     def group(self, items, datasets):
         groups.append([key for key, _ in items])
@@ -191,7 +191,7 @@ def test_an_interrupted_analysis_resumes_without_redoing_finished_work(world, co
             raise Preempted
         yield from real(self, items, datasets)
 
-    monkeypatch.setattr(AnalysisContext, "_evaluate_group", group)
+    monkeypatch.setattr(Suite, "_evaluate_group", group)
     own = [o for o in [*SMALL, "analysis.num_ingredients.ks=[1,2,3]"] if o.startswith(f"analysis.{name}.")]
     cfg = world.cfg(f"analysis=[{name}]", *own)
     interrupt = True
@@ -229,3 +229,4 @@ def test_interrupted_greedy_ablations_rerun_only_the_unfinished_greedy_runs(worl
     interrupt = False
     run_analyze(cfg, run=fake_run())
     assert done == ["tolerance_0", "tolerance_0.01"] and runs == ["random_0", "random_1"]  # the third resumes
+
