@@ -42,18 +42,19 @@ class HeldOut:
     """The held-out images in memory and the skeleton model, scored in fp32 or bf16."""
 
     def __init__(self, cfg) -> None:
-        from soup_exp.soups.context import SoupContext
         from soup_exp.soups.ingredients import load_ingredients
+        from soup_exp.stages.roles import pool_and_judge
         from soup_exp.utils.config import to_plain
         from soup_exp.vocabulary import HELD_OUT
 
-        self.ctx = SoupContext(cfg, load_ingredients(to_plain(cfg.soup.pool)), run=None)
-        evaluator = self.ctx.evaluator
+        self.pool = pool_and_judge(cfg, load_ingredients(to_plain(cfg.soup.pool)))
+        self.arithmetic = str(cfg.soup.arithmetic)
+        evaluator = self.pool.judge.evaluator
         batches = list(evaluator.batches(HELD_OUT))
         self.images = torch.cat([images for images, _ in batches])
         self.targets = torch.cat([targets for _, targets in batches])
         self.project = evaluator.dataset(HELD_OUT).project
-        self.model = self.ctx.skeleton.eval()
+        self.model = self.pool.judge.skeleton.eval()
 
     @torch.inference_mode()
     def predictions(self, state_dict: Mapping[str, torch.Tensor], precision: str) -> torch.Tensor:
@@ -71,7 +72,7 @@ def measure(out_dir: Path, overrides: Sequence[str]) -> dict:
     from soup_exp.soups.greedy import greedy_soup
 
     held_out = HeldOut(soup_config(out_dir, overrides))
-    ingredients = held_out.ctx.ingredients
+    ingredients = held_out.pool.ingredients
     flips = {ing.name: (held_out.predictions(ing.state_dict(), "fp32")
                         != held_out.predictions(ing.state_dict(), "bf16")).float().mean().item()
              for ing in ingredients}
@@ -79,7 +80,7 @@ def measure(out_dir: Path, overrides: Sequence[str]) -> dict:
     for precision in ("fp32", "bf16"):
         evaluate = held_out.accuracy(precision)
         scores = [evaluate(ing.state_dict()) for ing in ingredients]
-        result = greedy_soup(ingredients, scores, evaluate, arithmetic=held_out.ctx.arithmetic)
+        result = greedy_soup(ingredients, scores, evaluate, arithmetic=held_out.arithmetic)
         runs[precision] = {"decisions": {h["name"]: h["accepted"] for h in result.history[1:]},
                            "chosen": result.chosen_names, "accuracy": result.accuracy}
     fp32, bf16 = runs["fp32"], runs["bf16"]

@@ -22,12 +22,16 @@ from typing import Any
 from omegaconf import DictConfig
 
 from soup_exp.analysis.context import AnalysisContext
-from soup_exp.artifacts import check_name
+from soup_exp.analysis.settings import analysis_key_settings
+from soup_exp.artifacts import WEIGHTS_FILE, check_name
 from soup_exp.artifacts.analysis import file_stats, finished_analysis, write_analysis_record
-from soup_exp.soups.ingredients import load_ingredients
+from soup_exp.evaluation.settings import EvalSettings
+from soup_exp.soups.ingredients import Ingredient, load_ingredients
 from soup_exp.soups.settings import SoupSettings
 from soup_exp.stages.entry import stage_entry
+from soup_exp.stages.roles import AnalysisRoles
 from soup_exp.utils.config import to_plain
+from soup_exp.utils.hashing import stable_hash
 from soup_exp.utils.io import remove_stale_temp_files
 from soup_exp.utils.plugins import Plugin, plan_line, selected_plugins
 from soup_exp.utils.runtime import code_version
@@ -58,12 +62,12 @@ def plan_analyze(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, li
         ingredients = load_ingredients(pool)
     except (SoupExpError, FileNotFoundError):
         ingredients = []
-    ctx = AnalysisContext(cfg, ingredients, run=None) if ingredients else None
     lines = [f"pool: {pool}: " + (plural(len(ingredients), "finished ingredient") if ingredients
                                   else "no finished ingredients yet")]
     for analysis in selected_analyses(cfg):
         folder = Path(str(cfg.analysis_dir)) / analysis.name
-        done = ctx is not None and finished_analysis(folder, ctx.key_for(analysis.target, analysis.params)) is not None
+        done = bool(ingredients) and finished_analysis(
+            folder, analysis_key(cfg, ingredients, analysis.target, analysis.params)) is not None
         lines.append(plan_line(analysis, done, "to run"))
     return {"analyze": lines, "outputs": [f"analyses: {cfg.analysis_dir}", logger_line(cfg)]}
 
@@ -79,35 +83,47 @@ def run_analyze(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
     log.info("analysing %d ingredients into %s: %s", len(ingredients), cfg.analysis_dir,
              ", ".join(a.name for a in analyses))
     made: dict[str, Path] = {}
+    analysis_dir = Path(cfg.analysis_dir)
     with contextlib.nullcontext(run) if run is not None else start_run(cfg, "analyze", f"{cfg.name}-analyze") as run:
-        ctx = AnalysisContext(cfg, ingredients, run)
+        roles = AnalysisRoles(cfg, ingredients, run)
         for analysis in analyses:
-            key = ctx.key_for(analysis.target, analysis.params)
-            record = finished_analysis(ctx.analysis_dir / analysis.name, key)
-            made[analysis.name] = ctx.analysis_dir / analysis.name
+            key = analysis_key(cfg, ingredients, analysis.target, analysis.params)
+            record = finished_analysis(analysis_dir / analysis.name, key)
+            made[analysis.name] = analysis_dir / analysis.name
             if record is not None:  # logged by the run that made it: an analyze with nothing to do has no run
                 log.info("analysis '%s' already done for this pool and these parameters: %s (delete it to redo it)",
-                         analysis.name, ctx.analysis_dir / analysis.name)
+                         analysis.name, analysis_dir / analysis.name)
             else:
-                _log_to_wandb(run, _run_one(ctx, analysis, key), made[analysis.name])
+                _log_to_wandb(run, _run_one(roles.context(analysis.name, key), analysis), made[analysis.name])
     print(summary(made))
     return made
 
 
-def _run_one(ctx: AnalysisContext, analysis: Plugin, key: str) -> dict[str, Any]:
-    ctx.begin(analysis.name, key)
+def analysis_key(cfg: DictConfig, ingredients: Sequence[Ingredient], target: str, params: Any) -> str:
+    """What an analysis's numbers depend on: the pool's and zero-shot model's files, the
+    model, data and evaluation settings, and the analysis with its parameters."""
+    pool = [[ing.name, file_stats([ing.path]) if ing.path else None] for ing in ingredients]
+    soup_settings = SoupSettings.from_config(cfg)
+    zeroshot = soup_settings.zeroshot_dir / WEIGHTS_FILE
+    settings = analysis_key_settings(cfg.model, EvalSettings.from_config(cfg), soup_settings)
+    return stable_hash({"target": target, "params": params, "pool": pool,
+                        "zeroshot": file_stats([zeroshot]), "settings": settings}, length=20)
+
+
+def _run_one(ctx: AnalysisContext, analysis: Plugin) -> dict[str, Any]:
+    store = ctx.store
     started = time.perf_counter()
     numbers = analysis(ctx)
     seconds = round(time.perf_counter() - started, 1)
     record = {
         "name": analysis.name, "label": analysis.label, "target": analysis.target, "params": analysis.params,
-        "key": key, "inputs": file_stats(sorted(ctx.inputs)), "numbers": numbers or {},
-        "outputs": [p.name for p in ctx.outputs], "seconds": seconds, "code_version": code_version(),
+        "key": store.key, "inputs": file_stats(sorted(store.inputs)), "numbers": numbers or {},
+        "outputs": [p.name for p in store.outputs], "seconds": seconds, "code_version": code_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_analysis_record(ctx.folder, record)
+    write_analysis_record(store.folder, record)
     log.info("analysis %s finished in %.1f s: %s", analysis.name, seconds,
-             ", ".join(str(p) for p in ctx.outputs if p.suffix == ".png") or "no figures")
+             ", ".join(str(p) for p in store.outputs if p.suffix == ".png") or "no figures")
     return record
 
 

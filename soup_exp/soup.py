@@ -27,6 +27,7 @@ from soup_exp.soups.ingredients import Ingredient, load_ingredients
 from soup_exp.soups.recipe import Recipe, Soup, soups_of
 from soup_exp.soups.settings import SoupSettings
 from soup_exp.stages.entry import stage_entry
+from soup_exp.stages.roles import SoupRoles
 from soup_exp.utils.config import to_plain
 from soup_exp.utils.io import read_json, remove_stale_temp_files
 from soup_exp.utils.plugins import plan_line, selected_plugins
@@ -84,27 +85,30 @@ def run_soups(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
         from soup_exp.tracking import start_run
 
         run = start_run(cfg, "soup", name=f"{cfg.name}-soup")
-    ctx = SoupContext(cfg, ingredients, run)
+    roles = SoupRoles(cfg, ingredients, run)
+    soups_dir, experiment = Path(cfg.soups_dir), Path(str(cfg.out_dir))
     made: dict[str, Path] = {}
+    kept: set[str] = set()
     try:
         for recipe in recipes:
-            ctx.begin(recipe)
-            if ctx.finished(recipe.name):
+            ctx = roles.context(recipe.name, recipe.params)
+            if ctx.store.finished(recipe.name):
                 log.info("soup '%s' in %s is cooked from these ingredients and settings: skipping",
-                         recipe.name, ctx.soups_dir / recipe.name)
-                made[recipe.name] = ctx.soups_dir / recipe.name
-                continue
-            started = time.perf_counter()
-            for soup in soups_of(recipe.name, recipe.cook(ctx)):
-                made[soup.name] = write(ctx, recipe, soup)
-            ctx.clear_state()
-            log.info("recipe %s cooked in %.1f s", recipe.name, time.perf_counter() - started)
-        made.update({name: ctx.soups_dir / name for name in sorted(ctx.kept - set(made))})
-        retire_orphans(ctx.soups_dir, {r.name for r in recipes}, made)
+                         recipe.name, soups_dir / recipe.name)
+                made[recipe.name] = soups_dir / recipe.name
+            else:
+                started = time.perf_counter()
+                for soup in soups_of(recipe.name, recipe.cook(ctx)):
+                    made[soup.name] = write(ctx, recipe, soup, experiment)
+                ctx.store.clear_state()
+                log.info("recipe %s cooked in %.1f s", recipe.name, time.perf_counter() - started)
+            kept |= ctx.store.kept
+        made.update({name: soups_dir / name for name in sorted(kept - set(made))})
+        retire_orphans(soups_dir, {r.name for r in recipes}, made)
     finally:
         if own_run:
             run.finish()
-    log.info("soups written to %s: %s", ctx.soups_dir, ", ".join(made))
+    log.info("soups written to %s: %s", soups_dir, ", ".join(made))
     return made
 
 
@@ -133,8 +137,8 @@ def retire_orphans(soups_dir: Path, recipes: set[str], made: dict[str, Path]) ->
     return moved
 
 
-def write(ctx: SoupContext, recipe: Recipe, soup: Soup) -> Path:
-    record = soup_record(ctx, recipe, soup)
+def write(ctx: SoupContext, recipe: Recipe, soup: Soup, experiment: Path) -> Path:
+    record = soup_record(ctx, recipe, soup, experiment)
     out = write_soup_dir(record.directory, record.json, soup.state_dict, soup.weights_from)
     held = record.held_out_accuracy
     log.info("%s -> %s%s", record.name, out, f" (held-out {100 * held:.2f}%)" if held is not None else "")
@@ -143,14 +147,15 @@ def write(ctx: SoupContext, recipe: Recipe, soup: Soup) -> Path:
     return out
 
 
-def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup) -> SoupRecord:
+def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup, experiment: Path) -> SoupRecord:
     """The ``soup.json`` contract (docs/architecture.md, "Soup directories"), as the record
-    :mod:`soup_exp.artifacts.models` reads back; its ``json`` keeps the order keys are written in."""
+    :mod:`soup_exp.artifacts.models` reads back; its ``json`` keeps the order keys are written in.
+    Paths inside ``experiment`` are recorded relative to the soup's folder."""
     info = soup.recorded()
-    members = [_ingredient(ctx, item) for item in info.pop("ingredients", ctx.ingredients)]
+    members = [_ingredient(ctx, item) for item in info.pop("ingredients", ctx.pool.ingredients)]
     first = members[0] if members else None
     name = check_name(soup.name, f"recipe {recipe.name}: soup name")
-    folder, experiment = ctx.soups_dir / name, Path(str(ctx.cfg.out_dir))
+    folder = ctx.store.soups_dir / name
     return SoupRecord.of({
         "name": name,
         "recipe": recipe.name,
@@ -163,14 +168,14 @@ def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup) -> SoupRecord:
         "classes": first.info.get("classes") if first else None,
         "params": recipe.params,
         **info,
-        INPUTS_KEY: ctx.inputs(),
+        INPUTS_KEY: ctx.store.inputs(),
         "code_version": code_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }, folder)
 
 
 def _ingredient(ctx: SoupContext, item: Ingredient | str) -> Ingredient:
-    return item if isinstance(item, Ingredient) else ctx.model(str(item))
+    return item if isinstance(item, Ingredient) else ctx.pool.model(str(item))
 
 
 main = stage_entry("soup")

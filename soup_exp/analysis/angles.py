@@ -94,18 +94,18 @@ def angles_analysis(
     """Analysis ``angles``: per pair of ingredients (all, or ``max_pairs`` drawn with
     ``seed``), the angle between their directions from ``init``, and the gains of their
     soup and of their logit ensemble on ``metric`` (a dataset or ``avg_shifts``)."""
-    origin = ctx.initialisation(init)
-    models = [ing for ing in ctx.ingredients if not _same(ing, origin)]
+    origin = ctx.pool.initialisation(init)
+    models = [ing for ing in ctx.pool.ingredients if not _same(ing, origin)]
     if len(models) < 2:
         log.warning("angles: fewer than two ingredients besides the initialisation %s; nothing to compare",
                     origin.name)
         return {"pairs": 0}
-    datasets = ctx.datasets_for([metric])
+    datasets = ctx.suite.datasets_for([metric])
     gram = direction_gram(origin, models, progress=ctx.progress)
     angles = angles_degrees(gram)
-    individual = [ctx.accuracies(m, datasets)[metric] for m in models]
+    individual = [ctx.suite.accuracies(m, datasets)[metric] for m in models]
     pairs = choose_pairs(len(models), max_pairs, seed)
-    done = ctx.partial()
+    done = ctx.store.partial()
     todo = [(i, j) for i, j in pairs if _pair_key(models, i, j) not in done]
 
     def soups():
@@ -115,9 +115,9 @@ def angles_analysis(
             yield _pair_key(models, i, j), state_dict
 
     bar = tqdm(total=len(todo), desc="pairwise soups", disable=not ctx.progress, leave=False)
-    for key, accuracies in ctx.evaluate_weights(soups(), datasets):
+    for key, accuracies in ctx.suite.evaluate_weights(soups(), datasets):
         done[key] = accuracies
-        ctx.save_partial(done)
+        ctx.store.save_partial(done)
         bar.update(1)
     bar.close()
 
@@ -126,9 +126,9 @@ def angles_analysis(
         a, b = models[i], models[j]
         mean = (individual[i] + individual[j]) / 2
         soup = float(done[_pair_key(models, i, j)][metric])
-        ensemble = float(ctx.ensemble_accuracies([a, b], datasets)[metric])
+        ensemble = float(ctx.suite.ensemble_accuracies([a, b], datasets)[metric])
         rows.append({"a": a.name, "b": b.name, "angle_deg": float(angles[i, j]),
-                     "differs_in": differs_in(ctx.hparams(a), ctx.hparams(b)),
+                     "differs_in": differs_in(ctx.pool.hparams(a), ctx.pool.hparams(b)),
                      "accuracy_a": individual[i], "accuracy_b": individual[j], "soup_accuracy": soup,
                      "ensemble_accuracy": ensemble, "soup_gain": soup - mean, "ensemble_gain": ensemble - mean})
     from soup_exp.reporting.analysis_figures import (
@@ -136,8 +136,8 @@ def angles_analysis(
         plot_soup_vs_ensemble_gain,
     )
 
-    ctx.register(plot_soup_gain_vs_angle(rows, metric, ctx.out("soup_gain_vs_angle")))
-    ctx.register(plot_soup_vs_ensemble_gain(rows, metric, ctx.out("soup_gain_vs_ensemble_gain")))
+    ctx.store.register(plot_soup_gain_vs_angle(rows, metric, ctx.store.out("soup_gain_vs_angle")))
+    ctx.store.register(plot_soup_vs_ensemble_gain(rows, metric, ctx.store.out("soup_gain_vs_ensemble_gain")))
     soup_gains = [r["soup_gain"] for r in rows]
     return {
         "initialisation": origin.name, "metric": metric, "pairs": len(rows),

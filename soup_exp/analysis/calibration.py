@@ -82,17 +82,17 @@ def calibration_analysis(
     """Analysis ``calibration``: ECE and reliability diagrams (``bins`` bins) of the zero-shot
     model, every ingredient, every soup and every ensemble on ``datasets`` (default: every
     evaluation set but held-out); WiSE-FT's interpolations only with ``wise_ft``."""
-    names = datasets if datasets is not None else [d for d in ctx.suite if d != HELD_OUT]
-    ctx.datasets_for(names)
+    names = datasets if datasets is not None else [d for d in ctx.suite.names if d != HELD_OUT]
+    ctx.suite.datasets_for(names)
     models = _models(ctx, wise_ft)
     rows, curves = [], []
     for calibrated in models:
         for dataset in names:
             if calibrated.model is not None:
-                scores = ctx.target_scores(calibrated.model, dataset)
+                scores = ctx.suite.target_scores(calibrated.model, dataset)
             else:
-                scores = ctx.ensemble_scores(list(calibrated.members), dataset)
-            confidence, correct = confidence_and_correct(scores, ctx.evaluator.dataset(dataset).targets)
+                scores = ctx.suite.ensemble_scores(list(calibrated.members), dataset)
+            confidence, correct = confidence_and_correct(scores, ctx.suite.evaluator.dataset(dataset).targets)
             table = reliability_bins(confidence, correct, bins)
             base = {"model": calibrated.name, "kind": calibrated.kind, "recipe": calibrated.recipe,
                     "label": calibrated.label, "dataset": dataset}
@@ -103,8 +103,8 @@ def calibration_analysis(
                             "confidence": b.confidence, "accuracy": b.accuracy} for b in table]
     from soup_exp.reporting.analysis_figures import plot_ece, plot_reliability
 
-    ctx.register(plot_ece(rows, names, ctx.out("calibration_ece")))
-    ctx.register(plot_reliability(curves, names, ctx.out("reliability")))
+    ctx.store.register(plot_ece(rows, names, ctx.store.out("calibration_ece")))
+    ctx.store.register(plot_reliability(curves, names, ctx.store.out("reliability")))
     ece: dict[str, dict[str, float]] = {}
     for row in rows:
         ece.setdefault(row["model"], {})[row["dataset"]] = row["ece"]
@@ -112,14 +112,14 @@ def calibration_analysis(
 
 
 def _models(ctx: AnalysisContext, wise_ft: bool) -> list[Calibrated]:
-    best = ctx.ingredients[ctx.best_index].name
+    best = ctx.pool.ingredients[ctx.pool.best_index].name
     models = []
-    if ctx.zeroshot is not None:
-        models.append(Calibrated("zeroshot", "zeroshot", "", "Zero-shot", model=ctx.zeroshot))
-    for ing in ctx.ingredients:
+    if ctx.pool.zeroshot is not None:
+        models.append(Calibrated("zeroshot", "zeroshot", "", "Zero-shot", model=ctx.pool.zeroshot))
+    for ing in ctx.pool.ingredients:
         kind = str(ing.info.get("kind") or "finetune")
         models.append(Calibrated(ing.name, kind, "", ing.name, model=ing, curve=ing.name == best or kind == "lp"))
-    for soup in ctx.soups():
+    for soup in ctx.pool.soups():
         if soup.kind == "wise_ft" and not wise_ft:
             continue
         models.append(Calibrated(soup.name, soup.kind, soup.recipe, soup.label, model=soup.weights,

@@ -41,26 +41,26 @@ def greedy_ablation_analysis(
 ) -> dict[str, Any]:
     """Analysis ``greedy_ablation``: greedy soups with ``orders`` random candidate orders
     (``seed``) and with each of ``tolerances`` in the sorted order, evaluated on ``metrics``."""
-    pool = ctx.ingredients
-    datasets = ctx.datasets_for(metrics)
-    sorted_order = greedy_order(ctx.names, ctx.scores)
+    pool = ctx.pool.ingredients
+    datasets = ctx.suite.datasets_for(metrics)
+    sorted_order = greedy_order(ctx.pool.names, ctx.pool.scores)
     runs: list[dict[str, Any]] = [{"run": f"tolerance_{t:g}", "order": "sorted", "tolerance": float(t),
                                    "indices": sorted_order} for t in sorted({0.0, *map(float, tolerances)})]
     runs += [{"run": f"random_{i}", "order": "random", "tolerance": 0.0, "indices": order}
              for i, order in enumerate(random_orders(len(pool), orders, seed))]
-    done = ctx.partial()
-    state_dir = ctx.folder / ".state"
+    done = ctx.store.partial()
+    state_dir = ctx.store.folder / ".state"
     for run in tqdm([r for r in runs if r["run"] not in done], desc="greedy runs", disable=not ctx.progress,
                     leave=False):
-        result = greedy_soup(pool, ctx.scores, ctx.evaluate, tolerance=run["tolerance"],
+        result = greedy_soup(pool, ctx.pool.scores, ctx.judge.evaluate, tolerance=run["tolerance"],
                              order=None if run["order"] == "sorted" else run["indices"],
                              state_file=state_dir / f"{run['run']}.json", accumulate_dtype=ctx.accumulate_dtype,
-                             candidate_buffer=ctx.candidate_buffer(), arithmetic=ctx.arithmetic)
+                             candidate_buffer=ctx.judge.candidate_buffer(), arithmetic=ctx.arithmetic)
         done[run["run"]] = {"chosen": result.chosen_names, "held_out": result.accuracy}
-        ctx.save_partial(done)
+        ctx.store.save_partial(done)
 
     soups = {_set_key(done[r["run"]]["chosen"]): sorted(done[r["run"]]["chosen"]) for r in runs}
-    by_name = dict(zip(ctx.names, pool, strict=True))
+    by_name = dict(zip(ctx.pool.names, pool, strict=True))
     evaluated = dict(done.get("_soups") or {})
 
     def candidates():
@@ -69,13 +69,13 @@ def greedy_ablation_analysis(
                 continue
             members = [by_name[name] for name in names]
             if len(members) == 1:
-                evaluated[key] = ctx.accuracies(members[0], datasets)
+                evaluated[key] = ctx.suite.accuracies(members[0], datasets)
                 continue
             yield key, uniform_soup(members, accumulate_dtype=ctx.accumulate_dtype, arithmetic=ctx.arithmetic)
 
-    for key, accuracies in ctx.evaluate_weights(candidates(), datasets):
+    for key, accuracies in ctx.suite.evaluate_weights(candidates(), datasets):
         evaluated[key] = accuracies
-        ctx.save_partial({**done, "_soups": evaluated})
+        ctx.store.save_partial({**done, "_soups": evaluated})
 
     rows = []
     for run in runs:
@@ -87,8 +87,8 @@ def greedy_ablation_analysis(
     from soup_exp.reporting.analysis_figures import plot_greedy_orders, plot_greedy_tolerance
 
     if orders:
-        ctx.register(plot_greedy_orders(rows, metrics, ctx.out("greedy_orders")))
-    ctx.register(plot_greedy_tolerance(rows, metrics, ctx.out("greedy_tolerance")))
+        ctx.store.register(plot_greedy_orders(rows, metrics, ctx.store.out("greedy_orders")))
+    ctx.store.register(plot_greedy_tolerance(rows, metrics, ctx.store.out("greedy_tolerance")))
     _remove_states(state_dir)
     sorted_row = next(r for r in rows if r["run"] == "tolerance_0")
     random_rows = [r for r in rows if r["order"] == "random"]

@@ -115,7 +115,7 @@ def landscape_analysis(
     ``train_images`` training images (drawn with ``seed``) on a ``grid`` x ``grid`` grid
     over the plane through ``origin`` and ``models`` (two names; default: the two best
     ingredients on held-out besides the origin)."""
-    zero = ctx.initialisation(origin)
+    zero = ctx.pool.initialisation(origin)
     pair = _pair(ctx, zero, models)
     if pair is None:
         log.warning("landscape: the pool has fewer than two fine-tuned models besides %s; nothing to draw "
@@ -123,9 +123,9 @@ def landscape_analysis(
         return {"models": []}
     a, b = pair
     plane = Plane.through(zero, a, b)
-    train_evaluator, train_set = ctx.train_subset(train_images, seed)
-    ctx.datasets_for([error_on])
-    done = ctx.partial()
+    train_evaluator, train_set = ctx.suite.train_subset(train_images, seed)
+    ctx.suite.datasets_for([error_on])
+    done = ctx.store.partial()
     points = [(f"grid_{i}", plane.weights(x, y), (x, y)) for i, (x, y) in enumerate(plane.grid(grid, margin))]
     points += [(role, weights, plane.position(*weights)) for role, weights in MARKED]
     trio = [zero, a, b]
@@ -133,7 +133,7 @@ def landscape_analysis(
                                 disable=not ctx.progress, leave=False):
         state_dict = finalize(weighted_sum(trio, list(weights), accumulate_dtype=ctx.accumulate_dtype), 1.0, zero)
         done[key] = _metrics(ctx, state_dict, error_on, train_evaluator, train_set)
-        ctx.save_partial(done)
+        ctx.store.save_partial(done)
 
     names = {"origin": zero, "model_a": a, "model_b": b}
     rows = []
@@ -147,10 +147,10 @@ def landscape_analysis(
     marked = [r for r in rows if r["role"] != "grid"]
     from soup_exp.reporting.analysis_figures import metric_label, plot_landscape
 
-    ctx.register(plot_landscape(grid_rows, marked, "error", f"{metric_label(error_on)} error (%)",
-                                ctx.out("landscape_error"), percent=True))
-    ctx.register(plot_landscape(grid_rows, marked, "train_loss", f"Training loss ({train_images} images)",
-                                ctx.out("landscape_train_loss")))
+    ctx.store.register(plot_landscape(grid_rows, marked, "error", f"{metric_label(error_on)} error (%)",
+                                ctx.store.out("landscape_error"), percent=True))
+    ctx.store.register(plot_landscape(grid_rows, marked, "train_loss", f"Training loss ({train_images} images)",
+                                ctx.store.out("landscape_train_loss")))
     by_role = {r["role"]: r for r in marked}
     endpoints = (by_role["model_a"]["error"] + by_role["model_b"]["error"]) / 2
     return {
@@ -168,19 +168,19 @@ def _pair(ctx: AnalysisContext, origin: Ingredient, models: list[str] | None) ->
         if len(models) != 2:
             raise ConfigError(f"analysis.landscape.models={models}: name exactly two models (or null for the "
                               "two best on held-out)")
-        return ctx.model(models[0]), ctx.model(models[1])
-    candidates = sorted((i for i, ing in enumerate(ctx.ingredients)
-                         if ing.name != origin.name and ing.info.get("kind") != "lp"), key=lambda i: -ctx.scores[i])
+        return ctx.pool.model(models[0]), ctx.pool.model(models[1])
+    candidates = sorted((i for i, ing in enumerate(ctx.pool.ingredients)
+                         if ing.name != origin.name and ing.info.get("kind") != "lp"), key=lambda i: -ctx.pool.scores[i])
     if len(candidates) < 2:
         return None
-    return ctx.ingredients[candidates[0]], ctx.ingredients[candidates[1]]
+    return ctx.pool.ingredients[candidates[0]], ctx.pool.ingredients[candidates[1]]
 
 
 def _metrics(ctx: AnalysisContext, state_dict: dict[str, torch.Tensor], error_on: str, train_evaluator: Any,
              train_set: str) -> dict[str, float]:
     """Error and loss on ``error_on`` and on the train subset of one point of the plane."""
-    test = _error_and_loss(ctx.evaluator, ctx.weights_logits(state_dict, [error_on])[error_on], error_on)
-    train = _error_and_loss(train_evaluator, ctx.weights_logits(state_dict, [train_set], train_evaluator)[train_set],
+    test = _error_and_loss(ctx.suite.evaluator, ctx.suite.weights_logits(state_dict, [error_on])[error_on], error_on)
+    train = _error_and_loss(train_evaluator, ctx.suite.weights_logits(state_dict, [train_set], train_evaluator)[train_set],
                             train_set)
     return {"error": test[0], "loss": test[1], "train_error": train[0], "train_loss": train[1]}
 

@@ -63,19 +63,19 @@ def num_ingredients_analysis(
     """Analysis ``num_ingredients``: ``metrics`` (datasets or ``avg_shifts``) of uniform
     soups of ``k`` random ingredients for each ``k`` in ``ks`` (``draws`` draws, ``seed``),
     of the soup named ``greedy`` as it grew, and of the best individual."""
-    pool = ctx.ingredients
-    datasets = ctx.datasets_for(metrics)
+    pool = ctx.pool.ingredients
+    datasets = ctx.suite.datasets_for(metrics)
     drawn = list(draw_subsets(len(pool), sizes(ks, len(pool)), draws, seed))
     trajectory = _greedy_prefixes(ctx, greedy)
-    done = ctx.partial()
-    best_index = ctx.best_index
+    done = ctx.store.partial()
+    best_index = ctx.pool.best_index
     subsets = list(dict.fromkeys([s for _, _, s in drawn] + [s for _, s in trajectory] + [(best_index,)]))
     for subset in subsets:
         if len(subset) == 1 and _key(pool, subset) not in done:
-            done[_key(pool, subset)] = ctx.accuracies(pool[subset[0]], datasets)
-    final = ctx.model(greedy) if trajectory else None
+            done[_key(pool, subset)] = ctx.suite.accuracies(pool[subset[0]], datasets)
+    final = ctx.pool.model(greedy) if trajectory else None
     if final is not None:
-        done[_key(pool, trajectory[-1][1])] = ctx.accuracies(final, datasets)
+        done[_key(pool, trajectory[-1][1])] = ctx.suite.accuracies(final, datasets)
 
     def soups():
         for subset in subsets:
@@ -88,9 +88,9 @@ def num_ingredients_analysis(
 
     todo = sum(_key(pool, s) not in done for s in subsets)
     with tqdm(total=todo, desc="random soups", disable=not ctx.progress, leave=False) as bar:
-        for key, accuracies in ctx.evaluate_weights(soups(), datasets):
+        for key, accuracies in ctx.suite.evaluate_weights(soups(), datasets):
             done[key] = accuracies
-            ctx.save_partial(done)
+            ctx.store.save_partial(done)
             bar.update(1)
 
     def row(series: str, k: int, draw: int | None, subset: tuple[int, ...]) -> dict[str, Any]:
@@ -103,7 +103,7 @@ def num_ingredients_analysis(
     best = {**row("best_individual", 1, None, (best_index,)), "name": pool[best_index].name}
     from soup_exp.reporting.analysis_figures import plot_num_ingredients
 
-    ctx.register(plot_num_ingredients(random_rows, greedy_rows, best, metrics, ctx.out("num_ingredients")))
+    ctx.store.register(plot_num_ingredients(random_rows, greedy_rows, best, metrics, ctx.store.out("num_ingredients")))
     summary: dict[str, Any] = {"pool": len(pool), "draws": draws, "best_individual": best["name"]}
     for metric in metrics:
         by_k: dict[int, list[float]] = {}
@@ -122,12 +122,12 @@ def _greedy_prefixes(ctx: AnalysisContext, greedy: str | None) -> list[tuple[int
     there is none (not cooked, not selected, or made from ingredients outside the pool)."""
     if not greedy:
         return []
-    if not (ctx.soups_dir / greedy).is_dir():
+    if not (ctx.pool.soups_dir / greedy).is_dir():
         log.warning("num_ingredients: no soup %r in %s; the greedy curve is left out (cook it with the soup "
-                    "stage, or set analysis.num_ingredients.greedy=null)", greedy, ctx.soups_dir)
+                    "stage, or set analysis.num_ingredients.greedy=null)", greedy, ctx.pool.soups_dir)
         return []
-    chosen = ctx.model(greedy).info.get("ingredients") or []
-    index = {ing.name: i for i, ing in enumerate(ctx.ingredients)}
+    chosen = ctx.pool.model(greedy).info.get("ingredients") or []
+    index = {ing.name: i for i, ing in enumerate(ctx.pool.ingredients)}
     if not chosen or any(name not in index for name in chosen):
         log.warning("num_ingredients: soup %r lists ingredients outside the pool (%s); the greedy curve is left out",
                     greedy, ", ".join(chosen))

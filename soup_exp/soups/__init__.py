@@ -8,7 +8,7 @@ A weight-space merge can also be a per-tensor kernel, ``@kernel def fn(tensors, 
 WiSE-FT are written so). Each algorithm module also holds its recipe, ``<name>_recipe(ctx, **params)``, which the
 ``recipes/<name>.yaml`` config names; :mod:`.recipe` says what a recipe is (a user's is
 written the same way: ``Soup``, ``Range``) and :mod:`.context` what it is given
-(``SoupContext``). The soup stage itself is :func:`soup_exp.soup.run_soups`.
+(``SoupContext``: a ``Pool``, a ``Judge`` and a ``SoupStore``). The soup stage itself is :func:`soup_exp.soup.run_soups`.
 """
 
 from soup_exp.soups.context import SoupContext
@@ -25,16 +25,19 @@ from soup_exp.soups.ingredients import (
     resolve_ingredients,
     validate_ingredients,
 )
+from soup_exp.soups.judge import Judge
 from soup_exp.soups.kernels import Kernel, Tensors, kernel, merge_tensors
 from soup_exp.soups.learned import LearnedResult, learned_soup
 from soup_exp.soups.model_stock import ModelStockResult, model_stock_soup
+from soup_exp.soups.pool import Pool
 from soup_exp.soups.recipe import Range, Soup
+from soup_exp.soups.store import SoupStore
 from soup_exp.soups.uniform import uniform_soup
 from soup_exp.soups.wise_ft import wise_ft_soups
 
 __all__ = [
     "EmptyIngredientsError", "EnsembleResult", "Kernel", "Range", "Tensors", "Soup", "SoupContext", "GreedyResult", "Ingredient", "IngredientError",
-    "IngredientMismatchError", "LearnedResult", "ModelStockResult", "NonFiniteWeightsError",
+    "IngredientMismatchError", "Judge", "LearnedResult", "ModelStockResult", "NonFiniteWeightsError", "Pool", "SoupStore",
     "UnsafeCheckpointError", "greedy_ensemble", "greedy_soup", "kernel", "learned_soup", "load_ingredients",
     "logit_ensemble", "merge_tensors", "model_stock_soup", "resolve_ingredients", "uniform_soup", "validate_ingredients",
     "wise_ft_soups",

@@ -65,18 +65,23 @@ def greedy_ensemble(
 
 def ensemble_recipe(ctx: SoupContext) -> Soup:
     """Recipe ``ensemble``: every ingredient's logits averaged (N models at inference)."""
-    n = len(ctx.ingredients)
-    result = logit_ensemble(n, ctx.heldout_member_logits, ctx.ensemble_accuracy)
-    return Soup(None, kind="ensemble", members=ctx.names, coefficients=[1.0 / n] * n,
+    n = len(ctx.pool.ingredients)
+    result = logit_ensemble(n, _member_logits(ctx), ctx.judge.ensemble_accuracy)
+    return Soup(None, kind="ensemble", members=ctx.pool.names, coefficients=[1.0 / n] * n,
                 held_out_accuracy=result.accuracy)
 
 
 def greedy_ensemble_recipe(ctx: SoupContext, *, tolerance: Annotated[float, Range(0.0)]) -> Soup:
     """Recipe ``greedy_ensemble``: the greedy rule over logit ensembles."""
-    result = greedy_ensemble(ctx.names, ctx.scores, ctx.heldout_member_logits, ctx.ensemble_accuracy,
+    result = greedy_ensemble(ctx.pool.names, ctx.pool.scores, _member_logits(ctx), ctx.judge.ensemble_accuracy,
                              tolerance=tolerance, progress=ctx.progress)
     ctx.log_table("history", result.history)
-    members = [ctx.names[i] for i in result.members]
-    return Soup(None, {"pool": ctx.names}, kind="ensemble", members=members, ingredients=members,
+    members = [ctx.pool.names[i] for i in result.members]
+    return Soup(None, {"pool": ctx.pool.names}, kind="ensemble", members=members, ingredients=members,
                 coefficients=[1.0 / len(members)] * len(members), history=result.history,
                 held_out_accuracy=result.accuracy)
+
+
+def _member_logits(ctx: SoupContext) -> LoadLogits:
+    """Ingredient ``index``'s held-out logits as an ensemble averages them."""
+    return lambda index: ctx.judge.heldout_member_logits(ctx.pool.ingredients[index])

@@ -239,11 +239,11 @@ def _is_int(value: Any) -> bool:
 
 def greedy_recipe(ctx: SoupContext, *, tolerance: Annotated[float, Range(0.0)]) -> Soup:
     """Recipe ``greedy``: the paper's greedy soup, resumable after every candidate."""
-    result = greedy_soup(ctx.ingredients, ctx.scores, ctx.evaluate, tolerance=tolerance,
-                         state_file=ctx.state_file(), accumulate_dtype=ctx.accumulate_dtype,
-                         candidate_buffer=ctx.candidate_buffer(), progress=ctx.progress,
+    result = greedy_soup(ctx.pool.ingredients, ctx.pool.scores, ctx.judge.evaluate, tolerance=tolerance,
+                         state_file=ctx.store.state_file(), accumulate_dtype=ctx.accumulate_dtype,
+                         candidate_buffer=ctx.judge.candidate_buffer(), progress=ctx.progress,
                          arithmetic=ctx.arithmetic)
     ctx.log_table("history", result.history)
     k = len(result.chosen)
-    return Soup(result.state_dict, {"pool": ctx.names}, ingredients=result.chosen_names,
+    return Soup(result.state_dict, {"pool": ctx.pool.names}, ingredients=result.chosen_names,
                 coefficients=[1.0 / k] * k, history=result.history, held_out_accuracy=result.accuracy)

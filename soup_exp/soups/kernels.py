@@ -188,11 +188,11 @@ class Kernel:
     def __call__(self, ctx: Any, *, base: str | None, **params: Any) -> Soup | None:
         start = None
         if base is not None:
-            start = ctx.base(base)
+            start = ctx.pool.base(base)
             if start is None:
-                log.warning("recipe %s skipped: its base '%s' needs %s", ctx.recipe, base, ctx.base_needs(base))
+                log.warning("recipe %s skipped: its base '%s' needs %s", ctx.recipe, base, ctx.pool.base_needs(base))
                 return None
-        state_dict = merge_tensors(ctx.ingredients, self.fn, base=start, params=params,
+        state_dict = merge_tensors(ctx.pool.ingredients, self.fn, base=start, params=params,
                                    accumulate_dtype=ctx.accumulate_dtype, device=ctx.kernel_device,
                                    progress=ctx.progress, name=ctx.recipe)
         info: dict[str, Any] = {"base": start.name} if start is not None else {}

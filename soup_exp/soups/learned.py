@@ -237,11 +237,12 @@ def learned_recipe(
     def log_step(point: dict[str, float]) -> None:
         ctx.run.log({f"{ctx.recipe}/loss": point["loss"], f"{ctx.recipe}/step": point["step"]})
 
-    device = ctx.device  # builds the held-out evaluator: its data and numerics are inputs too
-    result = learned_soup(ctx.ingredients, ctx.skeleton, lambda epoch: ctx.heldout_batches(batch_size, epoch),
+    device = ctx.judge.device  # builds the held-out evaluator: its data and numerics are inputs too
+    result = learned_soup(ctx.pool.ingredients, ctx.judge.skeleton,
+                          lambda epoch: ctx.judge.heldout_batches(batch_size, epoch),
                           mode=mode, epochs=epochs, lr=lr, weight_decay=weight_decay, device=device,
-                          on_step=log_step, progress=ctx.progress, state_file=ctx.state_file(STATE_FILE),
-                          inputs={**ctx.inputs(), "seed": ctx.seed})
+                          on_step=log_step, progress=ctx.progress, state_file=ctx.store.state_file(STATE_FILE),
+                          inputs={**ctx.store.inputs(), "seed": ctx.judge.seed})
     if mode == "per_model":
         rows = [{"ingredient": n, "coefficient": c} for n, c in zip(result.names, result.coefficients, strict=True)]
     else:
@@ -251,4 +252,4 @@ def learned_recipe(
     ctx.log_table("curve", result.curve)
     ctx.run.summary({f"{ctx.recipe}/beta": result.beta})
     return Soup(result.state_dict, {"placement": result.placement}, coefficients=result.coefficients,
-                beta=result.beta, curve=result.curve, held_out_accuracy=ctx.evaluate(result.state_dict))
+                beta=result.beta, curve=result.curve, held_out_accuracy=ctx.judge.evaluate(result.state_dict))

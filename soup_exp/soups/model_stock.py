@@ -71,8 +71,9 @@ def model_stock_kernel(tensors: Tensors, base: torch.Tensor, *, ratios: dict[str
 
 def model_stock_recipe(ctx: SoupContext) -> Soup | None:
     """Recipe ``model_stock``: the pool's average pulled towards the zero-shot model."""
-    if ctx.zeroshot is None:
-        log.warning("Model Stock skipped: it needs the pretrained (zero-shot) model in %s", ctx.cfg.zeroshot_dir)
+    zeroshot = ctx.pool.zeroshot
+    if zeroshot is None:
+        log.warning("Model Stock skipped: it needs the pretrained (zero-shot) model in %s", ctx.pool.zeroshot_dir)
         return None
-    result = model_stock_soup(ctx.ingredients, ctx.zeroshot, progress=ctx.progress)
-    return Soup(result.state_dict, {"pretrained": ctx.zeroshot.name}, coefficients=result.ratios)
+    result = model_stock_soup(ctx.pool.ingredients, zeroshot, progress=ctx.progress)
+    return Soup(result.state_dict, {"pretrained": zeroshot.name}, coefficients=result.ratios)

@@ -53,7 +53,7 @@ def _finite(x: float) -> bool:
 
 def uniform_recipe(ctx: SoupContext) -> Soup:
     """Recipe ``uniform``: the plain average of the whole pool."""
-    n = len(ctx.ingredients)
-    state_dict = uniform_soup(ctx.ingredients, accumulate_dtype=ctx.accumulate_dtype, progress=ctx.progress,
+    n = len(ctx.pool.ingredients)
+    state_dict = uniform_soup(ctx.pool.ingredients, accumulate_dtype=ctx.accumulate_dtype, progress=ctx.progress,
                               arithmetic=ctx.arithmetic)
     return Soup(state_dict, coefficients=[1.0 / n] * n)

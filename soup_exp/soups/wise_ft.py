@@ -52,16 +52,16 @@ def wise_ft_recipe(
 ) -> Iterator[Soup]:
     """Recipe ``wise_ft``: each model in ``of`` (a soup cooked before, an ingredient, or
     ``best_individual``) interpolated with the zero-shot model at every alpha."""
-    zeroshot = ctx.zeroshot
+    zeroshot = ctx.pool.zeroshot
     if zeroshot is None:
         log.warning("WiSE-FT skipped: no zero-shot model in %s (run `soup-exp finetune sweep=zeroshot`)",
-                    ctx.cfg.zeroshot_dir)
+                    ctx.pool.zeroshot_dir)
         return
     for name in of:
-        todo = [a for a in alphas if not ctx.finished(wise_ft_name(name, a))]
+        todo = [a for a in alphas if not ctx.store.finished(wise_ft_name(name, a))]
         if not todo:
             continue
-        model = ctx.model(name)
+        model = ctx.pool.model(name)
         for alpha, state_dict in wise_ft_soups(model, zeroshot, todo, accumulate_dtype=ctx.accumulate_dtype):
             yield Soup(state_dict, name=wise_ft_name(name, alpha), kind="wise_ft", ingredients=[zeroshot, model],
                        coefficients=[1.0 - alpha, alpha], alpha=alpha, interpolated=name)

@@ -20,9 +20,10 @@ from torch import nn
 from torchvision import transforms as T
 
 from soup_exp.analysis.context import AnalysisContext
+from soup_exp.analysis.suite import Suite
 from soup_exp.data.base import LabeledImages, LogitProjection
 from soup_exp.evaluation.evaluator import Evaluator
-from soup_exp.soups.context import SoupContext
+from soup_exp.soups.judge import Judge
 from soup_exp.stages.entry import packaged_config_dir
 from soup_exp.utils.io import atomic_write_json
 
@@ -145,7 +146,7 @@ def world_template(tmp_path_factory) -> World:
 
 @pytest.fixture
 def world(world_template, tmp_path, monkeypatch) -> World:
-    """A fresh copy of the experiment folder, and AnalysisContext wired to the tiny world."""
+    """A fresh copy of the experiment folder, and the judge and suite wired to the tiny world."""
     import shutil
 
     out = tmp_path / "out" / "exp"
@@ -163,12 +164,11 @@ def world(world_template, tmp_path, monkeypatch) -> World:
         return original(self, name, modules, what)
 
     monkeypatch.setattr(Evaluator, "_forward_pass", counting)
-    for context in (SoupContext, AnalysisContext):  # the soup stage's context too, for cooking soups
-        monkeypatch.setattr(context, "_evaluator", property(lambda self: evaluator))
-    monkeypatch.setattr(SoupContext, "classes", property(lambda self: SimpleNamespace(num_classes=NUM_CLASSES)))
-    monkeypatch.setattr(SoupContext, "_classifier", property(lambda self: self.__dict__.setdefault(
-        "_tiny", (TinyClassifier(), SimpleNamespace(preprocess_val=transform())))))
-    monkeypatch.setattr(AnalysisContext, "train_subset", lambda self, images, seed: (train_evaluator, "Train"))
+    monkeypatch.setattr(Judge, "_evaluator", property(lambda self: evaluator))  # the soup stage's judge too
+    monkeypatch.setattr(Judge, "classes", property(lambda self: SimpleNamespace(num_classes=NUM_CLASSES)))
+    monkeypatch.setattr(Judge, "_classifier", property(lambda self: self._memo(
+        "classifier", lambda: (TinyClassifier(), SimpleNamespace(preprocess_val=transform())))))
+    monkeypatch.setattr(Suite, "train_subset", lambda self, images, seed: (train_evaluator, "Train"))
     return world
 
 
@@ -202,15 +202,14 @@ def fake_run():
 
 @pytest.fixture
 def context(world):
-    """``make(analysis name, *overrides) -> AnalysisContext`` begun on that analysis."""
+    """``make(analysis name, *overrides) -> AnalysisContext`` of that analysis, as the stage builds it."""
     from soup_exp.soups.ingredients import load_ingredients
+    from soup_exp.stages.roles import AnalysisRoles
     from soup_exp.utils.config import to_plain
 
     def make(name: str = "test", *overrides: str) -> AnalysisContext:
         cfg = world.cfg(*overrides)
-        ctx = AnalysisContext(cfg, load_ingredients(to_plain(cfg.soup.pool)), FakeRun())
-        ctx.begin(name, "test-key")
-        return ctx
+        return AnalysisRoles(cfg, load_ingredients(to_plain(cfg.soup.pool)), FakeRun()).context(name, "test-key")
 
     return make
 

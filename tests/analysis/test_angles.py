@@ -92,25 +92,25 @@ def test_angles_analysis_on_a_pool(context):
     ctx = context("angles")
     numbers = angles_analysis(ctx, init="auto", metric="ImageNet", max_pairs=None, seed=0)
     assert numbers["initialisation"] == "lp_init" and numbers["pairs"] == 6  # the LP init is not paired
-    rows = list(csv.DictReader(ctx.out("soup_gain_vs_angle").with_suffix(".csv").open()))
+    rows = list(csv.DictReader(ctx.store.out("soup_gain_vs_angle").with_suffix(".csv").open()))
     assert len(rows) == 6
     by_pair = {(r["a"], r["b"]): r for r in rows}
     assert by_pair[("ft_0", "ft_1")]["differs_in"] == "lr" and by_pair[("ft_0", "ft_3")]["differs_in"] == "several"
     assert by_pair[("ft_1", "ft_2")]["differs_in"] == "wd"
-    ft = {ing.name: ing for ing in ctx.ingredients}
+    ft = {ing.name: ing for ing in ctx.pool.ingredients}
     for r in rows:
         a, b = ft[r["a"]], ft[r["b"]]
-        endpoints = (ctx.accuracies(a, ["ImageNet"])["ImageNet"] + ctx.accuracies(b, ["ImageNet"])["ImageNet"]) / 2
+        endpoints = (ctx.suite.accuracies(a, ["ImageNet"])["ImageNet"] + ctx.suite.accuracies(b, ["ImageNet"])["ImageNet"]) / 2
         assert float(r["soup_gain"]) == pytest.approx(float(r["soup_accuracy"]) - endpoints, abs=1e-9)
-        ensemble = ctx.ensemble_accuracies([a, b], ["ImageNet"])["ImageNet"]
+        ensemble = ctx.suite.ensemble_accuracies([a, b], ["ImageNet"])["ImageNet"]
         assert float(r["ensemble_gain"]) == pytest.approx(ensemble - endpoints, abs=1e-9)
         assert 0 < float(r["angle_deg"]) < 180
     # the soup of a pair, cooked and evaluated independently
     from soup_exp.soups.uniform import uniform_soup
 
     soup = uniform_soup([ft["ft_0"], ft["ft_1"]], arithmetic=ctx.arithmetic)
-    model = ctx.skeleton
+    model = ctx.judge.skeleton
     model.load_state_dict(soup)
-    accuracy = ctx.evaluator.evaluate({"soup": model}, ["ImageNet"])["soup"]["ImageNet"]
+    accuracy = ctx.suite.evaluator.evaluate({"soup": model}, ["ImageNet"])["soup"]["ImageNet"]
     assert float(by_pair[("ft_0", "ft_1")]["soup_accuracy"]) == pytest.approx(accuracy, abs=1e-12)
-    assert {p.suffix for p in ctx.outputs} == {".png", ".pdf", ".csv"} and len(ctx.outputs) == 6
+    assert {p.suffix for p in ctx.store.outputs} == {".png", ".pdf", ".csv"} and len(ctx.store.outputs) == 6

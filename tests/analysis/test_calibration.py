@@ -62,22 +62,22 @@ def test_calibration_analysis_covers_individuals_soups_and_ensembles(context, co
     datasets = ["ImageNet", "ImageNetV2", "ImageNetSketch", "ImageNetR", "ObjectNet", "ImageNetA"]
     assert numbers["datasets"] == datasets
     assert set(numbers["ece"]) == {"zeroshot", "lp_init", "ft_0", "ft_1", "ft_2", "ft_3", "uniform", "ensemble"}
-    rows = list(csv.DictReader(ctx.out("calibration_ece").with_suffix(".csv").open()))
+    rows = list(csv.DictReader(ctx.store.out("calibration_ece").with_suffix(".csv").open()))
     assert len(rows) == 8 * 6
-    ft = ctx.model("ft_2")
-    scores = ctx.evaluator.dataset("ImageNetR").project(ctx.logits(ft, "ImageNetR"))
+    ft = ctx.pool.model("ft_2")
+    scores = ctx.suite.evaluator.dataset("ImageNetR").project(ctx.judge.logits(ft, "ImageNetR"))
     probabilities = scores.double().softmax(dim=1)
     expected = expected_calibration_error(probabilities.max(1).values,
-                                          probabilities.argmax(1) == ctx.evaluator.dataset("ImageNetR").targets, 10)
+                                          probabilities.argmax(1) == ctx.suite.evaluator.dataset("ImageNetR").targets, 10)
     assert numbers["ece"]["ft_2"]["ImageNetR"] == pytest.approx(expected, abs=1e-12)
     ensemble = next(r for r in rows if r["model"] == "ensemble" and r["dataset"] == "ImageNet")
     assert float(ensemble["accuracy"]) == pytest.approx(
-        ctx.ensemble_accuracies([ctx.model(n) for n in ctx.names], ["ImageNet"])["ImageNet"])
-    curves = list(csv.DictReader(ctx.out("reliability").with_suffix(".csv").open()))
+        ctx.suite.ensemble_accuracies([ctx.pool.model(n) for n in ctx.pool.names], ["ImageNet"])["ImageNet"])
+    curves = list(csv.DictReader(ctx.store.out("reliability").with_suffix(".csv").open()))
     drawn = {r["model"] for r in curves}
-    best = ctx.names[ctx.best_index]
+    best = ctx.pool.names[ctx.pool.best_index]
     assert drawn == {"zeroshot", "lp_init", best, "uniform", "ensemble"}
     for model in drawn:  # every image lands in one bin
         counts = sum(int(r["count"]) for r in curves if r["model"] == model and r["dataset"] == "ObjectNet")
-        assert counts == len(ctx.evaluator.dataset("ObjectNet"))
+        assert counts == len(ctx.suite.evaluator.dataset("ObjectNet"))
     assert all(0 <= float(r["ece"]) <= 1 and not math.isnan(float(r["ece"])) for r in rows)

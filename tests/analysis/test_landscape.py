@@ -42,16 +42,16 @@ def test_the_landscape_at_the_three_models_is_their_evaluated_error_and_loss(con
     ctx = context("landscape")
     numbers = landscape_analysis(ctx, origin="zeroshot", models=["ft_1", "ft_3"], grid=3, margin=0.1,
                                  error_on="ImageNet2p", train_images=60, seed=0)
-    rows = list(csv.DictReader(ctx.out("landscape_error").with_suffix(".csv").open()))
+    rows = list(csv.DictReader(ctx.store.out("landscape_error").with_suffix(".csv").open()))
     assert len(rows) == 9 + 4
     marked = {r["role"]: r for r in rows if r["role"] != "grid"}
     assert [marked[r]["name"] for r in ("origin", "model_a", "model_b")] == ["zeroshot", "ft_1", "ft_3"]
     train_eval = world.evaluator([world.train])
-    for role, model in (("origin", ctx.zeroshot), ("model_a", ctx.model("ft_1")), ("model_b", ctx.model("ft_3"))):
-        accuracy = ctx.accuracies(model, ["ImageNet2p"])["ImageNet2p"]
+    for role, model in (("origin", ctx.pool.zeroshot), ("model_a", ctx.pool.model("ft_1")), ("model_b", ctx.pool.model("ft_3"))):
+        accuracy = ctx.suite.accuracies(model, ["ImageNet2p"])["ImageNet2p"]
         assert float(marked[role]["error"]) == 1 - accuracy
         assert numbers[f"{role}_error"] == 1 - accuracy
-        net = ctx.skeleton
+        net = ctx.judge.skeleton
         net.load_state_dict(model.state_dict())
         loss = torch.nn.functional.cross_entropy(train_eval.logits(net, "Train"), world.train.targets)
         assert numbers[f"{role}_train_loss"] == pytest.approx(float(loss), rel=1e-6)
@@ -59,7 +59,7 @@ def test_the_landscape_at_the_three_models_is_their_evaluated_error_and_loss(con
     assert float(marked["midpoint"]["w_a"]) == float(marked["midpoint"]["w_b"]) == 0.5
     assert math.isclose(numbers["midpoint_error_gain"],
                         (numbers["model_a_error"] + numbers["model_b_error"]) / 2 - numbers["midpoint_error"])
-    loss_rows = list(csv.DictReader(ctx.out("landscape_train_loss").with_suffix(".csv").open()))
+    loss_rows = list(csv.DictReader(ctx.store.out("landscape_train_loss").with_suffix(".csv").open()))
     assert [r["train_loss"] for r in loss_rows if r["role"] == "model_a"] == [str(numbers["model_a_train_loss"])]
 
 
@@ -86,12 +86,12 @@ def test_an_interrupted_landscape_resumes_where_it_stopped(context, monkeypatch)
     params = dict(origin="auto", models=None, grid=3, margin=0.2, error_on="ImageNet", train_images=60, seed=0)
     with pytest.raises(Preempted):
         landscape_analysis(ctx, **params)
-    assert len(ctx.partial()) == 4
+    assert len(ctx.store.partial()) == 4
     calls.clear()
     resumed = True
     numbers = landscape_analysis(ctx, **params)
     assert len(calls) == 13 - 4 and numbers["origin"] == "lp_init"
-    assert numbers["models"] == [ctx.names[i] for i in sorted(range(4), key=lambda i: -ctx.scores[i])[:2]]
+    assert numbers["models"] == [ctx.pool.names[i] for i in sorted(range(4), key=lambda i: -ctx.pool.scores[i])[:2]]
 
 
 def test_a_pool_with_one_fine_tune_has_no_landscape_and_says_so(context, world, caplog):
@@ -100,5 +100,5 @@ def test_a_pool_with_one_fine_tune_has_no_landscape_and_says_so(context, world, 
     with caplog.at_level("WARNING"):
         numbers = landscape_analysis(ctx, origin="auto", models=None, grid=3, margin=0.1, error_on="ImageNet2p",
                                      train_images=60, seed=0)
-    assert numbers == {"models": []} and ctx.outputs == []
+    assert numbers == {"models": []} and ctx.store.outputs == []
     assert "fewer than two fine-tuned models besides lp_init" in caplog.text

@@ -29,28 +29,28 @@ def test_curves_start_at_the_individuals_and_end_at_the_uniform_soup(context, co
     ctx = context("num_ingredients")
     metrics = ["ImageNet2p", "avg_shifts"]
     numbers = num_ingredients_analysis(ctx, ks="all", draws=3, seed=0, metrics=metrics, greedy="greedy")
-    rows = list(csv.DictReader(ctx.out("num_ingredients").with_suffix(".csv").open()))
-    pool = {ing.name: ing for ing in ctx.ingredients}
+    rows = list(csv.DictReader(ctx.store.out("num_ingredients").with_suffix(".csv").open()))
+    pool = {ing.name: ing for ing in ctx.pool.ingredients}
     singles = [r for r in rows if r["series"] == "random" and r["k"] == "1"]
     assert len(singles) == 3
     for row in singles:
-        individual = ctx.accuracies(pool[row["ingredients"]], ctx.suite)
+        individual = ctx.suite.accuracies(pool[row["ingredients"]], ctx.suite.names)
         for metric in metrics:
             assert float(row[metric]) == individual[metric]
     (everything,) = [r for r in rows if r["series"] == "random" and r["k"] == "5"]
-    soup = ctx.skeleton
-    soup.load_state_dict(uniform_soup(ctx.ingredients, arithmetic=ctx.arithmetic))
-    expected = ctx.evaluator.evaluate({"uniform": soup})["uniform"]
+    soup = ctx.judge.skeleton
+    soup.load_state_dict(uniform_soup(ctx.pool.ingredients, arithmetic=ctx.arithmetic))
+    expected = ctx.suite.evaluator.evaluate({"uniform": soup})["uniform"]
     assert float(everything["ImageNet2p"]) == pytest.approx(expected["ImageNet2p"], abs=1e-12)
     assert float(everything["avg_shifts"]) == pytest.approx(expected["avg_shifts"], abs=1e-12)
 
     greedy = [r for r in rows if r["series"] == "greedy"]
-    chosen = ctx.model("greedy").info["ingredients"]
+    chosen = ctx.pool.model("greedy").info["ingredients"]
     assert [r["k"] for r in greedy] == [str(m) for m in range(1, len(chosen) + 1)]
-    assert float(greedy[0]["ImageNet2p"]) == ctx.accuracies(pool[chosen[0]], ["ImageNet2p"])["ImageNet2p"]
-    assert float(greedy[-1]["ImageNet2p"]) == pytest.approx(ctx.model("greedy").info["held_out_accuracy"])
+    assert float(greedy[0]["ImageNet2p"]) == ctx.suite.accuracies(pool[chosen[0]], ["ImageNet2p"])["ImageNet2p"]
+    assert float(greedy[-1]["ImageNet2p"]) == pytest.approx(ctx.pool.model("greedy").info["held_out_accuracy"])
     best = next(r for r in rows if r["series"] == "best_individual")
-    assert best["ingredients"] == ctx.names[ctx.best_index] == numbers["best_individual"]
+    assert best["ingredients"] == ctx.pool.names[ctx.pool.best_index] == numbers["best_individual"]
     assert numbers["ImageNet2p"]["mean_by_k"]["1"] == pytest.approx(sum(float(r["ImageNet2p"]) for r in singles) / 3)
 
 

@@ -5,8 +5,8 @@ took settings (a changed key would re-run every analysis of every experiment).""
 import pytest
 from hydra import compose, initialize_config_dir
 
-from soup_exp.analysis.context import AnalysisContext
 from soup_exp.analysis.settings import analysis_key_settings
+from soup_exp.analyze import analysis_key
 from soup_exp.evaluation.settings import EvalSettings
 from soup_exp.soups.settings import SoupSettings
 from soup_exp.stages.entry import packaged_config_dir
@@ -25,8 +25,7 @@ def analyze_cfg(*overrides):
 
 @pytest.mark.parametrize("overrides", list(PINNED))
 def test_the_analysis_key_is_the_one_main_computed(overrides):
-    ctx = AnalysisContext(analyze_cfg(*overrides), [], None)
-    assert ctx.key_for("t.target", {"a": 1}) == PINNED[overrides]
+    assert analysis_key(analyze_cfg(*overrides), [], "t.target", {"a": 1}) == PINNED[overrides]
 
 
 def test_every_subtree_in_the_key_changes_it():

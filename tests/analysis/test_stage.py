@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -103,13 +104,19 @@ def test_a_user_analysis_from_a_config_dir(world, monkeypatch, fake_run):
     cfg = world.cfg("analyses=mine", config_dir=USER_REPO / "conf")
     run = fake_run()
     made = run_analyze(cfg, run=run)
-    assert list(made) == ["calibration", "held_out_vs"]
+    assert list(made) == ["calibration", "held_out_vs", "top_k_gain"]
     record = json.loads((made["held_out_vs"] / "analysis.json").read_text())
     assert record["target"] == "my_analyses.held_out_vs" and record["params"] == {"dataset": "ImageNetSketch",
                                                                                     "top": None}
     assert record["numbers"]["models"] == 5
     assert sorted(record["outputs"]) == ["held_out_vs.csv", "held_out_vs.pdf", "held_out_vs.png"]
     assert "analysis/held_out_vs/held_out_vs" in run.images
+    gain = json.loads((made["top_k_gain"] / "analysis.json").read_text())
+    best, soup = _rows(made["top_k_gain"] / "top_k_gain.csv")
+    assert soup["ingredients"].count("+") == 1 and best["model"] == "best"
+    assert gain["numbers"]["held_out_gain"] == pytest.approx(float(soup["held_out"]) - float(best["held_out"]))
+    assert gain["numbers"]["dataset_gain"] == pytest.approx(float(soup["ImageNetSketch"]) - float(best["ImageNetSketch"]))
+    assert run.summaries["analysis/top_k_gain/held_out_gain"] == gain["numbers"]["held_out_gain"]
     with pytest.raises(ConfigError, match=r"analysis\.held_out_vs\.top=0"):
         run_analyze(world.cfg("analyses=mine", "analysis.held_out_vs.top=0", config_dir=USER_REPO / "conf"),
                     run=fake_run())
@@ -179,11 +186,11 @@ class Preempted(Exception):
 def test_an_interrupted_analysis_resumes_without_redoing_finished_work(world, cook, fake_run, monkeypatch, name):
     """Preempted at its second group of candidates, the analysis keeps what it finished: the
     rerun evaluates only the candidates it had not."""
-    from soup_exp.analysis.context import AnalysisContext
+    from soup_exp.analysis.suite import Suite
 
     cook("greedy")
     groups = []
-    real = AnalysisContext._evaluate_group
+    real = Suite._evaluate_group
 
     def group(self, items, datasets):
         groups.append([key for key, _ in items])
@@ -191,7 +198,7 @@ def test_an_interrupted_analysis_resumes_without_redoing_finished_work(world, co
             raise Preempted
         yield from real(self, items, datasets)
 
-    monkeypatch.setattr(AnalysisContext, "_evaluate_group", group)
+    monkeypatch.setattr(Suite, "_evaluate_group", group)
     own = [o for o in [*SMALL, "analysis.num_ingredients.ks=[1,2,3]"] if o.startswith(f"analysis.{name}.")]
     cfg = world.cfg(f"analysis=[{name}]", *own)
     interrupt = True
@@ -229,3 +236,8 @@ def test_interrupted_greedy_ablations_rerun_only_the_unfinished_greedy_runs(worl
     interrupt = False
     run_analyze(cfg, run=fake_run())
     assert done == ["tolerance_0", "tolerance_0.01"] and runs == ["random_0", "random_1"]  # the third resumes
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 def test_pool_is_better_than_chance(context):
     ctx = context()
-    assert ctx.names == ["ft_0", "ft_1", "ft_2", "ft_3", "lp_init"]
-    assert all(score > 0.4 for score in ctx.scores), ctx.scores
-    accuracies = ctx.accuracies(ctx.ingredients[1], ctx.suite)
-    assert set(accuracies) == {*ctx.suite, "avg_shifts"}
-    assert ctx.initialisation("auto").name == "lp_init"
-    assert ctx.initialisation("zeroshot").name == "zeroshot"
+    assert ctx.pool.names == ["ft_0", "ft_1", "ft_2", "ft_3", "lp_init"]
+    assert all(score > 0.4 for score in ctx.pool.scores), ctx.pool.scores
+    accuracies = ctx.suite.accuracies(ctx.pool.ingredients[1], ctx.suite.names)
+    assert set(accuracies) == {*ctx.suite.names, "avg_shifts"}
+    assert ctx.pool.initialisation("auto").name == "lp_init"
+    assert ctx.pool.initialisation("zeroshot").name == "zeroshot"
 
 
 def test_a_copied_experiment_starts_from_its_own_lp_init(context, world, world_template):
@@ -20,5 +20,5 @@ def test_a_copied_experiment_starts_from_its_own_lp_init(context, world, world_t
         info = json.loads(record.read_text())
         info["hparams"]["init_from"] = str(world_template.out / "ingredients" / "lp_init")
         record.write_text(json.dumps({**info, "metrics": {"init": {"name": "lp_init"}}}))
-    init = context().initialisation("auto")
+    init = context().pool.initialisation("auto")
     assert init.name == "lp_init" and init.path.is_relative_to(world.out)

@@ -9,6 +9,7 @@ from soup_exp.errors import ConfigError
 from soup_exp.evaluation import sources
 from soup_exp.evaluation.evaluator import Evaluator
 from soup_exp.soups.context import SoupContext
+from soup_exp.soups.judge import Judge
 from soup_exp.vocabulary import HELD_OUT
 
 
@@ -283,19 +284,28 @@ def test_training_mode_is_restored(suite):
 
 
 
-class _HeldOutContext(SoupContext):
-    """The soup context of the ensemble recipes over a real evaluator and fixed logits."""
+class _FixedLogits(Judge):
+    """The judge of the ensemble recipes over a real evaluator and fixed held-out logits."""
 
-    def __init__(self, evaluator, raw, run):
-        self._held_out_evaluator, self._raw, self.run = evaluator, raw, run
-        self.names = [f"m{i}" for i in range(len(raw))]
-        self.ingredients, self.progress, self.recipe = self.names, False, "test"
+    def __init__(self, evaluator, raw):
+        self._held_out_evaluator, self._raw, self._used = evaluator, raw, {}
 
     evaluator = property(lambda self: self._held_out_evaluator)
-    scores = property(lambda self: [self.logits_accuracy(r) for r in self._raw])
 
-    def heldout_logits(self, index):
-        return self._raw[index]
+    def heldout_logits(self, model):
+        return self._raw[int(model.name.removeprefix("m"))]
+
+
+def _held_out_context(evaluator, raw, run) -> SoupContext:
+    """The soup context of the ensemble recipes: a pool of named members, fixed logits."""
+    from types import SimpleNamespace
+
+    judge = _FixedLogits(evaluator, raw)
+    members = [SimpleNamespace(name=f"m{i}") for i in range(len(raw))]
+    pool = SimpleNamespace(ingredients=members, names=[m.name for m in members],
+                           scores=[judge.logits_accuracy(r) for r in raw])
+    return SoupContext(pool=pool, judge=judge, store=None, run=run, recipe="test", params={},
+                       accumulate_dtype=torch.float32, arithmetic="sum", progress=False, kernel_device_name="cpu")
 
 
 @pytest.mark.parametrize("mode", ["projected", "raw"])
@@ -314,12 +324,12 @@ def test_the_ensemble_recipes_score_as_the_evaluate_stage(tmp_path, mode):
     evaluator = Evaluator([held_out], eval_transform(), batch_size=3, progress=False, ensemble_logits=mode)
     members = [LookupModel(rng.normal(size=(NUM_IDS, 10)).astype(np.float32)) for _ in range(5)]
     raw = [evaluator.logits(m, HELD_OUT) for m in members]
-    ctx = _HeldOutContext(evaluator, raw, SimpleNamespace(log_table=lambda *a: None))
+    ctx = _held_out_context(evaluator, raw, SimpleNamespace(log_table=lambda *a: None))
 
     everything = ensemble_recipe(ctx).held_out_accuracy
     assert everything == evaluator.evaluate_ensembles({"all": members})["all"][HELD_OUT]
     greedy = greedy_ensemble_recipe(ctx, tolerance=0.0)
-    chosen = [members[ctx.names.index(name)] for name in greedy.members]
+    chosen = [members[ctx.pool.names.index(name)] for name in greedy.members]
     assert greedy.held_out_accuracy == evaluator.evaluate({"g": chosen})["g"][HELD_OUT]
     raw_mean = evaluator.accuracy_from_logits(torch.stack(raw).mean(0), HELD_OUT)
     assert (raw_mean != everything) is (mode == "projected")  # the test tells the two means apart

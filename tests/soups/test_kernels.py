@@ -153,7 +153,7 @@ def test_a_kernel_recipe_starts_from_the_lp_init_and_is_skipped_without_its_base
                                                                                  monkeypatch, caplog):
     from omegaconf import OmegaConf
 
-    from soup_exp.soups import SoupContext
+    from soup_exp.stages.roles import SoupRoles
 
     monkeypatch.syspath_prepend(str(USER_REPO))
     monkeypatch.delitem(sys.modules, "my_soups", raising=False)
@@ -166,10 +166,9 @@ def test_a_kernel_recipe_starts_from_the_lp_init_and_is_skipped_without_its_base
     cfg = OmegaConf.create({"soups_dir": str(tmp_path / "soups"), "zeroshot_dir": str(tmp_path / "zeroshot"),
                             "progress": False, "seed": 0,
                             "soup": {"accumulate_dtype": "float32", "arithmetic": "sum", "kernel_device": "cpu"}})
-    ctx = SoupContext(cfg, resolve_ingredients(tmp_path / "pool"), run=None)
-    ctx.recipe = "task_arithmetic"
+    ctx = SoupRoles(cfg, resolve_ingredients(tmp_path / "pool"), run=None).context("task_arithmetic", {})
     soup = task_arithmetic(ctx, base="lp", scale=1.0)
-    assert soup.info == {"base": "lp_init"} and "base" in ctx.inputs()
+    assert soup.info == {"base": "lp_init"} and "base" in ctx.store.inputs()
     start = make_sd(9)
     for key, tensor in soup.state_dict.items():
         assert torch.allclose(tensor, start[key] + sum(sd[key] - start[key] for sd in sds), atol=1e-6)

@@ -8,8 +8,9 @@ import torch
 from omegaconf import OmegaConf
 
 from soup_exp.errors import ConfigError
-from soup_exp.soups.context import SoupContext
 from soup_exp.soups.settings import SoupSettings
+from soup_exp.stages.entry import packaged_config_dir
+from soup_exp.stages.roles import SoupRoles
 
 
 def stage_cfg(**soup):
@@ -38,13 +39,21 @@ def test_an_unknown_value_is_one_line_naming_the_key(key, value):
     assert message.startswith(f"soup.{key}={value!r}: expected one of ") and "\n" not in message
 
 
-def test_the_context_takes_its_numerics_from_the_settings():
-    ctx = SoupContext(stage_cfg(), [], run=None)
-    assert (ctx.accumulate_dtype, ctx.arithmetic, ctx.seed, ctx.soups_dir) == (
-        torch.float64, "sum", 4, Path("/runs/x/soups"))
-    assert ctx.inputs()["numerics"] == {"accumulate_dtype": "float64", "arithmetic": "sum"}
+def soup_stage_cfg(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(packaged_config_dir()), version_base="1.3"):
+        return compose(config_name="soup", overrides=["paths.output_dir=/runs", "name=x", "seed=4", *overrides])
+
+
+def test_the_recipe_context_takes_its_numerics_from_the_settings():
+    cfg = soup_stage_cfg("soup.accumulate_dtype=float64", "soup.arithmetic=sum")
+    ctx = SoupRoles(cfg, [], run=None).context("uniform", {})
+    assert (ctx.accumulate_dtype, ctx.arithmetic, ctx.judge.seed, ctx.store.soups_dir) == (
+        torch.float64, "sum", 4, Path(cfg.soups_dir))
+    assert ctx.store.inputs()["numerics"] == {"accumulate_dtype": "float64", "arithmetic": "sum"}
     with pytest.raises(ConfigError, match="soup.accumulate_dtype='bf16'"):
-        SoupContext(stage_cfg(accumulate_dtype="bf16"), [], run=None)
+        SoupRoles(soup_stage_cfg("soup.accumulate_dtype=bf16"), [], run=None)
 
 
 @pytest.mark.parametrize("setting", ["soup.accumulate_dtype=bf16", "soup.arithmetic=mean"])
@@ -54,7 +63,6 @@ def test_the_soup_and_analyze_preflights_refuse_an_unknown_value_in_one_line(tmp
 
     from soup_exp.analyze import check_analyze
     from soup_exp.soup import check_soups
-    from soup_exp.stages.entry import packaged_config_dir
 
     key, value = setting.split("=")
     for name, check in (("soup", check_soups), ("analyze", check_analyze)):

@@ -21,7 +21,7 @@ from torch import nn
 import soup_exp.soups.learned as learned
 from soup_exp.errors import ConfigError
 from soup_exp.soup import run_soups
-from soup_exp.soups.context import SoupContext
+from soup_exp.soups.judge import Judge
 from soup_exp.stages.entry import packaged_config_dir
 from soup_exp.stages.experiment import run_stage
 
@@ -154,9 +154,9 @@ def _cfg(out, recipes, *extra):
 
 
 def _patch(monkeypatch, evaluator):
-    monkeypatch.setattr(SoupContext, "classes", property(lambda self: None), raising=False)
-    monkeypatch.setattr(SoupContext, "_classifier", property(lambda self: self.__dict__.setdefault("_sk", (Tiny(), None))))
-    monkeypatch.setattr(SoupContext, "_evaluator", property(lambda self: evaluator))
+    monkeypatch.setattr(Judge, "classes", property(lambda self: None))
+    monkeypatch.setattr(Judge, "_classifier", property(lambda self: self._memo("classifier", lambda: (Tiny(), None))))
+    monkeypatch.setattr(Judge, "_evaluator", property(lambda self: evaluator))
 
 
 def test_all_recipes_then_resume(pool, monkeypatch, caplog):

@@ -220,12 +220,12 @@ def _soups(out) -> dict[str, tuple[dict, dict, dict]]:
 def test_kill_9_at_any_commit_point_resumes_to_identical_soups(tmp_path, make_run, make_sd, monkeypatch):
     import shutil
 
-    from soup_exp.soups.context import SoupContext
+    from soup_exp.soups.judge import Judge
 
     target = make_sd(99)["head.bias"]
-    monkeypatch.setattr(SoupContext, "evaluate", lambda self, sd: -float((sd["head.bias"] - target).abs().sum()))
-    monkeypatch.setattr(SoupContext, "candidate_buffer", lambda self: {})
-    monkeypatch.setattr(SoupContext, "held_out_identity", "the-judge")
+    monkeypatch.setattr(Judge, "evaluate", lambda self, sd: -float((sd["head.bias"] - target).abs().sum()))
+    monkeypatch.setattr(Judge, "candidate_buffer", lambda self: {})
+    monkeypatch.setattr(Judge, "held_out_identity", "the-judge")
     pristine = tmp_path / "pristine"
     for i in range(3):
         make_run(pristine / "ingredients", f"ft_{i}", make_sd(i), held_out_accuracy=0.5 + i / 10,

@@ -12,10 +12,11 @@ from soup_exp.soups import Range, Soup, SoupContext, Tensors, kernel, uniform_so
 
 def top_k_soup(ctx: SoupContext, *, k: Annotated[int, Range(1)]) -> Soup:
     """The uniform soup of the ``k`` ingredients with the best held-out accuracy."""
-    ranked = sorted(range(len(ctx.ingredients)), key=lambda i: -ctx.scores[i])[:k]
-    chosen = [ctx.ingredients[i] for i in ranked]
+    pool = ctx.pool
+    ranked = sorted(range(len(pool.ingredients)), key=lambda i: -pool.scores[i])[:k]
+    chosen = [pool.ingredients[i] for i in ranked]
     state_dict = uniform_soup(chosen, arithmetic=ctx.arithmetic, accumulate_dtype=ctx.accumulate_dtype)
-    return Soup(state_dict, {"ingredients": chosen, "held_out_accuracy": ctx.evaluate(state_dict)})
+    return Soup(state_dict, {"ingredients": chosen, "held_out_accuracy": ctx.judge.evaluate(state_dict)})
 
 
 @kernel
