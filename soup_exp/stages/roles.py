@@ -3,7 +3,8 @@ the one place that reads the config for them, so the roles themselves never see 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,18 +24,18 @@ from soup_exp.vocabulary import HELD_OUT
 P = TypeVar("P", bound=Pool)
 
 
-def eval_builders(cfg: Any, settings: EvalSettings) -> EvalBuilders:
+def eval_builders(cfg: Any, settings: Callable[[], EvalSettings]) -> EvalBuilders:
     """How this stage builds its class space, skeleton and evaluators (on first use)."""
     from soup_exp.data.registry import build_train_samples, class_space
     from soup_exp.evaluation.evaluator import build_evaluator
     from soup_exp.models import build_classifier
 
     return EvalBuilders(
-        classes=lambda: class_space(settings.data),
+        classes=lambda: class_space(settings().data),
         classifier=lambda classes: build_classifier(cfg.model, classes.num_classes, pretrained=False),
-        evaluator=lambda preprocess, classes, names, extra: build_evaluator(settings, preprocess, classes,
+        evaluator=lambda preprocess, classes, names, extra: build_evaluator(settings(), preprocess, classes,
                                                                             names=names, extra=extra),
-        train_samples=lambda classes: build_train_samples(settings.data, classes),
+        train_samples=lambda classes: build_train_samples(settings().data, classes),
     )
 
 
@@ -43,10 +44,10 @@ def pool_and_judge(cfg: Any, soup: SoupSettings, ingredients: list[Ingredient], 
     """The stage's pool, its judge (``pool.judge``) evaluating on ``datasets`` (held-out first)."""
     from soup_exp.evaluation.evaluator import configured_numerics
 
-    evaluation = EvalSettings.from_config(cfg)
+    evaluation = functools.cache(lambda: EvalSettings.from_config(cfg))  # a uniform soup reads no eval settings
     judge = Judge(eval_builders(cfg, evaluation), seed=soup.seed, logits_dir=logits_dir(soup.soups_dir),
                   datasets=datasets)
-    return kind(ingredients, judge=judge, numerics=lambda: configured_numerics(evaluation),
+    return kind(ingredients, judge=judge, numerics=lambda: configured_numerics(evaluation()),
                 soups_dir=soup.soups_dir, zeroshot_dir=soup.zeroshot_dir)
 
 
