@@ -110,7 +110,7 @@ def test_a_user_analysis_from_a_config_dir(world, monkeypatch, fake_run):
     assert record["numbers"]["models"] == 5
     assert sorted(record["outputs"]) == ["held_out_vs.csv", "held_out_vs.pdf", "held_out_vs.png"]
     assert "analysis/held_out_vs/held_out_vs" in run.images
-    with pytest.raises(ConfigError, match=r"analysis\.held_out_vs\.top=0"):
+    with pytest.raises(ConfigError, match=r"analyses\.held_out_vs\.top=0"):
         run_analyze(world.cfg("analysis_set=mine", "analyses.held_out_vs.top=0", config_dir=USER_REPO / "conf"),
                     run=fake_run())
 
