@@ -1,7 +1,7 @@
 """`soup-exp analyze`: the analysis suite on the soup stage's pool of ingredients.
 
-Analyses are plugins (:mod:`soup_exp.analysis`): the ``analysis`` config group holds one
-file per analysis, and ``analysis=[landscape,angles,...]`` selects and orders them. Every
+Analyses are plugins (:mod:`soup_exp.analysis`): the ``analyses`` config group holds one
+file per analysis, and ``analyses=[landscape,angles,...]`` selects and orders them. Every
 selected analysis's parameters are checked before the first one runs. Each writes its
 figures (PNG + PDF), their data (CSV) and ``analysis.json`` to
 ``<analysis_dir>/<name>/`` (:mod:`soup_exp.artifacts.analysis`); an analysis already done
@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 
 
 def selected_analyses(cfg: DictConfig) -> list[Plugin]:
-    """The analyses of ``cfg.analysis`` in selection order, parameters checked."""
-    return selected_plugins(to_plain(cfg.get("analysis")), "analysis", check_name, "landscape,angles")
+    """The analyses of ``cfg.analyses`` in selection order, parameters checked."""
+    return selected_plugins(to_plain(cfg.get("analyses")), "analyses", check_name, "landscape,angles")
 
 
 def check_analyze(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:

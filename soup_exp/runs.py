@@ -27,7 +27,7 @@ HIGHLIGHTS: dict[str, tuple[str, ...]] = {
                  "train.batch_size", "model.name"),
     "soup": ("recipes", "soup.pool", "soup.arithmetic", "eval.precision"),
     "evaluate": ("models", "eval.datasets", "eval.precision"),
-    "analyze": ("analysis", "soup.pool"),
+    "analyze": ("analyses", "soup.pool"),
     "report": ("results", "compare", "per_recipe"),
 }
 SHOWN_PER_LINE = 6  # summary and history keys in the listing; the full view shows every one

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -13,6 +15,7 @@ from soup_exp.stages.entry import STAGES, available_options, packaged_config_dir
 
 PRIMARY = list(STAGES)
 CONFIG_DIR = packaged_config_dir()
+USER_REPO = Path(__file__).parent / "user_repo"
 
 
 def available_experiments() -> list[str]:
@@ -151,3 +154,56 @@ def test_a_recipe_file_without_its_package_line_is_one_line_naming_it(tmp_path):
     line = result.stderr.strip().splitlines()[-1]
     assert "_target_, k, label sit directly under recipes" in line and "_target_: my_soups.top_k_soup" in line
     assert "`# @package recipes.<name>`" in line
+
+
+@pytest.mark.parametrize(("given", "said"), [
+    ("analysis=[landscape,angles]", "analysis is now analyses (one file per analysis; presets in analysis_set/): "
+                                    "write analyses=[landscape,angles]"),
+    ("analysis.landscape.grid=3", "write analyses.landscape.grid=3"),
+    ("recipe=paper", "recipe is now recipe_set (presets of recipes/): write recipe_set=paper"),
+    ("analyses=paper", "'paper' is a preset of analyses: choose it with analysis_set=paper"),
+    ("recipes=paper", "'paper' is a preset of recipes: choose it with recipe_set=paper"),
+])
+def test_an_old_group_spelling_is_one_line_with_the_new_one(given, said):
+    from soup_exp.errors import ConfigError
+    from soup_exp.stages.entry import check_experiment
+
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        check_experiment([given], None)
+
+
+@pytest.mark.parametrize(("files", "said"), [
+    ({"analysis/mine.yaml": "# @package analysis.mine\n_target_: my.fn\n"},
+     "analysis/: the config group analysis/ is now analyses/"),
+    ({"recipe/mine.yaml": "# @package _global_\ndefaults:\n  - /recipes: [uniform]\n"},
+     "recipe/: the config group recipe/ is now recipe_set/"),
+    ({"analyses/mine.yaml": "# @package analysis.mine\n_target_: my.fn\n"},
+     "analyses/mine.yaml, line 1: the config group analysis is now analyses"),
+    ({"analyses/mine.yaml": "# @package _global_\ndefaults:\n  - /analysis: [calibration]\n"},
+     "analyses/mine.yaml, line 3: the config group analysis is now analyses"),
+    ({"experiment/x.yaml": "# @package _global_\ndefaults:\n  - override /recipe: mine\n"},
+     "write '- override /recipe_set: mine'"),
+])
+def test_a_user_repo_with_the_old_group_names_is_one_line_saying_the_new_ones(tmp_path, files, said):
+    from soup_exp.errors import ConfigError
+    from soup_exp.stages.entry import check_experiment
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        check_experiment([], tmp_path)
+
+
+def test_the_user_repo_and_the_packaged_tree_use_only_the_new_names():
+    from soup_exp.stages.entry import check_group_names
+
+    check_group_names(CONFIG_DIR)
+    check_group_names(USER_REPO / "conf")
+
+
+def test_an_old_spelling_on_the_command_line_is_one_line():
+    result = _cli("analyze", "analysis=[landscape]", "--dry-run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.endswith("write analyses=[landscape]")

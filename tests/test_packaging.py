@@ -96,7 +96,7 @@ def test_a_user_recipe_is_cooked_evaluated_tabled_and_plotted(user_run):
     assert "| Top-k soup (2 models) |" in (out / "report" / "table.md").read_text()
     plotted = {r["name"]: r for r in csv.DictReader((out / "report" / "figures" / "figure1.csv").open())}
     assert plotted["top_k"]["label"] == "Top-k soup"
-    assert not (out / "soups" / "learned_by_layer").exists()  # not selected by recipe=mine
+    assert not (out / "soups" / "learned_by_layer").exists()  # not selected by recipe_set=mine
 
 
 @pytest.mark.slow

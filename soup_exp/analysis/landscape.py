@@ -119,7 +119,7 @@ def landscape_analysis(
     pair = _pair(ctx, zero, models)
     if pair is None:
         log.warning("landscape: the pool has fewer than two fine-tuned models besides %s; nothing to draw "
-                    "(name two models with analysis.landscape.models=[a,b])", zero.name)
+                    "(name two models with analyses.landscape.models=[a,b])", zero.name)
         return {"models": []}
     a, b = pair
     plane = Plane.through(zero, a, b)
@@ -166,7 +166,7 @@ def _pair(ctx: AnalysisContext, origin: Ingredient, models: list[str] | None) ->
     """The two named models, else the two best fine-tunes on held-out (None: fewer than two)."""
     if models is not None:
         if len(models) != 2:
-            raise ConfigError(f"analysis.landscape.models={models}: name exactly two models (or null for the "
+            raise ConfigError(f"analyses.landscape.models={models}: name exactly two models (or null for the "
                               "two best on held-out)")
         return ctx.pool.model(models[0]), ctx.pool.model(models[1])
     candidates = sorted((i for i, ing in enumerate(ctx.pool.ingredients)

@@ -33,7 +33,7 @@ def sizes(ks: str | list[int], n: int) -> list[int]:
         return sorted({2**i for i in range(int(math.log2(n)) + 1)} | {n})
     if isinstance(ks, list) and ks and all(isinstance(k, int) and 1 <= k <= n for k in ks):
         return sorted(set(ks))
-    raise ConfigError(f"analysis.num_ingredients.ks={ks!r}: expected {' or '.join(KS_CHOICES)}, or a list of "
+    raise ConfigError(f"analyses.num_ingredients.ks={ks!r}: expected {' or '.join(KS_CHOICES)}, or a list of "
                       f"sizes between 1 and the pool size {n}")
 
 
@@ -124,7 +124,7 @@ def _greedy_prefixes(ctx: AnalysisContext, greedy: str | None) -> list[tuple[int
         return []
     if not (ctx.pool.soups_dir / greedy).is_dir():
         log.warning("num_ingredients: no soup %r in %s; the greedy curve is left out (cook it with the soup "
-                    "stage, or set analysis.num_ingredients.greedy=null)", greedy, ctx.pool.soups_dir)
+                    "stage, or set analyses.num_ingredients.greedy=null)", greedy, ctx.pool.soups_dir)
         return []
     chosen = ctx.pool.model(greedy).info.get("ingredients") or []
     index = {ing.name: i for i, ing in enumerate(ctx.pool.ingredients)}

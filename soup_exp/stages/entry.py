@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -147,6 +148,10 @@ def check_experiment(args: Sequence[str], user_dir: Path | None) -> None:
 
     With ``hydra.searchpath`` overrides options may live anywhere: Hydra checks them.
     """
+    if user_dir is not None:
+        check_group_names(user_dir)
+    for arg in args:
+        _check_renamed(arg)
     if any(a.partition("=")[0].lstrip("+~") == "hydra.searchpath" for a in args):
         return
     for arg in args:
@@ -158,9 +163,52 @@ def check_experiment(args: Sequence[str], user_dir: Path | None) -> None:
         names = [n.strip() for n in value.strip("[]").split(",")]
         unknown = [n for n in names if n and n != "null" and not _is_sweep_syntax(n) and n not in known]
         if unknown:
+            preset = PRESET_GROUPS.get(group)
+            if preset and unknown[0] in available_options(preset, user_dir):
+                raise ConfigError(f"{unknown[0]!r} is a preset of {group}: choose it with {preset}={unknown[0]} "
+                                  f"({group}=[...] lists single ones)")
             where = ", ".join(str(d / group) for d in config_dirs(user_dir))
             raise ConfigError(f"unknown {group} {unknown[0]!r}; available: {', '.join(known)} "
                               f"(files in {where})")
+
+
+def check_group_names(config_dir: Path) -> None:
+    """A user's repository laid out with the groups' old names (``analysis/``, ``recipe/``,
+    ``# @package analysis.<name>``, ``- /analysis: [...]``) is one line saying the new one,
+    not a plugin Hydra cannot find or one that is silently not run."""
+    for old, new in RENAMED_GROUPS.items():
+        if (config_dir / old).is_dir():
+            raise ConfigError(f"{config_dir / old}/: the config group {old}/ is now {new}/ "
+                              f"({_RENAMED_WHY[old]}); rename the folder{_RENAMED_HOW[old]}")
+    for path in sorted(config_dir.rglob("*.yaml")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            match = _OLD_GROUP_LINE.match(line)
+            if match:
+                old = match.group("group")
+                raise ConfigError(f"{path}, line {number}: the config group {old} is now {RENAMED_GROUPS[old]} "
+                                  f"({_RENAMED_WHY[old]}); write {line.strip().replace(old, RENAMED_GROUPS[old], 1)!r}")
+
+
+def _check_renamed(arg: str) -> None:
+    """``analysis=[...]``, ``analysis.landscape.grid=5`` or ``recipe=paper``: the new spelling."""
+    key, sep, value = arg.partition("=")
+    group = key.lstrip("+~")
+    head, dot, rest = group.partition(".")
+    new = RENAMED_GROUPS.get(head)
+    if sep and new:
+        spelled = f"{key[:len(key) - len(group)]}{new}{dot}{rest}={value}"
+        raise ConfigError(f"{head} is now {new} ({_RENAMED_WHY[head]}): write {spelled}")
+
+
+# Plugin groups are plural and hold one file per plugin; their presets live in *_set groups.
+PRESET_GROUPS = {"recipes": "recipe_set", "analyses": "analysis_set"}
+# The groups' names before that rule; each still gets a one-line pointer to its new name.
+RENAMED_GROUPS = {"recipe": "recipe_set", "analysis": "analyses"}
+_RENAMED_WHY = {"recipe": "presets of recipes/", "analysis": "one file per analysis; presets in analysis_set/"}
+_RENAMED_HOW = {"recipe": " and `override /recipe:` to `override /recipe_set:`",
+                "analysis": " to analyses/ (an old analyses/ of presets to analysis_set/) and each "
+                            "file's first line to `# @package analyses.<name>`"}
+_OLD_GROUP_LINE = re.compile(r"^\s*(?:#\s*@package\s+|-\s*(?:override\s+)?/)(?P<group>recipe|analysis)\b(?!_)")
 
 
 def _is_sweep_syntax(name: str) -> bool:

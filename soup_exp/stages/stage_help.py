@@ -46,7 +46,7 @@ _TEXT: dict[str, tuple[str, str, str]] = {
         "Cook the selected recipes from a pool of ingredients: uniform, greedy and learned soups,\n"
         "Model Stock, logit ensembles, WiSE-FT, or your own recipe. Weights are read one tensor at\n"
         "a time, so memory does not grow with the pool. Each recipe writes <soups_dir>/<recipe>/.",
-        "  recipes=[uniform,greedy,...]   which recipes (recipe=paper: all the paper's)\n"
+        "  recipes=[uniform,greedy,...]   which recipes (recipe_set=paper: all the paper's)\n"
         "  recipes.greedy.tolerance=X     a recipe's parameters (conf/recipes/<name>.yaml)\n"
         "  soup.pool=DIR|GLOB|[...]       the ingredients (default: <ingredients_dir>)\n"
         "  soup.arithmetic=authors|sum    the authors' running average, bit for bit, or sum-then-divide\n"
@@ -69,9 +69,9 @@ _TEXT: dict[str, tuple[str, str, str]] = {
         "Run the analyses the paper argues from on the experiment's pool: error landscape, angle\n"
         "vs soup gain, number of ingredients, greedy ablations, calibration (docs/analysis.md).\n"
         "Finished analyses are skipped; interrupted ones resume.",
-        "  analysis=[landscape,angles,...]   which analyses (analyses=paper: all five)\n"
-        "  analysis.<name>.<param>=...       an analysis's parameters (conf/analysis/<name>.yaml)",
-        "  soup-exp analyze name=demo 'analysis=[landscape,angles]'",
+        "  analyses=[landscape,angles,...]   which analyses (analysis_set=paper: all five)\n"
+        "  analyses.<name>.<param>=...       an analysis's parameters (conf/analyses/<name>.yaml)",
+        "  soup-exp analyze name=demo 'analyses=[landscape,angles]'",
     ),
     "report": (
         "Write the paper's table (Markdown, LaTeX, CSV) and figures from results files, with the\n"

@@ -122,7 +122,7 @@ def check_settings(cfg: Any, schema: Mapping[str, Any]) -> None:
 
 ANY_VALUE = Any | None  # a setting whose value another check (or its reader) validates
 
-# The settings every stage shares (conf/_common.yaml, eval/, recipe/, pipeline.yaml).
+# The settings every stage shares (conf/_common.yaml, eval/, recipe_set/, pipeline.yaml).
 STAGE_SETTINGS: dict[str, Any] = {
     "seed": int,
     "device": str,
@@ -150,7 +150,7 @@ STAGE_SETTINGS: dict[str, Any] = {
 }
 # Sections whose every key is in STAGE_SETTINGS: another key there is a typo, which would
 # otherwise be accepted and ignored (``+eval.batchsize=3``). train.*, recipes.* and
-# analysis.* are checked against their own schemas.
+# analyses.* are checked against their own schemas.
 CLOSED_SECTIONS = ("eval", "eval.cache", "soup", "pipeline")
 
 

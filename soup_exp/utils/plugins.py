@@ -1,6 +1,6 @@
 """Plugins: one callable plus one YAML file whose ``_target_`` names it.
 
-Recipes (``recipes/<name>.yaml``) and analyses (``analysis/<name>.yaml``) are both
+Recipes (``recipes/<name>.yaml``) and analyses (``analyses/<name>.yaml``) are both
 written this way: every key of the file except ``_target_`` and ``label`` is a keyword
 parameter of ``fn(ctx, **params)``, checked against the signature before anything runs,
 so a typo or an out-of-range value costs a second, not an hour::

@@ -13,9 +13,9 @@ from soup_exp.analyze import run_analyze
 from soup_exp.errors import ConfigError
 
 USER_REPO = Path(__file__).parents[1] / "user_repo"
-SMALL = ["analysis.landscape.grid=3", "analysis.landscape.train_images=60", "analysis.angles.max_pairs=3",
-         "analysis.num_ingredients.draws=2", "analysis.greedy_ablation.orders=2",
-         "analysis.greedy_ablation.tolerances=[0.0,0.01]"]
+SMALL = ["analyses.landscape.grid=3", "analyses.landscape.train_images=60", "analyses.angles.max_pairs=3",
+         "analyses.num_ingredients.draws=2", "analyses.greedy_ablation.orders=2",
+         "analyses.greedy_ablation.tolerances=[0.0,0.01]"]
 FIGURES = {
     "landscape": ["landscape_error", "landscape_train_loss"],
     "angles": ["soup_gain_vs_angle", "soup_gain_vs_ensemble_gain"],
@@ -26,7 +26,7 @@ FIGURES = {
 
 
 def test_a_second_run_recomputes_nothing_and_new_parameters_redo_it(world, caplog, fake_run):
-    cheap = ["analysis=[num_ingredients]", "analysis.num_ingredients.ks=[1,5]", "analysis.num_ingredients.greedy=null"]
+    cheap = ["analyses=[num_ingredients]", "analyses.num_ingredients.ks=[1,5]", "analyses.num_ingredients.greedy=null"]
     first = run_analyze(world.cfg(*cheap), run=fake_run())
     passes = len(world.forward_passes)
     assert passes > 0
@@ -35,7 +35,7 @@ def test_a_second_run_recomputes_nothing_and_new_parameters_redo_it(world, caplo
     assert len(world.forward_passes) == passes and "already done" in caplog.text
     record = first["num_ingredients"] / "analysis.json"
     before = record.stat().st_mtime_ns
-    run_analyze(world.cfg(*cheap, "analysis.num_ingredients.draws=1"), run=fake_run())
+    run_analyze(world.cfg(*cheap, "analyses.num_ingredients.draws=1"), run=fake_run())
     assert record.stat().st_mtime_ns != before and len(world.forward_passes) > passes
 
 
@@ -71,37 +71,37 @@ def test_every_analysis_then_nothing_again(world, cook, caplog, fake_run):
     cook_dir.rmdir()
     cook("ensemble")
     with caplog.at_level("INFO"):
-        run_analyze(world.cfg(*SMALL, "analysis.angles.max_pairs=2"), run=fake_run())
+        run_analyze(world.cfg(*SMALL, "analyses.angles.max_pairs=2"), run=fake_run())
     assert caplog.text.count("already done") == len(FIGURES) - 2
     redone = [line for line in caplog.text.splitlines() if "finished in" in line]
     assert sorted(line.split("analysis ")[1].split()[0] for line in redone) == ["angles", "calibration"]
 
 
 def test_parameters_are_checked_before_anything_runs(world, fake_run):
-    with pytest.raises(ConfigError, match=r"analysis\.landscape\.grid=1: expected a value in \[2, inf\]"):
-        run_analyze(world.cfg("analysis.landscape.grid=1"), run=fake_run())
-    with pytest.raises(ConfigError, match=r"analysis\.angles: unknown parameter\(s\) \['pairs'\]"):
-        run_analyze(world.cfg("+analysis.angles.pairs=3"), run=fake_run())
-    with pytest.raises(ConfigError, match=r"analysis\.angles\.max_pairs='many': expected a finite number"):
-        run_analyze(world.cfg("analysis.angles.max_pairs=many"), run=fake_run())
+    with pytest.raises(ConfigError, match=r"analyses\.landscape\.grid=1: expected a value in \[2, inf\]"):
+        run_analyze(world.cfg("analyses.landscape.grid=1"), run=fake_run())
+    with pytest.raises(ConfigError, match=r"analyses\.angles: unknown parameter\(s\) \['pairs'\]"):
+        run_analyze(world.cfg("+analyses.angles.pairs=3"), run=fake_run())
+    with pytest.raises(ConfigError, match=r"analyses\.angles\.max_pairs='many': expected a finite number"):
+        run_analyze(world.cfg("analyses.angles.max_pairs=many"), run=fake_run())
     with pytest.raises(ConfigError, match=r"num_ingredients\.ks=7: expected one of all, powers_of_two or a list"):
-        run_analyze(world.cfg("analysis.num_ingredients.ks=7"), run=fake_run())
+        run_analyze(world.cfg("analyses.num_ingredients.ks=7"), run=fake_run())
     with pytest.raises(ConfigError, match=r"num_ingredients\.ks=\[1, 0\]: expected one of .* or a value in \[1, inf\]"):
-        run_analyze(world.cfg("analysis.num_ingredients.ks=[1,0]"), run=fake_run())
-    with pytest.raises(ConfigError, match="nothing selected in analysis"):
-        run_analyze(world.cfg("analysis=[]"), run=fake_run())
+        run_analyze(world.cfg("analyses.num_ingredients.ks=[1,0]"), run=fake_run())
+    with pytest.raises(ConfigError, match="nothing selected in analyses"):
+        run_analyze(world.cfg("analyses=[]"), run=fake_run())
     assert not (world.out / "report").exists()
 
 
 def test_a_metric_outside_the_suite_is_one_clear_error(world, fake_run):
     with pytest.raises(ConfigError, match=r"'ImageNetX' is not in the evaluation suite"):
-        run_analyze(world.cfg("analysis=[angles]", "analysis.angles.metric=ImageNetX"), run=fake_run())
+        run_analyze(world.cfg("analyses=[angles]", "analyses.angles.metric=ImageNetX"), run=fake_run())
 
 
 def test_a_user_analysis_from_a_config_dir(world, monkeypatch, fake_run):
     monkeypatch.syspath_prepend(str(USER_REPO))
     monkeypatch.delitem(sys.modules, "my_analyses", raising=False)
-    cfg = world.cfg("analyses=mine", config_dir=USER_REPO / "conf")
+    cfg = world.cfg("analysis_set=mine", config_dir=USER_REPO / "conf")
     run = fake_run()
     made = run_analyze(cfg, run=run)
     assert list(made) == ["calibration", "held_out_vs", "top_k_gain"]
@@ -117,8 +117,8 @@ def test_a_user_analysis_from_a_config_dir(world, monkeypatch, fake_run):
     assert gain["numbers"]["held_out_gain"] == pytest.approx(float(soup["held_out"]) - float(best["held_out"]))
     assert gain["numbers"]["dataset_gain"] == pytest.approx(float(soup["ImageNetSketch"]) - float(best["ImageNetSketch"]))
     assert run.summaries["analysis/top_k_gain/held_out_gain"] == gain["numbers"]["held_out_gain"]
-    with pytest.raises(ConfigError, match=r"analysis\.held_out_vs\.top=0"):
-        run_analyze(world.cfg("analyses=mine", "analysis.held_out_vs.top=0", config_dir=USER_REPO / "conf"),
+    with pytest.raises(ConfigError, match=r"analyses\.held_out_vs\.top=0"):
+        run_analyze(world.cfg("analysis_set=mine", "analyses.held_out_vs.top=0", config_dir=USER_REPO / "conf"),
                     run=fake_run())
 
 
@@ -126,8 +126,8 @@ def test_figures_tables_and_numbers_reach_an_offline_wandb_run(world, cook, recw
     from soup_exp.tracking.offline_runs import read_offline_run
 
     cook("greedy")  # the greedy curve's rows leave the `draw` column empty: W&B must still take the table
-    overrides = ["analysis=[num_ingredients]", "analysis.num_ingredients.ks=[1,2]",
-                 "analysis.num_ingredients.draws=1", "logger.mode=offline"]
+    overrides = ["analyses=[num_ingredients]", "analyses.num_ingredients.ks=[1,2]",
+                 "analyses.num_ingredients.draws=1", "logger.mode=offline"]
     made = run_analyze(world.cfg(*overrides))
     assert run_analyze(world.cfg(*overrides)) == made  # all done already: no second W&B run
     assert not [w for w in recwarn if "W&B" in str(w.message)], [str(w.message) for w in recwarn]
@@ -199,8 +199,8 @@ def test_an_interrupted_analysis_resumes_without_redoing_finished_work(world, co
         yield from real(self, items, datasets)
 
     monkeypatch.setattr(Suite, "_evaluate_group", group)
-    own = [o for o in [*SMALL, "analysis.num_ingredients.ks=[1,2,3]"] if o.startswith(f"analysis.{name}.")]
-    cfg = world.cfg(f"analysis=[{name}]", *own)
+    own = [o for o in [*SMALL, "analyses.num_ingredients.ks=[1,2,3]"] if o.startswith(f"analyses.{name}.")]
+    cfg = world.cfg(f"analyses=[{name}]", *own)
     interrupt = True
     with pytest.raises(Preempted):
         run_analyze(cfg, run=fake_run())
@@ -228,7 +228,7 @@ def test_interrupted_greedy_ablations_rerun_only_the_unfinished_greedy_runs(worl
         return real(*args, state_file=state_file, **kwargs)
 
     monkeypatch.setattr(greedy_ablation, "greedy_soup", greedy)
-    cfg = world.cfg("analysis=[greedy_ablation]", *(o for o in SMALL if o.startswith("analysis.greedy_ablation.")))
+    cfg = world.cfg("analyses=[greedy_ablation]", *(o for o in SMALL if o.startswith("analyses.greedy_ablation.")))
     interrupt = True
     with pytest.raises(Preempted):
         run_analyze(cfg, run=fake_run())
