@@ -70,11 +70,11 @@ class PerturbedSource:
 
 
 def ingredients(base: dict[str, torch.Tensor], n: int, seed: int):
-    from soup_exp.soups.ingredients import Ingredient
+    from soup_exp.soups.ingredients import LazyWeights
 
     g = torch.Generator().manual_seed(seed)
     noise = {k: (torch.randn(v.numel(), generator=g), torch.randn(v.numel(), generator=g)) for k, v in base.items()}
-    return [Ingredient(f"model_{i}", PerturbedSource(base, noise, i), check_finite=False) for i in range(n)]
+    return [LazyWeights(f"model_{i}", PerturbedSource(base, noise, i), check_finite=False) for i in range(n)]
 
 
 def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:

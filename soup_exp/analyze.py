@@ -26,7 +26,7 @@ from soup_exp.analysis.settings import analysis_key_settings
 from soup_exp.artifacts import WEIGHTS_FILE, check_name
 from soup_exp.artifacts.analysis import file_stats, finished_analysis, write_analysis_record
 from soup_exp.evaluation.settings import EvalSettings
-from soup_exp.soups.ingredients import Ingredient, load_ingredients
+from soup_exp.soups.ingredients import LazyWeights, load_ingredients
 from soup_exp.soups.settings import SoupSettings
 from soup_exp.stages.entry import stage_entry
 from soup_exp.stages.roles import AnalysisRoles
@@ -99,7 +99,7 @@ def run_analyze(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
     return made
 
 
-def analysis_key(cfg: DictConfig, ingredients: Sequence[Ingredient], target: str, params: Any) -> str:
+def analysis_key(cfg: DictConfig, ingredients: Sequence[LazyWeights], target: str, params: Any) -> str:
     """What an analysis's numbers depend on: the pool's and zero-shot model's files, the
     model, data and evaluation settings, and the analysis with its parameters."""
     pool = [[ing.name, file_stats([ing.path]) if ing.path else None] for ing in ingredients]

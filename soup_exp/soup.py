@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from soup_exp.artifacts import SOUP_FILE, SoupRecord, check_name, portable_path, write_soup_dir
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.freshness import INPUTS_KEY
-from soup_exp.soups.ingredients import Ingredient, load_ingredients
+from soup_exp.soups.ingredients import LazyWeights, load_ingredients
 from soup_exp.soups.recipe import Recipe, Soup, soups_of
 from soup_exp.soups.settings import SoupSettings
 from soup_exp.stages.entry import stage_entry
@@ -174,8 +174,8 @@ def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup, experiment: Path) 
     }, folder)
 
 
-def _ingredient(ctx: SoupContext, item: Ingredient | str) -> Ingredient:
-    return item if isinstance(item, Ingredient) else ctx.pool.model(str(item))
+def _ingredient(ctx: SoupContext, item: LazyWeights | str) -> LazyWeights:
+    return item if isinstance(item, LazyWeights) else ctx.pool.model(str(item))
 
 
 main = stage_entry("soup")

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from soup_exp.analysis.context import AnalysisContext
-from soup_exp.soups.ingredients import Ingredient, float_keys
+from soup_exp.soups.ingredients import LazyWeights, float_keys
 from soup_exp.soups.uniform import uniform_soup
 from soup_exp.utils.checks import Range
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 GRAM_BUDGET = 256 * 2**20  # bytes of float64 directions held at once
 
 
-def direction_gram(init: Ingredient, models: Sequence[Ingredient], *, budget_bytes: int = GRAM_BUDGET,
+def direction_gram(init: LazyWeights, models: Sequence[LazyWeights], *, budget_bytes: int = GRAM_BUDGET,
                    progress: bool = False) -> torch.Tensor:
     """``G[i, j] = <models[i] - init, models[j] - init>`` over every floating tensor (float64)."""
     n = len(models)
@@ -53,7 +53,7 @@ def direction_gram(init: Ingredient, models: Sequence[Ingredient], *, budget_byt
     return gram
 
 
-def _directions(models: Sequence[Ingredient], block: range, key: str, base: torch.Tensor) -> torch.Tensor:
+def _directions(models: Sequence[LazyWeights], block: range, key: str, base: torch.Tensor) -> torch.Tensor:
     return torch.stack([models[i].get(key).to(torch.float64).flatten() - base for i in block])
 
 
@@ -148,13 +148,13 @@ def angles_analysis(
     }
 
 
-def _same(a: Ingredient, b: Ingredient) -> bool:
+def _same(a: LazyWeights, b: LazyWeights) -> bool:
     if a.path is not None and b.path is not None:
         return a.path.resolve() == b.path.resolve()
     return a.name == b.name
 
 
-def _pair_key(models: Sequence[Ingredient], i: int, j: int) -> str:
+def _pair_key(models: Sequence[LazyWeights], i: int, j: int) -> str:
     return f"{models[i].name}|{models[j].name}"
 
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import torch
 
 from soup_exp.analysis.context import AnalysisContext
-from soup_exp.soups.ingredients import Ingredient
+from soup_exp.soups.ingredients import LazyWeights
 from soup_exp.utils.checks import Range
 from soup_exp.vocabulary import HELD_OUT
 
@@ -67,8 +67,8 @@ class Calibrated:
     kind: str
     recipe: str
     label: str
-    model: Ingredient | None = None
-    members: Sequence[Ingredient] = ()
+    model: LazyWeights | None = None
+    members: Sequence[LazyWeights] = ()
     curve: bool = True  # drawn in the reliability diagrams
 
 

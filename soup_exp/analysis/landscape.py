@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from soup_exp.analysis.context import AnalysisContext
 from soup_exp.errors import ConfigError
-from soup_exp.soups.ingredients import Ingredient, float_keys
+from soup_exp.soups.ingredients import LazyWeights, float_keys
 from soup_exp.soups.streaming import finalize, weighted_sum
 from soup_exp.utils.checks import Range
 
@@ -41,7 +41,7 @@ class Plane:
     yb: float
 
     @classmethod
-    def through(cls, origin: Ingredient, a: Ingredient, b: Ingredient) -> Plane:
+    def through(cls, origin: LazyWeights, a: LazyWeights, b: LazyWeights) -> Plane:
         """The basis from one streamed pass over the three models (float64 sums)."""
         uu = uw = ww = 0.0
         for key in float_keys(origin):
@@ -162,7 +162,7 @@ def landscape_analysis(
     }
 
 
-def _pair(ctx: AnalysisContext, origin: Ingredient, models: list[str] | None) -> tuple[Ingredient, Ingredient] | None:
+def _pair(ctx: AnalysisContext, origin: LazyWeights, models: list[str] | None) -> tuple[LazyWeights, LazyWeights] | None:
     """The two named models, else the two best fine-tunes on held-out (None: fewer than two)."""
     if models is not None:
         if len(models) != 2:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from soup_exp.analysis.context import AnalysisContext
 from soup_exp.errors import ConfigError
-from soup_exp.soups.ingredients import Ingredient
+from soup_exp.soups.ingredients import LazyWeights
 from soup_exp.soups.uniform import uniform_soup
 from soup_exp.utils.checks import Range
 
@@ -136,5 +136,5 @@ def _greedy_prefixes(ctx: AnalysisContext, greedy: str | None) -> list[tuple[int
     return [(m, tuple(sorted(order[:m]))) for m in range(1, len(order) + 1)]
 
 
-def _key(pool: Sequence[Ingredient], subset: tuple[int, ...]) -> str:
+def _key(pool: Sequence[LazyWeights], subset: tuple[int, ...]) -> str:
     return "+".join(pool[i].name for i in subset)

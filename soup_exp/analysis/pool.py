@@ -9,7 +9,7 @@ from typing import Any
 
 from soup_exp.artifacts import SOUP_FILE, WEIGHTS_FILE, SoupRecord, resolve_member, soup_records
 from soup_exp.errors import ConfigError
-from soup_exp.soups.ingredients import Ingredient, SafetensorsSource, resolve_ingredients
+from soup_exp.soups.ingredients import LazyWeights, resolve_ingredients
 from soup_exp.soups.pool import Pool
 
 INIT_CHOICES = ("auto", "zeroshot", "lp")
@@ -21,8 +21,8 @@ class SoupEntry:
     (logit ensembles)."""
 
     soup: SoupRecord
-    weights: Ingredient | None = None
-    members: list[Ingredient] = field(default_factory=list)
+    weights: LazyWeights | None = None
+    members: list[LazyWeights] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -57,12 +57,12 @@ class AnalysisPool(Pool):
         view.analysis = name
         return view
 
-    def model(self, name: str) -> Ingredient:
+    def model(self, name: str) -> LazyWeights:
         """A soup cooked earlier (named as the soup), an ingredient, or ``best_individual``."""
         soup_dir = self.soups_dir / name
         if (soup_dir / SOUP_FILE).is_file() and (soup_dir / WEIGHTS_FILE).is_file():
             self._use(soup_dir / SOUP_FILE, soup_dir / WEIGHTS_FILE)
-            return _weights_of(SoupRecord.read(soup_dir))
+            return LazyWeights.of_soup(SoupRecord.read(soup_dir))
         return super().model(name)
 
     def soups(self) -> list[SoupEntry]:
@@ -73,10 +73,10 @@ class AnalysisPool(Pool):
             if soup.is_ensemble:
                 entries.append(SoupEntry(soup, members=[self._member(m, soup) for m in soup.members or ()]))
             elif (soup.directory / WEIGHTS_FILE).is_file():
-                entries.append(SoupEntry(soup, weights=_weights_of(soup)))
+                entries.append(SoupEntry(soup, weights=LazyWeights.of_soup(soup)))
         return entries
 
-    def _member(self, member: Any, soup: SoupRecord) -> Ingredient:
+    def _member(self, member: Any, soup: SoupRecord) -> LazyWeights:
         """An ensemble member, by the reader's rules (:func:`~soup_exp.artifacts.resolve_member`):
         the pool's ingredient when it names one, else the file the soup recorded."""
         pool = {ing.path: ing for ing in self.ingredients if ing.path is not None}
@@ -86,7 +86,7 @@ class AnalysisPool(Pool):
         self._use(path)
         return resolve_ingredients(path, kinds=None)[0]
 
-    def initialisation(self, which: str = "auto") -> Ingredient:
+    def initialisation(self, which: str = "auto") -> LazyWeights:
         """The model fine-tuning started from: ``lp`` (the LP init the pool's fine-tunes
         name in ``hparams.init_from``, or its one ``lp`` ingredient), ``zeroshot``,
         ``auto`` (the LP init if there is one, else the zero-shot model) or a model name."""
@@ -102,8 +102,3 @@ class AnalysisPool(Pool):
                   else f"an LP init or a zero-shot model in {self.zeroshot_dir}")
         raise ConfigError(f"analysis {self.analysis}: the initialisation '{which}' needs {wanted}; "
                           "name a model instead (an ingredient or soup name)")
-
-
-def _weights_of(soup: SoupRecord) -> Ingredient:
-    path = soup.directory / WEIGHTS_FILE
-    return Ingredient(soup.name, SafetensorsSource(path), path=path, info=dict(soup.json))

@@ -14,7 +14,7 @@ import torch
 from soup_exp.artifacts.results import with_avg_shifts
 from soup_exp.errors import ConfigError
 from soup_exp.evaluation.evaluator import mean_member_logits
-from soup_exp.soups.ingredients import Ingredient
+from soup_exp.soups.ingredients import LazyWeights
 from soup_exp.soups.judge import Judge
 from soup_exp.vocabulary import AVG_SHIFTS, SHIFTS
 
@@ -59,27 +59,27 @@ class Suite:
                                   f"{self.names} (nor {AVG_SHIFTS})")
         return list(dict.fromkeys(needed))
 
-    def accuracies(self, model: Ingredient, datasets: Iterable[str]) -> dict[str, float]:
+    def accuracies(self, model: LazyWeights, datasets: Iterable[str]) -> dict[str, float]:
         """Accuracy of a saved model on ``datasets`` (plus ``avg_shifts`` when all five are
         there), from its cached logits."""
         result = {name: self.evaluator.accuracy_from_logits(self.judge.logits(model, name), name)
                   for name in datasets}
         return with_avg_shifts(result)
 
-    def ensemble_scores(self, members: Sequence[Ingredient], dataset: str) -> torch.Tensor:
+    def ensemble_scores(self, members: Sequence[LazyWeights], dataset: str) -> torch.Tensor:
         """The scores a logit ensemble predicts from, from its members' cached logits."""
         mean = mean_member_logits(self.evaluator.member_logits(self.judge.logits(member, dataset), dataset)
                                   for member in members)
         return self.evaluator.ensemble_scores(mean, dataset)
 
-    def ensemble_accuracies(self, members: Sequence[Ingredient], datasets: Iterable[str]) -> dict[str, float]:
+    def ensemble_accuracies(self, members: Sequence[LazyWeights], datasets: Iterable[str]) -> dict[str, float]:
         result = {}
         for name in datasets:
             predictions = self.ensemble_scores(members, name).argmax(dim=1).cpu()
             result[name] = (predictions == self.evaluator.dataset(name).targets).float().mean().item()
         return with_avg_shifts(result)
 
-    def target_scores(self, model: Ingredient, dataset: str) -> torch.Tensor:
+    def target_scores(self, model: LazyWeights, dataset: str) -> torch.Tensor:
         """Per-target scores of a saved model on ``dataset`` (projected logits)."""
         return self.evaluator.dataset(dataset).project(self.judge.logits(model, dataset).float())
 

@@ -15,7 +15,7 @@ file are those of :mod:`soup_exp.artifacts.dirs`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,9 +145,9 @@ class Ensemble:
 Model = WeightsModel | Ensemble
 
 
-def read_run(run_dir: Path, default_kind: str) -> WeightsModel:
-    """A finished run directory (``ingredient.json`` and weights)."""
-    record = ingredient_record(run_dir)
+def read_run(run_dir: Path, default_kind: str, record: Mapping[str, Any] | None = None) -> WeightsModel:
+    """A finished run directory (``ingredient.json``, unless already read into ``record``, and weights)."""
+    record = ingredient_record(run_dir) if record is None else record
     return WeightsModel(record["name"], str(record.get("kind") or default_kind), Path(run_dir),
                         run_weights(run_dir), record)
 
@@ -209,11 +209,13 @@ def read_models(zeroshot_dir: str | os.PathLike, ingredients_dir: str | os.PathL
 
 
 def check_unique(models: Sequence[Model]) -> None:
-    seen: dict[str, Path] = {}
-    for model in models:
-        if model.name in seen:
-            raise ArtifactError(
-                f"two models are named {model.name!r}: {seen[model.name]} and {model.directory}; "
-                "result rows are keyed by name, rename one"
-            )
-        seen[model.name] = model.directory
+    check_unique_names(((m.name, m.directory) for m in models), "models", "result rows are keyed by name")
+
+
+def check_unique_names(named: Iterable[tuple[str, Any]], what: str, why: str) -> None:
+    """Names key results and caches, so two of one name is an error naming both places."""
+    seen: dict[str, Any] = {}
+    for name, where in named:
+        if name in seen:
+            raise ArtifactError(f"two {what} are named {name!r}: {seen[name]} and {where}; {why}, rename one")
+        seen[name] = where

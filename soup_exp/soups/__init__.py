@@ -16,9 +16,9 @@ from soup_exp.soups.ensemble import EnsembleResult, greedy_ensemble, logit_ensem
 from soup_exp.soups.greedy import GreedyResult, greedy_soup
 from soup_exp.soups.ingredients import (
     EmptyIngredientsError,
-    Ingredient,
     IngredientError,
     IngredientMismatchError,
+    LazyWeights,
     NonFiniteWeightsError,
     UnsafeCheckpointError,
     load_ingredients,
@@ -36,7 +36,7 @@ from soup_exp.soups.uniform import uniform_soup
 from soup_exp.soups.wise_ft import wise_ft_soups
 
 __all__ = [
-    "EmptyIngredientsError", "EnsembleResult", "Kernel", "Range", "Tensors", "Soup", "SoupContext", "GreedyResult", "Ingredient", "IngredientError",
+    "EmptyIngredientsError", "EnsembleResult", "Kernel", "Range", "Tensors", "Soup", "SoupContext", "GreedyResult", "LazyWeights", "IngredientError",
     "IngredientMismatchError", "Judge", "LearnedResult", "ModelStockResult", "NonFiniteWeightsError", "Pool", "SoupStore",
     "UnsafeCheckpointError", "greedy_ensemble", "greedy_soup", "kernel", "learned_soup", "load_ingredients",
     "logit_ensemble", "merge_tensors", "model_stock_soup", "resolve_ingredients", "uniform_soup", "validate_ingredients",

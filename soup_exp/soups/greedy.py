@@ -22,10 +22,11 @@ from soup_exp.artifacts import ArtifactError, read_record
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.greedy_rule import candidate_order, run_greedy_rule
 from soup_exp.soups.ingredients import (
-    Ingredient,
     IngredientError,
-    IngredientLike,
+    LazyWeights,
+    WeightsLike,
     float_keys,
+    held_out_score,
     load_ingredients,
 )
 from soup_exp.soups.recipe import Range, Soup
@@ -59,7 +60,7 @@ class GreedyResult:
 
 
 def held_out_scores_for(
-    ingredients: Sequence[Ingredient],
+    ingredients: Sequence[LazyWeights],
     held_out_scores: Sequence[float] | Mapping[str, float] | None,
     evaluate: Evaluate | None,
     *,
@@ -69,6 +70,9 @@ def held_out_scores_for(
 
     With ``precision`` (the numerics ``evaluate`` runs at), a recorded accuracy measured at
     other or unknown numerics is re-evaluated instead of used."""
+    def measure(ing: LazyWeights) -> float:
+        return evaluate(ing.state_dict())
+
     scores: list[float] = []
     for index, ing in enumerate(ingredients):
         if isinstance(held_out_scores, Mapping):
@@ -78,13 +82,7 @@ def held_out_scores_for(
         else:
             value = None
         if value is None:
-            value = ing.held_out_accuracy_at(precision)
-        if value is None:
-            if evaluate is None:
-                raise IngredientError(f"{ing.where}: no held-out accuracy and no evaluate function")
-            log.info("held-out accuracy of %s missing from its metadata%s: evaluating it", ing.name,
-                     f" at {precision}" if precision else "")
-            value = evaluate(ing.state_dict())
+            value = held_out_score(ing, measure if evaluate is not None else None, precision=precision)
         scores.append(float(value))
     if held_out_scores is not None and not isinstance(held_out_scores, Mapping) \
             and len(held_out_scores) != len(ingredients):
@@ -93,7 +91,7 @@ def held_out_scores_for(
 
 
 def greedy_soup(
-    ingredients: IngredientLike | Iterable[IngredientLike],
+    ingredients: WeightsLike | Iterable[WeightsLike],
     held_out_scores: Sequence[float] | Mapping[str, float] | None,
     evaluate: Evaluate,
     *,

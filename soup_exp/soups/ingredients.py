@@ -1,7 +1,7 @@
 """Ingredients: find them, check they can be averaged, read them one tensor at a time.
 
 A soup of 72 (or 720) models must not hold 72 models in memory, so every recipe reads
-ingredients through :class:`Ingredient`, whose tensors come lazily from safetensors
+ingredients through :class:`LazyWeights`, whose tensors come lazily from safetensors
 (``safe_open``, one tensor per read, mergekit style) or from an in-memory state dict.
 Validation compares headers only (keys, shapes, dtypes, base model, classes) so it costs
 nothing; finiteness is checked on each tensor as it is read, before any output is written.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -22,9 +22,14 @@ import torch
 from soup_exp.artifacts import (
     INGREDIENT_FILE,
     WEIGHTS_FILE,
+    SoupRecord,
+    WeightsModel,
+    check_unique_names,
     find_dirs,
     ingredient_record,
     natural_key,
+    read_run,
+    soup_model,
 )
 from soup_exp.errors import SoupExpError
 from soup_exp.utils.io import why_unreadable
@@ -37,7 +42,7 @@ PUBLISHED_HELD_OUT = "published"
 SOUPABLE_KINDS = frozenset({"lp", "finetune"})
 PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar"})
 
-IngredientLike = Union[str, os.PathLike, Mapping[str, torch.Tensor], "Ingredient"]
+WeightsLike = Union[str, os.PathLike, Mapping[str, torch.Tensor], "LazyWeights"]
 
 
 class IngredientError(SoupExpError, ValueError):
@@ -169,14 +174,30 @@ def _data_offsets(path: Path) -> dict[str, int]:
 
 
 @dataclass
-class Ingredient:
-    """One model to soup: a name, lazy tensors and (for run directories) its metadata."""
+class LazyWeights:
+    """A model's weights under a name: lazy tensors and (for run directories) its metadata.
+
+    Not only the pool's ingredients: the zero-shot model, the LP init and finished soups are
+    read the same way. "Ingredient" means a member of the pool; this is any model on disk."""
 
     name: str
     source: TensorSource
     path: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)
     check_finite: bool = True
+
+    @classmethod
+    def of(cls, model: WeightsModel) -> LazyWeights:
+        """A model the reader of model directories (:mod:`soup_exp.artifacts.models`) found."""
+        return cls(model.name, SafetensorsSource(model.weights), path=model.weights, info=dict(model.record))
+
+    @classmethod
+    def of_soup(cls, soup: SoupRecord) -> LazyWeights:
+        """A weight-space soup cooked earlier, named as it was cooked, its soup.json as ``info``."""
+        model = soup_model(soup, {})
+        if not isinstance(model, WeightsModel):
+            raise IngredientError(f"{soup.directory}: {soup.name!r} is an ensemble, it has no weights")
+        return cls.of(model)
 
     @property
     def held_out_accuracy(self) -> float | None:
@@ -242,8 +263,8 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
-def resolve_ingredients(items: IngredientLike | Iterable[IngredientLike], *,
-                        kinds: frozenset[str] | None = SOUPABLE_KINDS) -> list[Ingredient]:
+def resolve_ingredients(items: WeightsLike | Iterable[WeightsLike], *,
+                        kinds: frozenset[str] | None = SOUPABLE_KINDS) -> list[LazyWeights]:
     """Turn paths, run directories, sweep directories, globs and state dicts into ingredients.
 
     A directory with ``ingredient.json`` is one ingredient; any other directory is searched
@@ -251,15 +272,15 @@ def resolve_ingredients(items: IngredientLike | Iterable[IngredientLike], *,
     skipped with a note, as are runs whose ``kind`` is not in ``kinds`` (the zero-shot
     model is a baseline, not an ingredient). Pickled checkpoints are refused.
     """
-    if isinstance(items, str | os.PathLike | Mapping | Ingredient):
+    if isinstance(items, str | os.PathLike | Mapping | LazyWeights):
         items = [items]
-    result: list[Ingredient] = []
+    result: list[LazyWeights] = []
     searched: list[str] = []
     for index, item in enumerate(items):
-        if isinstance(item, Ingredient):
+        if isinstance(item, LazyWeights):
             result.append(item)
         elif isinstance(item, Mapping):
-            result.append(Ingredient(f"state_dict_{index}", StateDictSource(item)))
+            result.append(LazyWeights(f"state_dict_{index}", StateDictSource(item)))
         else:
             searched.append(str(item))
             result.extend(_from_path_or_glob(str(item), kinds))
@@ -270,11 +291,12 @@ def resolve_ingredients(items: IngredientLike | Iterable[IngredientLike], *,
             f"{WEIGHTS_FILE} + {INGREDIENT_FILE} (written by `soup-exp finetune`), .safetensors "
             "files or state dicts; set soup.pool to a sweep directory or glob."
         )
-    _check_unique_names(result)
+    check_unique_names(((ing.name, ing.where) for ing in result), "ingredients",
+                       "names key the results (ingredient.json 'name')")
     return result
 
 
-def _from_path_or_glob(spec: str, kinds: frozenset[str] | None) -> list[Ingredient]:
+def _from_path_or_glob(spec: str, kinds: frozenset[str] | None) -> list[LazyWeights]:
     if glob.has_magic(spec):
         matches = sorted(glob.glob(os.path.expanduser(spec)), key=natural_key)
         return [ing for m in matches for ing in _from_path(Path(m), kinds, explicit=False)]
@@ -287,7 +309,7 @@ def _from_path_or_glob(spec: str, kinds: frozenset[str] | None) -> list[Ingredie
     return _from_path(path, kinds, explicit=True)
 
 
-def _from_path(path: Path, kinds: frozenset[str] | None, explicit: bool) -> list[Ingredient]:
+def _from_path(path: Path, kinds: frozenset[str] | None, explicit: bool) -> list[LazyWeights]:
     if path.is_file():
         return _from_file(path, kinds)
     if (path / INGREDIENT_FILE).is_file():
@@ -298,7 +320,7 @@ def _from_path(path: Path, kinds: frozenset[str] | None, explicit: bool) -> list
     return [ing for run in runs for ing in _from_run_dir(run, kinds)]
 
 
-def _from_file(path: Path, kinds: frozenset[str] | None) -> list[Ingredient]:
+def _from_file(path: Path, kinds: frozenset[str] | None) -> list[LazyWeights]:
     if path.name == INGREDIENT_FILE:
         return _from_run_dir(path.parent, kinds)
     if path.suffix.lower() in PICKLE_SUFFIXES:
@@ -313,39 +335,25 @@ def _from_file(path: Path, kinds: frozenset[str] | None) -> list[Ingredient]:
         return _from_run_dir(path.parent, kinds)
     source = SafetensorsSource(path)
     info = {k: source.metadata[k] for k in ("base_model",) if source.metadata.get(k)}
-    return [Ingredient(path.stem, source, path=path, info=info)]
+    return [LazyWeights(path.stem, source, path=path, info=info)]
 
 
-def _from_run_dir(run: Path, kinds: frozenset[str] | None) -> list[Ingredient]:
+def _from_run_dir(run: Path, kinds: frozenset[str] | None) -> list[LazyWeights]:
     info = ingredient_record(run)
     kind = info.get("kind")
     if kinds is not None and kind is not None and kind not in kinds:
         log.info("skipping %s: kind '%s' is not an ingredient (souped kinds: %s)", run, kind, sorted(kinds))
         return []
-    weights = run / WEIGHTS_FILE
-    if not weights.is_file():
-        pickled = [p.name for p in run.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
-        if pickled:
-            raise UnsafeCheckpointError(
-                f"{run}: has {pickled} but no {WEIGHTS_FILE}; pickled checkpoints are never loaded. "
-                "Convert them to safetensors."
-            )
-        raise IngredientError(f"{run}: {INGREDIENT_FILE} present but {WEIGHTS_FILE} is missing")
-    return [Ingredient(info["name"], SafetensorsSource(weights), path=weights, info=info)]
+    pickled = [p.name for p in run.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+    if pickled and not (run / WEIGHTS_FILE).is_file():
+        raise UnsafeCheckpointError(
+            f"{run}: has {pickled} but no {WEIGHTS_FILE}; pickled checkpoints are never loaded. "
+            "Convert them to safetensors."
+        )
+    return [LazyWeights.of(read_run(run, "finetune", record=info))]
 
 
-def _check_unique_names(ingredients: Sequence[Ingredient]) -> None:
-    seen: dict[str, Ingredient] = {}
-    for ing in ingredients:
-        if ing.name in seen:
-            raise IngredientError(
-                f"two ingredients are named '{ing.name}': {seen[ing.name].where} and {ing.where}. "
-                "Names key the results; rename one (ingredient.json 'name')."
-            )
-        seen[ing.name] = ing
-
-
-def validate_ingredients(ingredients: Sequence[Ingredient]) -> None:
+def validate_ingredients(ingredients: Sequence[LazyWeights]) -> None:
     """Same keys, shapes, dtypes, base model and classes as the first ingredient, from headers only."""
     if not ingredients:
         raise EmptyIngredientsError("no ingredients to soup: the ingredient list is empty")
@@ -392,13 +400,28 @@ def _short(value: Any) -> str:
     return text if len(text) < 80 else text[:77] + "..."
 
 
-def float_keys(ingredient: Ingredient) -> list[str]:
+def held_out_score(ing: LazyWeights, measure: Callable[[LazyWeights], float] | None, *,
+                   precision: str | None, data: str | None = None) -> float:
+    """``ing``'s recorded held-out accuracy if it was measured at ``precision`` on ``data``
+    (:meth:`LazyWeights.held_out_accuracy_at`), else ``measure(ing)``: greedy compares
+    candidates and ingredients on the same images at the same numerics."""
+    value = ing.held_out_accuracy_at(precision, data)
+    if value is not None:
+        return value
+    if measure is None:
+        raise IngredientError(f"{ing.where}: no held-out accuracy and no evaluate function")
+    log.info("held-out accuracy of %s is not recorded%s%s: evaluating it", ing.name,
+             " for this held-out data" if data else "", f" at {precision}" if precision else "")
+    return float(measure(ing))
+
+
+def float_keys(ingredient: LazyWeights) -> list[str]:
     """Keys that are averaged; integer/bool buffers are copied from the first ingredient."""
     return [k for k in ingredient.tensor_keys() if ingredient.spec(k)[0].is_floating_point]
 
 
-def load_ingredients(items: IngredientLike | Iterable[IngredientLike], *,
-                     kinds: frozenset[str] | None = SOUPABLE_KINDS) -> list[Ingredient]:
+def load_ingredients(items: WeightsLike | Iterable[WeightsLike], *,
+                     kinds: frozenset[str] | None = SOUPABLE_KINDS) -> list[LazyWeights]:
     """:func:`resolve_ingredients` then :func:`validate_ingredients`: what every recipe calls."""
     ingredients = resolve_ingredients(items, kinds=kinds)
     validate_ingredients(ingredients)

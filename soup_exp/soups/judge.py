@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from soup_exp.soups.ingredients import Ingredient
+from soup_exp.soups.ingredients import LazyWeights
 from soup_exp.soups.views import SharedCaches
 from soup_exp.utils.hashing import stable_hash
 from soup_exp.vocabulary import HELD_OUT
@@ -102,11 +102,11 @@ class Judge(SharedCaches):
         """Held-out accuracy of a candidate soup (the skeleton is reused, not copied)."""
         return float(self._heldout_accuracy(state_dict))
 
-    def heldout_logits(self, model: Ingredient) -> torch.Tensor:
+    def heldout_logits(self, model: LazyWeights) -> torch.Tensor:
         """Raw held-out logits of ``model``, computed once and cached on disk."""
         return self.logits(model, HELD_OUT)
 
-    def logits(self, model: Ingredient, dataset: str) -> torch.Tensor:
+    def logits(self, model: LazyWeights, dataset: str) -> torch.Tensor:
         """Raw logits of ``model`` (an ingredient, the zero-shot model, a soup) on ``dataset``
         in dataset order; cached on disk by weights file, dataset and numerics."""
         from soup_exp.artifacts import read_weights
@@ -127,7 +127,7 @@ class Judge(SharedCaches):
         """Held-out accuracy of raw logits (rows in held-out order)."""
         return self.evaluator.accuracy_from_logits(logits, HELD_OUT)
 
-    def heldout_member_logits(self, model: Ingredient) -> torch.Tensor:
+    def heldout_member_logits(self, model: LazyWeights) -> torch.Tensor:
         """What an ensemble averages of ``model`` on held-out, as the evaluate stage does
         (``eval.ensemble_logits``)."""
         return self.evaluator.member_logits(self.heldout_logits(model), HELD_OUT)
@@ -143,7 +143,7 @@ class Judge(SharedCaches):
         generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         return self.evaluator.batches(HELD_OUT, batch_size, shuffle=True, generator=generator)
 
-    def _weights_key(self, ing: Ingredient, dataset: str) -> str:
+    def _weights_key(self, ing: LazyWeights, dataset: str) -> str:
         stat = ing.path.stat() if ing.path is not None else None
         return stable_hash({"path": str(ing.path), "size": stat.st_size if stat else None,
                             "mtime": stat.st_mtime_ns if stat else None,

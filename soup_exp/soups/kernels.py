@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 
 from soup_exp.errors import ConfigError
 from soup_exp.soups.ingredients import (
-    Ingredient,
-    IngredientLike,
+    LazyWeights,
+    WeightsLike,
     all_finite,
     float_keys,
     load_ingredients,
@@ -61,7 +61,7 @@ class Tensors:
     compute new tensors from them rather than writing into them.
     """
 
-    def __init__(self, key: str, ingredients: Sequence[Ingredient], stream: Iterator[torch.Tensor],
+    def __init__(self, key: str, ingredients: Sequence[LazyWeights], stream: Iterator[torch.Tensor],
                  cast: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.key = key
         self._ingredients = ingredients
@@ -92,10 +92,10 @@ class Tensors:
 
 
 def merge_tensors(
-    ingredients: IngredientLike | Iterable[IngredientLike],
+    ingredients: WeightsLike | Iterable[WeightsLike],
     fn: KernelFn,
     *,
-    base: IngredientLike | None = None,
+    base: WeightsLike | None = None,
     params: Mapping[str, Any] | None = None,
     accumulate_dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
@@ -145,7 +145,7 @@ def merge_tensors(
     return {k: out[k] for k in first.tensor_keys()}
 
 
-def _one(models: list[Ingredient]) -> Ingredient:
+def _one(models: list[LazyWeights]) -> LazyWeights:
     if len(models) != 1:
         raise ConfigError(f"a kernel's base is one model, got {len(models)}: {', '.join(m.name for m in models)}")
     return models[0]

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from soup_exp.cluster.signals import StopOnSignal
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.freshness import pool_identity
-from soup_exp.soups.ingredients import IngredientLike, float_keys, load_ingredients
+from soup_exp.soups.ingredients import WeightsLike, float_keys, load_ingredients
 from soup_exp.soups.learned_state import Progress, load_state, save_state
 from soup_exp.soups.recipe import Range, Soup
 
@@ -113,7 +113,7 @@ def stack_ingredients(ingredients, keys: Sequence[str], device: torch.device, pr
 
 
 def learned_soup(
-    ingredients: IngredientLike | Iterable[IngredientLike],
+    ingredients: WeightsLike | Iterable[WeightsLike],
     skeleton: nn.Module,
     batches: Batches,
     *,

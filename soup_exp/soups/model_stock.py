@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from soup_exp.soups.context import SoupContext
-from soup_exp.soups.ingredients import IngredientLike, load_ingredients, resolve_ingredients
+from soup_exp.soups.ingredients import WeightsLike, load_ingredients, resolve_ingredients
 from soup_exp.soups.kernels import Tensors, merge_tensors
 from soup_exp.soups.recipe import Soup
 
@@ -31,8 +31,8 @@ class ModelStockResult:
 
 
 def model_stock_soup(
-    ingredients: IngredientLike | Iterable[IngredientLike],
-    pretrained: IngredientLike,
+    ingredients: WeightsLike | Iterable[WeightsLike],
+    pretrained: WeightsLike,
     *,
     progress: bool = False,
 ) -> ModelStockResult:

@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from soup_exp.artifacts import WEIGHTS_FILE, is_finished_run, is_finished_soup
+from soup_exp.artifacts import WEIGHTS_FILE, SoupRecord, is_finished_run, is_finished_soup
 from soup_exp.errors import ConfigError
 from soup_exp.soups.freshness import pool_identity, weights_identity
 from soup_exp.soups.greedy_rule import greedy_order
-from soup_exp.soups.ingredients import Ingredient, resolve_ingredients
+from soup_exp.soups.ingredients import LazyWeights, held_out_score, resolve_ingredients
 from soup_exp.soups.judge import Judge
 from soup_exp.soups.views import SharedCaches
 
@@ -34,7 +34,7 @@ class Pool(SharedCaches):
     """``ingredients``, ``names``, ``scores`` (held-out, at the judge's numerics),
     ``best_index``, ``base("lp" | "zeroshot")``, ``zeroshot`` and ``model(name)``."""
 
-    def __init__(self, ingredients: list[Ingredient], *, judge: Judge, numerics: Callable[[], str], soups_dir: Path,
+    def __init__(self, ingredients: list[LazyWeights], *, judge: Judge, numerics: Callable[[], str], soups_dir: Path,
                  zeroshot_dir: Path, used: dict[str, Any] | None = None,
                  use: Callable[..., None] = _ignore) -> None:
         self.ingredients = ingredients
@@ -58,7 +58,7 @@ class Pool(SharedCaches):
     # ---- the models around the pool ---------------------------------------------------------
 
     @property
-    def zeroshot(self) -> Ingredient | None:
+    def zeroshot(self) -> LazyWeights | None:
         """The zero-shot model (WiSE-FT and Model Stock start from it), or None."""
         self._used["zeroshot"] = self._zeroshot_identity()
         return self._zeroshot
@@ -67,14 +67,14 @@ class Pool(SharedCaches):
         return weights_identity(self._zeroshot.path if self._zeroshot is not None else None)
 
     @property
-    def _zeroshot(self) -> Ingredient | None:
-        def find() -> Ingredient | None:
+    def _zeroshot(self) -> LazyWeights | None:
+        def find() -> LazyWeights | None:
             if not is_finished_run(self.zeroshot_dir):
                 return None
             return resolve_ingredients(self.zeroshot_dir, kinds=None)[0]
         return self._memo("zeroshot", find)
 
-    def base(self, which: str) -> Ingredient | None:
+    def base(self, which: str) -> LazyWeights | None:
         """The model a task-vector recipe starts from: ``lp`` (the LP init the pool's
         fine-tunes started from) or ``zeroshot``; None when there is none."""
         if which == "zeroshot":
@@ -89,7 +89,7 @@ class Pool(SharedCaches):
         """What :meth:`base` needs to find ``which``, for the message when it is not there."""
         return BASE_NEEDS[which].format(zeroshot_dir=self.zeroshot_dir)
 
-    def _lp_init(self) -> Ingredient | None:
+    def _lp_init(self) -> LazyWeights | None:
         """The pool's ingredient the fine-tunes started from: at their recorded path, or (a
         moved or copied experiment) of their recorded init's name; else that path outside."""
         tuned = [ing for ing in self.ingredients if ing.info.get("kind") == "finetune"]
@@ -109,14 +109,14 @@ class Pool(SharedCaches):
         lps = [ing for ing in self.ingredients if ing.info.get("kind") == "lp"]
         return lps[0] if len(lps) == 1 else None
 
-    def model(self, name: str) -> Ingredient:
+    def model(self, name: str) -> LazyWeights:
         """A weight-space soup cooked earlier, an ingredient, or ``best_individual``."""
         if name == "best_individual":
             return self.ingredients[self.best_index]
         soup_dir = self.soups_dir / name
         if is_finished_soup(soup_dir) and (soup_dir / WEIGHTS_FILE).is_file():
             self._used.setdefault("models", {})[name] = self._soup_identity(name)
-            return resolve_ingredients(soup_dir / WEIGHTS_FILE, kinds=None)[0]
+            return LazyWeights.of_soup(SoupRecord.read(soup_dir))
         if name in self.names:
             return self.ingredients[self.names.index(name)]
         raise ConfigError(
@@ -128,7 +128,7 @@ class Pool(SharedCaches):
         weights = self.soups_dir / name / WEIGHTS_FILE
         return weights_identity(weights) if is_finished_soup(weights.parent) else None
 
-    def hparams(self, ing: Ingredient) -> dict[str, Any]:
+    def hparams(self, ing: LazyWeights) -> dict[str, Any]:
         """The hyperparameters a sweep drew for ``ing`` (``sweep.drawn``), else its ``hparams``."""
         drawn = (ing.info.get("sweep") or {}).get("drawn")
         return dict(drawn if isinstance(drawn, Mapping) else ing.info.get("hparams") or {})
@@ -148,16 +148,11 @@ class Pool(SharedCaches):
         return self._memo("scores", self._measure_scores)
 
     def _measure_scores(self) -> list[float]:
-        numerics = self._numerics()
-        scores = []
-        for ing in self.ingredients:
-            recorded = ing.held_out_accuracy_at(numerics, self.judge.held_out_identity)
-            if recorded is None:
-                log.info("held-out accuracy of %s is not recorded for this held-out data at %s: evaluating it",
-                         ing.name, numerics)
-                recorded = self.judge.logits_accuracy(self.judge.heldout_logits(ing))
-            scores.append(recorded)
-        return scores
+        numerics, data = self._numerics(), self.judge.held_out_identity
+
+        def measure(ing: LazyWeights) -> float:
+            return self.judge.logits_accuracy(self.judge.heldout_logits(ing))
+        return [held_out_score(ing, measure, precision=numerics, data=data) for ing in self.ingredients]
 
     @property
     def best_index(self) -> int:
@@ -174,7 +169,7 @@ class Pool(SharedCaches):
         }
 
 
-def _init_name(ing: Ingredient) -> Any:
+def _init_name(ing: LazyWeights) -> Any:
     """The name a fine-tune recorded of the ingredient it started from (``metrics.init.name``)."""
     init = (ing.info.get("metrics") or {}).get("init")
     return init.get("name") if isinstance(init, Mapping) else None

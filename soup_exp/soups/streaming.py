@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from soup_exp.errors import ConfigError
-from soup_exp.soups.ingredients import Ingredient, float_keys
+from soup_exp.soups.ingredients import LazyWeights, float_keys
 
 PREFETCH_TENSORS = 4
 ARITHMETICS = ("sum", "authors")
@@ -63,14 +63,14 @@ def prefetched(items: Iterator, depth: int = PREFETCH_TENSORS) -> Iterator:
                 thread.join(timeout=0.01)
 
 
-def stream_tensors(ingredients: Sequence[Ingredient], keys: Sequence[str]) -> Iterator[tuple[int, str, torch.Tensor]]:
+def stream_tensors(ingredients: Sequence[LazyWeights], keys: Sequence[str]) -> Iterator[tuple[int, str, torch.Tensor]]:
     for index, ing in enumerate(ingredients):
         for key, tensor in ing.tensors(keys):
             yield index, key, tensor
 
 
 def weighted_sum(
-    ingredients: Sequence[Ingredient],
+    ingredients: Sequence[LazyWeights],
     weights: Sequence[float],
     *,
     accumulate_dtype: torch.dtype = torch.float32,
@@ -116,7 +116,7 @@ def weighted_sum(
 
 
 def running_average(
-    ingredients: Sequence[Ingredient],
+    ingredients: Sequence[LazyWeights],
     *,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
@@ -156,7 +156,7 @@ def check_arithmetic(arithmetic: str) -> str:
     return arithmetic
 
 
-def identical_buffer(ingredients: Sequence[Ingredient], key: str) -> torch.Tensor:
+def identical_buffer(ingredients: Sequence[LazyWeights], key: str) -> torch.Tensor:
     from soup_exp.soups.ingredients import IngredientMismatchError
 
     ref = ingredients[0].get(key)
@@ -169,7 +169,7 @@ def identical_buffer(ingredients: Sequence[Ingredient], key: str) -> torch.Tenso
     return ref.clone()
 
 
-def finalize(acc: dict[str, torch.Tensor], scale: float, like: Ingredient) -> dict[str, torch.Tensor]:
+def finalize(acc: dict[str, torch.Tensor], scale: float, like: LazyWeights) -> dict[str, torch.Tensor]:
     """``acc * scale`` cast back to the ingredients' dtypes, in place where the dtype allows."""
     out = {}
     for key, tensor in acc.items():

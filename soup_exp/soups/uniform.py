@@ -7,13 +7,13 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from soup_exp.soups.context import SoupContext
-from soup_exp.soups.ingredients import IngredientError, IngredientLike, float_keys, load_ingredients
+from soup_exp.soups.ingredients import IngredientError, WeightsLike, float_keys, load_ingredients
 from soup_exp.soups.recipe import Soup
 from soup_exp.soups.streaming import arithmetic_dtype, check_arithmetic, finalize, weighted_sum
 
 
 def uniform_soup(
-    ingredients: IngredientLike | Iterable[IngredientLike],
+    ingredients: WeightsLike | Iterable[WeightsLike],
     weights: Sequence[float] | None = None,
     *,
     accumulate_dtype: torch.dtype = torch.float32,

@@ -10,7 +10,7 @@ from typing import Annotated
 import torch
 
 from soup_exp.soups.context import SoupContext
-from soup_exp.soups.ingredients import IngredientLike, load_ingredients
+from soup_exp.soups.ingredients import WeightsLike, load_ingredients
 from soup_exp.soups.kernels import Tensors, merge_tensors
 from soup_exp.soups.recipe import Range, Soup
 
@@ -20,8 +20,8 @@ PAPER_ALPHAS = tuple(round(a / 10, 1) for a in range(11))
 
 
 def wise_ft_soups(
-    model: IngredientLike,
-    zeroshot: IngredientLike,
+    model: WeightsLike,
+    zeroshot: WeightsLike,
     alphas: Sequence[float] = PAPER_ALPHAS,
     *,
     accumulate_dtype: torch.dtype = torch.float32,

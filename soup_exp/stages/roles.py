@@ -14,7 +14,7 @@ from soup_exp.analysis.store import AnalysisStore
 from soup_exp.analysis.suite import Suite
 from soup_exp.evaluation.settings import EvalSettings
 from soup_exp.soups.context import SoupContext
-from soup_exp.soups.ingredients import Ingredient
+from soup_exp.soups.ingredients import LazyWeights
 from soup_exp.soups.judge import EvalBuilders, Judge
 from soup_exp.soups.pool import Pool
 from soup_exp.soups.settings import SoupSettings
@@ -39,7 +39,7 @@ def eval_builders(cfg: Any, settings: Callable[[], EvalSettings]) -> EvalBuilder
     )
 
 
-def pool_and_judge(cfg: Any, soup: SoupSettings, ingredients: list[Ingredient], datasets: Sequence[str] = (HELD_OUT,),
+def pool_and_judge(cfg: Any, soup: SoupSettings, ingredients: list[LazyWeights], datasets: Sequence[str] = (HELD_OUT,),
                    kind: type[P] = Pool) -> P:
     """The stage's pool, its judge (``pool.judge``) evaluating on ``datasets`` (held-out first)."""
     from soup_exp.evaluation.evaluator import configured_numerics
@@ -54,7 +54,7 @@ def pool_and_judge(cfg: Any, soup: SoupSettings, ingredients: list[Ingredient], 
 class SoupRoles:
     """The soup stage's pool and judge, and a fresh :class:`SoupContext` for each recipe."""
 
-    def __init__(self, cfg: Any, ingredients: list[Ingredient], run: Any) -> None:
+    def __init__(self, cfg: Any, ingredients: list[LazyWeights], run: Any) -> None:
         soup = SoupSettings.from_config(cfg)
         self.pool = pool_and_judge(cfg, soup, ingredients)
         self.run = run
@@ -83,7 +83,7 @@ class AnalysisRoles:
     """The analyze stage's pool and judge (the whole suite), and a fresh
     :class:`AnalysisContext` with its own store for each analysis."""
 
-    def __init__(self, cfg: Any, ingredients: list[Ingredient], run: Any) -> None:
+    def __init__(self, cfg: Any, ingredients: list[LazyWeights], run: Any) -> None:
         from soup_exp.evaluation.evaluator import evaluation_suite
 
         soup = SoupSettings.from_config(cfg)

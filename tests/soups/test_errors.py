@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from soup_exp.artifacts import ArtifactError
 from soup_exp.soups import greedy_soup, uniform_soup
 from soup_exp.soups.ingredients import (
     EmptyIngredientsError,
@@ -68,6 +69,20 @@ def test_pickled_run_dir_refused(tmp_path, make_sd, make_run):
     (run / "model.pt").write_bytes(b"x")
     with pytest.raises(UnsafeCheckpointError, match="model.pt"):
         uniform_soup(run)
+
+
+def test_run_without_weights_named_as_damaged(tmp_path, make_sd, make_run):
+    run = make_run(tmp_path, "a", make_sd(0))
+    (run / "model.safetensors").unlink()
+    with pytest.raises(ArtifactError, match=r"a/ingredient.json exists but .*a/model.safetensors does not"):
+        uniform_soup(run)
+
+
+def test_two_ingredients_of_one_name_both_named(tmp_path, make_sd, make_run):
+    make_run(tmp_path / "x", "same", make_sd(0))
+    make_run(tmp_path / "y", "same", make_sd(1))
+    with pytest.raises(ArtifactError, match=r"two ingredients are named 'same': .*x/same.* and .*y/same.*rename one"):
+        uniform_soup(tmp_path)
 
 
 def test_empty_lists(tmp_path):
