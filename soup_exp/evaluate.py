@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from soup_exp.evaluation.settings import EvalSettings
 from soup_exp.soups.ingredients import all_finite
 from soup_exp.stages.entry import stage_entry
 from soup_exp.utils.config import to_plain
-from soup_exp.utils.hashing import stable_hash
+from soup_exp.utils.hashing import file_stamp, stable_hash
 from soup_exp.utils.io import remove_stale_temp_files
 from soup_exp.vocabulary import ACCURACY_KEYS, AVG_SHIFTS
 
@@ -48,11 +47,7 @@ ROW_FIELDS = ("recipe", "label", "alpha", "interpolated")
 
 def fingerprint(model: Model) -> str:
     """Identity of the weights evaluated: path, size and mtime of each file."""
-    stats = []
-    for p in model.files:
-        st = os.stat(p)
-        stats.append((str(p.resolve()), st.st_size, st.st_mtime_ns))
-    return stable_hash(stats, length=20)
+    return stable_hash([(str(p.resolve()), *file_stamp(p)) for p in model.files], length=20)
 
 
 def discover_models(cfg: Mapping) -> list[Model]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from soup_exp.artifacts.dirs import read_record
+from soup_exp.utils.hashing import file_stamp
 from soup_exp.utils.io import atomic_write_json, read_json
 
 ANALYSIS_FILE = "analysis.json"
@@ -29,10 +30,9 @@ def file_stats(paths: Iterable[str | os.PathLike]) -> dict[str, list[int]]:
     stats = {}
     for path in paths:
         try:
-            st = os.stat(path)
+            stats[str(Path(path).resolve())] = list(file_stamp(path))
         except OSError:
             continue
-        stats[str(Path(path).resolve())] = [st.st_size, st.st_mtime_ns]
     return stats
 
 

@@ -8,14 +8,13 @@ columns, ImageNet itself is the identity; all are one mechanism: ``LogitProjecti
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from soup_exp.errors import SoupExpError
-from soup_exp.utils.hashing import stable_hash
+from soup_exp.utils.hashing import file_stamp, stable_hash
 
 
 @dataclass(frozen=True)
@@ -89,10 +88,9 @@ class LabeledImages:
         entries = []
         for path in self.paths:
             try:
-                stat = os.stat(path)
+                entries.append((path, *file_stamp(path)))
             except OSError as error:
                 raise SoupExpError(f"{self.name}: cannot read {path} ({error.strerror or error})") from error
-            entries.append((path, stat.st_size, stat.st_mtime_ns))
         return stable_hash(entries, length=32)
 
     def identity(self) -> str:

@@ -28,6 +28,7 @@ from torch import nn
 
 from soup_exp.data.classes import ClassSpace
 from soup_exp.errors import SoupExpError
+from soup_exp.utils.hashing import file_stamp, stable_hash
 from soup_exp.vocabulary import HELD_OUT
 
 RELEASE_URL = "https://github.com/mlfoundations/model-soups/releases/download/v0.0.2/model_{index}.pt"
@@ -230,14 +231,12 @@ def import_checkpoint(
 
 def source_record(path: str | os.PathLike) -> dict[str, Any]:
     """The release file an ingredient came from: path, size and mtime (what resuming compares)."""
-    stat = os.stat(path)
+    size, mtime_ns = file_stamp(path)
     return {"release": "mlfoundations/model-soups v0.0.2", "file": str(Path(path).resolve()),
-            "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            "size": size, "mtime_ns": mtime_ns}
 
 
 def import_identity(path: str | os.PathLike, name: str, base_model: str, classes: ClassSpace) -> dict[str, Any]:
-    from soup_exp.utils.hashing import stable_hash
-
     source = source_record(path)
     return {"import": "model-soups release", "name": name, "size": source["size"],
             "mtime_ns": source["mtime_ns"], "model": base_model, "classes": stable_hash(list(classes.indices))}

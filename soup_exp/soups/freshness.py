@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from soup_exp.utils.hashing import file_stamp
+
 INPUTS_KEY = "inputs"
 
 
@@ -32,10 +34,9 @@ def weights_identity(path: str | os.PathLike | None) -> list[int] | None:
     if path is None:
         return None
     try:
-        stat = os.stat(path)
+        return list(file_stamp(path))
     except FileNotFoundError:
         return None
-    return [stat.st_size, stat.st_mtime_ns]
 
 
 def pool_identity(ingredients: Any) -> list[list[Any]]:

@@ -16,7 +16,7 @@ import torch
 
 from soup_exp.soups.ingredients import LazyWeights
 from soup_exp.soups.views import SharedCaches
-from soup_exp.utils.hashing import stable_hash
+from soup_exp.utils.hashing import file_stamp, stable_hash
 from soup_exp.vocabulary import HELD_OUT
 
 
@@ -144,9 +144,8 @@ class Judge(SharedCaches):
         return self.evaluator.batches(HELD_OUT, batch_size, shuffle=True, generator=generator)
 
     def _weights_key(self, ing: LazyWeights, dataset: str) -> str:
-        stat = ing.path.stat() if ing.path is not None else None
-        return stable_hash({"path": str(ing.path), "size": stat.st_size if stat else None,
-                            "mtime": stat.st_mtime_ns if stat else None,
+        size, mtime = file_stamp(ing.path) if ing.path is not None else (None, None)
+        return stable_hash({"path": str(ing.path), "size": size, "mtime": mtime,
                             "data": self.evaluator.dataset(dataset).identity(),
                             "transform": self.evaluator.transform.key,
                             "precision": self.evaluator.precision})

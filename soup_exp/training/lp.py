@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from soup_exp.cluster.signals import quiet_loader_worker
-from soup_exp.utils.hashing import stable_hash
+from soup_exp.utils.hashing import file_stamp, stable_hash
 from soup_exp.utils.io import atomic_save_safetensors
 from soup_exp.utils.runtime import autocast
 
@@ -74,8 +74,7 @@ def features_cache_key(
 ) -> str:
     files = []
     for path, label in samples:
-        stat = os.stat(path)
-        files.append((str(path), int(label), stat.st_size, stat.st_mtime_ns))
+        files.append((str(path), int(label), *file_stamp(path)))
     return stable_hash({"model": model_key, "files": files, "preprocess": repr(preprocess), "border_crop": border_crop,
                        "numerics": numerics})
 

@@ -23,15 +23,22 @@ def file_sha256(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def file_stamp(path: str | os.PathLike) -> tuple[int, int]:
+    """``(size, mtime_ns)``: the cheap identity of a file's bytes. Any rewrite changes it;
+    ``cp -a`` and ``mv`` keep it. Raises ``OSError`` when the file cannot be read."""
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
 def content_sha256(path: str | os.PathLike) -> str | None:
     """sha256 of a file's bytes (None when there is no such file): an identity that survives
     moving or copying the file. Identities ask for it again and again, so each file is read
     once per process while its size and modification time stay the same."""
     try:
-        stat = os.stat(path)
+        stamp = file_stamp(path)
     except OSError:
         return None
-    return _sha256_once(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    return _sha256_once(os.path.realpath(path), *stamp)
 
 
 @functools.lru_cache(maxsize=64)
