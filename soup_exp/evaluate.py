@@ -1,8 +1,8 @@
 """`soup-exp evaluate`: every model of an experiment on the eval suite -> results.jsonl.
 
 Models are found on disk by their contracts (:mod:`soup_exp.artifacts`): the zero-shot
-model in ``zeroshot_dir``, finished runs under ``ingredients_dir`` and soups under
-``soups_dir``. Weight models are evaluated ``models_per_pass`` at a time (one read of each
+model in ``zeroshot_dir``, the finished runs of ``soup.pool`` (the ingredients the soup
+stage reads; ``ingredients_dir`` by default) and soups under ``soups_dir``. Weight models are evaluated ``models_per_pass`` at a time (one read of each
 dataset per group); logit ensembles average their members' logits. A model whose row
 already exists for the same weights (path, size, mtime), datasets (files, labels,
 projection) and eval transform is skipped, so an interrupted or repeated evaluation resumes.
@@ -52,7 +52,7 @@ def fingerprint(model: Model) -> str:
 
 def discover_models(cfg: Mapping) -> list[Model]:
     """Every evaluable model of the experiment (:func:`~soup_exp.artifacts.read_models`)."""
-    return read_models(cfg["zeroshot_dir"], cfg["ingredients_dir"], cfg["soups_dir"])
+    return read_models(cfg["zeroshot_dir"], to_plain(cfg["soup"]["pool"]), cfg["soups_dir"])
 
 
 def select_models(entries: Sequence[Model], wanted: Any) -> list[Model]:
@@ -192,7 +192,7 @@ def plan_evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, l
                      f"{', '.join(done)}")
     return {
         "data": dataset_lines(cfg, evaluation_suite(EvalSettings.from_config(cfg))),
-        "evaluate": lines or [f"no models yet in {cfg.zeroshot_dir}, {cfg.ingredients_dir} or {cfg.soups_dir}"],
+        "evaluate": lines or [f"no models yet in {cfg.zeroshot_dir}, {to_plain(cfg.soup.pool)} or {cfg.soups_dir}"],
         "outputs": [f"results: {cfg.results_file}", logger_line(cfg)],
     }
 
@@ -234,7 +234,7 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
     entries = select_models(found, to_plain(cfg.models))
     if not entries:
         log.warning("no models found in %s, %s or %s; nothing to evaluate",
-                    cfg.zeroshot_dir, cfg.ingredients_dir, cfg.soups_dir)
+                    cfg.zeroshot_dir, to_plain(cfg.soup.pool), cfg.soups_dir)
         return []
 
     classes = class_space(cfg.data)

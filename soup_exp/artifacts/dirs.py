@@ -12,11 +12,12 @@ is unfinished work that the next run redoes. Names of runs and soups are path co
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,24 @@ def find_dirs(root: Path, marker: str, *, recursive: bool = True) -> list[Path]:
         elif marker == INGREDIENT_FILE and ((directory / WEIGHTS_FILE).exists() or (directory / RUN_FILE).exists()):
             log.info("skipping %s: no %s yet (an unfinished run)", directory, marker)
     return sorted(found, key=natural_key)
+
+
+def pool_paths(pool: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """The paths a pool spec names (``soup.pool``: a path, a glob, or a list of them), each
+    glob expanded in natural order; paths are not checked to exist."""
+    specs = [pool] if isinstance(pool, str | os.PathLike) else list(pool)
+    paths: list[Path] = []
+    for spec in map(str, specs):
+        if glob.has_magic(spec):
+            paths.extend(Path(m) for m in sorted(glob.glob(os.path.expanduser(spec)), key=natural_key))
+        else:
+            paths.append(Path(spec).expanduser())
+    return paths
+
+
+def runs_at(path: Path) -> list[Path]:
+    """The finished run directories at ``path``: the run itself, or every run below it."""
+    return [path] if (path / INGREDIENT_FILE).is_file() else find_dirs(path, INGREDIENT_FILE)
 
 
 def _walk(root: Path, recursive: bool) -> Iterator[Path]:

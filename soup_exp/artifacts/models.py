@@ -21,15 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from soup_exp.artifacts.dirs import (
-    INGREDIENT_FILE,
     SOUP_FILE,
     WEIGHTS_FILE,
     ArtifactError,
     find_dirs,
     ingredient_record,
     is_finished_run,
+    pool_paths,
     recorded_ingredient_paths,
     run_weights,
+    runs_at,
     soup_record,
 )
 
@@ -152,10 +153,18 @@ def read_run(run_dir: Path, default_kind: str, record: Mapping[str, Any] | None 
                         run_weights(run_dir), record)
 
 
-def read_runs(zeroshot_dir: str | os.PathLike, ingredients_dir: str | os.PathLike) -> list[WeightsModel]:
-    """The zero-shot model (if present) and the finished ingredients, in path order."""
-    models = [read_run(Path(zeroshot_dir), "zeroshot")] if is_finished_run(Path(zeroshot_dir)) else []
-    return models + [read_run(run_dir, "finetune") for run_dir in find_dirs(Path(ingredients_dir), INGREDIENT_FILE)]
+def read_runs(zeroshot_dir: str | os.PathLike, pool: str | os.PathLike | Iterable[str | os.PathLike]) -> list[WeightsModel]:
+    """The zero-shot model (if present) and the finished runs of the pool (``soup.pool``: the
+    paths, globs and folders the soup stage reads its ingredients from), in pool order."""
+    zeroshot = Path(zeroshot_dir)
+    models = [read_run(zeroshot, "zeroshot")] if is_finished_run(zeroshot) else []
+    seen = {zeroshot.resolve()}
+    for path in pool_paths(pool):
+        for run_dir in runs_at(path) if path.is_dir() else []:
+            if run_dir.resolve() not in seen:
+                seen.add(run_dir.resolve())
+                models.append(read_run(run_dir, "finetune"))
+    return models
 
 
 def soup_records(soups_dir: str | os.PathLike) -> list[SoupRecord]:
@@ -199,10 +208,10 @@ def read_soups(soups_dir: str | os.PathLike, known: Mapping[str, Path]) -> list[
     return [soup_model(soup, known) for soup in soup_records(soups_dir)]
 
 
-def read_models(zeroshot_dir: str | os.PathLike, ingredients_dir: str | os.PathLike,
+def read_models(zeroshot_dir: str | os.PathLike, pool: str | os.PathLike | Iterable[str | os.PathLike],
                 soups_dir: str | os.PathLike) -> list[Model]:
     """Every evaluable model of an experiment; two models of one name are an error."""
-    runs = read_runs(zeroshot_dir, ingredients_dir)
+    runs = read_runs(zeroshot_dir, pool)
     models: list[Model] = [*runs, *read_soups(soups_dir, {m.name: m.weights for m in runs})]
     check_unique(models)
     return models

@@ -25,10 +25,10 @@ from soup_exp.artifacts import (
     SoupRecord,
     WeightsModel,
     check_unique_names,
-    find_dirs,
     ingredient_record,
-    natural_key,
+    pool_paths,
     read_run,
+    runs_at,
     soup_model,
 )
 from soup_exp.errors import SoupExpError
@@ -298,8 +298,7 @@ def resolve_ingredients(items: WeightsLike | Iterable[WeightsLike], *,
 
 def _from_path_or_glob(spec: str, kinds: frozenset[str] | None) -> list[LazyWeights]:
     if glob.has_magic(spec):
-        matches = sorted(glob.glob(os.path.expanduser(spec)), key=natural_key)
-        return [ing for m in matches for ing in _from_path(Path(m), kinds, explicit=False)]
+        return [ing for m in pool_paths(spec) for ing in _from_path(m, kinds, explicit=False)]
     path = Path(spec).expanduser()
     if not path.exists():
         raise IngredientNotFoundError(
@@ -312,9 +311,7 @@ def _from_path_or_glob(spec: str, kinds: frozenset[str] | None) -> list[LazyWeig
 def _from_path(path: Path, kinds: frozenset[str] | None, explicit: bool) -> list[LazyWeights]:
     if path.is_file():
         return _from_file(path, kinds)
-    if (path / INGREDIENT_FILE).is_file():
-        return _from_run_dir(path, kinds)
-    runs = find_dirs(path, INGREDIENT_FILE)
+    runs = runs_at(path)
     if not runs and explicit and not any(path.iterdir()):
         log.warning("ingredient directory %s is empty", path)
     return [ing for run in runs for ing in _from_run_dir(run, kinds)]

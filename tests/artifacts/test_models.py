@@ -46,6 +46,20 @@ def test_runs_are_weights_models_in_natural_order_with_their_checked_record(expe
     assert ft_2.record["held_out_accuracy"] == 0.52
 
 
+def test_the_pool_is_read_as_the_soup_stage_reads_soup_pool(experiment, tmp_path_factory):
+    """Evaluate reads the runs of ``soup.pool`` (paths, globs, lists), so every stage sees
+    the same ingredients; the zero-shot model is read once even when the pool holds it."""
+    shared = tmp_path_factory.mktemp("shared_pool")
+    for i in (3, 11):
+        _run(shared / "sweep" / f"run_{i}", f"run_{i}")
+    _run(shared / "single", "single")
+    pool = [str(shared / "sweep" / "run_*"), str(shared / "single"), str(experiment)]
+    models = read_models(experiment / "zeroshot", pool, experiment / "soups")
+    assert [m.name for m in models] == ["zeroshot", "run_3", "run_11", "single", "ft_0", "ft_1", "ft_2", "ft_10"]
+    assert [m.name for m in read_models(experiment / "zeroshot", str(experiment / "missing"), experiment / "soups")] \
+        == ["zeroshot"]
+
+
 def test_an_ensemble_resolves_members_by_name_index_recorded_path_and_path(experiment, tmp_path_factory):
     elsewhere = tmp_path_factory.mktemp("other")
     _run(elsewhere / "run_a", "run_a")

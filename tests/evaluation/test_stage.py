@@ -33,6 +33,7 @@ def experiment(tmp_path, monkeypatch):
         "device": "cpu", "precision": "bf16", "num_workers": 0, "progress": False,
         "out_dir": str(out), "zeroshot_dir": str(out / "zeroshot"), "ingredients_dir": str(out / "ingredients"),
         "soups_dir": str(out / "soups"), "results_file": str(out / "results.jsonl"),
+        "soup": {"pool": str(out / "ingredients")},
         "data": {"classes": list(range(10))},
         "model": model_cfg,
         "eval": {"datasets": SUITE, "batch_size": 4, "num_workers": None, "read_threads": 2,
@@ -159,6 +160,16 @@ def test_discovery_and_selection_errors(experiment):
     cfg.models = "all"
     with pytest.raises(Exception, match="ensemble member 'ft_9'"):
         run_evaluate(cfg)
+
+
+def test_models_come_from_soup_pool_as_the_soup_stage_reads_it(experiment):
+    """An experiment souping a pool kept elsewhere evaluates that pool, not ingredients_dir."""
+    cfg, out = experiment["cfg"], experiment["out"]
+    (out / "ingredients").rename(out / "shared")
+    cfg.soup.pool = str(out / "shared" / "run*")
+    assert [e.name for e in discover_models(cfg)] == ["zeroshot", "ft_0", "ft_1", "ft_2", "ensemble", "uniform_soup"]
+    cfg.soup.pool = [str(out / "shared" / "run2"), str(out / "shared" / "run[01]")]
+    assert [e.name for e in discover_models(cfg)][:4] == ["zeroshot", "ft_2", "ft_0", "ft_1"]
 
 
 def test_uncached_stage_matches(experiment):

@@ -36,6 +36,7 @@ def experiment(tmp_path, monkeypatch):
         "name": "t", "stage": "evaluate", "check_data": False, "models": "all", "device": "cpu",
         "precision": "bf16", "num_workers": 0, "progress": False, "out_dir": str(out),
         "zeroshot_dir": str(out / "zeroshot"), "ingredients_dir": str(out / "ingredients"),
+        "soup": {"pool": str(out / "ingredients")},
         "soups_dir": str(out / "soups"), "results_file": str(out / "results.jsonl"),
         "data": {"classes": list(range(10))}, "model": {**MODEL, "cache_dir": str(tmp_path / "pretrained")},
         "eval": {"datasets": NAMES, "batch_size": 4, "num_workers": None, "read_threads": 2,
