@@ -218,60 +218,79 @@ def fit(
                  f"; resumed at step {resumed_from}" if resumed_from else "")
 
     result = FitResult(steps=state.step, resumed_from=resumed_from, final_loss=None)
-    bar = tqdm(total=schedule.total_steps, initial=state.step, desc=Path(settings.output_dir).name,
-               disable=not (progress and ctx.is_main), dynamic_ncols=True)
+    meter = _StepMeter(schedule.total_steps, state.step, Path(settings.output_dir).name, settings, run,
+                       show=progress and ctx.is_main, logs=ctx.is_main)
     last_good = f"{ckpt_file} (step {state.step})" if resumed_from else "none written yet"
-    window_start, window_images = time.perf_counter(), 0
+
+    def periodic(every: int) -> bool:
+        return bool(every) and state.step % every == 0 and state.step < schedule.total_steps
+
     with StopOnSignal() as stop:
         while state.step < schedule.total_steps:
-            skip = state.batch_in_epoch * schedule.micro_batch * settings.grad_accum
-            sampler.set_position(state.epoch, skip)
+            sampler.set_position(state.epoch, state.batch_in_epoch * schedule.micro_batch * settings.grad_accum)
             batches = iter(loader)
             while state.batch_in_epoch < schedule.steps_per_epoch and state.step < schedule.total_steps:
                 loss = trainer.train_step(_micro_batches(batches, settings.grad_accum), state.step)
                 if not torch.isfinite(loss):
-                    bar.close()
+                    meter.close()
                     raise NonFiniteLossError(
                         f"non-finite training loss at step {state.step + 1} of {settings.output_dir}; "
                         f"last good checkpoint: {last_good}. Lower train.lr or check the data."
                     )
                 state.step += 1
                 state.batch_in_epoch += 1
-                window_images += settings.batch_size
                 result.final_loss = float(loss)
-                bar.update(1)
-                if ctx.is_main and settings.log_every_steps and state.step % settings.log_every_steps == 0:
-                    elapsed = time.perf_counter() - window_start
-                    metrics = {"train/loss": result.final_loss, "train/lr": trainer.lr,
-                               "train/images_per_s": window_images / max(elapsed, 1e-9),
-                               "train/epoch": state.epoch}
-                    bar.set_postfix(loss=f"{result.final_loss:.4f}", lr=f"{trainer.lr:.2e}")
-                    if run is not None:
-                        run.log(metrics, step=state.step)
-                    window_start, window_images = time.perf_counter(), 0
-                if settings.ckpt_every_steps and state.step % settings.ckpt_every_steps == 0 \
-                        and state.step < schedule.total_steps:
+                meter.advance(result.final_loss, trainer.lr, state)
+                if periodic(settings.ckpt_every_steps):
                     _save(trainer, ckpt_file, state, schedule, fingerprint, ctx)
                     last_good = f"{ckpt_file} (step {state.step})"
-                if evaluate is not None and settings.eval_every_steps and \
-                        state.step % settings.eval_every_steps == 0 and state.step < schedule.total_steps:
+                if evaluate is not None and periodic(settings.eval_every_steps):
                     _periodic_eval(trainer, evaluate, state.step, result, run, ctx)
                 if on_step is not None:
                     on_step(state.step)
                 signum = stop.agreed(ctx.distributed, ctx.device)
                 if signum and state.step < schedule.total_steps:
-                    bar.close()
+                    meter.close()
                     _save(trainer, ckpt_file, state, schedule, fingerprint, ctx)
                     stop.leave(signum, state.step, str(ckpt_file))
             if state.batch_in_epoch >= schedule.steps_per_epoch:
                 state.epoch += 1
                 state.batch_in_epoch = 0
-    bar.close()
+    meter.close()
     result.final_loss = _mean_over_ranks(result.final_loss, ctx)
     result.steps = state.step
     result.seconds = time.perf_counter() - started
     trainer.model.eval()
     return result
+
+
+class _StepMeter:
+    """The progress bar and the training metrics logged every ``log_every_steps`` (loss,
+    lr, throughput over the steps since the last log, epoch)."""
+
+    def __init__(self, total: int, initial: int, desc: str, settings: TrainSettings, run: Any, *,
+                 show: bool, logs: bool) -> None:
+        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not show, dynamic_ncols=True)
+        self.every = settings.log_every_steps if logs else 0
+        self.batch_size = settings.batch_size
+        self.run = run
+        self.window_start, self.window_images = time.perf_counter(), 0
+
+    def advance(self, loss: float, lr: float, state: TrainState) -> None:
+        self.window_images += self.batch_size
+        self.bar.update(1)
+        if not self.every or state.step % self.every:
+            return
+        elapsed = time.perf_counter() - self.window_start
+        metrics = {"train/loss": loss, "train/lr": lr,
+                   "train/images_per_s": self.window_images / max(elapsed, 1e-9), "train/epoch": state.epoch}
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        if self.run is not None:
+            self.run.log(metrics, step=state.step)
+        self.window_start, self.window_images = time.perf_counter(), 0
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _mean_over_ranks(value: float | None, ctx: DistContext) -> float | None:
