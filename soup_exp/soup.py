@@ -12,10 +12,11 @@ the cost is no input, so a rerun skips the soup and keeps the cost it recorded.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ def run_soups(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
                 made[recipe.name] = soups_dir / recipe.name
             else:
                 with CostMeter(ingredients[0].nbytes()) as meter:
-                    for soup in meter.measured(lambda: soups_of(recipe.name, recipe.cook(ctx))):  # noqa: B023
+                    for soup in meter.measured(functools.partial(cook, recipe, ctx)):
                         made[soup.name] = write(ctx, recipe, soup, experiment, meter.cost())
                 ctx.store.clear_state()
                 log.info("recipe %s cooked: %s", recipe.name, describe_cost(meter.cost()))
@@ -144,6 +145,11 @@ def retire_orphans(soups_dir: Path, recipes: set[str], made: dict[str, Path]) ->
                      folder.name, recipe, target)
             moved.append(target)
     return moved
+
+
+def cook(recipe: Recipe, ctx: SoupContext) -> Iterator[Soup]:
+    """The soups ``recipe`` cooks, named (the recipe runs when called, then as they are drawn)."""
+    return soups_of(recipe.name, recipe.cook(ctx))
 
 
 def describe_cost(cost: SoupCost) -> str:

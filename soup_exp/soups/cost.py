@@ -14,7 +14,8 @@ recorded as each of its soups' ``cost`` (:class:`~soup_exp.artifacts.SoupCost`):
   its peak reset when the recipe starts; None when CUDA is not in use;
 - ``held_out_passes``: candidates and models the judge (:class:`~soup_exp.soups.judge.Judge`)
   ran over the held-out set: one per candidate scored, one per model whose held-out logits
-  were computed (a logits cache hit is no pass), one per epoch a learned soup trains on it;
+  were computed (a logits cache hit is no pass, and the pool's scores are measured once per
+  stage, by the first recipe that asks), one per epoch a learned soup trains on it;
 - ``ingredient_reads``: full-model equivalents read: bytes of every tensor read through
   :class:`~soup_exp.soups.ingredients.LazyWeights` (ingredients, and the zero-shot model,
   LP init or earlier soups a recipe reads) divided by the bytes of one pool ingredient.
