@@ -18,6 +18,7 @@ from soup_exp.artifacts import SOUP_FILE, SoupRecord, soup_records
 from soup_exp.artifacts.analysis import analysis_records
 from soup_exp.artifacts.results import ResultsFormatError
 from soup_exp.errors import ConfigError
+from soup_exp.reporting.leaderboard import build_leaderboard
 from soup_exp.reporting.paper import (
     PUBLISHED,
     comparison_table,
@@ -57,7 +58,8 @@ def plan_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, lis
     if compare:
         lines.append(f"compare with: {compare}")
     report_dir = Path(str(cfg["report_dir"]))
-    outputs = [f"report: {report_dir} (table.{{{','.join(_formats(cfg))}}}, figures/)", logger_line(cfg)]
+    kinds = ",".join(_formats(cfg))
+    outputs = [f"report: {report_dir} (table.{{{kinds}}}, leaderboard.{{{kinds}}}, figures/)", logger_line(cfg)]
     return {"report": lines, "outputs": outputs}
 
 
@@ -100,8 +102,9 @@ def _formats(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
 
 
 def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
-    """Write the table, the comparison (with ``compare``) and the figures to
-    ``cfg.report_dir``; log them to W&B; print the Markdown table. Returns
+    """Write the table, the comparison (with ``compare``), the recipe leaderboard (when
+    there are recipe rows) and the figures to ``cfg.report_dir``; log them to W&B; print
+    the Markdown tables. Returns
     ``{artefact name: path}`` (e.g. ``table.md``, ``figure1.png``)."""
     report_dir = Path(str(cfg["report_dir"])).expanduser()
     formats = _formats(cfg)
@@ -125,13 +128,18 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     if reproduction is not None:
         outputs.update(_write_table(reproduction, report_dir / "reproduction", formats))
         print(to_markdown(reproduction))
+    leaderboard = build_leaderboard(rows, soups, table.row("best_individual"))
+    if leaderboard.rows:
+        outputs.update(_write_table(leaderboard, report_dir / "leaderboard", formats))
     outputs.update(_write_figures(rows, soups, report_dir / "figures"))
     outputs.update(analysis_outputs(cfg.get("analysis_dir"), report_dir))
 
-    _log_to_wandb(cfg, table, comparison, outputs, len(rows), report_dir)
-    print(to_markdown(table))
-    if comparison is not None:
-        print(to_markdown(comparison))
+    named = {"results_table": table, "comparison_table": comparison,
+             "leaderboard": leaderboard if leaderboard.rows else None}
+    _log_to_wandb(cfg, table, named, outputs, len(rows), report_dir)
+    for shown in (table, comparison, named["leaderboard"]):
+        if shown is not None:
+            print(to_markdown(shown))
     print(f"report written to {report_dir.resolve()}:")
     for key, path in outputs.items():
         print(f"  {key}: {path}")
@@ -230,11 +238,13 @@ def _with_ingredient_counts(rows: list[dict[str, Any]], soups: list[SoupRecord])
 
 
 def _log_to_wandb(
-    cfg: Any, table: Table, comparison: Table | None, outputs: dict[str, Path], num_rows: int, report_dir: Path
+    cfg: Any, table: Table, named: Mapping[str, Table | None], outputs: dict[str, Path], num_rows: int,
+    report_dir: Path
 ) -> None:
-    """Tables, figures and numbers to the report's W&B run; none when its last run logged the same."""
+    """Tables (``named``: W&B key -> table, None for one not made), figures and numbers
+    (``table``'s) to the report's W&B run; none when its last run logged the same."""
     tables = {key: (["method", "model", *(k for k, _ in tab.columns)], _table_data(tab))
-              for key, tab in (("results_table", table), ("comparison_table", comparison)) if tab is not None}
+              for key, tab in named.items() if tab is not None}
     images = {f"figures/{Path(key).with_suffix('')}": path for key, path in outputs.items() if path.suffix == ".png"}
     summary = {f"{row.slot}/{key}": value for row in table.rows for key, value in row.values.items()
                if value is not None}

@@ -6,22 +6,32 @@ selected recipe's parameters are checked before the first one cooks. Each soup l
 ``<soups_dir>/<name>/`` (``model.safetensors`` for weight-space recipes, then
 ``soup.json``); a finished soup is skipped while its recorded inputs are unchanged
 (:mod:`soup_exp.soups.freshness`), so an interrupted stage resumes and a changed pool or
-setting re-cooks.
+setting re-cooks. Each soup records what its recipe cost (:mod:`soup_exp.soups.cost`);
+the cost is no input, so a rerun skips the soup and keeps the cost it recorded.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from soup_exp.artifacts import SOUP_FILE, SoupRecord, check_name, portable_path, write_soup_dir
+from soup_exp.artifacts import (
+    SOUP_FILE,
+    SoupCost,
+    SoupRecord,
+    check_name,
+    portable_path,
+    write_soup_dir,
+)
 from soup_exp.soups.context import SoupContext
+from soup_exp.soups.cost import CostMeter
 from soup_exp.soups.freshness import INPUTS_KEY
 from soup_exp.soups.ingredients import LazyWeights, load_ingredients
 from soup_exp.soups.recipe import Recipe, Soup, soups_of
@@ -97,11 +107,11 @@ def run_soups(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
                          recipe.name, soups_dir / recipe.name)
                 made[recipe.name] = soups_dir / recipe.name
             else:
-                started = time.perf_counter()
-                for soup in soups_of(recipe.name, recipe.cook(ctx)):
-                    made[soup.name] = write(ctx, recipe, soup, experiment)
+                with CostMeter(ingredients[0].nbytes()) as meter:
+                    for soup in meter.measured(functools.partial(cook, recipe, ctx)):
+                        made[soup.name] = write(ctx, recipe, soup, experiment, meter.cost())
                 ctx.store.clear_state()
-                log.info("recipe %s cooked in %.1f s", recipe.name, time.perf_counter() - started)
+                log.info("recipe %s cooked: %s", recipe.name, describe_cost(meter.cost()))
             kept |= ctx.store.kept
         made.update({name: soups_dir / name for name in sorted(kept - set(made))})
         retire_orphans(soups_dir, {r.name for r in recipes}, made)
@@ -137,8 +147,20 @@ def retire_orphans(soups_dir: Path, recipes: set[str], made: dict[str, Path]) ->
     return moved
 
 
-def write(ctx: SoupContext, recipe: Recipe, soup: Soup, experiment: Path) -> Path:
-    record = soup_record(ctx, recipe, soup, experiment)
+def cook(recipe: Recipe, ctx: SoupContext) -> Iterator[Soup]:
+    """The soups ``recipe`` cooks, named (the recipe runs when called, then as they are drawn)."""
+    return soups_of(recipe.name, recipe.cook(ctx))
+
+
+def describe_cost(cost: SoupCost) -> str:
+    memory = f", peak host {cost.peak_host_bytes / 1e9:.2f} GB" if cost.peak_host_bytes is not None else ""
+    device = f", peak device {cost.peak_device_bytes / 1e9:.2f} GB" if cost.peak_device_bytes is not None else ""
+    return (f"{cost.wall_s:.1f} s{memory}{device}, {plural(cost.held_out_passes or 0, 'held-out pass', 'held-out passes')}, "
+            f"{cost.ingredient_reads:.2f} model reads")
+
+
+def write(ctx: SoupContext, recipe: Recipe, soup: Soup, experiment: Path, cost: SoupCost) -> Path:
+    record = soup_record(ctx, recipe, soup, experiment, cost)
     out = write_soup_dir(record.directory, record.json, soup.state_dict, soup.weights_from)
     held = record.held_out_accuracy
     log.info("%s -> %s%s", record.name, out, f" (held-out {100 * held:.2f}%)" if held is not None else "")
@@ -147,10 +169,12 @@ def write(ctx: SoupContext, recipe: Recipe, soup: Soup, experiment: Path) -> Pat
     return out
 
 
-def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup, experiment: Path) -> SoupRecord:
+def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup, experiment: Path, cost: SoupCost) -> SoupRecord:
     """The ``soup.json`` contract (docs/architecture.md, "Soup directories"), as the record
     :mod:`soup_exp.artifacts.models` reads back; its ``json`` keeps the order keys are written in.
-    Paths inside ``experiment`` are recorded relative to the soup's folder."""
+    Paths inside ``experiment`` are recorded relative to the soup's folder. ``cost`` is
+    recorded beside ``inputs``, not in them: it varies from run to run and says nothing of
+    what the soup is cooked from."""
     info = soup.recorded()
     members = [_ingredient(ctx, item) for item in info.pop("ingredients", ctx.pool.ingredients)]
     first = members[0] if members else None
@@ -168,6 +192,7 @@ def soup_record(ctx: SoupContext, recipe: Recipe, soup: Soup, experiment: Path) 
         "classes": first.info.get("classes") if first else None,
         "params": recipe.params,
         **info,
+        "cost": cost.as_json(),
         INPUTS_KEY: ctx.store.inputs(),
         "code_version": code_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

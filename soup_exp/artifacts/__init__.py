@@ -34,6 +34,7 @@ from soup_exp.artifacts.dirs import (
 from soup_exp.artifacts.models import (
     Ensemble,
     Model,
+    SoupCost,
     SoupRecord,
     WeightsModel,
     check_unique_names,
@@ -52,6 +53,6 @@ __all__ = [
     "load_state_dict_strict", "load_weights", "natural_key", "pool_paths", "portable_path", "read_record", "read_weights",
     "recorded_ingredient_paths", "run_weights", "runs_at", "soup_record",
     "weights_file", "write_run", "write_soup_dir", "write_weights",
-    "Ensemble", "Model", "SoupRecord", "WeightsModel", "check_unique_names", "read_models", "read_run", "read_runs",
+    "Ensemble", "Model", "SoupCost", "SoupRecord", "WeightsModel", "check_unique_names", "read_models", "read_run", "read_runs",
     "read_soups", "resolve_member", "soup_model", "soup_records",
 ]

@@ -114,6 +114,10 @@ def soup_record(soup_dir: Path) -> dict[str, Any]:
     members = record.get("members")
     if members is not None and not (isinstance(members, list) and members):
         raise ArtifactError(f"{path}: 'members' must be a non-empty list of ingredient names or paths")
+    cost = record.get("cost")
+    if cost is not None and not (isinstance(cost, Mapping) and all(
+            value is None or (isinstance(value, int | float) and not isinstance(value, bool)) for value in cost.values())):
+        raise ArtifactError(f"{path}: cost must be an object of name -> number (or null), got {cost!r}")
     return record
 
 

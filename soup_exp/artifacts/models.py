@@ -6,7 +6,7 @@ directory and the soups directory, read into typed records.
 - :class:`Ensemble`: an output-space soup whose ``members`` resolve to weights files;
 - :class:`SoupRecord`: what a ``soup.json`` holds, field by field, so that "a learned
   soup" or "a greedy history" is a property of the record and not a key some module
-  looks for.
+  looks for; :class:`SoupCost` is its ``cost`` (what cooking it took).
 
 Evaluate, analyze and report read models through this module; the checks of each JSON
 file are those of :mod:`soup_exp.artifacts.dirs`.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,31 @@ from soup_exp.artifacts.dirs import (
 # soup.json keys with a meaning of their own; everything else a recipe records is ``extra``
 SOUP_FIELDS = ("name", "recipe", "kind", "label", "ingredients", "ingredient_paths", "num_ingredients",
                "base_model", "classes", "params", "metrics", "coefficients", "members", "held_out_accuracy",
-               "history", "alpha", "interpolated", "beta", "curve")
+               "history", "alpha", "interpolated", "beta", "curve", "cost")
+
+
+@dataclass(frozen=True)
+class SoupCost:
+    """``soup.json``'s ``cost``: what cooking the soup's recipe took, as the soup stage
+    measured it (:mod:`soup_exp.soups.cost` says how). A value is None where it was not
+    measured (no GPU: ``peak_device_bytes``); a soup cooked before costs were recorded has
+    no cost at all (``SoupRecord.cost`` is None)."""
+
+    wall_s: float | None = None
+    peak_host_bytes: int | None = None
+    peak_device_bytes: int | None = None
+    held_out_passes: int | None = None
+    ingredient_reads: float | None = None
+
+    @classmethod
+    def of(cls, value: Any) -> SoupCost | None:
+        """The cost recorded (a checked mapping, see :func:`~soup_exp.artifacts.dirs.soup_record`), or None."""
+        if not isinstance(value, Mapping):
+            return None
+        return cls(**{f.name: value.get(f.name) for f in fields(cls)})
+
+    def as_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -66,6 +90,7 @@ class SoupRecord:
     interpolated: Any = None  # WiSE-FT: the fine-tuned model interpolated with
     beta: Any = None  # learned soups: the learned temperature
     curve: Any = None  # learned soups: the loss per step
+    cost: SoupCost | None = None  # what cooking it took; None for soups of an older soup-exp
     extra: Mapping[str, Any] = field(default_factory=dict)
     json: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -84,7 +109,7 @@ class SoupRecord:
         names, paths = record.get("ingredients"), record.get("ingredient_paths")
         known.update(ingredients=tuple(str(n) for n in names) if isinstance(names, list | tuple) else (),
                      ingredient_paths=tuple(paths) if isinstance(paths, list | tuple) else (),
-                     members=listed("members"), history=listed("history"))
+                     members=listed("members"), history=listed("history"), cost=SoupCost.of(record.get("cost")))
         extra = {k: v for k, v in record.items() if k not in SOUP_FIELDS}
         return cls(directory=Path(soup_dir), extra=extra, json=dict(record), **known)
 

@@ -44,11 +44,15 @@ class TableRow:
 
 @dataclass
 class Table:
+    """Rows under ``columns`` (key, label); ``formats`` prints a column's values its own way
+    (a cost in seconds, a count), every other column as :meth:`cell` says."""
+
     rows: list[TableRow]
     columns: tuple[tuple[str, str], ...] = COLUMNS
     caption: str = "Top-1 accuracy (%)"
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    formats: Mapping[str, Callable[[float], str]] = field(default_factory=dict)
 
     def row(self, slot: str) -> TableRow | None:
         return next((r for r in self.rows if r.slot == slot), None)
@@ -58,6 +62,8 @@ class Table:
         value = row.values.get(key)
         if value is None:
             return ""
+        if key in self.formats:
+            return self.formats[key](value)
         return f"{value:+.2f}" if row.delta else f"{100 * value:.2f}"
 
 

@@ -32,6 +32,7 @@ from soup_exp.artifacts import (
     soup_model,
 )
 from soup_exp.errors import SoupExpError
+from soup_exp.soups.cost import BYTES_READ
 from soup_exp.utils.io import why_unreadable
 
 log = logging.getLogger(__name__)
@@ -247,6 +248,8 @@ class LazyWeights:
         return self.source.nbytes()
 
     def _checked(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
+        """A tensor just read: counted (a recipe's ``cost``), and refused when not finite."""
+        BYTES_READ.add(tensor.numel() * tensor.element_size())
         if self.check_finite and tensor.is_floating_point() and not all_finite(tensor):
             raise NonFiniteWeightsError(
                 f"{self.where}: tensor '{key}' has NaN or infinite values; this ingredient "

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from soup_exp.soups.cost import HELD_OUT_PASSES
 from soup_exp.soups.ingredients import LazyWeights
 from soup_exp.soups.views import SharedCaches
 from soup_exp.utils.hashing import file_stamp, stable_hash
@@ -32,7 +33,9 @@ class EvalBuilders:
 
 class Judge(SharedCaches):
     """Held-out accuracy of candidates (``evaluate``, ``candidate_buffer``), raw logits of saved
-    models cached on disk, and ensembles scored as the evaluate stage scores them."""
+    models cached on disk, and ensembles scored as the evaluate stage scores them. Every run
+    over the held-out set (a candidate scored, logits computed, a training epoch) counts
+    in ``HELD_OUT_PASSES`` (a recipe's ``cost``); logits read from the cache do not."""
 
     def __init__(self, builders: EvalBuilders, *, seed: int, logits_dir: Path,
                  datasets: Sequence[str] = (HELD_OUT,), used: dict[str, Any] | None = None) -> None:
@@ -100,6 +103,7 @@ class Judge(SharedCaches):
 
     def evaluate(self, state_dict: Mapping[str, torch.Tensor]) -> float:
         """Held-out accuracy of a candidate soup (the skeleton is reused, not copied)."""
+        HELD_OUT_PASSES.add()
         return float(self._heldout_accuracy(state_dict))
 
     def heldout_logits(self, model: LazyWeights) -> torch.Tensor:
@@ -118,6 +122,8 @@ class Judge(SharedCaches):
             if path.is_file():
                 return read_weights(path)["logits"]
         self.skeleton.load_state_dict(model.state_dict(), strict=True)
+        if dataset == HELD_OUT:
+            HELD_OUT_PASSES.add()
         logits = self.evaluator.logits(self.skeleton, dataset)
         if path is not None:
             atomic_save_safetensors({"logits": logits}, path)
@@ -140,6 +146,7 @@ class Judge(SharedCaches):
         """Shuffled held-out ``(images, targets)`` on the device; the order is seeded by
         ``seed`` and epoch (so the seed is an input of the soup)."""
         self._used["seed"] = self.seed
+        HELD_OUT_PASSES.add()
         generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         return self.evaluator.batches(HELD_OUT, batch_size, shuffle=True, generator=generator)
 

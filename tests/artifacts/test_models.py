@@ -9,6 +9,7 @@ import torch
 from soup_exp.artifacts import (
     ArtifactError,
     Ensemble,
+    SoupCost,
     SoupRecord,
     WeightsModel,
     read_models,
@@ -126,3 +127,18 @@ def test_a_soup_without_its_weights_is_a_damaged_directory(experiment):
                                             "the directory is damaged"):
         _read(experiment)
     assert [s.name for s in soup_records(experiment / "soups")] == ["uniform"]  # the record alone still reads
+
+
+def test_a_soups_cost_is_a_typed_field_and_an_older_soup_has_none(tmp_path):
+    cost = {"wall_s": 1.5, "peak_host_bytes": 10, "peak_device_bytes": None, "held_out_passes": 3,
+            "ingredient_reads": 4.0}
+    record = SoupRecord.of({"name": "u", "cost": cost}, tmp_path)
+    assert record.cost == SoupCost(1.5, 10, None, 3, 4.0) and record.cost.as_json() == cost
+    assert "cost" not in record.extra
+    assert SoupRecord.of({"name": "old"}, tmp_path).cost is None
+
+
+def test_a_cost_that_is_not_numbers_names_the_soup_file(experiment):
+    write_soup_dir(experiment / "soups" / "bad", {"name": "bad", "cost": {"wall_s": "long"}}, {"w": torch.zeros(2)})
+    with pytest.raises(ArtifactError, match=r"bad/soup.json: cost must be an object of name -> number"):
+        _read(experiment)

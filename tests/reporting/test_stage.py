@@ -47,7 +47,7 @@ def _analysis(folder):
 def test_report_writes_tables_figures_and_an_offline_run(tmp_path, our_rows, greedy_soup_json, learned_soup_json, capsys):
     cfg = _experiment(tmp_path, our_rows, greedy_soup_json, learned_soup_json)
     outputs = run_report(cfg)
-    expected = {f"{t}.{f}" for t in ("table", "comparison") for f in ("md", "tex", "csv")} | {
+    expected = {f"{t}.{f}" for t in ("table", "comparison", "leaderboard") for f in ("md", "tex", "csv")} | {
         f"{fig}.{f}" for fig in ("figure1", "greedy_trajectory_greedy", "coefficients_learned_by_layer")
         for f in ("png", "pdf")
     } | {"figure1.csv", "greedy_trajectory_greedy.csv", "coefficients_learned_by_layer.csv"} | {
@@ -73,7 +73,7 @@ def test_report_writes_tables_figures_and_an_offline_run(tmp_path, our_rows, gre
     assert len(images) == 4
     assert any(p.parent.name == "calibration" and p.name.startswith("reliability") for p in images)
     tables = list((run_dirs[0] / "files" / "media" / "table").rglob("*.table.json"))
-    assert len(tables) == 2
+    assert len(tables) == 3  # results, comparison, leaderboard
 
     run_report(cfg)  # the same tables, figures and numbers: that run has them already
     assert list((tmp_path / "out" / "exp" / "wandb").glob("offline-run-*")) == run_dirs
@@ -90,7 +90,7 @@ def test_report_on_the_authors_files_with_wandb_disabled(tmp_path):
     cfg = _compose(f"results={results}", f"report_dir={tmp_path / 'report'}", "formats=[md]",
                    "logger=disabled", f"soups_dir={tmp_path / 'no-soups'}")
     outputs = run_report(cfg)
-    assert set(outputs) == {"table.md", "figure1.png", "figure1.pdf", "figure1.csv"}
+    assert set(outputs) == {"table.md", "leaderboard.md", "figure1.png", "figure1.pdf", "figure1.csv"}
     assert "| Greedy soup | 83.98 | 81.03 |" in outputs["table.md"].read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["report"]
 

@@ -510,3 +510,38 @@ def test_the_python_api_with_its_defaults_cooks_the_stages_soups_bit_for_bit(poo
             assert tensor.dtype == state_dict[key].dtype and torch.equal(tensor, state_dict[key]), (name, key)
     summed = uniform_soup(out / "ingredients", arithmetic="sum")
     assert any(not torch.equal(summed[k], api["uniform"][k]) for k in summed)  # the default is what decides
+
+
+# ---- cost: what each recipe took, recorded in its soups, no input of theirs
+
+def test_each_soup_records_what_its_recipe_cost_and_a_rerun_keeps_it(pool, monkeypatch):
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    made = run_soups(_cfg(out, ["uniform", "greedy", "wise_ft"]), run=FakeRun())
+    records = _records(out)
+    n = 5
+    for name, record in records.items():
+        cost = record["cost"]
+        assert set(cost) == {"wall_s", "peak_host_bytes", "peak_device_bytes", "held_out_passes",
+                             "ingredient_reads"}, name
+        assert cost["wall_s"] > 0 and cost["peak_host_bytes"] > 0, name
+        assert cost["peak_device_bytes"] is None, name  # the tiny judge runs on the CPU
+        assert "cost" not in record["inputs"], name
+    uniform, greedy = records["uniform"]["cost"], records["greedy"]["cost"]
+    assert uniform["ingredient_reads"] == n and uniform["held_out_passes"] == 0
+    # greedy: no ingredient of the tiny pool records its held-out accuracy at the judge's numerics
+    # (no held_out_precision), so each is scored once; then each of the other N - 1 is tried once
+    assert greedy["held_out_passes"] == n + (n - 1) == evaluator.passes  # uniform ran none
+    # WiSE-FT's soups: each the cost up to its own yield; each alpha reads the zero-shot model and greedy
+    wise = [records[f"wise_ft_greedy_a{a:.2f}"]["cost"] for a in (0.0, 0.5, 1.0)]
+    assert [c["ingredient_reads"] for c in wise] == [2, 4, 6]
+    assert wise[0]["wall_s"] <= wise[1]["wall_s"] <= wise[2]["wall_s"]
+
+    before = {name: (made[name] / "soup.json").read_bytes() for name in made}
+    edited = {**records["uniform"], "cost": {**records["uniform"]["cost"], "wall_s": 12345.0}}
+    (made["uniform"] / "soup.json").write_text(json.dumps(edited))
+    passes = evaluator.passes
+    run_soups(_cfg(out, ["uniform", "greedy", "wise_ft"]), run=FakeRun())
+    assert evaluator.passes == passes  # every soup skipped: its cost is no input
+    assert _records(out)["uniform"]["cost"]["wall_s"] == 12345.0
+    assert all((made[name] / "soup.json").read_bytes() == before[name] for name in made if name != "uniform")

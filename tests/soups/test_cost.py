@@ -1,0 +1,47 @@
+"""CostMeter: what a recipe's run took, measured only while the recipe runs."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from soup_exp.soups.cost import CostMeter, host_rss_bytes
+from soup_exp.soups.ingredients import LazyWeights, StateDictSource
+
+
+def test_a_tensor_the_recipe_allocates_shows_in_the_peak_host_memory_once_freed():
+    size = 200 * 2**20
+
+    def recipe():
+        big = torch.ones(size // 4)  # written, so its pages are resident
+        time.sleep(0.05)
+        del big
+        yield "soup"
+
+    before = host_rss_bytes()
+    with CostMeter(1) as meter:
+        assert list(meter.measured(recipe)) == ["soup"]
+    assert meter.cost().peak_host_bytes >= before + 0.9 * size
+    assert host_rss_bytes() < meter.cost().peak_host_bytes  # the peak, not the memory now
+
+
+def test_time_the_caller_spends_between_soups_is_not_the_recipes():
+    def recipe():
+        yield 1
+        yield 2
+
+    with CostMeter(1) as meter:
+        walls = []
+        for _ in meter.measured(recipe):
+            time.sleep(0.3)  # the stage writing a soup
+            walls.append(meter.cost().wall_s)
+    assert 0 < walls[0] <= walls[1] < 0.3
+
+
+def test_reads_are_counted_in_models_of_the_given_size():
+    model = LazyWeights("m", StateDictSource({"a": torch.zeros(3, 4), "b": torch.zeros(4, dtype=torch.float64)}))
+    with CostMeter(model.nbytes()) as meter:
+        list(meter.measured(lambda: [model.state_dict(), model.get("a")]))
+    assert model.nbytes() == 3 * 4 * 4 + 4 * 8
+    assert meter.cost().ingredient_reads == 1 + 48 / 80 and meter.cost().held_out_passes == 0
