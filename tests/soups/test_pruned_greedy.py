@@ -84,7 +84,8 @@ def test_uniform_start_without_adding_is_the_reference_pruned_soup(seed):
     values = {f"m{i}": float(v) for i, v in enumerate(torch.randn(7, generator=g, dtype=torch.float64) * 2 + 0.3)}
     scores = _scores(values)
     members, best = _reference_pruned_soup(list(values.values()), scores)
-    ours = pruned_greedy_soup(_pool(values), scores, _evaluate, start="uniform", try_adding=False, max_passes=1)
+    ours = pruned_greedy_soup(_pool(values), scores, _evaluate, start="uniform", try_adding=False, max_passes=1,
+                              accumulate_dtype=torch.float64)
     assert sorted(ours.chosen) == members
     assert ours.accuracy == pytest.approx(best)
     assert ours.history[0]["name"] == "uniform soup"
