@@ -188,3 +188,4 @@ def test_schedule_and_blocks():
     assert [len(b) for b in blocks] == [3, 3, 1, 3, 3, 1]
     assert sorted(sum(blocks[:3], [])) == list(range(7)) and blocks[:3] != blocks[3:]
     assert block_schedule(7, 3, 2, seed=1) == blocks
+

@@ -510,3 +510,27 @@ def test_the_python_api_with_its_defaults_cooks_the_stages_soups_bit_for_bit(poo
             assert tensor.dtype == state_dict[key].dtype and torch.equal(tensor, state_dict[key]), (name, key)
     summed = uniform_soup(out / "ingredients", arithmetic="sum")
     assert any(not torch.equal(summed[k], api["uniform"][k]) for k in summed)  # the default is what decides
+
+
+def test_pruned_greedy_and_mehl_soup_are_cooked_by_the_stage_and_kept(pool, monkeypatch, caplog):
+    """The recipes of tests/soups/test_pruned_greedy.py and test_mehl.py through the real stage."""
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    overrides = ("recipes.mehl_soup.block_size=2", "recipes.mehl_soup.epochs=2", "recipes.mehl_soup.batch_size=64")
+    run = FakeRun()
+    made = run_soups(_cfg(out, ["greedy", "pruned_greedy", "mehl_soup"], *overrides), run=run)
+    greedy, pruned, mehl = (json.loads((made[n] / "soup.json").read_text())
+                            for n in ("greedy", "pruned_greedy", "mehl_soup"))
+    assert pruned["label"] == "Pruned greedy soup" and pruned["held_out_accuracy"] >= greedy["held_out_accuracy"]
+    assert pruned["history"][:len(greedy["history"])] == [{**h, "pass": 0, "action": "add"} for h in greedy["history"]]
+    assert pruned["passes"] >= 1 and set(pruned["ingredients"]) <= {f"ft_{i}" for i in range(5)}
+    assert mehl["label"] == "MEHL soup" and "beta" not in mehl
+    assert len(mehl["coefficients"]) == 4 and all(len(row) == 5 for row in mehl["coefficients"].values())
+    assert all(sum(row) == pytest.approx(1.0) for row in mehl["coefficients"].values())
+    assert [len(b) for b in mehl["blocks"]] == [2, 2, 1] and len(mehl["curve"]) == 3 * 2 * 4
+    assert "mehl_soup/coefficients" in run.tables and "pruned_greedy/history" in run.tables
+    assert not list((out / "soups").glob("*/state*"))  # the resume state is removed once written
+    passes = evaluator.passes
+    with caplog.at_level("INFO"):
+        assert run_soups(_cfg(out, ["greedy", "pruned_greedy", "mehl_soup"], *overrides), run=FakeRun()) == made
+    assert evaluator.passes == passes
