@@ -50,7 +50,7 @@ from soup_exp.cluster.signals import StopOnSignal
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.freshness import pool_identity
 from soup_exp.soups.ingredients import WeightsLike, float_keys, load_ingredients
-from soup_exp.soups.learned import Batches
+from soup_exp.soups.learned import STATE_FILE, Batches, log_learned, step_logger
 from soup_exp.soups.learned_state import Progress, load_state, save_state
 from soup_exp.soups.recipe import Range, Soup
 from soup_exp.soups.streaming import finalize
@@ -58,7 +58,6 @@ from soup_exp.soups.streaming import finalize
 log = logging.getLogger(__name__)
 
 Mode = Literal["by_layer", "per_model"]
-STATE_FILE = "state.safetensors"
 
 
 @dataclass
@@ -295,22 +294,13 @@ def mehl_recipe(
 ) -> Soup:
     """Recipe ``mehl_soup``: MEHL-Soup(+) on held-out, resumable after every epoch and at the
     batch a signal stops it."""
-    def log_step(point: dict[str, float]) -> None:
-        ctx.run.log({f"{ctx.recipe}/loss": point["loss"], f"{ctx.recipe}/step": point["step"]})
-
-    device = ctx.judge.device
+    device = ctx.judge.device  # builds the held-out evaluator: its data and numerics are inputs too
     result = mehl_soup(ctx.pool.ingredients, ctx.judge.skeleton,
                        lambda epoch: ctx.judge.heldout_batches(batch_size, epoch),
                        mode=mode, block_size=block_size, epochs=epochs, model_epochs=model_epochs, lr=lr,
                        weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip, seed=seed, device=device,
-                       on_step=log_step, progress=ctx.progress, state_file=ctx.store.state_file(STATE_FILE),
+                       on_step=step_logger(ctx), progress=ctx.progress, state_file=ctx.store.state_file(STATE_FILE),
                        inputs={**ctx.store.inputs(), "seed": ctx.judge.seed})
-    if mode == "per_model":
-        rows = [{"ingredient": n, "coefficient": c} for n, c in zip(result.names, result.coefficients, strict=True)]
-    else:
-        rows = [{"parameter": key, "ingredient": n, "coefficient": c}
-                for key, row in result.coefficients.items() for n, c in zip(result.names, row, strict=True)]
-    ctx.log_table("coefficients", rows)
-    ctx.log_table("curve", result.curve)
+    log_learned(ctx, result.names, result.coefficients, result.curve)
     return Soup(result.state_dict, {"blocks": result.blocks}, coefficients=result.coefficients,
                 curve=result.curve, held_out_accuracy=ctx.judge.evaluate(result.state_dict))

@@ -7,6 +7,7 @@ import signal
 
 import pytest
 import torch
+from tiny_learning import Tiny, blobs, epoch_batches
 from torch import nn
 
 from soup_exp.cluster.signals import StopRequested
@@ -14,36 +15,11 @@ from soup_exp.soups.ingredients import LazyWeights, StateDictSource
 from soup_exp.soups.mehl import block_schedule, cosine_lr, mehl_soup
 
 
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.image_encoder = nn.Sequential(nn.Linear(8, 16), nn.Tanh())
-        self.head = nn.Linear(16, 3)
-
-    def forward(self, x):
-        return self.head(self.image_encoder(x))
-
-
-def _data(seed=0, n=96):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(3, 8, generator=g) * 2
-    y = torch.randint(0, 3, (n,), generator=g)
-    return centers[y] + torch.randn(n, 8, generator=g), y
-
-
 def _ingredients(n=5, spread=0.6):
     torch.manual_seed(0)
     base = Tiny().state_dict()
     g = torch.Generator().manual_seed(1)
     return [{k: v + spread * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(n)]
-
-
-def _batches(x, y, bs=32):
-    def per_epoch(epoch):
-        g = torch.Generator().manual_seed(epoch)
-        perm = torch.randperm(len(y), generator=g)
-        return [(x[perm[i:i + bs]], y[perm[i:i + bs]]) for i in range(0, len(y), bs)]
-    return per_epoch
 
 
 def _direct(sds, batches, *, epochs, lr, warmup, by_layer):
@@ -80,9 +56,9 @@ def _direct(sds, batches, *, epochs, lr, warmup, by_layer):
 
 @pytest.mark.parametrize("by_layer", [False, True])
 def test_one_block_of_the_whole_pool_is_the_direct_optimisation(by_layer):
-    x, y = _data()
+    x, y = blobs()
     sds = _ingredients()
-    batches = _batches(x, y)
+    batches = epoch_batches(x, y)
     mode = "by_layer" if by_layer else "per_model"
     result = mehl_soup(sds, Tiny(), batches, mode=mode, block_size=len(sds), epochs=3, lr=0.05, grad_clip=None)
     soup, coefficients = _direct(sds, batches, epochs=3, lr=0.05, warmup=0.2, by_layer=by_layer)
@@ -102,7 +78,7 @@ def test_one_block_of_the_whole_pool_is_the_direct_optimisation(by_layer):
 
 def test_coefficients_go_below_zero_when_extrapolating_helps():
     """theta_1 = w + d and theta_2 = w + 2d: the good model w is 2 theta_1 - theta_2."""
-    x, y = _data()
+    x, y = blobs()
     model = Tiny()
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(200):
@@ -113,7 +89,7 @@ def test_coefficients_go_below_zero_when_extrapolating_helps():
     g = torch.Generator().manual_seed(3)
     d = {k: 0.8 * torch.randn(v.shape, generator=g) for k, v in good.items()}
     sds = [{k: good[k] + d[k] for k in good}, {k: good[k] + 2 * d[k] for k in good}]
-    result = mehl_soup(sds, Tiny(), _batches(x, y), mode="per_model", block_size=2, epochs=30, lr=0.1)
+    result = mehl_soup(sds, Tiny(), epoch_batches(x, y), mode="per_model", block_size=2, epochs=30, lr=0.1)
     a1, a2 = result.coefficients
     assert a2 < 0 < a1 and a1 + a2 == pytest.approx(1.0)
 
@@ -135,7 +111,7 @@ class _Counted(StateDictSource):
 
 
 def test_each_step_holds_one_block_of_ingredients_not_the_pool():
-    x, y = _data()
+    x, y = blobs()
     sds = _ingredients(n=7)
     reads: list[str] = []
     pool = [LazyWeights(f"m{i}", _Counted(f"m{i}", sd, reads)) for i, sd in enumerate(sds)]
@@ -145,7 +121,7 @@ def test_each_step_holds_one_block_of_ingredients_not_the_pool():
         per_step.append(set(reads))
         reads.clear()
 
-    result = mehl_soup(pool, Tiny(), _batches(x, y), block_size=3, epochs=2, on_step=on_step)
+    result = mehl_soup(pool, Tiny(), epoch_batches(x, y), block_size=3, epochs=2, on_step=on_step)
     blocks = [set(b) for b in result.blocks]
     assert [len(b) for b in blocks] == [3, 3, 1]
     steps_per_block = 2 * 3
@@ -165,16 +141,16 @@ def _stop_at(step):
 
 @pytest.mark.parametrize("stop_at", [2, 6, 7, 12])  # mid-block, a block's last step, a new block, the end
 def test_a_soup_stopped_by_sigint_resumes_to_identical_coefficients(tmp_path, stop_at):
-    x, y = _data()
+    x, y = blobs()
     sds = _ingredients(n=4)
     settings = {"block_size": 2, "epochs": 2, "mode": "by_layer"}
-    straight = mehl_soup(sds, Tiny(), _batches(x, y), **settings)
+    straight = mehl_soup(sds, Tiny(), epoch_batches(x, y), **settings)
     state = tmp_path / "state.safetensors"
     with pytest.raises(StopRequested) as stopped:
-        mehl_soup(sds, Tiny(), _batches(x, y), on_step=_stop_at(stop_at), state_file=state, **settings)
+        mehl_soup(sds, Tiny(), epoch_batches(x, y), on_step=_stop_at(stop_at), state_file=state, **settings)
     assert stopped.value.step == stop_at
     steps = []
-    resumed = mehl_soup(sds, Tiny(), _batches(x, y), on_step=steps.append, state_file=state, **settings)
+    resumed = mehl_soup(sds, Tiny(), epoch_batches(x, y), on_step=steps.append, state_file=state, **settings)
     assert [p["step"] for p in steps] == list(range(stop_at, 12))
     assert resumed.coefficients == straight.coefficients and resumed.curve == straight.curve
     for key in straight.state_dict:
