@@ -39,7 +39,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import torch
 from torch import nn
@@ -50,14 +50,12 @@ from soup_exp.cluster.signals import StopOnSignal
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.freshness import pool_identity
 from soup_exp.soups.ingredients import WeightsLike, float_keys, load_ingredients
-from soup_exp.soups.learned import STATE_FILE, Batches, log_learned, step_logger
+from soup_exp.soups.learned import STATE_FILE, Batches, Mode, log_learned, step_logger
 from soup_exp.soups.learned_state import Progress, load_state, save_state
 from soup_exp.soups.recipe import Range, Soup
 from soup_exp.soups.streaming import finalize
 
 log = logging.getLogger(__name__)
-
-Mode = Literal["by_layer", "per_model"]
 
 
 @dataclass
