@@ -170,6 +170,7 @@ def mehl_soup(
             block_index, inner = divmod(at.epoch, epochs)
             block = blocks[block_index]
             if loaded_block != block_index:
+                directions.clear()  # the last block's directions go before this block's are read
                 directions, scales = _directions(ings, block, keys, row_of, rows, center, width)
                 loaded_block = block_index
             epoch_batches = batches(at.epoch) if callable(batches) else batches
