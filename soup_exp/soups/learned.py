@@ -234,22 +234,32 @@ def learned_recipe(
 ) -> Soup:
     """Recipes ``learned_per_model`` and ``learned_by_layer``: coefficients learned on held-out,
     resumable after every epoch and at the batch a signal stops them."""
-    def log_step(point: dict[str, float]) -> None:
-        ctx.run.log({f"{ctx.recipe}/loss": point["loss"], f"{ctx.recipe}/step": point["step"]})
-
     device = ctx.judge.device  # builds the held-out evaluator: its data and numerics are inputs too
     result = learned_soup(ctx.pool.ingredients, ctx.judge.skeleton,
                           lambda epoch: ctx.judge.heldout_batches(batch_size, epoch),
                           mode=mode, epochs=epochs, lr=lr, weight_decay=weight_decay, device=device,
-                          on_step=log_step, progress=ctx.progress, state_file=ctx.store.state_file(STATE_FILE),
+                          on_step=step_logger(ctx), progress=ctx.progress, state_file=ctx.store.state_file(STATE_FILE),
                           inputs={**ctx.store.inputs(), "seed": ctx.judge.seed})
-    if mode == "per_model":
-        rows = [{"ingredient": n, "coefficient": c} for n, c in zip(result.names, result.coefficients, strict=True)]
-    else:
-        rows = [{"parameter": key, "ingredient": n, "coefficient": c}
-                for key, row in result.coefficients.items() for n, c in zip(result.names, row, strict=True)]
-    ctx.log_table("coefficients", rows)
-    ctx.log_table("curve", result.curve)
+    log_learned(ctx, result.names, result.coefficients, result.curve)
     ctx.run.summary({f"{ctx.recipe}/beta": result.beta})
     return Soup(result.state_dict, {"placement": result.placement}, coefficients=result.coefficients,
                 beta=result.beta, curve=result.curve, held_out_accuracy=ctx.judge.evaluate(result.state_dict))
+
+
+def step_logger(ctx: SoupContext) -> Callable[[dict[str, float]], None]:
+    """An ``on_step`` that logs a learned soup's loss to the stage's W&B run."""
+    def log_step(point: dict[str, float]) -> None:
+        ctx.run.log({f"{ctx.recipe}/loss": point["loss"], f"{ctx.recipe}/step": point["step"]})
+    return log_step
+
+
+def log_learned(ctx: SoupContext, names: Sequence[str], coefficients: list[float] | dict[str, list[float]],
+                curve: list[dict[str, float]]) -> None:
+    """A learned soup's coefficients (per model, or per parameter tensor) and loss curve as W&B tables."""
+    if isinstance(coefficients, Mapping):
+        rows = [{"parameter": key, "ingredient": n, "coefficient": c}
+                for key, row in coefficients.items() for n, c in zip(names, row, strict=True)]
+    else:
+        rows = [{"ingredient": n, "coefficient": c} for n, c in zip(names, coefficients, strict=True)]
+    ctx.log_table("coefficients", rows)
+    ctx.log_table("curve", curve)

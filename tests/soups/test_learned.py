@@ -5,28 +5,12 @@ import signal
 
 import pytest
 import torch
+from tiny_learning import Tiny, blobs, epoch_batches
 from torch import nn
 
 from soup_exp.cluster.signals import StopRequested
 from soup_exp.soups import uniform_soup
 from soup_exp.soups.learned import learned_soup
-
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.image_encoder = nn.Sequential(nn.Linear(8, 16), nn.Tanh())
-        self.head = nn.Linear(16, 3)
-
-    def forward(self, x):
-        return self.head(self.image_encoder(x))
-
-
-def _data(seed=0, n=96):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(3, 8, generator=g) * 2
-    y = torch.randint(0, 3, (n,), generator=g)
-    return centers[y] + torch.randn(n, 8, generator=g), y
 
 
 def _ingredients(x, y, n=4):
@@ -49,18 +33,10 @@ def _ingredients(x, y, n=4):
     return sds
 
 
-def _batches(x, y, bs=32):
-    def per_epoch(epoch):
-        g = torch.Generator().manual_seed(epoch)
-        perm = torch.randperm(len(y), generator=g)
-        return [(x[perm[i:i + bs]], y[perm[i:i + bs]]) for i in range(0, len(y), bs)]
-    return per_epoch
-
-
 def test_starts_at_uniform_soup():
-    x, y = _data()
+    x, y = blobs()
     sds = _ingredients(x, y)
-    result = learned_soup(sds, Tiny(), _batches(x, y), epochs=0)
+    result = learned_soup(sds, Tiny(), epoch_batches(x, y), epochs=0)
     uniform = uniform_soup(sds)
     for k in uniform:
         torch.testing.assert_close(result.state_dict[k], uniform[k])
@@ -69,10 +45,10 @@ def test_starts_at_uniform_soup():
 
 
 def test_by_layer_loss_decreases_and_one_vector_per_tensor():
-    x, y = _data()
+    x, y = blobs()
     sds = _ingredients(x, y)
     model = Tiny()
-    result = learned_soup(sds, model, _batches(x, y), epochs=5, mode="by_layer")
+    result = learned_soup(sds, model, epoch_batches(x, y), epochs=5, mode="by_layer")
     assert set(result.coefficients) == {k for k, _ in model.named_parameters()}
     assert all(len(v) == len(sds) and abs(sum(v) - 1) < 1e-5 for v in result.coefficients.values())
     first = result.curve[0]["loss"]
@@ -86,9 +62,9 @@ def test_by_layer_loss_decreases_and_one_vector_per_tensor():
 
 
 def test_per_model_prefers_good_ingredients():
-    x, y = _data()
+    x, y = blobs()
     sds = _ingredients(x, y)
-    result = learned_soup(sds, Tiny(), _batches(x, y), epochs=5, mode="per_model")
+    result = learned_soup(sds, Tiny(), epoch_batches(x, y), epochs=5, mode="per_model")
     assert len(result.coefficients) == len(sds)
     good, bad = result.coefficients[0] + result.coefficients[2], result.coefficients[1] + result.coefficients[3]
     assert good > bad
@@ -120,48 +96,48 @@ def _assert_same(a, b):
 @pytest.mark.parametrize("mode", ["by_layer", "per_model"])
 @pytest.mark.parametrize("stop_at", [1, 3, 4, 9])  # mid-epoch, an epoch's last batch, the very last step
 def test_a_soup_stopped_by_sigint_resumes_to_identical_coefficients(tmp_path, mode, stop_at):
-    x, y = _data()
+    x, y = blobs()
     sds = _ingredients(x, y)
     settings = {"mode": mode, "epochs": 3, "state_file": tmp_path / "state.safetensors"}
-    straight = learned_soup(sds, Tiny(), _batches(x, y), mode=mode, epochs=3)
+    straight = learned_soup(sds, Tiny(), epoch_batches(x, y), mode=mode, epochs=3)
     with pytest.raises(StopRequested) as stopped:
-        learned_soup(sds, Tiny(), _batches(x, y), on_step=_stop_at(stop_at), **settings)
+        learned_soup(sds, Tiny(), epoch_batches(x, y), on_step=_stop_at(stop_at), **settings)
     assert stopped.value.signum == signal.SIGINT and stopped.value.step == stop_at
     assert stopped.value.where == f"step {stop_at}, epoch {(stop_at - 1) // 3 + 1} of 3"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
     steps = []
-    resumed = learned_soup(sds, Tiny(), _batches(x, y), on_step=steps.append, **settings)
+    resumed = learned_soup(sds, Tiny(), epoch_batches(x, y), on_step=steps.append, **settings)
     assert [p["step"] for p in steps] == list(range(stop_at, 9))
     _assert_same(straight, resumed)
 
 
 def test_state_saved_for_other_settings_or_ingredients_is_not_resumed(tmp_path, caplog):
-    x, y = _data()
+    x, y = blobs()
     sds = _ingredients(x, y)
     state = tmp_path / "state.safetensors"
     with pytest.raises(StopRequested):
-        learned_soup(sds, Tiny(), _batches(x, y), epochs=2, state_file=state, on_step=_stop_at(2))
+        learned_soup(sds, Tiny(), epoch_batches(x, y), epochs=2, state_file=state, on_step=_stop_at(2))
     for changed, why in [({"lr": 0.1}, "recipe parameters changed (lr: 0.05 -> 0.1)"),
                          ({"inputs": {"seed": 1}}, "the seed (which orders the held-out batches) changed")]:
         caplog.clear()
         steps = []
         with caplog.at_level("WARNING"):
-            fresh = learned_soup(sds, Tiny(), _batches(x, y), epochs=2, state_file=state, on_step=steps.append,
+            fresh = learned_soup(sds, Tiny(), epoch_batches(x, y), epochs=2, state_file=state, on_step=steps.append,
                                  **changed)
         assert f"{state} was saved for other inputs ({why}): starting the learned soup afresh" in caplog.text
         assert len(steps) == 6
-        _assert_same(fresh, learned_soup(sds, Tiny(), _batches(x, y), epochs=2,
+        _assert_same(fresh, learned_soup(sds, Tiny(), epoch_batches(x, y), epochs=2,
                                          **{k: v for k, v in changed.items() if k != "inputs"}))
         with pytest.raises(StopRequested):  # back to the first settings' state for the next case
-            learned_soup(sds, Tiny(), _batches(x, y), epochs=2, state_file=state, on_step=_stop_at(2))
+            learned_soup(sds, Tiny(), epoch_batches(x, y), epochs=2, state_file=state, on_step=_stop_at(2))
 
 
 @pytest.mark.parametrize("save", [1, 3])  # after the first epoch; after the last, before the soup is returned
 def test_a_signal_while_an_epoch_is_saved_stops_after_the_save(tmp_path, monkeypatch, save):
     import soup_exp.soups.learned as learned
 
-    x, y = _data()
+    x, y = blobs()
     sds = _ingredients(x, y)
     real, saves = learned.save_state, []
 
@@ -174,10 +150,10 @@ def test_a_signal_while_an_epoch_is_saved_stops_after_the_save(tmp_path, monkeyp
     monkeypatch.setattr(learned, "save_state", save_then_signal)
     settings = {"epochs": 3, "state_file": tmp_path / "state.safetensors"}
     with pytest.raises(StopRequested) as stopped:
-        learned_soup(sds, Tiny(), _batches(x, y), **settings)
+        learned_soup(sds, Tiny(), epoch_batches(x, y), **settings)
     assert stopped.value.where == f"step {3 * save}, epoch {save} of 3" and saves == [3, 6, 9][:save]
     monkeypatch.setattr(learned, "save_state", real)
     steps = []
-    _assert_same(learned_soup(sds, Tiny(), _batches(x, y), epochs=3),
-                 learned_soup(sds, Tiny(), _batches(x, y), on_step=steps.append, **settings))
+    _assert_same(learned_soup(sds, Tiny(), epoch_batches(x, y), epochs=3),
+                 learned_soup(sds, Tiny(), epoch_batches(x, y), on_step=steps.append, **settings))
     assert len(steps) == 9 - 3 * save

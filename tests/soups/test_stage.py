@@ -545,3 +545,27 @@ def test_each_soup_records_what_its_recipe_cost_and_a_rerun_keeps_it(pool, monke
     assert evaluator.passes == passes  # every soup skipped: its cost is no input
     assert _records(out)["uniform"]["cost"]["wall_s"] == 12345.0
     assert all((made[name] / "soup.json").read_bytes() == before[name] for name in made if name != "uniform")
+
+
+def test_pruned_greedy_and_mehl_soup_are_cooked_by_the_stage_and_kept(pool, monkeypatch, caplog):
+    """The recipes of tests/soups/test_pruned_greedy.py and test_mehl.py through the real stage."""
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    overrides = ("recipes.mehl_soup.block_size=2", "recipes.mehl_soup.epochs=2", "recipes.mehl_soup.batch_size=64")
+    run = FakeRun()
+    made = run_soups(_cfg(out, ["greedy", "pruned_greedy", "mehl_soup"], *overrides), run=run)
+    greedy, pruned, mehl = (json.loads((made[n] / "soup.json").read_text())
+                            for n in ("greedy", "pruned_greedy", "mehl_soup"))
+    assert pruned["label"] == "Pruned greedy soup" and pruned["held_out_accuracy"] >= greedy["held_out_accuracy"]
+    assert pruned["history"][:len(greedy["history"])] == [{**h, "pass": 0, "action": "add"} for h in greedy["history"]]
+    assert pruned["passes"] >= 1 and set(pruned["ingredients"]) <= {f"ft_{i}" for i in range(5)}
+    assert mehl["label"] == "MEHL soup" and "beta" not in mehl
+    assert len(mehl["coefficients"]) == 4 and all(len(row) == 5 for row in mehl["coefficients"].values())
+    assert all(sum(row) == pytest.approx(1.0) for row in mehl["coefficients"].values())
+    assert [len(b) for b in mehl["blocks"]] == [2, 2, 1] and len(mehl["curve"]) == 3 * 2 * 4
+    assert "mehl_soup/coefficients" in run.tables and "pruned_greedy/history" in run.tables
+    assert not list((out / "soups").glob("*/state*"))  # the resume state is removed once written
+    passes = evaluator.passes
+    with caplog.at_level("INFO"):
+        assert run_soups(_cfg(out, ["greedy", "pruned_greedy", "mehl_soup"], *overrides), run=FakeRun()) == made
+    assert evaluator.passes == passes
