@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from soup_exp.cluster.signals import StopOnSignal
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.freshness import pool_identity
-from soup_exp.soups.ingredients import WeightsLike, float_keys, load_ingredients
+from soup_exp.soups.ingredients import LazyWeights, WeightsLike, float_keys, load_ingredients
 from soup_exp.soups.learned_state import Progress, load_state, save_state
 from soup_exp.soups.recipe import Range, Soup
 
@@ -112,6 +112,24 @@ def stack_ingredients(ingredients, keys: Sequence[str], device: torch.device, pr
     return stacks, placement
 
 
+def prepare_learning(ingredients: WeightsLike | Iterable[WeightsLike], skeleton: nn.Module, mode: str,
+                     device: str | torch.device | None, what: str
+                     ) -> tuple[list[LazyWeights], torch.device, list[str], dict[str, torch.Tensor], nn.Module]:
+    """What every learned soup starts from: the checked ingredients, the device (the
+    skeleton's unless given), the keys whose coefficients are learned, the tensors copied
+    from the first ingredient (integer buffers), and the skeleton frozen on the device."""
+    if mode not in ("by_layer", "per_model"):
+        raise ValueError(f"{what} mode must be 'by_layer' or 'per_model', got {mode!r}")
+    ings = load_ingredients(ingredients)
+    device = torch.device(device) if device is not None else next(skeleton.parameters()).device
+    keys = float_keys(ings[0])
+    constants = {k: ings[0].get(k).to(device) for k in ings[0].tensor_keys() if k not in set(keys)}
+    skeleton = skeleton.to(device).eval()
+    for p in skeleton.parameters():
+        p.requires_grad_(False)
+    return ings, device, keys, constants, skeleton
+
+
 def learned_soup(
     ingredients: WeightsLike | Iterable[WeightsLike],
     skeleton: nn.Module,
@@ -142,17 +160,9 @@ def learned_soup(
     (:class:`~soup_exp.cluster.signals.StopRequested`). The state is left for the caller to
     remove once the soup is safely written (the soup stage does).
     """
-    if mode not in ("by_layer", "per_model"):
-        raise ValueError(f"learned soup mode must be 'by_layer' or 'per_model', got {mode!r}")
-    ings = load_ingredients(ingredients)
+    ings, device, keys, constants, skeleton = prepare_learning(ingredients, skeleton, mode, device, "learned soup")
     names = [ing.name for ing in ings]
-    device = torch.device(device) if device is not None else next(skeleton.parameters()).device
-    keys = float_keys(ings[0])
     stacks, placement = stack_ingredients(ings, keys, device, progress)
-    constants = {k: ings[0].get(k).to(device) for k in ings[0].tensor_keys() if k not in set(keys)}
-    skeleton = skeleton.to(device).eval()
-    for p in skeleton.parameters():
-        p.requires_grad_(False)
 
     n = len(ings)
     rows = len(keys) if mode == "by_layer" else 1

@@ -49,8 +49,15 @@ from tqdm.auto import tqdm
 from soup_exp.cluster.signals import StopOnSignal
 from soup_exp.soups.context import SoupContext
 from soup_exp.soups.freshness import pool_identity
-from soup_exp.soups.ingredients import WeightsLike, float_keys, load_ingredients
-from soup_exp.soups.learned import STATE_FILE, Batches, Mode, log_learned, step_logger
+from soup_exp.soups.ingredients import WeightsLike
+from soup_exp.soups.learned import (
+    STATE_FILE,
+    Batches,
+    Mode,
+    log_learned,
+    prepare_learning,
+    step_logger,
+)
 from soup_exp.soups.learned_state import Progress, load_state, save_state
 from soup_exp.soups.recipe import Range, Soup
 from soup_exp.soups.streaming import finalize
@@ -107,19 +114,11 @@ def mehl_soup(
 ) -> MehlResult:
     """Learn a MEHL soup on held-out ``batches`` (as :func:`~soup_exp.soups.learned.learned_soup`
     takes them: ``epoch -> batches``, the same for the same epoch, or a re-iterable)."""
-    if mode not in ("by_layer", "per_model"):
-        raise ValueError(f"MEHL soup mode must be 'by_layer' or 'per_model', got {mode!r}")
-    ings = load_ingredients(ingredients)
+    ings, device, keys, constants, skeleton = prepare_learning(ingredients, skeleton, mode, device, "MEHL soup")
     names = [ing.name for ing in ings]
     n = len(ings)
-    device = torch.device(device) if device is not None else next(skeleton.parameters()).device
-    keys = float_keys(ings[0])
     row_of = {k: (i if mode == "by_layer" else 0) for i, k in enumerate(keys)}
     rows = len(keys) if mode == "by_layer" else 1
-    constants = {k: ings[0].get(k).to(device) for k in ings[0].tensor_keys() if k not in set(keys)}
-    skeleton = skeleton.to(device).eval()
-    for p in skeleton.parameters():
-        p.requires_grad_(False)
     blocks = block_schedule(n, block_size, model_epochs, seed)
     width = min(block_size, n)
 
