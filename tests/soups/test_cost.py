@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import time
 
 import torch
@@ -14,9 +15,13 @@ def test_a_tensor_the_recipe_allocates_shows_in_the_peak_host_memory_once_freed(
     size = 200 * 2**20
 
     def recipe():
-        big = torch.ones(size // 4)  # written, so its pages are resident
-        time.sleep(0.05)
-        del big
+        # fresh anonymous pages, each written so it is resident: an allocator's pool of
+        # freed memory (resident already, after the tests before) cannot stand in for them
+        big = mmap.mmap(-1, size)
+        for offset in range(0, size, mmap.PAGESIZE):
+            big[offset] = 1
+        time.sleep(0.2)
+        big.close()
         yield "soup"
 
     before = host_rss_bytes()
