@@ -4,8 +4,8 @@ Public API (stable): ``uniform_soup``, ``greedy_soup``, ``learned_soup``; ingred
 be safetensors paths, run directories, sweep directories, globs or in-memory state dicts.
 
 A weight-space merge can also be a per-tensor kernel, ``@kernel def fn(tensors, base,
-**params) -> Tensor``, which the streaming engine of :mod:`.kernels` runs (Model Stock and
-WiSE-FT are written so). Each algorithm module also holds its recipe, ``<name>_recipe(ctx, **params)``, which the
+**params) -> Tensor``, which the streaming engine of :mod:`.kernels` runs (Model Stock,
+WiSE-FT and the merges of docs/recipes.md are written so). Each algorithm module also holds its recipe, ``<name>_recipe(ctx, **params)``, which the
 ``recipes/<name>.yaml`` config names; :mod:`.recipe` says what a recipe is (a user's is
 written the same way: ``Soup``, ``Range``) and :mod:`.context` what it is given
 (``SoupContext``: a ``Pool``, a ``Judge`` and a ``SoupStore``). The soup stage itself is :func:`soup_exp.soup.run_soups`.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -97,30 +98,34 @@ def test_integer_buffers_are_copied_and_must_match_the_base_too(make_sd):
 # parent's peak over the exec); glibc's malloc is told to map every large block on its own,
 # so a freed tensor leaves the count.
 CHILD = """
-import re, sys, torch
+import importlib, json, re, sys, torch
 sys.path.insert(0, sys.argv[1])
-from my_soups import ties
 from soup_exp.soups import merge_tensors, resolve_ingredients
-def stacked_mean(tensors, base, density, scale):
+def stacked_mean(tensors, base, **params):
     return torch.stack(list(tensors)).mean(0)
 torch.set_num_threads(1)
-kernel = ties.fn if sys.argv[2] == "ties" else stacked_mean
-merge_tensors(resolve_ingredients(sys.argv[4:]), kernel, base=resolve_ingredients(sys.argv[3])[0],
-              params=dict(density=0.2, scale=1.0))
+module, _, attr = sys.argv[2].rpartition(":")
+kernel = getattr(importlib.import_module(module), attr).fn if module else stacked_mean
+merge_tensors(resolve_ingredients(sys.argv[5:]), kernel, base=resolve_ingredients(sys.argv[4])[0],
+              params=json.loads(sys.argv[3]))
 print(int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024)
 """
 TENSOR = 2 ** 20  # floats: 4 MiB a tensor, three tensors a model
+PARAMS = {"density": 0.2, "scale": 1.0}
 SMALL, LARGE = 5, 12  # pools past the reader's look-ahead (PREFETCH_TENSORS), so only N differs
 
 
-def _peak_bytes(files: list[Path], base: Path, kernel: str) -> int:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(USER_REPO), kernel, str(base), *map(str, files)],
+def peak_bytes(files: list[Path], base: Path, kernel: str, params: dict) -> int:
+    """Peak resident bytes of a fresh process merging ``files`` with ``kernel`` ("module:recipe",
+    or "stacked_mean": N tensors held at once)."""
+    done = subprocess.run([sys.executable, "-c", CHILD, str(USER_REPO), kernel, json.dumps(params), str(base),
+                           *map(str, files)],
                           capture_output=True, text=True, check=True,
                           env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)})
     return int(done.stdout.split()[-1])
 
 
-def _model(path: Path, seed: int) -> Path:
+def model_file(path: Path, seed: int) -> Path:
     g = torch.Generator().manual_seed(seed)
     save_file({f"layer{i}.weight": torch.randn(TENSOR, generator=g) for i in range(3)}, str(path))
     return path
@@ -128,12 +133,12 @@ def _model(path: Path, seed: int) -> Path:
 
 @pytest.mark.slow
 def test_the_user_ties_kernel_peak_memory_does_not_grow_with_the_number_of_ingredients(tmp_path):
-    base = _model(tmp_path / "base.safetensors", 100)
-    files = [_model(tmp_path / f"ft_{i}.safetensors", i) for i in range(LARGE)]
+    base = model_file(tmp_path / "base.safetensors", 100)
+    files = [model_file(tmp_path / f"ft_{i}.safetensors", i) for i in range(LARGE)]
     tensor_bytes = TENSOR * 4
-    ties = {n: _peak_bytes(files[:n], base, "ties") for n in (SMALL, LARGE)}
+    ties = {n: peak_bytes(files[:n], base, "my_soups:ties", PARAMS) for n in (SMALL, LARGE)}
     assert ties[LARGE] - ties[SMALL] < tensor_bytes, ties  # 7 more ingredients: not one more tensor
-    stacked = {n: _peak_bytes(files[:n], base, "stacked_mean") for n in (SMALL, LARGE)}
+    stacked = {n: peak_bytes(files[:n], base, "stacked_mean", {}) for n in (SMALL, LARGE)}
     assert stacked[LARGE] - stacked[SMALL] > 7 * tensor_bytes, stacked  # the measure sees N tensors held
 
 
