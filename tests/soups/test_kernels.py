@@ -171,7 +171,7 @@ def test_a_kernel_recipe_starts_from_the_lp_init_and_is_skipped_without_its_base
     cfg = OmegaConf.create({"soups_dir": str(tmp_path / "soups"), "zeroshot_dir": str(tmp_path / "zeroshot"),
                             "progress": False, "seed": 0,
                             "soup": {"accumulate_dtype": "float32", "arithmetic": "sum", "kernel_device": "cpu"}})
-    ctx = SoupRoles(cfg, resolve_ingredients(tmp_path / "pool"), run=None).context("task_arithmetic", {})
+    ctx = SoupRoles(cfg, resolve_ingredients(tmp_path / "pool"), run=None).context("my_task_arithmetic", {})
     soup = task_arithmetic(ctx, base="lp", scale=1.0)
     assert soup.info == {"base": "lp_init"} and "base" in ctx.store.inputs()
     start = make_sd(9)
@@ -179,7 +179,7 @@ def test_a_kernel_recipe_starts_from_the_lp_init_and_is_skipped_without_its_base
         assert torch.allclose(tensor, start[key] + sum(sd[key] - start[key] for sd in sds), atol=1e-6)
     with caplog.at_level("WARNING"):
         assert task_arithmetic(ctx, base="zeroshot", scale=1.0) is None
-    assert "recipe task_arithmetic skipped: its base 'zeroshot' needs a zero-shot model in" in caplog.text
+    assert "recipe my_task_arithmetic skipped: its base 'zeroshot' needs a zero-shot model in" in caplog.text
 
 
 def test_a_kernel_that_does_not_take_tensors_and_base_is_refused_where_it_is_defined():
