@@ -322,6 +322,18 @@ def test_only_soups_whose_inputs_changed_are_recooked(pool, monkeypatch, caplog)
     assert caplog.text.count("the soup's numerics changed (soup.accumulate_dtype or soup.arithmetic)") == 2
 
 
+def test_a_narrowed_pool_recooks_its_soups_and_names_the_removed_ingredients(pool, monkeypatch, caplog):
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    run_soups(_cfg(out, ["uniform", "greedy"]), run=FakeRun())
+    subset = [str(out / "ingredients" / name) for name in ("ft_0", "ft_1", "ft_3")]
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run_soups(_cfg(out, ["uniform", "greedy"], f"soup.pool=[{','.join(subset)}]"), run=FakeRun())
+    assert caplog.text.count("the pool changed (5 -> 3 ingredients: removed ft_2, ft_4)") == 2
+    assert json.loads((out / "soups" / "uniform" / "soup.json").read_text())["ingredients"] == ["ft_0", "ft_1", "ft_3"]
+
+
 def test_a_shrunk_wise_ft_grid_retires_the_dropped_alphas(pool, monkeypatch, caplog):
     from soup_exp.artifacts import read_soups
 
