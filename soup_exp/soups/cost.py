@@ -4,12 +4,14 @@ recorded as each of its soups' ``cost`` (:class:`~soup_exp.artifacts.SoupCost`):
 - ``wall_s``: seconds the recipe ran (its call and each step to its next soup; the stage's
   writing of the soups in between is not counted);
 - ``peak_host_bytes``: the process's peak resident set size while it ran, the whole
-  process (what the stage held before the recipe included), sampled from
-  ``/proc/self/statm`` every ``SAMPLE_INTERVAL_S`` by a background thread, and at the
-  start and end of every step: a peak shorter than the interval can be missed. RSS
-  counts torch's tensors and the mapped pages of the safetensors files read, which
-  ``tracemalloc`` (Python objects) and ``ru_maxrss`` (the process's lifetime peak) cannot
-  give per recipe; None where ``/proc`` is missing;
+  process (what the stage held before the recipe included). Where Linux lets a process
+  reset its high-water mark (``/proc/self/clear_refs``), it is the kernel's ``VmHWM`` since
+  the recipe's step began, so no peak is missed however short; elsewhere it is sampled from
+  ``/proc/self/statm`` every ``SAMPLE_INTERVAL_S`` by a background thread and at the start
+  and end of every step, and a peak shorter than the interval can be missed. RSS counts
+  torch's tensors and the mapped pages of the safetensors files read, which ``tracemalloc``
+  (Python objects) and ``ru_maxrss`` (the process's lifetime peak) cannot give per recipe;
+  None where ``/proc`` is missing;
 - ``peak_device_bytes``: ``torch.cuda.max_memory_allocated`` of the current CUDA device,
   its peak reset when the recipe starts; None when CUDA is not in use;
 - ``held_out_passes``: candidates and models the judge (:class:`~soup_exp.soups.judge.Judge`)
@@ -39,6 +41,8 @@ T = TypeVar("T")
 
 SAMPLE_INTERVAL_S = 0.005
 STATM = "/proc/self/statm"
+STATUS = "/proc/self/status"
+CLEAR_REFS = "/proc/self/clear_refs"
 
 
 class Tally:
@@ -70,6 +74,29 @@ def host_rss_bytes() -> int | None:
         return None
 
 
+def reset_peak_rss() -> bool:
+    """Restart the kernel's high-water mark of this process's RSS at its RSS now (Linux >= 4.0);
+    False where that is not allowed."""
+    try:
+        with open(CLEAR_REFS, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int | None:
+    """The kernel's high-water mark of this process's RSS (``VmHWM``), or None without it."""
+    try:
+        with open(STATUS, "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 class CostMeter:
     """The cost of one recipe's run: ``with CostMeter(model_bytes) as meter``, the recipe's
     soups drawn through :meth:`measured`, :meth:`cost` the cost so far."""
@@ -80,6 +107,7 @@ class CostMeter:
         self._started: float | None = None
         self._peak_host: int | None = None
         self._peak_lock = threading.Lock()
+        self._high_water = False  # VmHWM was reset when the current step began
         self._passes = HELD_OUT_PASSES.value
         self._bytes = BYTES_READ.value
         self._stop = threading.Event()
@@ -132,6 +160,7 @@ class CostMeter:
 
     def _resume(self) -> None:
         self._sample()
+        self._high_water = reset_peak_rss()
         self._started = time.perf_counter()
 
     def _pause(self) -> None:
@@ -142,6 +171,8 @@ class CostMeter:
 
     def _sample(self) -> None:
         rss = host_rss_bytes()
+        if self._high_water and rss is not None:
+            rss = max(rss, peak_rss_bytes() or 0)
         with self._peak_lock:
             if rss is not None and (self._peak_host is None or rss > self._peak_host):
                 self._peak_host = rss
