@@ -7,12 +7,16 @@ For N ingredients shaped like an open_clip image classifier (default ViT-B/32 + 
   * uniform soup peak RSS (above the process's RSS after imports) vs one ingredient's
     size, target <= 2.5x; greedy soup peak RSS, target <= 3.5x;
   * learned soup step time for N=8 vs one plain forward+backward of one model at the
-    same batch, target <= 3x.
+    same batch, target <= 3x;
+  * peak RSS of the per-tensor merges (uniform, Model Stock and the kernel recipes: task
+    arithmetic, TIES, DARE) at each --merge-n vs one ingredient's size, target <= 2.5x, and
+    its growth from the smallest to the largest N, target <= 0.25 ingredient (O(1) in N).
 
     python scripts/bench_soup.py                       # 16 x ViT-B/32, in /tmp/soup-bench
     python scripts/bench_soup.py --n 4 --model soup-tiny-vit --classes 10   # quick check
     python scripts/bench_soup.py --n 8 --batch 256 --device cuda --skip cold uniform greedy \
         --placements auto pinned_host   # the learned step on a GPU, stacks on it and in pinned host memory
+    python scripts/bench_soup.py --skip cold uniform greedy learned --merge-n 4 8 16   # merges' memory vs N
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-LIMITS = {"uniform_cold": 1.3, "uniform_warm": 4.0, "uniform_rss": 2.5, "greedy_rss": 3.5, "learned_step": 3.0}
+LIMITS = {"uniform_cold": 1.3, "uniform_warm": 4.0, "uniform_rss": 2.5, "greedy_rss": 3.5, "learned_step": 3.0,
+          "merge_rss": 2.5, "merge_growth": 0.25}
+MERGES = ["uniform", "model_stock", "task_arithmetic", "ties_merging", "dare"]
 
 
 def _status_mib(field: str) -> float:
@@ -67,19 +73,24 @@ def files_of(args) -> list[Path]:
     return [Path(args.dir) / f"ingredient_{i:03d}.safetensors" for i in range(args.n)]
 
 
+def base_file(args) -> Path:
+    """The model the task vectors are taken from (the LP init or zero-shot model of a real pool)."""
+    return Path(args.dir) / "base.safetensors"
+
+
 def make_ingredients(args) -> None:
     import torch
     from safetensors.torch import save_file
 
     manifest = Path(args.dir) / "manifest.json"
     want = {"n": args.n, "model": args.model, "classes": args.classes, "dtype": args.dtype}
-    if manifest.is_file() and json.loads(manifest.read_text()) == want:
+    if manifest.is_file() and json.loads(manifest.read_text()) == want and base_file(args).is_file():
         return
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     skeleton, _ = build_skeleton(args.model, args.classes)
     shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     dtype = getattr(torch, args.dtype)
-    for i, path in enumerate(files_of(args)):
+    for i, path in enumerate([*files_of(args), base_file(args)]):
         g = torch.Generator().manual_seed(i)
         save_file({k: (0.02 * torch.randn(s, generator=g)).to(dtype) for k, s in shapes.items()}, str(path))
         print(f"  wrote {path} ({path.stat().st_size / 2**20:.0f} MiB)", flush=True)
@@ -205,7 +216,36 @@ def work_learned(args) -> dict:
     return out
 
 
-WORKERS = {"raw": work_raw, "raw_mmap": work_raw_mmap, "uniform": work_uniform, "greedy": work_greedy, "learned": work_learned}
+def work_merge(args) -> dict:
+    """One merge of the first ``--merge-size`` ingredients, configured as its recipe's YAML."""
+    import torch
+    from hydra.utils import get_object
+    from omegaconf import OmegaConf
+
+    from soup_exp.soups import merge_tensors, uniform_soup
+    from soup_exp.soups.kernels import Kernel
+    from soup_exp.soups.model_stock import model_stock_soup
+    from soup_exp.stages.entry import packaged_config_dir
+
+    torch.set_num_threads(args.threads)
+    files = files_of(args)[: args.merge_size]
+    start = time.perf_counter()
+    if args.merge == "uniform":
+        soup = uniform_soup(files, arithmetic=args.arithmetic)
+    elif args.merge == "model_stock":
+        soup = model_stock_soup(files, base_file(args)).state_dict
+    else:
+        recipe = OmegaConf.to_container(OmegaConf.load(packaged_config_dir() / "recipes" / f"{args.merge}.yaml"))
+        target = get_object(recipe.pop("_target_"))
+        if not isinstance(target, Kernel):
+            raise SystemExit(f"recipe {args.merge} is not a per-tensor kernel")
+        params = {k: v for k, v in recipe.items() if k not in ("label", "base")}
+        soup = merge_tensors(files, target.fn, base=base_file(args), params=params)
+    return {"seconds": time.perf_counter() - start, "tensors": len(soup)}
+
+
+WORKERS = {"raw": work_raw, "raw_mmap": work_raw_mmap, "uniform": work_uniform, "greedy": work_greedy, "learned": work_learned,
+           "merge": work_merge}
 
 
 def run_worker(args) -> None:
@@ -267,11 +307,18 @@ def main() -> None:
     parser.add_argument("--placements", nargs="+", default=["auto"], choices=["auto", "pinned_host"],
                         help="learned step: where the stacked ingredients live (auto: the device when they fit)")
     parser.add_argument("--placement", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--merge-n", type=int, nargs="*", default=[],
+                        help="pool sizes at which the per-tensor merges' peak RSS is measured (each <= --n)")
+    parser.add_argument("--merges", nargs="+", default=MERGES, help="the merges measured at each --merge-n")
+    parser.add_argument("--merge", help=argparse.SUPPRESS)
+    parser.add_argument("--merge-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None, help="also write the rows and the raw measurements here")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return run_worker(args)
+    if any(n > args.n for n in args.merge_n):
+        parser.error(f"--merge-n: every size must be at most --n ({args.n})")
     if args.device == "cpu" and "pinned_host" in args.placements:
         parser.error("--placements pinned_host needs a CUDA --device (on CPU the stacks are in host memory anyway)")
 
@@ -312,6 +359,18 @@ def main() -> None:
         rows.append((f"learned step (N={args.learned_n}, batch {args.batch}{where}) vs plain fwd+bwd",
                      f"{le['learned_step']:.3f}s vs {le['plain_step']:.3f}s",
                      verdict(le["learned_step"] / le["plain_step"], LIMITS["learned_step"])))
+    for merge in args.merges if args.merge_n else ():
+        peaks = {}
+        for size in sorted(args.merge_n):
+            result = raw[f"merge_{merge}_{size}"] = measure(args, "merge", extra=("--merge", merge, "--merge-size", str(size)))
+            peaks[size] = result["peak_rss_mib"] - result["base_rss_mib"]
+            rows.append((f"{merge} peak RSS vs one ingredient (N={size})",
+                         f"+{peaks[size]:.0f} MiB ({result['seconds']:.1f}s)", verdict(peaks[size] / one, LIMITS["merge_rss"])))
+        if len(peaks) > 1:
+            low, high = min(peaks), max(peaks)
+            rows.append((f"{merge} peak RSS growth from N={low} to N={high}, in ingredients",
+                         f"{peaks[high] - peaks[low]:+.0f} MiB",
+                         verdict(max(peaks[high] - peaks[low], 0.0) / one, LIMITS["merge_growth"])))
     print()
     print("| measure | figures | ratio |")
     print("|---|---|---|")
