@@ -117,7 +117,7 @@ def fisher_recipe(
     Fisher-weighted mean of the pool, tensor by tensor."""
     device = ctx.judge.device
     skeleton = ctx.judge.skeleton.to(device).eval()
-    seed = ctx.judge.seed
+    seed = ctx.judge.recorded_seed()  # the labels are drawn from it, even for Fishers read from the cache
 
     def compute(ing: LazyWeights) -> dict[str, Tensor]:
         return diagonal_fisher(skeleton, weights_on(ing, device), held_out_examples(ctx, batch_size, examples),

@@ -196,7 +196,7 @@ def regmean_recipe(
 
     settings: dict[str, Any] = {"examples": examples}
     if examples is not None:
-        settings["seed"] = ctx.judge.seed  # which images come first
+        settings["seed"] = ctx.judge.recorded_seed()  # which images come first
     statistics = ingredient_statistics(ctx, "gram", settings, compute)
     state_dict = merge_tensors(ctx.pool.ingredients, regmean_kernel,
                                params={"grams": statistics.files, "alpha": alpha},

@@ -21,6 +21,7 @@ import soup_exp.soups.fisher as fisher
 from soup_exp.soup import run_soups
 from soup_exp.soups import merge_tensors, resolve_ingredients
 from soup_exp.soups.fisher import diagonal_fisher, fisher_kernel, label_generator
+from soup_exp.soups.freshness import recorded_inputs
 from soup_exp.soups.statistics import statistics_dir
 
 N = 4
@@ -159,6 +160,8 @@ def test_the_stage_cooks_fisher_and_reuses_finished_fishers(pool, monkeypatch): 
     again = _record(_cook(out, "recipes.fisher.fisher_floor=1e-6"))  # another merge of the same Fishers
     assert again["fishers_reused"] == [f"ft_{i}" for i in range(5)] and again["fishers_computed"] == []
     assert again["cost"]["held_out_passes"] == 0 and again["cost"]["ingredient_reads"] == pytest.approx(10)
+    # no pass ran, yet the Fishers' labels follow the seed: a new seed must make this soup stale
+    assert recorded_inputs(made["fisher"] / "soup.json")["seed"] == 0
     assert sorted(cache.glob("*.safetensors")) == files
 
     _record(_cook(out, "recipes.fisher.examples=50"))  # another estimate: new files beside the old
@@ -198,6 +201,7 @@ def test_favor_target_and_normalize_cook_and_name_the_target(pool, monkeypatch):
 CHILD = """
 import json, re, sys, torch
 from soup_exp.soups import merge_tensors, resolve_ingredients
+from soup_exp.soups.freshness import recorded_inputs
 from soup_exp.soups.fisher import fisher_kernel
 torch.set_num_threads(1)
 files = sys.argv[1:]
