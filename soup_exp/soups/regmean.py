@@ -130,13 +130,15 @@ def _attention_hook(name: str, grams: _GramSums) -> Callable[..., None]:
 @torch.no_grad()
 def input_grams(model: nn.Module, weights: Mapping[str, Tensor], batches: Iterable[tuple[Tensor, Tensor]]
                 ) -> dict[str, Tensor]:
-    """For every linear layer of ``model`` run with ``weights``, the mean of ``x^T x`` over
-    the rows of its inputs on ``batches``, keyed by the layer's weight name."""
+    """For every linear layer of ``model`` run with ``weights`` (float tensors taken in fp32),
+    the mean of ``x^T x`` over the rows of its inputs on ``batches``, keyed by the layer's
+    weight name."""
     grams = _GramSums()
+    weights = {key: tensor.float() if tensor.is_floating_point() else tensor for key, tensor in weights.items()}
     handles = _hooks(model, grams)
     try:
         for images, _ in batches:
-            functional_call(model, dict(weights), (images,))
+            functional_call(model, weights, (images.float(),))
     finally:
         for handle in handles:
             handle.remove()
@@ -176,7 +178,7 @@ def regmean_kernel(tensors: Tensors, base: Tensor | None, *, grams: Sequence[Laz
     if info.item() != 0 or not torch.isfinite(solution).all():
         log.warning("RegMean: the summed Gram of '%s' is singular; using its pseudo-inverse", key)
         solution = torch.linalg.pinv(gram_sum, hermitian=True) @ product_sum
-    return solution.T
+    return solution.T.contiguous()
 
 
 def regmean_recipe(
