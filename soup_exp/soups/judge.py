@@ -142,6 +142,12 @@ class Judge(SharedCaches):
         """Held-out accuracy of an ensemble from its averaged :meth:`heldout_member_logits`."""
         return self.evaluator.ensemble_accuracy(mean_member_logits, HELD_OUT)
 
+    def recorded_seed(self) -> int:
+        """``seed``, recorded as an input of the soup: a statistic cached from a seeded pass
+        (:mod:`.statistics`) depends on it even when no pass runs."""
+        self._used["seed"] = self.seed
+        return self.seed
+
     def heldout_batches(self, batch_size: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled held-out ``(images, targets)`` on the device; the order is seeded by
         ``seed`` and epoch (so the seed is an input of the soup)."""
