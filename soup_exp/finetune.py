@@ -184,14 +184,54 @@ def describe_run(spec: RunSpec) -> str:
         keys = ["lr", "weight_decay", "epochs", "max_steps", "batch_size", "warmup_steps",
                 "label_smoothing", "mix", "aug"]
         values = {k: getattr(s, k) for k in keys if k != "max_steps" or s.max_steps}
-        values["warmup_steps"] = planned_warmup(s.warmup_steps)
+        values["warmup_steps"] = planned_warmup(s, planned_steps(spec))
     elif s.mode == "lp":
         start, values = "on frozen features", {f"lp.{k}": v for k, v in asdict(s.lp).items()}
     else:
         start, values = "prompt-ensemble head", {}
     drawn = f"; sweep {spec.draw.kind} {spec.draw.name}" if spec.draw.kind != "none" else ""
-    settings = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
+    settings = ", ".join(v if k == "warmup_steps" and s.mode == "finetune" else f"{k}={_short(v)}"
+                         for k, v in values.items())
     return f"{spec.out_dir.name} [{status}] {s.mode} {start}{drawn}" + (f": {settings}" if settings else "")
+
+
+def planned_steps(spec: RunSpec) -> int | None:
+    """The optimiser steps ``fit`` will take, from the training set's size as it lies now
+    (None when it cannot be listed yet, e.g. before the data stage makes it)."""
+    from soup_exp.training.optim import Schedule
+
+    images = training_images(spec.cfg.data, spec.classes)
+    if images is None:
+        return None
+    try:
+        return Schedule.plan(spec.settings, images, int(os.environ.get("WORLD_SIZE", "1"))).total_steps
+    except ConfigError:  # a batch the run refuses: the run says so, the plan has no length
+        return None
+
+
+def training_images(data_cfg: DictConfig, classes: ClassSpace) -> int | None:
+    """How many images ``build_train_samples`` will give (ImageNet train in the class space
+    minus the held-out split), counted without saving the split: a plan writes nothing.
+    Listed once per process, as a pipeline plans every sweep member on the same set."""
+    from soup_exp.data.heldout import heldout_split
+
+    root = (data_cfg.get("roots") or {}).get("ImageNet")
+    heldout = {**to_plain(data_cfg.heldout), "split_dir": None}
+    key = (str(root), tuple(classes.indices), stable_hash(heldout))
+    if key not in _TRAINING_IMAGES:
+        count = None
+        if root and Path(str(root)).is_dir():
+            try:
+                listing, positions = heldout_split({"roots": {"ImageNet": str(root)}, "heldout": heldout}, classes)
+                in_space = sum(classes.local_index(int(label)) is not None for label in listing.imagenet_labels)
+                count = in_space - int(positions.size)
+            except (OSError, SoupExpError):  # incomplete or unreadable: the stage's checks say why
+                count = None
+        _TRAINING_IMAGES[key] = count
+    return _TRAINING_IMAGES[key]
+
+
+_TRAINING_IMAGES: dict[tuple[str, tuple[int, ...], str], int | None] = {}
 
 
 def _short(value: Any) -> str:

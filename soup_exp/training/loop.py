@@ -34,12 +34,7 @@ from soup_exp.training.checkpoint import (
 )
 from soup_exp.training.data import SeededDistributedSampler, seeded_rngs
 from soup_exp.training.distributed import DistContext
-from soup_exp.training.optim import (
-    build_optimizer,
-    cosine_with_warmup,
-    describe_warmup,
-    effective_warmup,
-)
+from soup_exp.training.optim import Schedule, build_optimizer, cosine_with_warmup, describe_warmup
 from soup_exp.training.settings import TrainSettings
 from soup_exp.utils import runtime
 from soup_exp.utils.text import plural
@@ -49,36 +44,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(SoupExpError):
     """Training diverged; the message names the step and the last good checkpoint."""
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """How many samples each rank takes per micro-step, and how many steps the run has."""
-
-    micro_batch: int
-    steps_per_epoch: int
-    total_steps: int
-    warmup: int
-
-    @classmethod
-    def plan(cls, settings: TrainSettings, num_samples: int, world_size: int) -> Schedule:
-        per_step = settings.batch_size // settings.grad_accum
-        if settings.batch_size % (world_size * settings.grad_accum):
-            raise ConfigError(
-                f"train.batch_size={settings.batch_size} must be divisible by world size x "
-                f"train.grad_accum = {world_size} x {settings.grad_accum}"
-            )
-        micro = per_step // world_size
-        steps_per_epoch = (num_samples // world_size) // micro // settings.grad_accum
-        if steps_per_epoch == 0:
-            raise ConfigError(
-                f"the training set has {num_samples} images, fewer than one global batch "
-                f"(train.batch_size={settings.batch_size}); lower train.batch_size"
-            )
-        total = settings.epochs * steps_per_epoch
-        if settings.max_steps is not None:
-            total = min(total, settings.max_steps)
-        return cls(micro, steps_per_epoch, total, effective_warmup(settings.warmup_steps, total))
 
 
 def step_seed(seed: int, *parts: int) -> int:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+
+from soup_exp.errors import ConfigError
+from soup_exp.training.settings import TrainSettings
 
 WARMUP_SHARE_CAP = 0.2  # short runs (smoke tests, the demo) warm up for at most 20% of steps
 
@@ -23,9 +27,45 @@ def describe_warmup(warmup_steps: int, total_steps: int) -> str:
             f"of {total_steps} steps)")
 
 
-def planned_warmup(warmup_steps: int) -> str:
-    """``train.warmup_steps`` with the cap, for a plan that does not know the run's length."""
-    return f"{warmup_steps} (at most {WARMUP_SHARE_CAP:.0%} of the run's steps)"
+def planned_warmup(settings: TrainSettings, total_steps: int | None) -> str:
+    """The warmup a plan announces: the one the run will use when its length is known
+    (:meth:`Schedule.plan` on the training set's size), else the rule that will fix it."""
+    if total_steps is not None:
+        return describe_warmup(settings.warmup_steps, total_steps)
+    at_most = f", at most train.max_steps={settings.max_steps}" if settings.max_steps is not None else ""
+    return (f"warmup min({settings.warmup_steps}, {WARMUP_SHARE_CAP:.0%} of the steps) with steps = "
+            f"{settings.epochs} epochs x (training images // {settings.batch_size}){at_most}: "
+            "the training set cannot be listed yet to count them")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How many samples each rank takes per micro-step, and how many steps the run has."""
+
+    micro_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+
+    @classmethod
+    def plan(cls, settings: TrainSettings, num_samples: int, world_size: int) -> Schedule:
+        per_step = settings.batch_size // settings.grad_accum
+        if settings.batch_size % (world_size * settings.grad_accum):
+            raise ConfigError(
+                f"train.batch_size={settings.batch_size} must be divisible by world size x "
+                f"train.grad_accum = {world_size} x {settings.grad_accum}"
+            )
+        micro = per_step // world_size
+        steps_per_epoch = (num_samples // world_size) // micro // settings.grad_accum
+        if steps_per_epoch == 0:
+            raise ConfigError(
+                f"the training set has {num_samples} images, fewer than one global batch "
+                f"(train.batch_size={settings.batch_size}); lower train.batch_size"
+            )
+        total = settings.epochs * steps_per_epoch
+        if settings.max_steps is not None:
+            total = min(total, settings.max_steps)
+        return cls(micro, steps_per_epoch, total, effective_warmup(settings.warmup_steps, total))
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:

@@ -301,6 +301,31 @@ def test_a_grown_pool_recooks_every_soup_and_the_log_says_why(pool, monkeypatch,
     assert "settings: skipping" not in caplog.text
 
 
+def test_rewritten_weights_under_the_same_name_recook_the_soup_and_the_log_says_why(pool, monkeypatch, caplog):
+    """Same pool names, but ft_1 fine-tuned again in place: the uniform soup must follow."""
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    run_soups(_cfg(out, ["uniform"]), run=FakeRun())
+    soup_file = out / "soups" / "uniform" / "model.safetensors"
+    weights = out / "ingredients" / "ft_1" / "model.safetensors"
+    old_soup, old = load_file(str(soup_file)), load_file(str(weights))
+    g = torch.Generator().manual_seed(7)
+    new = {key: v + torch.randn(v.shape, generator=g) for key, v in old.items()}
+    save_file(new, str(weights), metadata={"retrained": "yes"})  # other values, another size
+    later = os.stat(weights).st_mtime_ns + 10**9
+    os.utime(weights, ns=(later, later))  # a later mtime even on a coarse-clock file system
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run_soups(_cfg(out, ["uniform"]), run=FakeRun())
+    assert f"soup 'uniform' in {out / 'soups' / 'uniform'} is stale: the pool changed (5 -> 5 ingredients: " \
+           "new weights for ft_1)" in caplog.text
+    assert "settings: skipping" not in caplog.text
+    souped = _records(out)["uniform"]["ingredients"]
+    assert "ft_1" in souped
+    for key, value in load_file(str(soup_file)).items():
+        torch.testing.assert_close(value, old_soup[key] + (new[key] - old[key]) / len(souped))
+
+
 def test_only_soups_whose_inputs_changed_are_recooked(pool, monkeypatch, caplog):
     out, evaluator = pool
     _patch(monkeypatch, evaluator)

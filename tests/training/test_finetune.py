@@ -99,11 +99,32 @@ def test_the_batch_is_described_without_plural_slips() -> None:
     assert describe_batch(512, 4, 128, 1) == "global batch 512 = 4 ranks x 128"
 
 
-def test_a_capped_warmup_is_said_in_the_log_and_the_plan(tiny_root: Path, compose_tiny) -> None:
+def test_a_capped_warmup_is_planned_as_the_value_the_run_uses(tiny_root: Path, compose_tiny) -> None:
+    """40 training images (48 minus 2 held out per class) in batches of 8: 5 steps, so a
+    warmup of 20 is capped at 1, and the plan says 1 as the run will use it."""
     from soup_exp.finetune import describe_run, resolve_run
     from soup_exp.training.optim import describe_warmup
 
     assert describe_warmup(20, 72) == "warmup 14 (train.warmup_steps=20, capped at 20% of 72 steps)"
     assert describe_warmup(2, 100) == "warmup 2"
-    line = describe_run(resolve_run(compose_tiny(tiny_root, "train.warmup_steps=20")))
-    assert "warmup_steps=20 (at most 20% of the run's steps)" in line
+    capped = describe_run(resolve_run(compose_tiny(tiny_root, "train.warmup_steps=20")))
+    assert "batch_size=8, warmup 1 (train.warmup_steps=20, capped at 20% of 5 steps), label_smoothing" in capped
+    three_epochs = describe_run(resolve_run(compose_tiny(tiny_root, "train.warmup_steps=3", "train.epochs=3")))
+    assert "batch_size=8, warmup 3, label_smoothing" in three_epochs  # 15 steps: 20% is 3, not capped
+
+
+def test_a_plan_before_the_training_set_exists_gives_the_rule_that_fixes_the_warmup(tmp_path: Path,
+                                                                                      compose_tiny) -> None:
+    from soup_exp.finetune import describe_run, resolve_run
+
+    line = describe_run(resolve_run(compose_tiny(tmp_path, "train.warmup_steps=20", "train.max_steps=50")))
+    assert ("warmup min(20, 20% of the steps) with steps = 1 epochs x (training images // 8), at most "
+            "train.max_steps=50: the training set cannot be listed yet to count them") in line
+
+
+def test_the_training_log_states_the_capped_warmup_it_uses(tiny_root: Path, compose_tiny, caplog) -> None:
+    caplog.set_level("INFO", logger="soup_exp.training.loop")
+    run_finetune(compose_tiny(tiny_root, "sweep.name=capped", "train.warmup_steps=20"))
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training ")]
+    assert line == ("training 5 steps (5 per epoch, batch 8), "
+                    "warmup 1 (train.warmup_steps=20, capped at 20% of 5 steps)")
