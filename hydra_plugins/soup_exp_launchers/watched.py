@@ -207,7 +207,8 @@ def slurm_return(job: Any, overrides: list[str], state: str, task_name: str) -> 
     if job.paths.result_pickle.exists():
         return job.results()[0]
     last = latest_progress(job.paths.stderr)
-    error = JobEndedWithoutResult(f"SLURM job {job.job_id} ended {state.lower()} without a result"
+    ended = "left no result, and SLURM lists it no more" if state == GONE else f"ended {state.lower()} without a result"
+    error = JobEndedWithoutResult(f"SLURM job {job.job_id} {ended}"
                                   + (f" ({last})" if last else "") + f"; its log: {job.paths.stderr}")
     return JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=error, task_name=task_name)
 

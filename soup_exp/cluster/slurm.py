@@ -2,8 +2,11 @@
 
 Job states come from ``sacct`` while accounting answers, else from ``squeue`` (which
 also lists jobs that ended less than ``MinJobAge`` ago): a cluster without accounting
-never leaves a submitter waiting on jobs it cannot see. A job neither command knows any
-more has ``GONE``.
+never leaves a submitter waiting on jobs it cannot see. ``sacct`` is not the last word
+either: it does not list a job slurmdbd has not heard of yet, and it shows ``PREEMPTED``
+both for a job that is gone and (until the requeue reaches accounting) for one SLURM has
+requeued, so for those jobs ``squeue`` decides. A job neither command knows any more has
+``GONE``.
 """
 
 from __future__ import annotations
@@ -18,14 +21,24 @@ log = logging.getLogger(__name__)
 
 LIVE_STATES = frozenset({
     "PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "COMPLETING", "CONFIGURING",
-    "SUSPENDED", "PREEMPTED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
+    "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
     "UNKNOWN",
 })
 GONE = "GONE"
+# sacct's word that squeue must confirm: PREEMPTED is final unless the job was requeued
+SACCT_UNSURE = frozenset({"PREEMPTED", "UNKNOWN"})
 
 
 def _run(command: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+    """``command``'s result; a missing or hung command is a failed one, not an exception."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return subprocess.CompletedProcess(command, 127, "", f"{command[0]}: {err}")
+
+
+def _first_line(done: subprocess.CompletedProcess) -> str:
+    return (done.stderr.strip() or f"exit {done.returncode}").splitlines()[0]
 
 
 def _main_id(job_id: str) -> str:
@@ -52,28 +65,51 @@ def _parse_states(text: str) -> dict[str, str]:
 
 
 class JobStates:
-    """States of submitted jobs; says once (not per poll) when accounting is unavailable."""
+    """States of submitted jobs; says once (not per poll) when accounting is unavailable,
+    and once per outage when the controller does not answer."""
 
     def __init__(self) -> None:
         self.accounting: bool | None = None  # None: not asked yet
+        self._squeue_failing = False
 
     def query(self, job_ids: Iterable[str]) -> dict[str, str]:
+        """Each job's state: sacct's, unless it is unsure (see :data:`SACCT_UNSURE`) or silent,
+        then squeue's; a job squeue does not list keeps sacct's final ``PREEMPTED``, else is ``GONE``."""
         job_ids = list(job_ids)
-        mains = sorted({_main_id(j) for j in job_ids})
+        listed: dict[str, str] = {}
         if self.accounting is not False:
+            mains = sorted({_main_id(j) for j in job_ids})
             done = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", *(f"-j{m}" for m in mains)])
             if done.returncode == 0:
                 self.accounting = True
-                known = _parse_states(done.stdout)
-                return {j: known.get(j, "UNKNOWN") for j in job_ids}
-            self.accounting = False
-            log.warning("SLURM accounting does not answer (sacct: %s); following the jobs with squeue instead",
-                        (done.stderr.strip() or f"exit {done.returncode}").splitlines()[0])
-        known: dict[str, str] = {}
-        for main in mains:
-            done = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", main])
-            known.update(_parse_states(done.stdout) if done.returncode == 0 else {})
-        return {j: known.get(j, GONE) for j in job_ids}
+                listed = _parse_states(done.stdout)
+            else:
+                self.accounting = False
+                log.warning("SLURM accounting does not answer (sacct: %s); following the jobs with squeue instead",
+                            _first_line(done))
+        states = {j: listed[j] for j in job_ids if listed.get(j, "UNKNOWN") not in SACCT_UNSURE}
+        unsure = [j for j in job_ids if j not in states]
+        if unsure:
+            queued = self._squeue(unsure)
+            for job_id in unsure:
+                if queued is None:
+                    states[job_id] = "UNKNOWN"
+                else:
+                    states[job_id] = queued.get(job_id) or ("PREEMPTED" if listed.get(job_id) == "PREEMPTED" else GONE)
+        return {j: states[j] for j in job_ids}
+
+    def _squeue(self, job_ids: list[str]) -> dict[str, str] | None:
+        """squeue's states of ``job_ids`` (jobs it does not list are absent), or None when
+        the controller does not answer (the jobs may well live on: asked again next poll)."""
+        mains = sorted({_main_id(j) for j in job_ids})
+        done = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(mains)])
+        if done.returncode != 0 and "Invalid job id" not in done.stderr:  # one unknown id: an error, not empty
+            if not self._squeue_failing:
+                log.warning("squeue does not answer (%s); asking again at the next poll", _first_line(done))
+            self._squeue_failing = True
+            return None
+        self._squeue_failing = False
+        return _parse_states(done.stdout) if done.returncode == 0 else {}
 
 
 @dataclass(frozen=True)
