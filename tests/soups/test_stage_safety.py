@@ -3,6 +3,7 @@ damaged files, write-protected ingredients, a full disk; each a one-line error (
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -144,8 +145,26 @@ def _soup_as_another_user(root, make_run, make_sd, unreadable=()):
         (out / "ingredients" / name / "model.safetensors").chmod(0o400)
     out.chmod(0o777)
     cfg = _cfg(out)
+    _import_what_the_stage_imports_on_first_use()
     status, err = run_in_child(_warnings_on_stderr(lambda: run_stage(cfg, run_soups)), unprivileged=True)
     return out, status, err
+
+
+def _import_what_the_stage_imports_on_first_use():
+    """``nobody`` may not read the Python installation (a pyenv under a 0700 ``/root``), so the
+    child can only use modules loaded before it drops root: those that open_clip, its
+    tokenizer (ftfy, which looks up codecs by name) and huggingface_hub import lazily."""
+    import codecs
+    import http.cookiejar  # noqa: F401
+
+    import ftfy  # noqa: F401
+    import huggingface_hub.file_download  # noqa: F401
+    import huggingface_hub.hf_api  # noqa: F401
+
+    for encoding in ("windows-1250", "windows-1251", "windows-1252", "windows-1253", "windows-1254",
+                     "windows-1257", "iso-8859-2", "latin-1", "sloppy-windows-1252", "utf-8-variants"):
+        with contextlib.suppress(LookupError):
+            codecs.lookup(encoding)
 
 
 def _warnings_on_stderr(stage):
