@@ -130,7 +130,6 @@ defaults:
   - slurm
 hydra:
   launcher:
-    partition: {partition}
     gpus_per_node: 0
     cpus_per_task: 1
     mem_gb: 1
@@ -142,16 +141,17 @@ def test_the_smoke_pipeline_submits_with_the_launcher_settings_and_a_rerun_submi
         slurm, tmp_path: Path) -> None:
     site = tmp_path / "site"
     (site / "launcher").mkdir(parents=True)
-    (site / "launcher" / "mysite.yaml").write_text(SITE_LAUNCHER.format(partition=slurm.partition))
+    (site / "launcher" / "mysite.yaml").write_text(SITE_LAUNCHER)
     env = {"SOUP_OUTPUT_DIR": str(tmp_path / "out"), "SOUP_CACHE_DIR": str(tmp_path / "cache")}
     command = [sys.executable, "-m", "soup_exp.cli", "pipeline", "--config-dir", str(site), "experiment=smoke",
-               "launcher=mysite", "hydra.launcher.mem_gb=2", "logger=disabled",
+               "launcher=mysite", f"hydra.launcher.partition={slurm.partition}", "hydra.launcher.mem_gb=2",
+               "logger=disabled",
                "pipeline.stages=[data,finetune,soup,evaluate,report]"]  # the analyses add minutes, not paths
     first = run_command(command, cwd=tmp_path, timeout=900, env=env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     scripts = sorted((tmp_path / "out" / "smoke" / "hydra").rglob("*_submission.sh"))
     assert {p.parts[-5].split("-")[0] for p in scripts} == {"finetune", "soup", "evaluate"}
-    for script in scripts:  # the site file's settings, and the command line's over them
+    for script in scripts:  # the site file's settings, and the command line's beside and over them
         text = script.read_text()
         assert f"#SBATCH --partition={slurm.partition}" in text and "#SBATCH --mem=2GB" in text, script
         assert "#SBATCH --cpus-per-task=1" in text and "#SBATCH --signal=USR2@" in text, script
