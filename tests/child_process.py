@@ -67,6 +67,17 @@ def run_in_child(fn: Callable[[], object], unprivileged: bool = False) -> tuple[
         return os.waitstatus_to_exitcode(wait_status), err.read().decode(errors="replace")
 
 
+def interpreter_runs_as_nobody() -> bool:
+    """Whether ``nobody`` can start this Python (a pyenv under a 0700 ``/root`` is private)."""
+    import subprocess
+
+    try:
+        return subprocess.run([sys.executable, "-c", "pass"], user=NOBODY, group=NOBODY,
+                              capture_output=True, timeout=60).returncode == 0
+    except PermissionError:
+        return False
+
+
 @contextlib.contextmanager
 def shared_dir() -> Iterator[Path]:
     """A temporary folder everyone can enter and write (mode 0777)."""
