@@ -12,12 +12,10 @@ from types import SimpleNamespace
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
+# classes are looked up on the module when used: Hydra's plugin scan re-executes plugin modules,
+# so a class imported by name here could be an older copy than the one the launcher raises
 from hydra_plugins.soup_exp_launchers import watched
-from hydra_plugins.soup_exp_launchers.watched import (
-    JobEndedWithoutResult,
-    SlurmProgress,
-    WatchedSlurmLauncher,
-)
+from hydra_plugins.soup_exp_launchers.watched import SlurmProgress, WatchedSlurmLauncher
 from soup_exp.cluster import slurm
 
 
@@ -69,7 +67,7 @@ def test_jobs_slurm_lets_go_without_a_result_fail_with_their_log_and_the_others_
 
     assert finished.status == JobStatus.COMPLETED and finished.return_value == "ingredient"
     for failed in (preempted, forgotten):
-        assert failed.status == JobStatus.FAILED and isinstance(failed._return_value, JobEndedWithoutResult)
+        assert failed.status == JobStatus.FAILED and isinstance(failed._return_value, watched.JobEndedWithoutResult)
     assert str(preempted._return_value) == (f"SLURM job 71_0 ended preempted without a result "
                                            f"(ft_000:  40%|####      | 80/200); its log: {jobs[0].paths.stderr}")
     assert str(forgotten._return_value) == (f"SLURM job 71_2 left no result, and SLURM lists it no more; "
