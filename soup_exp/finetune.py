@@ -41,7 +41,7 @@ from soup_exp.stages.experiment import check_names
 from soup_exp.training import ingredient as store
 from soup_exp.training.checkpoint import checkpoint_path
 from soup_exp.training.distributed import DistContext, setup_distributed, teardown_distributed
-from soup_exp.training.optim import planned_warmup
+from soup_exp.training.optim import describe_warmup, linear_probe_steps, planned_warmup
 from soup_exp.training.settings import TrainSettings, train_settings
 from soup_exp.training.sweep import SweepDraw, apply_sweep
 from soup_exp.utils.config import loggable_config, to_plain
@@ -187,10 +187,15 @@ def describe_run(spec: RunSpec) -> str:
         values["warmup_steps"] = planned_warmup(s, planned_steps(spec))
     elif s.mode == "lp":
         start, values = "on frozen features", {f"lp.{k}": v for k, v in asdict(s.lp).items()}
+        images = training_images(spec.cfg.data, spec.classes) if s.lp.warmup_steps else None
+        if images is not None:
+            steps = linear_probe_steps(images, s.lp.epochs, s.lp.batch_size)
+            values["lp.warmup_steps"] = describe_warmup(s.lp.warmup_steps, steps, "train.lp.warmup_steps")
     else:
         start, values = "prompt-ensemble head", {}
     drawn = f"; sweep {spec.draw.kind} {spec.draw.name}" if spec.draw.kind != "none" else ""
-    settings = ", ".join(v if k == "warmup_steps" and s.mode == "finetune" else f"{k}={_short(v)}"
+    described = {"finetune": "warmup_steps", "lp": "lp.warmup_steps"}.get(s.mode)
+    settings = ", ".join(v if k == described and isinstance(v, str) else f"{k}={_short(v)}"
                          for k, v in values.items())
     return f"{spec.out_dir.name} [{status}] {s.mode} {start}{drawn}" + (f": {settings}" if settings else "")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +22,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from soup_exp.cluster.signals import quiet_loader_worker
+from soup_exp.training.optim import (
+    cosine_with_warmup,
+    describe_warmup,
+    effective_warmup,
+    linear_probe_steps,
+)
 from soup_exp.utils.hashing import file_stamp, stable_hash
 from soup_exp.utils.io import atomic_save_safetensors
 from soup_exp.utils.runtime import autocast
@@ -187,10 +192,9 @@ def train_linear_probe(
             head.weight.zero_()
             head.bias.zero_()
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    total_steps = max(1, epochs * math.ceil(len(inputs) / batch_size))
+    total_steps = linear_probe_steps(len(inputs), epochs, batch_size)
     if warmup_steps:
-        from soup_exp.training.optim import cosine_with_warmup, effective_warmup
-
+        log.info("linear probe: %d steps, %s", total_steps, describe_warmup(warmup_steps, total_steps, "train.lp.warmup_steps"))
         scheduler = cosine_with_warmup(optimizer, effective_warmup(warmup_steps, total_steps), total_steps)
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)

@@ -17,14 +17,18 @@ def effective_warmup(warmup_steps: int, total_steps: int) -> int:
     return min(warmup_steps, int(total_steps * WARMUP_SHARE_CAP))
 
 
-def describe_warmup(warmup_steps: int, total_steps: int) -> str:
-    """The warmup a run uses, and why when it is not ``train.warmup_steps``: a cap the user
-    did not ask for is said, not hidden."""
+def describe_warmup(warmup_steps: int, total_steps: int, key: str = "train.warmup_steps") -> str:
+    """The warmup a run uses, and why when it is not ``key`` (the setting that asked for it):
+    a cap the user did not ask for is said, not hidden."""
     used = effective_warmup(warmup_steps, total_steps)
     if used == warmup_steps:
         return f"warmup {used}"
-    return (f"warmup {used} (train.warmup_steps={warmup_steps}, capped at {WARMUP_SHARE_CAP:.0%} "
-            f"of {total_steps} steps)")
+    return f"warmup {used} ({key}={warmup_steps}, capped at {WARMUP_SHARE_CAP:.0%} of {total_steps} steps)"
+
+
+def linear_probe_steps(images: int, epochs: int, batch_size: int) -> int:
+    """The optimiser steps of a linear probe over ``images`` features."""
+    return max(1, epochs * math.ceil(images / batch_size))
 
 
 def planned_warmup(settings: TrainSettings, total_steps: int | None) -> str:

@@ -128,3 +128,18 @@ def test_the_training_log_states_the_capped_warmup_it_uses(tiny_root: Path, comp
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training ")]
     assert line == ("training 5 steps (5 per epoch, batch 8), "
                     "warmup 1 (train.warmup_steps=20, capped at 20% of 5 steps)")
+
+
+def test_a_capped_linear_probe_warmup_is_said_in_the_plan_and_the_log(tiny_root: Path, compose_tiny,
+                                                                       caplog) -> None:
+    """The LP caps its warmup as the fine-tunes do (40 images in batches of the LP's size), and says so."""
+    from soup_exp.finetune import describe_run, resolve_run
+
+    cfg = compose_tiny(tiny_root, "sweep=lp_init", "train.lp.warmup_steps=500")
+    plan = describe_run(resolve_run(cfg))
+    assert ", warmup " in plan and "(train.lp.warmup_steps=500, capped at 20% of " in plan
+    planned = plan.split(", warmup ", 1)[1].split(" ", 1)[0]
+    caplog.set_level("INFO", logger="soup_exp.training.lp")
+    run_finetune(cfg)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("linear probe: ")]
+    assert f"warmup {planned} (train.lp.warmup_steps=500, capped at 20% of " in line
