@@ -92,17 +92,14 @@ def ingredient_statistics(ctx: SoupContext, kind: str, settings: Mapping[str, An
 def held_out_examples(ctx: SoupContext, batch_size: int, examples: int | None
                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One pass over the held-out set (counted as one held-out pass), in the judge's seeded
-    order, on the evaluation device; only its first ``examples`` images when given."""
-    device = ctx.judge.device
-    taken = 0
+    order, on the judge's device; only its first ``examples`` images when given."""
+    left = examples
     for images, targets in ctx.judge.heldout_batches(batch_size, 0):
-        if examples is not None:
-            images, targets = images[:examples - taken], targets[:examples - taken]
-        if len(targets) == 0:
-            return
-        yield images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        taken += len(targets)
-        if examples is not None and taken >= examples:
+        if left is not None:
+            images, targets = images[:left], targets[:left]
+            left -= len(targets)
+        yield images, targets
+        if left == 0:
             return
 
 
