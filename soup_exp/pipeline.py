@@ -94,12 +94,28 @@ def _search_path() -> tuple[str, ...]:
 def compose_stage(stage: str, overrides: Sequence[str], extra: Sequence[str] = ()) -> DictConfig:
     """``stage``'s config with this run's overrides (secret ones come from the environment).
 
-    A composition costs ~0.2 s and the checks, the plan and the run ask for the same ones,
+    A composition costs 0.2-0.7 s and the checks, the plan and the run ask for the same ones,
     so each is composed once per process (and search path) and handed out as a copy."""
-    key = (stage, tuple(overrides_for(stage, overrides)), tuple(extra), _search_path())
+    key = (stage, tuple(overrides), tuple(extra), _search_path())
     if key not in _COMPOSED:
-        _COMPOSED[key] = compose(config_name=stage, overrides=[*key[1], *key[2]])
+        _COMPOSED[key] = _compose_with_known(stage, overrides, extra)
     return apply_secret_overrides(copy.deepcopy(_COMPOSED[key]))
+
+
+def _compose_with_known(stage: str, overrides: Sequence[str], extra: Sequence[str]) -> DictConfig:
+    """Every override first, as most runs give only keys that every stage has; only when
+    Hydra refuses one (a key or group this stage lacks) are they filtered to the stage's
+    own, which costs a composition more. ``+``/``~`` overrides are always filtered: Hydra
+    would add or delete a key that the stage does not have rather than refuse it."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not any(o.startswith(("+", "~")) for o in overrides):
+        try:
+            return compose(config_name=stage, overrides=[*overrides, *extra])
+        except (HydraException, OmegaConfBaseException):
+            pass
+    return compose(config_name=stage, overrides=[*overrides_for(stage, overrides), *extra])
 
 
 _COMPOSED: dict[tuple, DictConfig] = {}
@@ -219,7 +235,7 @@ def check_pipeline(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     if "finetune" in stages and int(cfg.pipeline.sweep_size) > 0:
         from soup_exp.finetune import resolve_run
 
-        resolve_run(compose_stage("finetune", sweep_overrides(cfg, overrides), ["sweep.index=0"]))
+        resolve_run(sweep_member(cfg, overrides, 0))
     if "soup" in stages:
         from soup_exp.soup import selected_recipes
 
@@ -268,16 +284,19 @@ def _finetune_plans(cfg: DictConfig, overrides: Sequence[str]) -> list[dict[str,
              for single in baseline_sweeps(cfg)]
     size = int(cfg.pipeline.sweep_size)
     if size > 0:
-        member = compose_stage("finetune", sweep_overrides(cfg, overrides))
         launcher = next((o.split("=", 1)[1] for o in overrides if _override_key(o) == "launcher"), "local")
         lines = [f"sweep {cfg.pipeline.sweep}: {plural(size, 'job')} "
                  f"(a Hydra multirun, launcher={launcher})"]
-        for index in range(size):
-            job = copy.deepcopy(member)
-            job.sweep.index = index
-            lines.append(f"  {describe_run(resolve_run(job))}")
+        lines += [f"  {describe_run(resolve_run(sweep_member(cfg, overrides, index)))}" for index in range(size)]
         plans.append({"finetune": lines})
     return plans
+
+
+def sweep_member(cfg: DictConfig, overrides: Sequence[str], index: int) -> DictConfig:
+    """Job ``index`` of the fine-tuning sweep's multirun, composed once for every index."""
+    member = compose_stage("finetune", sweep_overrides(cfg, overrides))
+    member.sweep.index = index
+    return member
 
 
 def check_cluster_request() -> None:

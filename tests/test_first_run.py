@@ -102,16 +102,25 @@ def test_debug_experiment_runs_every_stage_and_a_second_dry_run_finds_it_done(tm
 
 
 def test_the_demo_dry_run_imports_no_model_library_and_writes_nothing(tmp_path):
-    """A plan lists; it never needs open_clip, timm or matplotlib (seconds of imports each)."""
+    """A plan lists; it never needs open_clip, timm, torchvision or matplotlib (seconds of
+    imports each), and composes each stage's config once: the fine-tune stage's for the
+    sweep (all its jobs), the zero-shot model, the LP init and once for its keys, which
+    the sweep's command line is filtered by."""
     script = ("import sys\n"
+              "import soup_exp.pipeline as pipeline\n"
               "from soup_exp.cli import main\n"
+              "composed = []\n"
+              "real = pipeline.compose\n"
+              "pipeline.compose = lambda **kw: composed.append(kw['config_name']) or real(**kw)\n"
               "sys.argv = ['soup-exp', 'pipeline', 'experiment=demo', '--dry-run']\n"
               "try:\n    main()\nexcept SystemExit as done:\n    code = done.code\n"
-              "heavy = sorted(m for m in ('open_clip', 'timm', 'matplotlib') if m in sys.modules)\n"
-              "print('HEAVY', code, ','.join(heavy))\n")
+              "heavy = sorted(m for m in ('open_clip', 'timm', 'matplotlib', 'torchvision') if m in sys.modules)\n"
+              "print('HEAVY', code, ','.join(heavy))\n"
+              "print('COMPOSED', ','.join(sorted(composed)))\n")
     env = {**os.environ, "SOUP_ROOT": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "HEAVY 0 \n" in done.stdout, done.stdout[-500:]
+    assert "COMPOSED evaluate,finetune,finetune,finetune,finetune,report,soup\n" in done.stdout, done.stdout[-500:]
     assert list(tmp_path.iterdir()) == []

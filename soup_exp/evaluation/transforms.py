@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torchvision import transforms as T
 
 from soup_exp.errors import SoupExpError
 
@@ -24,17 +23,22 @@ class UnsupportedTransformError(SoupExpError, ValueError):
     """The eval transform is not Compose(PIL ops..., ToTensor, [Normalize])."""
 
 
+def _transforms():
+    """torchvision's transforms, imported when a transform is split: importing torchvision
+    costs 1.5 s, which a dry run or a soup stage that evaluates nothing need not pay."""
+    from torchvision import transforms
+
+    return transforms
+
+
 def _is_to_tensor(step: object) -> bool:
     # timm's MaybeToTensor subclasses ToTensor; open_clip reuses timm's or torchvision's.
-    return isinstance(step, T.ToTensor) or type(step).__name__ in {"MaybeToTensor", "ToTensor"}
+    return isinstance(step, _transforms().ToTensor) or type(step).__name__ in {"MaybeToTensor", "ToTensor"}
 
 
 def _is_rgb_convert(step: object) -> bool:
     name = getattr(step, "__name__", type(step).__name__)
     return name in {"MaybeConvertMode", "_convert_to_rgb", "convert_to_rgb", "ConvertToRGB"}
-
-
-_PIL_STEPS: tuple[type, ...] = (T.Resize, T.CenterCrop, T.Grayscale)
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,8 @@ def _as_list(values: Sequence[float] | torch.Tensor | float, channels: int = 3) 
     return tuple(float(v) for v in values)
 
 
-def _split_compose(preprocess: T.Compose) -> SplitTransform:
+def _split_compose(preprocess: object) -> SplitTransform:
+    T = _transforms()
     steps = list(preprocess.transforms)
     tensor_at = [i for i, s in enumerate(steps) if _is_to_tensor(s)]
     if len(tensor_at) != 1:
@@ -90,7 +95,7 @@ def _split_compose(preprocess: T.Compose) -> SplitTransform:
         )
     pil_steps, tensor_steps = steps[: tensor_at[0]], steps[tensor_at[0] + 1 :]
     for step in pil_steps:
-        if not (isinstance(step, _PIL_STEPS) or _is_rgb_convert(step)):
+        if not (isinstance(step, (T.Resize, T.CenterCrop, T.Grayscale)) or _is_rgb_convert(step)):
             raise UnsupportedTransformError(
                 f"eval transform step {step!r} is not a deterministic PIL step (Resize, CenterCrop, "
                 f"convert-RGB); cannot split {preprocess!r} into a cacheable uint8 part"
@@ -108,6 +113,7 @@ def _split_compose(preprocess: T.Compose) -> SplitTransform:
 
 def _split_torchvision_preset(preset: torch.nn.Module) -> SplitTransform:
     """torchvision's weight presets (``ImageClassification``) as the same split."""
+    T = _transforms()
     resize = T.Resize(preset.resize_size, interpolation=preset.interpolation, antialias=preset.antialias)
     to_uint8 = T.Compose([resize, T.CenterCrop(preset.crop_size), T.PILToTensor()])
     return SplitTransform(to_uint8, _as_list(preset.mean), _as_list(preset.std))
