@@ -21,7 +21,26 @@ os.environ.pop("WANDB_API_KEY", None)
 
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers such as child_process
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under pytest-xdist each worker gets its share of the cores, and so do the stages its
+# tests start (they inherit OMP_NUM_THREADS): two workers with two threads each on two
+# cores spend their time waiting on each other.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+torch.set_num_threads(THREADS)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist turns the group marks into node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist: the tests of the one SLURM share a worker (some restart the cluster),
+    and the slow tests start first, so that the last minutes are not one long test alone."""
+    if WORKERS <= 1:
+        return
+    for item in items:
+        if "slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)
