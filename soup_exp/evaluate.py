@@ -28,9 +28,16 @@ from soup_exp.artifacts import (
     load_weights,
     read_models,
 )
+from soup_exp.artifacts.correctness import Hits
 from soup_exp.artifacts.results import ResultsStore, with_avg_shifts
 from soup_exp.errors import ConfigError
-from soup_exp.evaluation.evaluator import EnsembleSums, Evaluator, build_evaluator, evaluation_suite
+from soup_exp.evaluation.evaluator import (
+    EnsembleSums,
+    Evaluator,
+    PerImageHits,
+    build_evaluator,
+    evaluation_suite,
+)
 from soup_exp.evaluation.settings import EvalSettings
 from soup_exp.soups.ingredients import all_finite
 from soup_exp.stages.entry import stage_entry
@@ -86,16 +93,22 @@ def _chunks(items: Sequence, size: int) -> list[Sequence]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def ensemble_accuracies(
+def ensemble_hits(
     evaluator: Evaluator, skeleton: torch.nn.Module, weights: Sequence[Path], models_per_pass: int
-) -> dict[str, float]:
-    """Accuracy of the logit ensemble of ``weights``, its members read ``models_per_pass``
-    at a time (so they need not fit in memory together) into :class:`EnsembleSums`."""
+) -> dict[str, torch.Tensor]:
+    """Per-image correctness of the logit ensemble of ``weights``, its members read
+    ``models_per_pass`` at a time (so they need not fit in memory together) into
+    :class:`EnsembleSums`."""
     keys = [str(i) for i in range(len(weights))]
     sums = EnsembleSums(evaluator, {"ensemble": keys}, {key: key for key in keys})
     for group in _chunks(list(zip(keys, weights, strict=True)), models_per_pass):
         evaluator.evaluate({key: _load(skeleton, path) for key, path in group}, on_logits=sums)
-    return with_avg_shifts(sums.accuracies("ensemble", evaluator.names))
+    return sums.hits("ensemble", evaluator.names)
+
+
+def accuracies_of(hits: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Each dataset's accuracy from its per-image hits, and Avg shifts."""
+    return with_avg_shifts({dataset: bits.sum().item() / len(bits) for dataset, bits in hits.items()})
 
 
 def _row(entry: Model, accuracies: Mapping[str, float], meta: Mapping[str, Any],
@@ -253,9 +266,12 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
     rows: list[dict] = []
     if todo:
         with start_run(cfg, "evaluate", name=f"{cfg.name}-evaluate") as run:  # finishes it, failed or not
-            def record(entry: Model, accuracies: Mapping[str, float]) -> None:
-                row = _row(entry, accuracies, metas[entry.name], previous.get(entry.name))
-                rows.append(store.upsert(row, config=cfg))
+            def record(entry: Model, accuracies: Mapping[str, float], hits: Mapping[str, torch.Tensor]) -> None:
+                meta = metas[entry.name]
+                row = _row(entry, accuracies, meta, previous.get(entry.name))
+                bits = {dataset: Hits(h.numpy(), meta["datasets"][dataset], meta["weights"])
+                        for dataset, h in hits.items()}
+                rows.append(store.upsert(row, config=cfg, hits=bits))
                 log.info("%s: %s", entry.name, ", ".join(f"{k} {100 * v:.2f}" for k, v in accuracies.items()))
                 run.log({f"{entry.name}/{k}": v for k, v in accuracies.items()})
 
@@ -268,6 +284,7 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
             # ensembles of models evaluated now are scored from those passes' logits
             sums = EnsembleSums(evaluator, {e.name: [str(w.resolve()) for w in e.members] for e in ensembles},
                                 {e.name: str(e.weights.resolve()) for e in singles})
+            per_image = PerImageHits(evaluator)
             for group in _chunks(singles, eval_cfg.models_per_pass):
                 models = {}
                 for entry in group:
@@ -275,18 +292,18 @@ def run_evaluate(cfg: DictConfig) -> list[dict]:
                         models[entry.name] = _load(skeleton, entry.weights)
                     except NonFiniteModelError as err:
                         skip(entry, err)
-                results = evaluator.evaluate(models, on_logits=sums) if models else {}
+                results = evaluator.evaluate(models, on_logits=sums, on_hits=per_image) if models else {}
                 del models
                 for entry in group:
                     if entry.name in results:
-                        record(entry, results[entry.name])
+                        record(entry, results[entry.name], per_image.pop(entry.name))
             for entry in ensembles:
                 try:
                     if sums.complete(entry.name, evaluator.names):
-                        accuracies = with_avg_shifts(sums.accuracies(entry.name, evaluator.names))
+                        hits = sums.hits(entry.name, evaluator.names)
                     else:
-                        accuracies = ensemble_accuracies(evaluator, skeleton, entry.members, eval_cfg.models_per_pass)
-                    record(entry, accuracies)
+                        hits = ensemble_hits(evaluator, skeleton, entry.members, eval_cfg.models_per_pass)
+                    record(entry, accuracies_of(hits), hits)
                 except NonFiniteModelError as err:
                     skip(entry, err)
             columns = sorted({k for row in rows for k in row if k not in {"meta", "path"}},

@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 
 from soup_exp.artifacts import SOUP_FILE, SoupRecord, soup_records
 from soup_exp.artifacts.analysis import analysis_records
-from soup_exp.artifacts.results import ResultsFormatError
+from soup_exp.artifacts.correctness import correctness_path, matching_hits, read_hits
+from soup_exp.artifacts.results import ResultsFormatError, results_files
 from soup_exp.errors import ConfigError
 from soup_exp.reporting.leaderboard import build_leaderboard
 from soup_exp.reporting.paper import (
@@ -28,6 +29,7 @@ from soup_exp.reporting.paper import (
 )
 from soup_exp.reporting.reproduction import reproduction_table
 from soup_exp.reporting.table import RENDERERS, Table, build_table, render, to_markdown
+from soup_exp.reporting.uncertainty import PairedBootstrap
 from soup_exp.stages.entry import stage_entry
 from soup_exp.tracking.repeats import content_fingerprint, previous_run, remember_run
 from soup_exp.tracking.wandb_run import start_run
@@ -93,6 +95,31 @@ def _other_results_hint(cfg: DictConfig | Mapping[str, Any], shown: int = 5) -> 
             "or give results=PATH (a results.jsonl or a folder of them)")
 
 
+def _bootstrap(cfg: DictConfig | Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> PairedBootstrap | None:
+    """The paired bootstrap of the rows whose per-image hits the evaluate stage kept beside
+    their results file (and that still match the row); None with ``uncertainty.replicates=0``
+    or when no row has any (the authors' published numbers)."""
+    settings = cfg["uncertainty"]
+    if not int(settings["replicates"]):
+        return None
+    results = to_plain(cfg["results"])
+    entries = [results] if isinstance(results, str | os.PathLike) else list(results or [])
+    kept: dict[str, dict[str, Any]] = {}
+    for path in results_files([e for e in entries if str(e) not in PUBLISHED or Path(str(e)).exists()]):
+        kept.update(read_hits(correctness_path(path)))
+    hits, identities = {}, {}
+    for row in rows:
+        matched = matching_hits(row, kept.get(str(row["name"]), {}))
+        if matched:
+            hits[str(row["name"])] = matched
+            identities[str(row["name"])] = dict((row.get("meta") or {}).get("datasets") or {})
+    if not hits:
+        log.info("no per-image hits beside %s: the table has no intervals", results)
+        return None
+    return PairedBootstrap(hits, replicates=int(settings["replicates"]), seed=int(settings["seed"]),
+                           level=float(settings["level"]), identities=identities)
+
+
 def _formats(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
     formats = list(cfg["formats"])
     unknown = [f for f in formats if f not in RENDERERS]
@@ -114,7 +141,7 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     rows = _result_rows(cfg)
     soups = _read_soups(cfg["soups_dir"])
     rows = _with_ingredient_counts(rows, soups)
-    table = build_table(rows, per_recipe=per_recipe)
+    table = build_table(rows, per_recipe=per_recipe, bootstrap=_bootstrap(cfg, rows))
     if not table.rows:
         warnings.warn("no result row matches a table line (zero-shot, individual, soup, ...)", stacklevel=2)
 

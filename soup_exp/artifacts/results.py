@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from soup_exp.artifacts.correctness import Hits, correctness_path, drop_hits, update_hits
 from soup_exp.artifacts.dirs import INGREDIENT_FILE, LEGACY_KINDS, SOUP_FILE
 from soup_exp.errors import SoupExpError
 from soup_exp.utils.checks import is_fraction
@@ -67,14 +68,24 @@ class ResultsStore:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
 
-    def upsert(self, row: Mapping[str, Any], config: Any = None) -> dict[str, Any]:
+    @property
+    def correctness_path(self) -> Path:
+        """The per-image correctness file beside it (:mod:`soup_exp.artifacts.correctness`)."""
+        return correctness_path(self.path)
+
+    def upsert(self, row: Mapping[str, Any], config: Any = None,
+               hits: Mapping[str, Hits] | None = None) -> dict[str, Any]:
         """Add ``row``, replacing the row of the same ``name``; returns the stored row.
 
         Adds ``avg_shifts`` when all five shifts are present and ``meta`` (time, code
-        version, and ``config_hash`` of ``config`` when given).
+        version, and ``config_hash`` of ``config`` when given). ``hits``: the row's
+        per-image correctness on the datasets just measured, written first, so a row
+        never reports bits that are not there.
         """
         stored = with_metadata(normalise_row(row, source=self.path), config)
         with file_lock(self.lock_path):
+            if hits:
+                update_hits(self.correctness_path, stored["name"], hits)
             rows = self.rows()
             names = [r["name"] for r in rows]
             if stored["name"] in names:
@@ -99,6 +110,7 @@ class ResultsStore:
             kept = [r for r in rows if r["name"] not in unwanted]
             if len(kept) < len(rows):
                 atomic_write_text(self.path, "".join(_dump(r) for r in kept))
+                drop_hits(self.correctness_path, unwanted)
         return [r["name"] for r in rows if r["name"] in unwanted]
 
     def get(self, name: str) -> dict[str, Any] | None:

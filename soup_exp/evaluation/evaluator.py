@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 ModelOrEnsemble = nn.Module | Sequence[nn.Module]
 LogitsSink = Callable[[str, str, torch.Tensor, torch.Tensor], None]
+# (model, dataset, indices, per-image hits): what each batch's argmax got right
+HitsSink = Callable[[str, str, torch.Tensor, torch.Tensor], None]
 
 
 def _members(value: ModelOrEnsemble) -> list[nn.Module]:
@@ -203,7 +205,7 @@ class Evaluator:
     @torch.inference_mode()
     def _run(
         self, groups: Mapping[str, list[nn.Module]], dataset_names: Sequence[str],
-        on_logits: LogitsSink | None = None,
+        on_logits: LogitsSink | None = None, on_hits: HitsSink | None = None,
     ) -> dict[str, dict[str, float]]:
         unique = list({id(m): m for members in groups.values() for m in members}.values())
         position = {id(m): i for i, m in enumerate(unique)}
@@ -223,7 +225,10 @@ class Evaluator:
                     else:
                         scores = self.ensemble_scores(mean_member_logits(
                             self.member_logits(logits[position[id(m)]], ds_name) for m in members), ds_name)
-                    correct[name] += (scores.argmax(dim=1) == batch_targets).sum()
+                    hits = scores.argmax(dim=1) == batch_targets
+                    correct[name] += hits.sum()
+                    if on_hits is not None:
+                        on_hits(name, ds_name, indices, hits)
             for name in groups:
                 results[name][ds_name] = correct[name].item() / len(dataset)
         return {name: with_avg_shifts(accuracies) for name, accuracies in results.items()}
@@ -232,18 +237,20 @@ class Evaluator:
 
     def evaluate(
         self, models: Mapping[str, ModelOrEnsemble], datasets: Sequence[str] | None = None,
-        on_logits: LogitsSink | None = None,
+        on_logits: LogitsSink | None = None, on_hits: HitsSink | None = None,
     ) -> dict[str, dict[str, float]]:
         """``{model: {dataset: accuracy, ..., "avg_shifts": ...}}`` for every model on every
         dataset (or on ``datasets``), in one pass over each dataset. A value that is a
         sequence of modules is a logit ensemble (see :meth:`member_logits`); a module
         shared between entries runs once per batch. ``on_logits(model, dataset, indices,
-        raw_logits)`` sees every batch of every single model (see :class:`EnsembleSums`)."""
+        raw_logits)`` sees every batch of every single model (see :class:`EnsembleSums`),
+        ``on_hits(model, dataset, indices, hits)`` every batch's per-image correctness
+        (see :class:`PerImageHits`)."""
         groups = {name: _members(value) for name, value in models.items()}
         names = list(datasets) if datasets is not None else self.names
         for name in names:
             self.dataset(name)
-        return self._run(groups, names, on_logits)
+        return self._run(groups, names, on_logits, on_hits)
 
     def evaluate_ensembles(
         self, members: Mapping[str, Sequence[nn.Module]], datasets: Sequence[str] | None = None
@@ -259,10 +266,15 @@ class Evaluator:
 
     def ensemble_accuracy(self, mean_logits: torch.Tensor, dataset_name: str) -> float:
         """Accuracy of averaged :meth:`member_logits` (rows in dataset order)."""
+        hits = self.ensemble_hits(mean_logits, dataset_name)
+        return hits.sum().item() / len(hits)
+
+    def ensemble_hits(self, mean_logits: torch.Tensor, dataset_name: str) -> torch.Tensor:
+        """Per-image correctness (bool, CPU, dataset order) of averaged :meth:`member_logits`."""
         dataset = self.dataset(dataset_name)
         self._check_rows(mean_logits, dataset_name)
         predictions = self.ensemble_scores(mean_logits.float(), dataset_name).argmax(dim=1).cpu()
-        return (predictions == dataset.targets).sum().item() / len(dataset)
+        return predictions == dataset.targets
 
     def ensemble_scores(self, mean_member_logits: torch.Tensor, dataset_name: str) -> torch.Tensor:
         """The per-target scores an ensemble predicts from (argmax) and is calibrated on
@@ -381,10 +393,35 @@ class EnsembleSums:
 
     def accuracies(self, name: str, datasets: Sequence[str]) -> dict[str, float]:
         """The ensemble's accuracy on each of ``datasets`` (all members must be in)."""
+        return {dataset: hits.sum().item() / len(hits) for dataset, hits in self.hits(name, datasets).items()}
+
+    def hits(self, name: str, datasets: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The ensemble's per-image correctness on each of ``datasets``; its sums are freed."""
         count = len(self.members[name])
-        return {dataset: self.evaluator.ensemble_accuracy(ensemble_mean(self._sums.pop((name, dataset)), count),
-                                                          dataset)
+        return {dataset: self.evaluator.ensemble_hits(ensemble_mean(self._sums.pop((name, dataset)), count), dataset)
                 for dataset in datasets}
+
+
+class PerImageHits:
+    """Every model's per-image correctness, filled from an ``on_hits`` sink.
+
+    Kept on the evaluator's device until asked for (a copy back per batch would
+    synchronise the stream): one bool per image, model and dataset."""
+
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.evaluator = evaluator
+        self._hits: dict[tuple[str, str], torch.Tensor] = {}
+
+    def __call__(self, model: str, dataset: str, indices: torch.Tensor, hits: torch.Tensor) -> None:
+        kept = self._hits.get((model, dataset))
+        if kept is None:
+            kept = self._hits[model, dataset] = hits.new_zeros(len(self.evaluator.dataset(dataset)))
+        kept[indices.to(hits.device)] = hits
+
+    def pop(self, model: str) -> dict[str, torch.Tensor]:
+        """``{dataset: bool hits on the CPU}`` of ``model``, forgotten here."""
+        keys = [key for key in self._hits if key[0] == model]
+        return {dataset: self._hits.pop((model, dataset)).cpu() for _, dataset in keys}
 
 
 def evaluation_suite(settings: EvalSettings) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from soup_exp.artifacts.results import RESULT_FIELDS
 from soup_exp.errors import ConfigError
+from soup_exp.reporting.uncertainty import Difference, Interval, PairedBootstrap
 from soup_exp.vocabulary import AVG_SHIFTS, HELD_OUT, IMAGENET, LABELS
 
 Row = Mapping[str, Any]
@@ -33,13 +34,15 @@ PER_RECIPE = ("best", "all")
 
 @dataclass(frozen=True)
 class TableRow:
-    """One table line: ``values`` are fractions (or percentage-point deltas when ``delta``)."""
+    """One table line: ``values`` are fractions (or percentage-point deltas when ``delta``);
+    ``intervals``: the paired bootstrap interval of a value, in the same unit."""
 
     slot: str
     label: str
     values: Mapping[str, float | None]
     model: str = ""
     delta: bool = False
+    intervals: Mapping[str, Interval] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,19 +69,36 @@ class Table:
             return self.formats[key](value)
         return f"{value:+.2f}" if row.delta else f"{100 * value:.2f}"
 
+    def spread(self, row: TableRow, key: str) -> str:
+        """Half the width of the value's interval, as the cell prints it (``0.35`` in
+        ``81.03 ± 0.35``), or empty without one."""
+        interval = row.intervals.get(key)
+        if interval is None or row.values.get(key) is None:
+            return ""
+        return f"{interval.half_width:.2f}" if row.delta else f"{100 * interval.half_width:.2f}"
 
-def build_table(rows: Sequence[Row], per_recipe: str = "best") -> Table:
-    """The paper's table from normalised result rows (see ``read_results``)."""
+    @property
+    def has_intervals(self) -> bool:
+        return any(row.intervals for row in self.rows)
+
+
+def build_table(rows: Sequence[Row], per_recipe: str = "best", bootstrap: PairedBootstrap | None = None) -> Table:
+    """The paper's table from normalised result rows (see ``read_results``); with
+    ``bootstrap``, each accuracy's interval and each finding's paired test."""
     if per_recipe not in PER_RECIPE:
         raise ConfigError(f"per_recipe={per_recipe!r}: expected one of {', '.join(PER_RECIPE)}")
     columns = COLUMNS + tuple((key, key) for key in extra_columns(rows))
-    lines = [_line(slot, label(row), row, columns)
+    lines = [_line(slot, label(row), row, columns, bootstrap)
              for slot, label, kinds in BASELINES for row in _best_on_held_out(_of_kinds(rows, kinds), slot)]
     for recipe, group in recipe_groups(rows).items():
         chosen = group if per_recipe == "all" or len(group) == 1 else _best_on_held_out(group, recipe)
-        lines += [_line(recipe, describe(row), row, columns) for row in chosen]
+        lines += [_line(recipe, describe(row), row, columns, bootstrap) for row in chosen]
     table = Table(lines, columns=columns)
-    table.notes = findings(table)
+    table.notes = findings(table, bootstrap)
+    if bootstrap is not None and table.has_intervals:
+        table.notes.append(f"±: half the width of the paired bootstrap's {100 * bootstrap.level:g} % interval "
+                           f"({bootstrap.replicates} replicates, seed {bootstrap.seed}); significant: McNemar's "
+                           f"exact p < {1 - bootstrap.level:.2g} (Avg shifts: its interval excludes 0)")
     return table
 
 
@@ -141,9 +161,10 @@ FINDINGS = (
 )
 
 
-def findings(table: Table) -> list[str]:
+def findings(table: Table, bootstrap: PairedBootstrap | None = None) -> list[str]:
     """One line per headline comparison present in the table, in points on held-out
-    (where the soup recipes are selected), ImageNet and Avg shifts."""
+    (where the soup recipes are selected), ImageNet and Avg shifts; with ``bootstrap``,
+    each difference's paired interval, McNemar's p and whether it is significant."""
     lines = []
     for base_slot, claim_slot in FINDINGS:
         base, claim = table.row(base_slot), table.row(claim_slot)
@@ -153,17 +174,25 @@ def findings(table: Table) -> list[str]:
         for key, label in ((HELD_OUT, "held-out"), (IMAGENET, LABELS[IMAGENET]), (AVG_SHIFTS, LABELS[AVG_SHIFTS])):
             a, b = base.values.get(key), claim.values.get(key)
             if a is not None and b is not None:
-                deltas.append(f"{label} {100 * (b - a):+.2f}")
+                tested = bootstrap.difference(claim.model, base.model, key) if bootstrap is not None else None
+                deltas.append(f"{label} {100 * (b - a):+.2f}" + (_tested(tested) if tested is not None else ""))
         if deltas:
             lines.append(f"{claim.label} vs {base.label}: {', '.join(deltas)} points")
     return lines
+
+
+def _tested(difference: Difference) -> str:
+    """`` [+0.40, +1.45], p=0.003, significant``: the interval in points, McNemar's p."""
+    low, high = 100 * difference.interval.low, 100 * difference.interval.high
+    test = f", p={difference.mcnemar.p_value:.2g}" if difference.mcnemar is not None else ""
+    return f" [{low:+.2f}, {high:+.2f}]{test}, {'significant' if difference.significant else 'not significant'}"
 
 
 def to_markdown(table: Table) -> str:
     header = ["Method", *(label for _, label in table.columns)]
     lines = [_md_line(header), _md_line(["---", *("---:" for _ in table.columns)])]
     for row in table.rows:
-        cells = [table.cell(row, key) or "–" for key, _ in table.columns]
+        cells = [_with_spread(table, row, key, " ± ") or "–" for key, _ in table.columns]
         lines.append(_md_line([row.label.replace("|", "\\|"), *cells]))
     if table.notes:
         lines += ["", *(f"- {note}" for note in table.notes)]
@@ -181,19 +210,40 @@ def to_latex(table: Table) -> str:
         "\\midrule",
     ]
     for row in table.rows:
-        cells = [table.cell(row, key) or "--" for key, _ in table.columns]
+        cells = [_with_spread(table, row, key, r" $\pm$ ") or "--" for key, _ in table.columns]
         lines.append(" & ".join([_latex_escape(row.label), *cells]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(table: Table) -> str:
+    """One column per value; with intervals, each value's ``<key>_low`` and ``<key>_high`` beside it."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["method", "model", *(key for key, _ in table.columns)])
+    bounds = table.has_intervals
+    writer.writerow(["method", "model", *(name for key, _ in table.columns
+                                          for name in ((key, f"{key}_low", f"{key}_high") if bounds else (key,)))])
     for row in table.rows:
-        writer.writerow([row.label, row.model, *(table.cell(row, key) for key, _ in table.columns)])
+        cells = []
+        for key, _ in table.columns:
+            cells.append(table.cell(row, key))
+            if bounds:
+                cells += _bounds(table, row, key)
+        writer.writerow([row.label, row.model, *cells])
     return buffer.getvalue()
+
+
+def _with_spread(table: Table, row: TableRow, key: str, sign: str) -> str:
+    cell, spread = table.cell(row, key), table.spread(row, key)
+    return f"{cell}{sign}{spread}" if cell and spread else cell
+
+
+def _bounds(table: Table, row: TableRow, key: str) -> list[str]:
+    interval = row.intervals.get(key)
+    if interval is None or row.values.get(key) is None:
+        return ["", ""]
+    scale = 1 if row.delta else 100
+    return [f"{scale * interval.low:.2f}", f"{scale * interval.high:.2f}"]
 
 
 RENDERERS: dict[str, Callable[[Table], str]] = {"md": to_markdown, "tex": to_latex, "csv": to_csv}
@@ -225,9 +275,14 @@ def _best_on_held_out(found: Sequence[Row], what: str) -> list[Row]:
     return []
 
 
-def _line(slot: str, label: str, row: Row, columns: Sequence[tuple[str, str]]) -> TableRow:
+def _line(slot: str, label: str, row: Row, columns: Sequence[tuple[str, str]],
+          bootstrap: PairedBootstrap | None = None) -> TableRow:
     values = {key: (float(row[key]) if row.get(key) is not None else None) for key, _ in columns}
-    return TableRow(slot=slot, label=label, values=values, model=str(row["name"]))
+    intervals = {}
+    if bootstrap is not None:
+        found = {key: bootstrap.interval(str(row["name"]), key) for key, _ in columns}
+        intervals = {key: interval for key, interval in found.items() if interval is not None}
+    return TableRow(slot=slot, label=label, values=values, model=str(row["name"]), intervals=intervals)
 
 
 def _md_line(cells: Sequence[str]) -> str:

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -208,8 +209,8 @@ def test_ensemble_of_models_evaluated_now_is_scored_from_their_passes(experiment
     import soup_exp.evaluate as stage
 
     reread = []
-    from_files = stage.ensemble_accuracies
-    monkeypatch.setattr(stage, "ensemble_accuracies", lambda *args, **kw: reread.append(1) or from_files(*args, **kw))
+    from_files = stage.ensemble_hits
+    monkeypatch.setattr(stage, "ensemble_hits", lambda *args, **kw: reread.append(1) or from_files(*args, **kw))
     cfg = experiment["cfg"]
     first = {r["name"]: r for r in run_evaluate(cfg)}
     assert reread == []  # all three members were evaluated in this run (over two passes)
@@ -221,3 +222,36 @@ def test_ensemble_of_models_evaluated_now_is_scored_from_their_passes(experiment
     again = {r["name"]: r for r in run_evaluate(cfg)}
     assert reread == [1]  # ft_0 and ft_2 were not evaluated now: the ensemble reads its members
     assert {k: again["ensemble"][k] for k in expected} == {k: first["ensemble"][k] for k in expected}
+
+
+def test_per_image_hits_are_kept_beside_the_results_and_follow_their_rows(experiment):
+    """Every row's datasets have their bits (the ensemble's from its members' passes), equal
+    to a hand count of the argmax; a model evaluated on one dataset more keeps the others',
+    and a dropped row takes its bits along."""
+    from soup_exp.artifacts.correctness import correctness_path, matching_hits, read_hits
+
+    cfg = experiment["cfg"]
+    rows = {r["name"]: r for r in run_evaluate(cfg)}
+    path = correctness_path(cfg.results_file)
+    assert path.name == "results.correct.safetensors" and path.parent == experiment["out"]
+    hits = read_hits(path)
+    assert set(hits) == set(rows)
+    for name, row in rows.items():
+        matched = matching_hits(row, hits[name])
+        assert set(matched) == set(SUITE), name
+        assert {d: bits.mean() for d, bits in matched.items()} == pytest.approx({d: row[d] for d in SUITE}, abs=1e-12)
+    expected = _expected(experiment)["ensemble"]
+    assert {d: float(hits["ensemble"][d].bits.mean()) for d in SUITE} == pytest.approx(
+        {d: expected[d] for d in SUITE}, abs=1e-12)
+
+    cfg.models, cfg.eval.datasets, cfg.eval.force = ["ft_2"], ["ImageNet"], True
+    run_evaluate(cfg)
+    again = read_hits(path)
+    assert set(again["ft_2"]) == set(SUITE)
+    assert all((again["ft_2"][d].bits == hits["ft_2"][d].bits).all() for d in SUITE)
+
+    shutil.rmtree(experiment["out"] / "ingredients" / "run1")
+    shutil.rmtree(experiment["out"] / "soups" / "ensemble")
+    cfg.models, cfg.eval.datasets, cfg.eval.force = "all", SUITE, False
+    run_evaluate(cfg)
+    assert set(read_hits(path)) == set(rows) - {"ft_1", "ensemble"}

@@ -201,12 +201,21 @@ def test_kill_9_at_any_commit_point_resumes_to_identical_rows(experiment, monkey
     def accuracies():
         return {name: {k: v for k, v in row.items() if k not in ("meta", "path")} for name, row in _rows(experiment).items()}
 
+    from soup_exp.artifacts.correctness import correctness_path, read_hits
+
+    def bits():
+        return {(m, d): h.bits.tobytes() for m, per in read_hits(correctness_path(results)).items()
+                for d, h in per.items()}
+
     run_evaluate(cfg)
-    expected = accuracies()
-    for n in (1, 2):  # before the first row's commit, before the second's
+    expected, expected_bits = accuracies(), bits()
+    for n in (1, 2, 3, 4):  # each row commits its hits, then itself: before each of the first four commits
         results.unlink()
+        correctness_path(results).unlink()
         status, err = run_in_child(lambda: (kill_before_commit(n), run_evaluate(cfg)))  # noqa: B023
         assert status == -signal.SIGKILL, err
-        assert len(results.read_text().splitlines()) == n - 1 if results.exists() else n == 1
+        rows_done = (n - 1) // 2
+        assert len(results.read_text().splitlines()) == rows_done if results.exists() else rows_done == 0
         run_evaluate(cfg)
         assert accuracies() == expected and not list(results.parent.glob("*.tmp"))
+        assert bits() == expected_bits

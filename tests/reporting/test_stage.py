@@ -98,7 +98,7 @@ def test_report_on_the_authors_files_with_wandb_disabled(tmp_path):
 def test_report_of_the_published_set_by_name(tmp_path):
     cfg = {"name": "paper", "results": "paper_vitb32", "compare": None, "report_dir": str(tmp_path / "report"),
            "formats": ["md"], "logger": {"mode": "disabled"}, "per_recipe": "best",
-           "soups_dir": str(tmp_path / "no-soups")}
+           "soups_dir": str(tmp_path / "no-soups"), "uncertainty": {"replicates": 1000, "seed": 0, "level": 0.95}}
     outputs = run_report(cfg)
     table = outputs["table.md"].read_text()
     assert "| Greedy soup | 83.98 | 81.03 |" in table and "Learned soup (paper text)" in table
@@ -137,3 +137,68 @@ def test_a_missing_results_file_names_the_experiments_that_have_one(tmp_path, ca
             "mine (add name=mine); or give results=PATH") in err
     cfg = _compose(f"paths.output_dir={tmp_path / 'out'}", f"results={tmp_path / 'nope.jsonl'}", "logger=disabled")
     assert "experiments under" not in stage_error(cfg, run_report, capsys)  # a path of the user's own: no guess
+
+
+def _row_with_hits(store, name, kind, recipe, hits):
+    """A result row whose accuracies are its hits' means, stored with the hits."""
+    import numpy as np
+
+    from soup_exp.artifacts.correctness import Hits
+
+    meta = {"weights": f"w-{name}", "datasets": {d: f"id-{d}" for d in hits}}
+    row = {"name": name, "kind": kind, **({"recipe": recipe} if recipe else {}),
+           **{d: float(np.mean(bits)) for d, bits in hits.items()}, "meta": meta}
+    store.upsert(row, hits={d: Hits(np.asarray(bits), f"id-{d}", f"w-{name}") for d, bits in hits.items()})
+
+
+def test_the_report_prints_intervals_and_significance_from_the_kept_hits(tmp_path):
+    """Cells `acc ± half-width` (md), `$\\pm$` (tex), bounds columns (csv); the summary's
+    differences with their paired interval and McNemar's p, as the bootstrap gives them."""
+    import numpy as np
+
+    from soup_exp.reporting.uncertainty import PairedBootstrap
+    from soup_exp.vocabulary import SHIFTS
+
+    rng = np.random.default_rng(0)
+    datasets = ["ImageNet2p", "ImageNet", *SHIFTS]
+    base = {d: rng.random(600) < 0.6 for d in datasets}
+    better = {d: bits | (rng.random(600) < 0.25) for d, bits in base.items()}  # right wherever base is, and more
+    store = ResultsStore(tmp_path / "results.jsonl")
+    _row_with_hits(store, "zeroshot", "zeroshot", None, {d: rng.random(600) < 0.4 for d in datasets})
+    _row_with_hits(store, "ft_0", "finetune", None, base)
+    _row_with_hits(store, "greedy_soup", "soup", "greedy", better)
+    cfg = _compose(f"results={store.path}", f"report_dir={tmp_path / 'report'}", "logger=disabled",
+                   f"soups_dir={tmp_path / 'no-soups'}", "uncertainty.replicates=500")
+    outputs = run_report(cfg)
+
+    boot = PairedBootstrap({"ft_0": base, "greedy_soup": better}, replicates=500, seed=0,
+                           identities={m: {d: f"id-{d}" for d in datasets} for m in ("ft_0", "greedy_soup")})
+    greedy_in = boot.interval("greedy_soup", "ImageNet")
+    md = outputs["table.md"].read_text()
+    assert f"| {100 * better['ImageNet'].mean():.2f} ± {100 * greedy_in.half_width:.2f} |" in md
+    gain = boot.difference("greedy_soup", "ft_0", "ImageNet")
+    assert gain.significant and gain.mcnemar.only_b == 0
+    assert (f"ImageNet {100 * gain.estimate:+.2f} [{100 * gain.interval.low:+.2f}, {100 * gain.interval.high:+.2f}], "
+            f"p={gain.mcnemar.p_value:.2g}, significant") in md
+    assert "Avg shifts" in md and "McNemar's exact p < 0.05" in md
+    assert r"$\pm$" in outputs["table.tex"].read_text()
+    header, *lines = outputs["table.csv"].read_text().splitlines()
+    assert "ImageNet,ImageNet_low,ImageNet_high" in header
+    assert f"{100 * greedy_in.low:.2f},{100 * greedy_in.high:.2f}" in next(line for line in lines if "greedy_soup" in line)
+
+    plain = run_report(_compose(f"results={store.path}", f"report_dir={tmp_path / 'plain'}", "logger=disabled",
+                                f"soups_dir={tmp_path / 'no-soups'}", "uncertainty.replicates=0"))
+    assert " ± " not in plain["table.md"].read_text() and "_low" not in plain["table.csv"].read_text()
+
+
+def test_hits_that_no_longer_match_their_row_give_no_interval(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    store = ResultsStore(tmp_path / "results.jsonl")
+    _row_with_hits(store, "ft_0", "finetune", None, {"ImageNet2p": rng.random(50) < 0.5, "ImageNet": rng.random(50) < 0.5})
+    row = store.get("ft_0")
+    store.upsert({**row, "meta": {**row["meta"], "weights": "retrained"}})
+    outputs = run_report(_compose(f"results={store.path}", f"report_dir={tmp_path / 'report'}", "logger=disabled",
+                                  f"soups_dir={tmp_path / 'no-soups'}"))
+    assert " ± " not in outputs["table.md"].read_text()
