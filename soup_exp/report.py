@@ -141,7 +141,8 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     rows = _result_rows(cfg)
     soups = _read_soups(cfg["soups_dir"])
     rows = _with_ingredient_counts(rows, soups)
-    table = build_table(rows, per_recipe=per_recipe, bootstrap=_bootstrap(cfg, rows))
+    bootstrap = _bootstrap(cfg, rows)
+    table = build_table(rows, per_recipe=per_recipe, bootstrap=bootstrap)
     if not table.rows:
         warnings.warn("no result row matches a table line (zero-shot, individual, soup, ...)", stacklevel=2)
 
@@ -155,7 +156,7 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     if reproduction is not None:
         outputs.update(_write_table(reproduction, report_dir / "reproduction", formats))
         print(to_markdown(reproduction))
-    leaderboard = build_leaderboard(rows, soups, table.row("best_individual"))
+    leaderboard = build_leaderboard(rows, soups, table.row("best_individual"), bootstrap)
     if leaderboard.rows:
         outputs.update(_write_table(leaderboard, report_dir / "leaderboard", formats))
     outputs.update(_write_figures(rows, soups, report_dir / "figures"))

@@ -75,7 +75,11 @@ class Table:
         interval = row.intervals.get(key)
         if interval is None or row.values.get(key) is None:
             return ""
-        return f"{interval.half_width:.2f}" if row.delta else f"{100 * interval.half_width:.2f}"
+        return f"{self.scale(row, key) * interval.half_width:.2f}"
+
+    def scale(self, row: TableRow, key: str) -> float:
+        """100 where the cell prints a fraction as percent; 1 for points and own formats."""
+        return 1.0 if row.delta or key in self.formats else 100.0
 
     @property
     def has_intervals(self) -> bool:
@@ -96,10 +100,15 @@ def build_table(rows: Sequence[Row], per_recipe: str = "best", bootstrap: Paired
     table = Table(lines, columns=columns)
     table.notes = findings(table, bootstrap)
     if bootstrap is not None and table.has_intervals:
-        table.notes.append(f"±: half the width of the paired bootstrap's {100 * bootstrap.level:g} % interval "
-                           f"({bootstrap.replicates} replicates, seed {bootstrap.seed}); significant: McNemar's "
-                           f"exact p < {1 - bootstrap.level:.2g} (Avg shifts: its interval excludes 0)")
+        table.notes.append(interval_note(bootstrap))
     return table
+
+
+def interval_note(bootstrap: PairedBootstrap) -> str:
+    """How to read a table's ``±`` and its summary's significance."""
+    return (f"±: half the width of the paired bootstrap's {100 * bootstrap.level:g} % interval "
+            f"({bootstrap.replicates} replicates, seed {bootstrap.seed}); significant: McNemar's "
+            f"exact p < {1 - bootstrap.level:.2g} (Avg shifts: its interval excludes 0)")
 
 
 BASELINES: tuple[tuple[str, Callable[[Row], str], frozenset[str]], ...] = (
@@ -242,7 +251,7 @@ def _bounds(table: Table, row: TableRow, key: str) -> list[str]:
     interval = row.intervals.get(key)
     if interval is None or row.values.get(key) is None:
         return ["", ""]
-    scale = 1 if row.delta else 100
+    scale = table.scale(row, key)
     return [f"{scale * interval.low:.2f}", f"{scale * interval.high:.2f}"]
 
 

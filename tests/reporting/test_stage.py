@@ -202,3 +202,23 @@ def test_hits_that_no_longer_match_their_row_give_no_interval(tmp_path):
     outputs = run_report(_compose(f"results={store.path}", f"report_dir={tmp_path / 'report'}", "logger=disabled",
                                   f"soups_dir={tmp_path / 'no-soups'}"))
     assert " ± " not in outputs["table.md"].read_text()
+
+
+def test_the_leaderboard_gains_carry_their_paired_intervals(tmp_path):
+    import numpy as np
+
+    from soup_exp.reporting.uncertainty import PairedBootstrap
+
+    rng = np.random.default_rng(2)
+    base = {d: rng.random(400) < 0.6 for d in ("ImageNet2p", "ImageNet")}
+    soup = {d: bits | (rng.random(400) < 0.1) for d, bits in base.items()}
+    store = ResultsStore(tmp_path / "results.jsonl")
+    _row_with_hits(store, "ft_0", "finetune", None, base)
+    _row_with_hits(store, "uniform_soup", "soup", "uniform", soup)
+    outputs = run_report(_compose(f"results={store.path}", f"report_dir={tmp_path / 'report'}", "logger=disabled",
+                                  f"soups_dir={tmp_path / 'no-soups'}", "uncertainty.replicates=300"))
+    gain = PairedBootstrap({"ft_0": base, "uniform_soup": soup}, replicates=300,
+                           identities={m: {d: f"id-{d}" for d in base} for m in ("ft_0", "uniform_soup")}
+                           ).difference("uniform_soup", "ft_0", "ImageNet")
+    line = next(line for line in outputs["leaderboard.md"].read_text().splitlines() if "uniform" in line.lower())
+    assert f"{100 * gain.estimate:+.2f} ± {100 * gain.interval.half_width:.2f}" in line
