@@ -264,10 +264,32 @@ def _bar_width(xs: Sequence[float]) -> float:
 ECE_COLUMNS = ("model", "kind", "recipe", "dataset", "ece", "accuracy", "confidence")
 
 
-def plot_ece(rows: Sequence[Row], datasets: Sequence[str], out_base: str | Path) -> list[Path]:
+def plot_ece(rows: Sequence[Row], datasets: Sequence[str], out_base: str | Path, *,
+             columns: Sequence[str] = ECE_COLUMNS, ylabel: str = "Expected calibration error (%)") -> list[Path]:
     """Expected calibration error per dataset: individual fine-tunes as grey dots, the
-    other models in their Figure 1 style, slightly apart so that they do not hide each other."""
-    fig, ax = new_figure()
+    other models in their Figure 1 style, slightly apart so that they do not hide each other.
+    Rows with ``ece_scaled`` (after temperature scaling) get a second panel under the first,
+    on the same scale. ``columns``: those of the CSV."""
+    scaled = any(r.get("ece_scaled") is not None for r in rows)
+    fig, axes = new_figure(2 if scaled else 1, 1, sharex=True, sharey=True, squeeze=False)
+    panels = [(axes[0][0], "ece", "As predicted")]
+    if scaled:
+        panels.append((axes[1][0], "ece_scaled", "Temperature-scaled (T fitted on held-out)"))
+    for ax, value, title in panels:
+        _ece_panel(ax, rows, datasets, value)
+        if scaled:
+            ax.set_title(title, fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=8)
+        else:
+            ax.set_ylabel(ylabel)
+    ax = panels[-1][0]
+    ax.set_xticks(range(len(datasets)), [metric_label(d) for d in datasets])
+    ax.set_ylim(bottom=0)
+    legend_below(fig, panels[0][0])
+    return _save(fig, columns, [[r.get(c) for c in columns] for r in rows], out_base)
+
+
+def _ece_panel(ax: Any, rows: Sequence[Row], datasets: Sequence[str], value: str) -> None:
     groups: dict[str, list[Row]] = {}
     for row in rows:
         groups.setdefault(style_key(row), []).append(row)
@@ -283,16 +305,11 @@ def plot_ece(rows: Sequence[Row], datasets: Sequence[str], out_base: str | Path)
             kwargs = style.scatter()
             if index:
                 kwargs["label"] = None
-            ax.scatter(xs, [100 * float(r["ece"]) for r in model_rows], zorder=2 if key == "finetune" else 3, **kwargs)
-    ax.set_xticks(range(len(datasets)), [metric_label(d) for d in datasets])
-    ax.set_ylabel("Expected calibration error (%)")
-    ax.set_ylim(bottom=0)
+            ax.scatter(xs, [100 * float(r[value]) for r in model_rows], zorder=2 if key == "finetune" else 3, **kwargs)
     style_axes(ax)
-    legend_below(fig, ax)
-    return _save(fig, ECE_COLUMNS, [[r.get(c) for c in ECE_COLUMNS] for r in rows], out_base)
 
 
-RELIABILITY_COLUMNS = ("model", "kind", "recipe", "dataset", "bin_low", "bin_high", "count", "confidence", "accuracy")
+RELIABILITY_COLUMNS = ("model", "kind", "recipe", "dataset", "binning", "bin_low", "bin_high", "count", "confidence", "accuracy")
 
 
 def plot_reliability(curves: Sequence[Row], datasets: Sequence[str], out_base: str | Path) -> list[Path]:
