@@ -179,22 +179,25 @@ def findings(table: Table, bootstrap: PairedBootstrap | None = None) -> list[str
         base, claim = table.row(base_slot), table.row(claim_slot)
         if base is None or claim is None:
             continue
-        deltas = []
+        deltas, tested = [], []
         for key, label in ((HELD_OUT, "held-out"), (IMAGENET, LABELS[IMAGENET]), (AVG_SHIFTS, LABELS[AVG_SHIFTS])):
             a, b = base.values.get(key), claim.values.get(key)
             if a is not None and b is not None:
-                tested = bootstrap.difference(claim.model, base.model, key) if bootstrap is not None else None
-                deltas.append(f"{label} {100 * (b - a):+.2f}" + (_tested(tested) if tested is not None else ""))
-        if deltas:
+                deltas.append(f"{label} {100 * (b - a):+.2f}")
+                difference = bootstrap.difference(claim.model, base.model, key) if bootstrap is not None else None
+                tested.append(deltas[-1] + (_tested(difference) if difference is not None else ""))
+        if tested != deltas:
+            lines.append(f"{claim.label} vs {base.label}, in points: {'; '.join(tested)}")
+        elif deltas:
             lines.append(f"{claim.label} vs {base.label}: {', '.join(deltas)} points")
     return lines
 
 
 def _tested(difference: Difference) -> str:
-    """`` [+0.40, +1.45], p=0.003, significant``: the interval in points, McNemar's p."""
+    """`` [+0.40, +1.45] (p=0.003, significant)``: the interval in points, McNemar's p."""
     low, high = 100 * difference.interval.low, 100 * difference.interval.high
-    test = f", p={difference.mcnemar.p_value:.2g}" if difference.mcnemar is not None else ""
-    return f" [{low:+.2f}, {high:+.2f}]{test}, {'significant' if difference.significant else 'not significant'}"
+    test = f"p={difference.mcnemar.p_value:.2g}, " if difference.mcnemar is not None else ""
+    return f" [{low:+.2f}, {high:+.2f}] ({test}{'significant' if difference.significant else 'not significant'})"
 
 
 def to_markdown(table: Table) -> str:

@@ -178,8 +178,8 @@ def test_the_report_prints_intervals_and_significance_from_the_kept_hits(tmp_pat
     assert f"| {100 * better['ImageNet'].mean():.2f} ± {100 * greedy_in.half_width:.2f} |" in md
     gain = boot.difference("greedy_soup", "ft_0", "ImageNet")
     assert gain.significant and gain.mcnemar.only_b == 0
-    assert (f"ImageNet {100 * gain.estimate:+.2f} [{100 * gain.interval.low:+.2f}, {100 * gain.interval.high:+.2f}], "
-            f"p={gain.mcnemar.p_value:.2g}, significant") in md
+    assert (f"ImageNet {100 * gain.estimate:+.2f} [{100 * gain.interval.low:+.2f}, {100 * gain.interval.high:+.2f}] "
+            f"(p={gain.mcnemar.p_value:.2g}, significant)") in md
     assert "Avg shifts" in md and "McNemar's exact p < 0.05" in md
     assert r"$\pm$" in outputs["table.tex"].read_text()
     header, *lines = outputs["table.csv"].read_text().splitlines()
