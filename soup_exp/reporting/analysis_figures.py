@@ -343,3 +343,44 @@ def plot_reliability(curves: Sequence[Row], datasets: Sequence[str], out_base: s
     fig.supylabel("Accuracy (%)", fontsize=9)
     legend_below(fig, flat[0])
     return _save(fig, RELIABILITY_COLUMNS, [[c.get(k) for k in RELIABILITY_COLUMNS] for c in curves], out_base)
+
+
+# ---- 6. held-out optimism ---------------------------------------------------------------------------------
+
+
+OPTIMISM_STYLES = {"greedy": "greedy", "learned": "learned_per_model"}
+
+
+def plot_optimism(summary: Sequence[Row], metrics: Sequence[str], out_base: str | Path) -> list[Path]:
+    """Cross-fitted selection against the held-out images per class: each method's gain over
+    the best individual in sample (dashed), on the left-out folds (solid) and on the first
+    metric (dotted), left; the optimism gap, in-sample minus out-of-sample gain (one standard
+    deviation over folds as bars), right."""
+    fig, (left, right) = new_figure(1, 2)
+    first = metrics[0] if metrics else None
+    for method in dict.fromkeys(str(r["method"]) for r in summary):
+        rows = sorted((r for r in summary if r["method"] == method), key=lambda r: int(r["images_per_class"]))
+        style = STYLES[OPTIMISM_STYLES.get(method, "greedy")]
+        sizes = [int(r["images_per_class"]) for r in rows]
+        left.plot(sizes, [100 * float(r["in_sample_gain"]) for r in rows], linestyle="--", linewidth=1.2,
+                  label=f"{style.label}: held-out, in sample", **style.line())
+        left.plot(sizes, [100 * float(r["cross_fitted_gain"]) for r in rows], linestyle="-", linewidth=1.4,
+                  label=f"{style.label}: held-out, cross-fitted", **style.line())
+        if first is not None:
+            left.plot(sizes, [100 * float(r[f"cross_fitted_{first}_gain"]) for r in rows], linestyle=":",
+                      linewidth=1.2, label=f"{style.label}: {metric_label(first)}", **style.line())
+        right.errorbar(sizes, [100 * float(r["gap"]) for r in rows], yerr=[100 * float(r["gap_sd"]) for r in rows],
+                       capsize=3, linewidth=1.4, label=style.label, **style.line())
+    for ax in (left, right):
+        ax.axhline(0.0, color=GREY, linewidth=0.8)
+        ax.set_xscale("log")
+        ticks = sorted({int(r["images_per_class"]) for r in summary})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("Held-out images per class")
+        style_axes(ax)
+    left.set_ylabel("Gain over the best individual (pp)")
+    right.set_ylabel("Optimism gap: in-sample minus cross-fitted gain (pp)")
+    legend_below(fig, left, ncols=2)
+    columns = list(summary[0]) if summary else ["method", "images_per_class"]
+    return _save(fig, columns, [[r.get(c) for c in columns] for r in summary], out_base)
