@@ -158,10 +158,8 @@ def plain_label(label: str) -> str:
 def _percents(keyed: Mapping[str, Mapping[str, tuple[str, TableRow]]], key: str, column: str) -> dict[str, float]:
     values = {}
     for name, rows in keyed.items():
-        row = rows.get(key, ("", None))[1]
-        value = row.values.get(column) if row is not None else None
-        if value is not None:
-            values[name] = value if row.delta else 100 * value
+        if key in rows and (value := rows[key][1].values.get(column)) is not None:
+            values[name] = value if rows[key][1].delta else 100 * value
     return values
 
 

@@ -18,6 +18,7 @@ from soup_exp.errors import ConfigError
 from soup_exp.report import run_report
 from soup_exp.reporting.across import across_dir, find_experiments, report_across
 from soup_exp.stages.experiment import check_names
+from soup_exp.utils.config import SECRETS_ENV
 from soup_exp.vocabulary import ACCURACY_KEYS, AVG_SHIFTS, HELD_OUT, IMAGENET
 
 # Per experiment: the best individual's accuracy (every key) and the gains of the soups
@@ -217,10 +218,20 @@ def test_only_the_report_takes_a_pattern_for_name():
         check_names({"stage": "report", "name": "../demo-s*"})  # a pattern is still one path component
 
 
-def _cli(outputs: Path, *args: str) -> subprocess.CompletedProcess:
+def _cli(outputs: Path, *args: str, module: str = "soup_exp.report") -> subprocess.CompletedProcess:
     env = {**os.environ, "SOUP_OUTPUT_DIR": str(outputs)}
-    return subprocess.run([sys.executable, "-m", "soup_exp.report", "name=demo-s*", "logger=disabled", *args],
+    env.pop(SECRETS_ENV, None)
+    return subprocess.run([sys.executable, "-m", module, "name=demo-s*", "logger=disabled", *args],
                           cwd=outputs.parent, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_pipeline_named_with_a_pattern_is_refused_before_anything_is_written(tmp_path):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    result = _cli(outputs, "experiment=smoke", module="soup_exp.pipeline")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("soup-exp pipeline: error: name='demo-s*': * ? [ make")
+    assert list(tmp_path.rglob("*")) == [outputs]
 
 
 def _files(folder: Path) -> dict[str, str]:
