@@ -3,8 +3,10 @@
 
 Runs ``soup-exp pipeline experiment=<experiment> sweep.seed=N name=<experiment>-seedN`` for
 each seed (the generated data and the pretrained start are shared, only the fine-tuning
-sweep changes), reads each run's table the way the report builds it, and checks the claims
-the demo makes (margins in percentage points, > 0 passes):
+sweep changes), then the report across them (what ``soup-exp report
+name='<experiment>-seed*'`` writes, for exactly these seeds, to
+``outputs/across/<experiment>-seed_/``), and checks the claims the demo makes (margins in
+percentage points, > 0 passes):
 
   greedy_keeps_2   the greedy soup keeps at least 2 ingredients (margin: ingredients - 1.5)
   greedy_heldout   greedy soup - best individual on held-out (the criterion greedy optimises)
@@ -12,8 +14,9 @@ the demo makes (margins in percentage points, > 0 passes):
   finetunes_in     worst fine-tune - zero-shot on ImageNet
   greedy_in        greedy soup - best individual on ImageNet (need hold in most seeds only)
 
-It prints a mean ± standard deviation table over the seeds (docs/demo.md has one) and each
-seed's margins. ``--check`` exits 1 unless the claims hold.
+It prints the across report's mean ± standard deviation table and its claims over the
+seeds (docs/demo.md has them), then each seed's margins. ``--check`` exits 1 unless the
+claims hold.
 
     python scripts/demo_seeds.py                        # seeds 0..4, one after the other
     python scripts/demo_seeds.py --seeds 0 1 --check logger=disabled
@@ -25,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -34,7 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from soup_exp.artifacts.results import read_results
-from soup_exp.reporting.table import Table, build_table
+from soup_exp.reporting.across import Across, across_dir, report_across, summary
+from soup_exp.vocabulary import AVG_SHIFTS, HELD_OUT, IMAGENET
 
 MOSTLY = {"greedy_in"}  # claims that need hold in more than half of the seeds, not in all
 
@@ -50,30 +53,29 @@ class Claim:
         return self.margin > 0
 
 
-def seed_table(out_dir: Path) -> Table:
-    return build_table(read_results(out_dir / "results.jsonl"))
-
-
-def claims(out_dir: Path) -> list[Claim]:
-    """The demo's claims on one finished run, with their margins."""
+def claims(out_dir: Path, across: Across) -> list[Claim]:
+    """The demo's claims on one finished run, with their margins: the soups' gains as the
+    across report computed them, the ingredients kept and the worst fine-tune from the run."""
     rows = read_results(out_dir / "results.jsonl")
-    table = build_table(rows)
-    best, greedy, uniform, zeroshot = (table.row(s).values for s in ("best_individual", "greedy", "uniform", "zeroshot"))
     greedy_info = json.loads((out_dir / "soups" / "greedy" / "soup.json").read_text())
     finetunes = [r for r in rows if r["kind"] == "finetune"]
-    worst = min(finetunes, key=lambda r: r["ImageNet"])
+    worst = min(finetunes, key=lambda r: r[IMAGENET])
+    zeroshot = across.line("zeroshot").cells[IMAGENET].values[out_dir.name]
 
-    def points(a, b, key: str) -> float:
-        return 100 * (a[key] - b[key])
+    def gain(base: str, compared: str, metric: str) -> float:
+        return across.claim(base, compared, metric).gain.values[out_dir.name]
 
     kept = greedy_info["num_ingredients"]
+    worst_gain = 100 * worst[IMAGENET] - zeroshot
+    margins = {"greedy_heldout": gain("best_individual", "greedy", HELD_OUT),
+               "uniform_shifts": gain("best_individual", "uniform", AVG_SHIFTS),
+               "greedy_in": gain("best_individual", "greedy", IMAGENET)}
     return [
         Claim("greedy_keeps_2", kept - 1.5, f"{kept} of {len(finetunes) + 1}"),
-        Claim("greedy_heldout", points(greedy, best, "ImageNet2p"), f"{points(greedy, best, 'ImageNet2p'):+.2f}"),
-        Claim("uniform_shifts", points(uniform, best, "avg_shifts"), f"{points(uniform, best, 'avg_shifts'):+.2f}"),
-        Claim("finetunes_in", points(worst, zeroshot, "ImageNet"),
-              f"{points(worst, zeroshot, 'ImageNet'):+.2f} ({worst['name']})"),
-        Claim("greedy_in", points(greedy, best, "ImageNet"), f"{points(greedy, best, 'ImageNet'):+.2f}"),
+        Claim("greedy_heldout", margins["greedy_heldout"], f"{margins['greedy_heldout']:+.2f}"),
+        Claim("uniform_shifts", margins["uniform_shifts"], f"{margins['uniform_shifts']:+.2f}"),
+        Claim("finetunes_in", worst_gain, f"{worst_gain:+.2f} ({worst['name']})"),
+        Claim("greedy_in", margins["greedy_in"], f"{margins['greedy_in']:+.2f}"),
     ]
 
 
@@ -86,25 +88,6 @@ def failures(per_seed: dict[int, list[Claim]]) -> list[str]:
         if 2 * held <= len(per_seed):
             failed.append(f"{name} holds in {held} of {len(per_seed)} seeds, not most")
     return failed
-
-
-def mean_table(tables: Sequence[Table]) -> str:
-    """Markdown: each method's mean ± standard deviation over the seeds."""
-    columns = tables[0].columns
-    lines = ["| Method | " + " | ".join(label for _, label in columns) + " |",
-             "| --- |" + " ---: |" * len(columns)]
-    for row in tables[0].rows:
-        same = [t.row(row.slot) for t in tables]
-        if any(r is None for r in same):
-            continue
-        label = row.label.split(" (")[0]
-        cells = []
-        for key, _ in columns:
-            values = [100 * r.values[key] for r in same if r.values.get(key) is not None]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.fmean(values):.2f} ± {spread:.2f}" if values else "–")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def claims_table(per_seed: dict[int, list[Claim]]) -> str:
@@ -152,11 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     seconds = {} if args.summary_only else {s: run_seed(args.experiment, s, args.overrides) for s in args.seeds}
     runs = {seed: output_root() / f"{args.experiment}-seed{seed}" for seed in args.seeds}
-    per_seed = {seed: claims(out) for seed, out in runs.items()}
+    report_dir = across_dir(output_root(), f"{args.experiment}-seed*")
+    across, _ = report_across({out.name: out / "results.jsonl" for out in runs.values()}, report_dir)
+    per_seed = {seed: claims(out, across) for seed, out in runs.items()}
     failed = failures(per_seed)
-    print(f"\n{args.experiment}, sweep seeds {args.seeds}: mean ± standard deviation (%)\n")
-    print(mean_table([seed_table(out) for out in runs.values()]))
-    print("\nMargins in points (greedy_keeps_2: ingredients kept of those in the pool)\n")
+    print(f"\n{args.experiment}, sweep seeds {args.seeds}: the report across them ({report_dir})\n")
+    print(summary(across))
+    print("Margins in points (greedy_keeps_2: ingredients kept of those in the pool)\n")
     print(claims_table(per_seed))
     print("\n" + ("the claims hold" if not failed else "the claims do NOT hold:\n  " + "\n  ".join(failed)))
     if args.json:

@@ -19,6 +19,7 @@ from soup_exp.artifacts.analysis import analysis_records
 from soup_exp.artifacts.correctness import correctness_path, matching_hits, read_hits
 from soup_exp.artifacts.results import ResultsFormatError, results_files
 from soup_exp.errors import ConfigError
+from soup_exp.reporting import across
 from soup_exp.reporting.leaderboard import build_leaderboard
 from soup_exp.reporting.paper import (
     PUBLISHED,
@@ -39,19 +40,25 @@ from soup_exp.utils.io import atomic_write_text, remove_stale_temp_files
 log = logging.getLogger(__name__)
 
 
-def check_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
-    """Formats, results and the comparison set, before anything is created."""
+def check_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> bool:
+    """Formats, results and the comparison set, before anything is created (a report
+    across experiments, ``name='demo-seed*'``, runs here: True)."""
+    if across.is_across(cfg):
+        return across.check_across(cfg)
     _formats(cfg)
     _result_rows(cfg)
     compare = cfg["compare"]
     if compare:
         reference_rows(str(compare))
+    return False
 
 
 def plan_report(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list[str]]:
     """A dry run's lines: which results are read, what they are compared with, where the report goes."""
     from soup_exp.stages.preflight import logger_line
 
+    if across.is_across(cfg):
+        return across.plan_across(cfg)
     results = to_plain(cfg["results"])
     entries = [results] if isinstance(results, str) else list(results or [])
     lines = [f"results: {e} (the published files shipped with soup-exp)" if e in PUBLISHED
@@ -132,7 +139,10 @@ def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:
     """Write the table, the comparison (with ``compare``), the recipe leaderboard (when
     there are recipe rows) and the figures to ``cfg.report_dir``; log them to W&B; print
     the Markdown tables. Returns
-    ``{artefact name: path}`` (e.g. ``table.md``, ``figure1.png``)."""
+    ``{artefact name: path}`` (e.g. ``table.md``, ``figure1.png``). A pattern for ``name``
+    (``demo-seed*``) reports across the matching experiments (:mod:`soup_exp.reporting.across`)."""
+    if across.is_across(cfg):
+        return across.run_across(cfg)
     report_dir = Path(str(cfg["report_dir"])).expanduser()
     formats = _formats(cfg)
     per_recipe = str(cfg["per_recipe"])

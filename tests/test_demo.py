@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -78,3 +79,48 @@ def test_demo_effect_holds_with_margin_for_two_seeds(tmp_path, monkeypatch):
         assert margins["uniform_shifts"] >= MARGIN, (seed, margins)
         assert margins["finetunes_in"] >= MARGIN, (seed, margins)
     assert any(margins["greedy_in"] > 0 for margins in per_seed.values()), per_seed
+
+
+def _finished_seed(root: Path, name: str, best: float, greedy: float, kept: int) -> None:
+    """What a finished demo pipeline leaves that the script reads: results and the greedy soup."""
+    keys = ("ImageNet2p", "ImageNet", "ImageNetV2", "ImageNetSketch", "ImageNetR", "ObjectNet", "ImageNetA")
+
+    def row(model: str, kind: str, accuracy: float, **extra) -> dict:
+        return {"name": model, "kind": kind, **{k: round(accuracy, 4) for k in keys}, **extra}
+
+    rows = [row("zeroshot", "zeroshot", 0.40), row("lp", "lp", 0.50), row("ft_000", "finetune", best),
+            row("ft_001", "finetune", best - 0.04),
+            row("uniform", "soup", best + 0.01, recipe="uniform"), row("greedy", "soup", best + greedy, recipe="greedy")]
+    (root / name / "soups" / "greedy").mkdir(parents=True)
+    (root / name / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / name / "soups" / "greedy" / "soup.json").write_text(json.dumps({"name": "greedy", "num_ingredients": kept}))
+
+
+def test_summary_only_reports_across_the_seeds_and_checks_the_claims(tmp_path, monkeypatch, capsys):
+    """``--summary-only`` on two finished runs: the across report's files and claim lines,
+    and margins that are its gains (greedy_in fails in one seed of two: not most)."""
+    root = tmp_path / "outputs"
+    _finished_seed(root, "demo-seed0", 0.70, 0.02, 3)
+    _finished_seed(root, "demo-seed1", 0.72, -0.01, 1)
+    _finished_seed(root, "demo-seed2", 0.10, 0.50, 5)  # a run from before, not among the seeds asked for
+    monkeypatch.setenv("SOUP_OUTPUT_DIR", str(root))
+    spec = importlib.util.spec_from_file_location("demo_seeds", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "demo_seeds", script)  # its dataclass looks itself up there
+    spec.loader.exec_module(script)
+    summary = tmp_path / "seeds.json"
+
+    assert script.main(["--seeds", "0", "1", "--summary-only", "--check", "--json", str(summary)]) == 1
+    printed = capsys.readouterr().out
+    assert "over 2 experiments (demo-seed0, demo-seed1)" in printed
+    assert "Greedy soup vs Best individual on held-out, ImageNet: +0.50 ± 2.12 (2 runs; + \u2212)" in printed
+    written = root / "across" / "demo-seed_"
+    assert sorted(p.name for p in written.iterdir()) == sorted(
+        f"{base}.{fmt}" for base in ("across_table", "across_claims") for fmt in ("md", "tex", "csv"))
+    margins = {seed: {c["name"]: c["margin"] for c in claims}
+               for seed, claims in json.loads(summary.read_text())["claims"].items()}
+    assert margins["0"] == pytest.approx({"greedy_keeps_2": 1.5, "greedy_heldout": 2.0, "uniform_shifts": 1.0,
+                                          "finetunes_in": 26.0, "greedy_in": 2.0})
+    assert margins["1"]["greedy_in"] == pytest.approx(-1.0) and margins["1"]["greedy_keeps_2"] == -0.5
+    assert json.loads(summary.read_text())["failures"] == [
+        "seed 1: greedy_keeps_2 1 of 3", "seed 1: greedy_heldout -1.00", "greedy_in holds in 1 of 2 seeds, not most"]

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 MARKER = "experiment.json"
 NAME_KEYS = ("name", "sweep.name")  # config values that become folder names
 NAME_MAX_BYTES = 255  # NAME_MAX of ext4, XFS, Lustre, GPFS and NFS alike
+NAME_PATTERN_CHARS = "*?["  # make ``name`` a pattern over experiments, which only the report reads
 
 
 def experiment_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -98,10 +99,22 @@ def claim_output_dir(cfg: DictConfig) -> Path:
     return out_dir
 
 
+def is_name_pattern(name: Any) -> bool:
+    """``demo-seed*``: a glob over experiment names (``soup-exp report`` across experiments)."""
+    return name is not None and any(ch in str(name) for ch in NAME_PATTERN_CHARS)
+
+
 def check_names(cfg: Any) -> None:
-    """``name`` and ``sweep.name`` become folder names: single path components only."""
+    """``name`` and ``sweep.name`` become folder names: single path components only. Only
+    the report, which writes into no experiment, takes a pattern for ``name``: a folder named
+    ``demo-seed*`` would be matched by the pattern meant to find the seeds."""
     from soup_exp.artifacts import check_name
 
+    name, stage = config_get(cfg, "name"), config_get(cfg, "stage")
+    if is_name_pattern(name) and stage != "report":
+        raise ConfigError(f"name={name!r}: {' '.join(NAME_PATTERN_CHARS)} make a pattern over experiments, "
+                          f"which only `soup-exp report` reads (name='demo-seed*'); choose a name without them "
+                          f"for {stage or 'this stage'}")
     for key in NAME_KEYS:
         value = config_get(cfg, key)
         if value is not None:
