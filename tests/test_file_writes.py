@@ -78,13 +78,18 @@ def test_two_smoke_runs_write_byte_identical_safetensors(tmp_path):
            "OMP_NUM_THREADS": "1"}
     for key in ("SOUP_OUTPUT_DIR", SECRETS_ENV):
         env.pop(key, None)
-    runs = []
+    from soup_exp.artifacts.correctness import read_hits
+
+    runs, hits = [], []
     for run in ("first", "second"):
         done = subprocess.run([sys.executable, "-m", "soup_exp.pipeline", "experiment=smoke"], env=env,
                               capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         (tmp_path / "root" / "outputs").rename(tmp_path / run)
         runs.append({p.relative_to(tmp_path / run): p.read_bytes() for p in (tmp_path / run).rglob("*.safetensors")
-                     if ".cache" not in p.parts})  # cached logits are named after their weights' mtime
+                     if ".cache" not in p.parts and p.name != "results.correct.safetensors"})  # cached logits are named after their weights' mtime
+        hits.append({(m, d): h.bits.tobytes() for m, per in read_hits(
+            tmp_path / run / "smoke" / "results.correct.safetensors").items() for d, h in per.items()})
     assert {p.parts[1] for p in runs[0]} == {"zeroshot", "ingredients", "soups"} and runs[0].keys() == runs[1].keys()
     assert [str(p) for p in runs[0] if runs[0][p] != runs[1][p]] == []
+    assert hits[0] and hits[0] == hits[1]  # the same per-image hits (their metadata names each run's file stamps)
