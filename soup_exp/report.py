@@ -18,18 +18,18 @@ from soup_exp.artifacts import SOUP_FILE, SoupRecord, soup_records
 from soup_exp.artifacts.analysis import analysis_records
 from soup_exp.artifacts.correctness import correctness_path, matching_hits, read_hits
 from soup_exp.artifacts.results import ResultsFormatError, results_files
-from soup_exp.errors import ConfigError
 from soup_exp.reporting import across
 from soup_exp.reporting.leaderboard import build_leaderboard
 from soup_exp.reporting.paper import (
     PUBLISHED,
     comparison_table,
+    is_published_name,
     published_rows,
     reference_rows,
     results_rows,
 )
 from soup_exp.reporting.reproduction import reproduction_table
-from soup_exp.reporting.table import RENDERERS, Table, build_table, render, to_markdown
+from soup_exp.reporting.table import Table, build_table, check_formats, render, to_markdown
 from soup_exp.reporting.uncertainty import PairedBootstrap
 from soup_exp.stages.entry import stage_entry
 from soup_exp.tracking.repeats import content_fingerprint, previous_run, remember_run
@@ -112,7 +112,7 @@ def _bootstrap(cfg: DictConfig | Mapping[str, Any], rows: Sequence[Mapping[str, 
     results = to_plain(cfg["results"])
     entries = [results] if isinstance(results, str | os.PathLike) else list(results or [])
     kept: dict[str, dict[str, Any]] = {}
-    for path in results_files([e for e in entries if str(e) not in PUBLISHED or Path(str(e)).exists()]):
+    for path in results_files([e for e in entries if not is_published_name(e)]):
         kept.update(read_hits(correctness_path(path)))
     hits, identities = {}, {}
     for row in rows:
@@ -128,11 +128,7 @@ def _bootstrap(cfg: DictConfig | Mapping[str, Any], rows: Sequence[Mapping[str, 
 
 
 def _formats(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
-    formats = list(cfg["formats"])
-    unknown = [f for f in formats if f not in RENDERERS]
-    if unknown:
-        raise ConfigError(f"formats={formats}: unknown {unknown}; expected any of {list(RENDERERS)}")
-    return formats
+    return check_formats(list(cfg["formats"]))
 
 
 def run_report(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Path]:

@@ -147,8 +147,8 @@ def calibration_analysis(
     bins: Annotated[int, Range(2)],
     datasets: list[str] | None,
     wise_ft: bool,
-    binning: Binning | list[Binning] = "width",
-    temperature: bool = False,
+    binning: Binning | list[Binning],
+    temperature: bool,
 ) -> dict[str, Any]:
     """Analysis ``calibration``: ECE and reliability diagrams (``bins`` bins) of the zero-shot
     model, every ingredient, every soup and every ensemble on ``datasets`` (default: every
@@ -180,9 +180,10 @@ def calibration_analysis(
             row |= {f"ece_{c}": ece_of_bins(tables[c]) for c in conventions}
             if fitted is not None:
                 scaled, _ = confidence_and_correct(scores.double() / fitted, targets)
+                scaled_eces = {c: expected_calibration_error(scaled, correct, bins, c) for c in conventions}
                 row |= {"temperature": fitted, "confidence_scaled": float(scaled.mean()),
-                        "ece_scaled": expected_calibration_error(scaled, correct, bins, drawn)}
-                row |= {f"ece_{c}_scaled": expected_calibration_error(scaled, correct, bins, c) for c in conventions}
+                        "ece_scaled": scaled_eces[drawn]}
+                row |= {f"ece_{c}_scaled": ece for c, ece in scaled_eces.items()}
             rows.append(row)
             if calibrated.curve:
                 curves += [{**base, "binning": drawn, "bin_low": b.low, "bin_high": b.high, "count": b.count,

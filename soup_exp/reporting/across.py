@@ -28,7 +28,16 @@ from typing import Any
 
 from soup_exp.artifacts.results import read_results
 from soup_exp.errors import ConfigError
-from soup_exp.reporting.table import FINDINGS, Table, TableRow, build_table
+from soup_exp.reporting.table import (
+    FINDINGS,
+    RENDERERS,
+    Table,
+    TableRow,
+    build_table,
+    check_formats,
+    latex_escape,
+    md_line,
+)
 from soup_exp.stages.experiment import MARKER, is_name_pattern
 from soup_exp.utils.io import atomic_write_text, remove_stale_temp_files
 from soup_exp.utils.text import plural
@@ -226,7 +235,7 @@ def across_dir(root: Path, pattern: str) -> Path:
 # --- writing -------------------------------------------------------------------------------------
 
 
-FORMATS = ("md", "tex", "csv")
+FORMATS = tuple(RENDERERS)
 
 
 def report_across(results: Mapping[str, Path], report_dir: Path, formats: Sequence[str] = FORMATS,
@@ -238,12 +247,6 @@ def report_across(results: Mapping[str, Path], report_dir: Path, formats: Sequen
     tables = {name: build_table(read_results(path), per_recipe=per_recipe) for name, path in results.items()}
     across = build_across(tables)
     return across, write_across(across, report_dir, formats)
-
-
-def check_formats(formats: Sequence[str]) -> None:
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise ConfigError(f"formats={list(formats)}: unknown {unknown}; expected any of {list(FORMATS)}")
 
 
 def write_across(across: Across, report_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
@@ -331,13 +334,9 @@ def _text(fmt: str, caption: str, header: Sequence[str], rows: Sequence[Sequence
 
 
 def _markdown(caption: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = [caption, "", _md_line(header), _md_line(["---", *("---:" for _ in header[1:])])]
-    lines += [_md_line([row[0].replace("|", "\\|"), *row[1:]]) for row in rows]
+    lines = [caption, "", md_line(header), md_line(["---", *("---:" for _ in header[1:])])]
+    lines += [md_line([row[0].replace("|", "\\|"), *row[1:]]) for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def _md_line(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
 
 
 def _latex(caption: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -347,14 +346,6 @@ def _latex(caption: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -
     lines += [" & ".join(latex_escape(cell) for cell in row) + " \\\\" for row in rows]
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
-
-
-_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "α": r"$\alpha$", "Δ": r"$\Delta$",
-                  "±": r"$\pm$", MINUS: "$-$", "–": "--"}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
 TEXT_RENDERERS: dict[str, Callable[[str, Sequence[str], Sequence[Sequence[str]]], str]] = {

@@ -57,13 +57,13 @@ def results_rows(results: Any) -> list[dict[str, Any]]:
     """Rows of ``results``: results files or directories (as :func:`read_results` takes
     them) and names of published sets (``paper_vitb32``), alone or in a list."""
     entries = [results] if isinstance(results, str | os.PathLike) or results is None else list(results)
-    named = [str(e) for e in entries if _is_published_name(e)]
-    paths = [e for e in entries if not _is_published_name(e)]
+    named = [str(e) for e in entries if is_published_name(e)]
+    paths = [e for e in entries if not is_published_name(e)]
     rows = read_results(paths) if paths or not named else []
     return rows + [row for name in named for row in published_rows(name)]
 
 
-def _is_published_name(entry: Any) -> bool:
+def is_published_name(entry: Any) -> bool:
     """A published set's name, unless a file or folder of that name exists here."""
     return isinstance(entry, str) and entry in PUBLISHED and not Path(entry).exists()
 

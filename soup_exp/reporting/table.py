@@ -202,10 +202,10 @@ def _tested(difference: Difference) -> str:
 
 def to_markdown(table: Table) -> str:
     header = ["Method", *(label for _, label in table.columns)]
-    lines = [_md_line(header), _md_line(["---", *("---:" for _ in table.columns)])]
+    lines = [md_line(header), md_line(["---", *("---:" for _ in table.columns)])]
     for row in table.rows:
         cells = [_with_spread(table, row, key, " ± ") or "–" for key, _ in table.columns]
-        lines.append(_md_line([row.label.replace("|", "\\|"), *cells]))
+        lines.append(md_line([row.label.replace("|", "\\|"), *cells]))
     if table.notes:
         lines += ["", *(f"- {note}" for note in table.notes)]
     return "\n".join(lines) + "\n"
@@ -218,12 +218,12 @@ def to_latex(table: Table) -> str:
         f"% {table.caption}",
         f"\\begin{{tabular}}{{{spec}}}",
         "\\toprule",
-        " & ".join(["Method", *(_latex_escape(label) for _, label in table.columns)]) + " \\\\",
+        " & ".join(["Method", *(latex_escape(label) for _, label in table.columns)]) + " \\\\",
         "\\midrule",
     ]
     for row in table.rows:
         cells = [_with_spread(table, row, key, r" $\pm$ ") or "--" for key, _ in table.columns]
-        lines.append(" & ".join([_latex_escape(row.label), *cells]) + " \\\\")
+        lines.append(" & ".join([latex_escape(row.label), *cells]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
 
@@ -259,6 +259,14 @@ def _bounds(table: Table, row: TableRow, key: str) -> list[str]:
 
 
 RENDERERS: dict[str, Callable[[Table], str]] = {"md": to_markdown, "tex": to_latex, "csv": to_csv}
+
+
+def check_formats(formats: Sequence[str]) -> list[str]:
+    """``formats`` when every one is a table format (md, tex, csv); else the error naming them."""
+    unknown = [f for f in formats if f not in RENDERERS]
+    if unknown:
+        raise ConfigError(f"formats={list(formats)}: unknown {unknown}; expected any of {list(RENDERERS)}")
+    return list(formats)
 
 
 def render(table: Table, fmt: str) -> str:
@@ -297,12 +305,13 @@ def _line(slot: str, label: str, row: Row, columns: Sequence[tuple[str, str]],
     return TableRow(slot=slot, label=label, values=values, model=str(row["name"]), intervals=intervals)
 
 
-def _md_line(cells: Sequence[str]) -> str:
+def md_line(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "α": r"$\alpha$", "Δ": r"$\Delta$"}
+_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "α": r"$\alpha$", "Δ": r"$\Delta$",
+                  "±": r"$\pm$", "\u2212": "$-$", "–": "--"}
 
 
-def _latex_escape(text: str) -> str:
+def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)

@@ -65,7 +65,7 @@ def test_bins_cover_zero_to_one():
 def test_calibration_analysis_covers_individuals_soups_and_ensembles(context, cook):
     cook("uniform", "ensemble")
     ctx = context("calibration")
-    numbers = calibration_analysis(ctx, bins=10, datasets=None, wise_ft=False)
+    numbers = calibration_analysis(ctx, bins=10, datasets=None, wise_ft=False, binning="width", temperature=False)
     datasets = ["ImageNet", "ImageNetV2", "ImageNetSketch", "ImageNetR", "ObjectNet", "ImageNetA"]
     assert numbers["datasets"] == datasets
     assert set(numbers["ece"]) == {"zeroshot", "lp_init", "ft_0", "ft_1", "ft_2", "ft_3", "uniform", "ensemble"}
