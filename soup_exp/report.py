@@ -32,9 +32,8 @@ from soup_exp.reporting.reproduction import reproduction_table
 from soup_exp.reporting.table import Table, build_table, check_formats, render, to_markdown
 from soup_exp.reporting.uncertainty import PairedBootstrap
 from soup_exp.stages.entry import stage_entry
-from soup_exp.tracking.repeats import content_fingerprint, previous_run, remember_run
-from soup_exp.tracking.wandb_run import start_run
-from soup_exp.utils.config import config_get, to_plain
+from soup_exp.tracking.repeats import log_once
+from soup_exp.utils.config import to_plain
 from soup_exp.utils.io import atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
@@ -283,20 +282,8 @@ def _log_to_wandb(
     summary = {f"{row.slot}/{key}": value for row in table.rows for key, value in row.values.items()
                if value is not None}
     summary["num_results"] = num_rows
-    where = {key: str(config_get(cfg, f"logger.{key}")) for key in ("mode", "dir", "project", "entity", "group")}
-    fingerprint = content_fingerprint({"logger": where, "tables": tables, "images": list(images), "summary": summary},
-                                      images.values())
-    logged = previous_run(report_dir, fingerprint)
-    if logged is not None:
-        log.info("W&B: %s logged this report already (same tables, figures and numbers); no new run", logged)
-        return
-    with start_run(cfg, stage="report", name=f"report-{cfg['name']}") as run:
-        for key, (columns, rows) in tables.items():
-            run.log_table(key, columns, rows)
-        for key, path in images.items():
-            run.log_image(key, path)
-        run.summary(summary)
-    remember_run(report_dir, fingerprint, run.dir)
+    log_once(cfg, report_dir, stage="report", name=f"report-{cfg['name']}", tables=tables, summary=summary,
+             images=images)
 
 
 def _table_data(table: Table) -> list[list[Any]]:

@@ -5,7 +5,8 @@ individual on ImageNet in three seeds of five. Each matching experiment's table 
 as the single report builds it (:func:`soup_exp.reporting.table.build_table`); across
 them, every table line's accuracies and every claim the summary prints (the ``FINDINGS``
 pairs on held-out, ImageNet and Avg shifts) get their mean, sample standard deviation,
-range, the number of experiments and each experiment's sign.
+range, the number of experiments and each experiment's sign, written as tables and
+logged to one W&B run.
 
 The pattern matches folder names directly under the output root (``fnmatch``, case
 sensitive), never a path, so it cannot reach outside it.
@@ -39,6 +40,8 @@ from soup_exp.reporting.table import (
     md_line,
 )
 from soup_exp.stages.experiment import MARKER, is_name_pattern
+from soup_exp.tracking.repeats import log_once
+from soup_exp.utils.config import config_get
 from soup_exp.utils.io import atomic_write_text, remove_stale_temp_files
 from soup_exp.utils.text import plural
 from soup_exp.vocabulary import AVG_SHIFTS, HELD_OUT, IMAGENET, LABELS
@@ -265,13 +268,29 @@ def summary(across: Across) -> str:
     return render_lines(across, "md") + "\n" + "\n".join(f"- {c.sentence()}" for c in across.claims) + "\n"
 
 
+def line_records(across: Across) -> tuple[list[str], list[list[Any]]]:
+    """``(header, rows)``: per table line and column with a value, its count, mean, sample
+    standard deviation (None for one experiment), min, max and each experiment's value."""
+    header = ["method", "metric", "n", "mean", "std", "min", "max", *across.experiments]
+    rows = [[line.label, key, spread.n, *_numbers(spread), *_each(spread, across.experiments)]
+            for line in across.lines for key, _ in across.columns if (spread := line.cells[key]).n]
+    return header, rows
+
+
+def claim_records(across: Across) -> tuple[list[str], list[list[Any]]]:
+    """``(header, rows)``: per claim, its gain in points as :func:`line_records` gives an accuracy,
+    and the experiments' signs (ASCII ``-``)."""
+    header = ["claim", "metric", "n", "mean", "std", "min", "max", "signs", *across.experiments]
+    rows = [[c.label, c.metric, c.gain.n, *_numbers(c.gain), _ascii(c.gain.signs()), *_each(c.gain, across.experiments)]
+            for c in across.claims]
+    return header, rows
+
+
 def render_lines(across: Across, fmt: str) -> str:
-    """Each table line's mean ± standard deviation in the table; the CSV adds min, max, the
-    count and each experiment's value."""
+    """Each table line's mean ± standard deviation in the table; the CSV has
+    :func:`line_records`."""
     if fmt == "csv":
-        rows = [[line.label, key, str(spread.n), *_numbers(spread), *_each(spread, across.experiments)]
-                for line in across.lines for key, _ in across.columns if (spread := line.cells[key]).n]
-        return _csv(["method", "metric", "n", "mean", "std", "min", "max", *across.experiments], rows)
+        return _csv(*line_records(across))
     caption = (f"Top-1 accuracy (%), mean ± standard deviation over {plural(len(across.experiments), 'experiment')} "
                f"({', '.join(across.experiments)})")
     header = ["Method", *(label for _, label in across.columns)]
@@ -281,17 +300,30 @@ def render_lines(across: Across, fmt: str) -> str:
 
 
 def render_claims(across: Across, fmt: str) -> str:
-    """Each claim's gain in points: mean ± standard deviation, range, runs and signs."""
+    """Each claim's gain in points: mean ± standard deviation, range, runs and signs; the CSV
+    has :func:`claim_records`."""
     if fmt == "csv":
-        rows = [[c.label, c.metric, str(c.gain.n), *_numbers(c.gain), _ascii(c.gain.signs()),
-                 *_each(c.gain, across.experiments)] for c in across.claims]
-        return _csv(["claim", "metric", "n", "mean", "std", "min", "max", "signs", *across.experiments], rows)
+        return _csv(*claim_records(across))
     caption = (f"Gains in points over {plural(len(across.experiments), 'experiment')}; "
                f"signs in the order {', '.join(across.experiments)}")
     header = ["Claim", "On", "Mean ± sd", "Min", "Max", "Runs", "Signs"]
     rows = [[c.label, c.metric_label, _mean_std(c.gain, signed_mean=True), signed(c.gain.low), signed(c.gain.high),
              str(c.gain.n), c.gain.signs()] for c in across.claims]
     return _text(fmt, caption, header, rows)
+
+
+def wandb_summary(across: Across) -> dict[str, Any]:
+    """The run's numbers: ``<line>/<column>`` and ``claims/<compared>_vs_<base>/<column>``
+    (means, percent and points), each with its ``_std`` where there are two experiments or more."""
+    summary: dict[str, Any] = {"num_experiments": len(across.experiments), "experiments": list(across.experiments)}
+    spreads = [(f"{line.key}/{key}", line.cells[key]) for line in across.lines for key, _ in across.columns]
+    spreads += [(f"claims/{c.compared}_vs_{c.base}/{c.metric}", c.gain) for c in across.claims]
+    for key, spread in spreads:
+        if spread.n:
+            summary[key] = spread.mean
+            if spread.std is not None:
+                summary[f"{key}_std"] = spread.std
+    return summary
 
 
 def _line_label(line: AcrossLine, total: int) -> str:
@@ -305,24 +337,25 @@ def _mean_std(spread: Spread, signed_mean: bool = False) -> str:
     return mean if spread.std is None else f"{mean} ± {spread.std:.2f}"
 
 
-def _numbers(spread: Spread) -> list[str]:
-    return [f"{spread.mean:.4f}", "" if spread.std is None else f"{spread.std:.4f}",
-            f"{spread.low:.4f}", f"{spread.high:.4f}"]
+def _numbers(spread: Spread) -> list[float | None]:
+    return [spread.mean, spread.std, spread.low, spread.high]
 
 
-def _each(spread: Spread, experiments: Sequence[str]) -> list[str]:
-    return [f"{spread.values[name]:.4f}" if name in spread.values else "" for name in experiments]
+def _each(spread: Spread, experiments: Sequence[str]) -> list[float | None]:
+    return [spread.values.get(name) for name in experiments]
 
 
 def _ascii(text: str) -> str:
     return text.replace(MINUS, "-")
 
 
-def _csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Numbers to four decimals, a missing one empty."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows([["" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
+                      for row in rows])
     return buffer.getvalue()
 
 
@@ -392,7 +425,7 @@ def plan_across(cfg: Mapping[str, Any]) -> dict[str, list[str]]:
 
 
 def run_across(cfg: Mapping[str, Any]) -> dict[str, Path]:
-    """Find the experiments, warn about any without results, write and print the tables."""
+    """Find the experiments, warn about any without results, write, log to W&B and print the tables."""
     root, pattern, results_name, report_dir = _settings(cfg)
     found, missing = find_experiments(root, pattern, results_name)
     for name in missing:
@@ -400,6 +433,9 @@ def run_across(cfg: Mapping[str, Any]) -> dict[str, Path]:
                       "left out of the across report", stacklevel=2)
     across, outputs = report_across({name: root / name / results_name for name in found}, report_dir,
                                     list(cfg["formats"]), str(cfg["per_recipe"]))
+    log_once(cfg, report_dir, stage="report", name=f"report-{pattern}", summary=wandb_summary(across),
+             tables={"across_table": line_records(across), "across_claims": claim_records(across)},
+             directory=_wandb_directory(cfg, report_dir))
     print(summary(across))
     print(f"report written to {report_dir.resolve()}:")
     for key, path in outputs.items():
@@ -417,3 +453,11 @@ def _settings(cfg: Mapping[str, Any]) -> tuple[Path, str, str, Path]:
     if out_dir == report_dir or out_dir in report_dir.parents:
         report_dir = across_dir(root, pattern)
     return root, pattern, Path(str(cfg["results_file"])).name, report_dir
+
+
+def _wandb_directory(cfg: Mapping[str, Any], report_dir: Path) -> Path | None:
+    """The report folder when ``logger.dir`` is the default, the pattern's ``out_dir`` (a folder
+    named ``demo-seed*`` that no experiment has); None (``logger.dir``) when the user gave one."""
+    logger_dir = Path(str(config_get(cfg, "logger.dir") or cfg["out_dir"])).expanduser()
+    out_dir = Path(str(cfg["out_dir"])).expanduser()
+    return report_dir if logger_dir == out_dir or out_dir in logger_dir.parents else None

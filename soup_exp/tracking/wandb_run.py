@@ -162,11 +162,12 @@ def start_run(
     name: str,
     group: str | None = None,
     job_type: str | None = None,
+    directory: Path | None = None,
 ) -> Run:
     """Start the W&B run of one stage job (a fine-tune, a soup stage, an evaluation).
 
     ``cfg`` is the stage's config; ``cfg.logger`` gives ``mode`` (offline | online |
-    disabled), ``dir``, ``project``, ``entity``, ``group``, ``tags`` and optionally
+    disabled), ``dir`` (``directory`` replaces it), ``project``, ``entity``, ``group``, ``tags`` and optionally
     ``init_timeout`` (seconds). The resolved config, secrets removed, is the run's config.
     W&B is started at the first metric, table, image or summary, so a stage whose work was
     all done already logs nothing and writes no run. Never raises on W&B problems: it
@@ -195,16 +196,18 @@ def start_run(
         mode = "offline"
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    init = _init_arguments(cfg, logger_cfg, mode, stage, name, group, job_type)
+    init = _init_arguments(cfg, logger_cfg, mode, stage, name, group, job_type,
+                           Path(directory).expanduser().resolve() if directory else logger_directory(cfg))
     return Run(mode=mode, opener=lambda: _init_wandb(init))
 
 
 def wandb_dir(cfg: Any) -> Path:
     """Where a stage's W&B runs go: ``<logger.dir>/wandb`` (wandb adds the ``wandb/``)."""
-    return _logger_dir(cfg) / "wandb"
+    return logger_directory(cfg) / "wandb"
 
 
-def _logger_dir(cfg: Any) -> Path:
+def logger_directory(cfg: Any) -> Path:
+    """``logger.dir``, else the stage's ``out_dir``: where its W&B runs go (under ``wandb/``)."""
     return Path(str(config_get(cfg, "logger.dir") or config_get(cfg, "out_dir") or ".")).expanduser().resolve()
 
 
@@ -216,9 +219,9 @@ def _init_arguments(
     name: str,
     group: str | None,
     job_type: str | None,
+    run_dir: Path,
 ) -> dict[str, Any]:
     """``wandb.init``'s arguments, taken when the stage starts (the config as it was then)."""
-    run_dir = _logger_dir(cfg)
     tags = [str(t) for t in (logger_cfg.get("tags") or [])]
     return {
         "mode": mode,

@@ -261,3 +261,33 @@ def test_the_cli_and_the_python_api_write_the_same_files(outputs):
     assert _files(written) == by_cli
     _, api = report_across(_results(outputs), outputs.parent / "api")
     assert {name: path.read_text() for name, path in api.items()} == by_cli
+
+
+def test_the_across_report_logs_one_wandb_run_beside_its_tables_and_a_rerun_adds_none(outputs):
+    from soup_exp.tracking.offline_runs import read_offline_run
+
+    cfg = _compose(f"paths.output_dir={outputs}", "name=demo-s1*", "logger.mode=offline")
+    written = run_report(cfg)
+    report_dir = outputs / "across" / "demo-s1_"
+    run_dirs = list((report_dir / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 1 and {p.parent for p in written.values()} == {report_dir}
+    logged = read_offline_run(run_dirs[0])
+    assert logged.job_type == "report" and logged.name == "report-demo-s1*" and logged.group == "demo-s1*"
+    assert logged.summary["num_experiments"] == 2 and logged.summary["experiments"] == ["demo-s1", "demo-s10"]
+    greedy_in = [100 * (0.70 + 0.02), 100 * (0.68 + 0.03)]
+    assert logged.summary[f"greedy/{IMAGENET}"] == pytest.approx(sum(greedy_in) / 2)
+    assert logged.summary[f"greedy/{IMAGENET}_std"] == pytest.approx(_stdev(greedy_in))
+    gains = [100 * 0.02, 100 * 0.03]
+    assert logged.summary[f"claims/greedy_vs_best_individual/{HELD_OUT}"] == pytest.approx(sum(gains) / 2)
+    tables = sorted(p.name.split("_")[0] + "_" + p.name.split("_")[1] for p in
+                    (run_dirs[0] / "files" / "media" / "table").rglob("*.table.json"))
+    assert tables == ["across_claims", "across_table"]
+    claims = json.loads(next((run_dirs[0] / "files" / "media" / "table").rglob("across_claims*.json")).read_text())
+    assert claims["columns"] == ["claim", "metric", "n", "mean", "std", "min", "max", "signs", "demo-s1", "demo-s10"]
+    assert not (outputs / "demo-s1*").exists()
+
+    run_report(cfg)  # the same experiments and numbers: that run has them already
+    assert list((report_dir / "wandb").glob("offline-run-*")) == run_dirs
+    _write_experiment(outputs, "demo-s11", 0.60, 0.01, 0.01, 0.01, 2)
+    run_report(cfg)  # one more experiment: a new run
+    assert len(list((report_dir / "wandb").glob("offline-run-*"))) == 2
