@@ -215,37 +215,19 @@ def select_greedy(correct: HeldOutCorrectness, names: Sequence[str], split: Spli
 
 class LearnedRuns:
     """Per-model learned soups trained on a split's selection images only, each evaluated
-    once on held-out and the test sets. The held-out images are read once into host memory
-    and batched from there, shuffled per epoch by ``seed``."""
+    once on held-out and the test sets. Each epoch streams the selection images, shuffled
+    by ``seed``, from the evaluator (its preprocessed cache): nothing is held in memory."""
 
     def __init__(self, ctx: AnalysisContext, correct: HeldOutCorrectness, tests: dict[str, dict[str, float]],
                  datasets: Sequence[str], *, epochs: int, lr: float, batch_size: int, seed: int) -> None:
         self.ctx, self.correct, self.tests, self.datasets = ctx, correct, tests, list(datasets)
         self.epochs, self.lr, self.batch_size, self.seed = epochs, lr, batch_size, seed
-        self._images: torch.Tensor | None = None
-
-    @property
-    def images(self) -> torch.Tensor:
-        if self._images is None:
-            evaluator = self.ctx.suite.evaluator
-            images, targets = [], []
-            for batch, batch_targets in evaluator.batches(HELD_OUT, shuffle=False):
-                images.append(batch.cpu())
-                targets.append(batch_targets.cpu())
-            if not torch.equal(torch.cat(targets), self.correct.targets):
-                raise RuntimeError(f"optimism: the {HELD_OUT} batches did not come in dataset order")
-            self._images = torch.cat(images)
-            log.info("optimism: %d held-out images in memory for the learned soups (%.1f MiB)",
-                     len(self._images), self._images.numel() * self._images.element_size() / 2**20)
-        return self._images
 
     def batches(self, selection: torch.Tensor, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices = selection.nonzero().flatten()
         generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         order = indices[torch.randperm(len(indices), generator=generator)]
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            yield self.images[rows], self.correct.targets[rows]
+        return self.ctx.suite.evaluator.batches(HELD_OUT, self.batch_size, order=order.tolist())
 
     def select(self, split: Split, names: Sequence[str], coefficients: dict[str, Any]) -> Selected:
         key = f"learned:{split.key}"

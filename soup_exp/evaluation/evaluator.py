@@ -168,11 +168,14 @@ class Evaluator:
         batch_size: int | None = None,
         shuffle: bool = False,
         generator: torch.Generator | None = None,
+        order: Sequence[int] | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(images, targets)`` on the device, images normalised, for training-like loops
-        over evaluation data (learned soups). Targets index the *projected* logits."""
-        n = len(self.dataset(dataset_name))
-        order = torch.randperm(n, generator=generator).tolist() if shuffle else None
+        over evaluation data (learned soups). Targets index the *projected* logits.
+        ``order``: these images only, in this order (a subset, read from the cache as
+        needed); else all of them, shuffled by ``generator`` with ``shuffle``."""
+        if order is None and shuffle:
+            order = torch.randperm(len(self.dataset(dataset_name)), generator=generator).tolist()
         targets = self.targets(dataset_name)
         for images, indices in self._device_batches(dataset_name, batch_size or self.batch_size, order):
             yield images, targets[indices.to(self.device, non_blocking=True)]
