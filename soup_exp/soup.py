@@ -76,8 +76,15 @@ def plan_soups(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, list
     except (SoupExpError, FileNotFoundError):
         found = "no finished ingredients yet"
     lines = [f"pool: {pool}: {found}"]
+    soups_dir = Path(str(cfg.soups_dir))
+    by_recipe = soups_by_recipe(soups_dir)
     for recipe in selected_recipes(cfg):
-        lines.append(plan_line(recipe, is_finished_soup(Path(str(cfg.soups_dir)) / recipe.name), "to cook"))
+        named = [n for n in by_recipe.get(recipe.name, []) if n != recipe.name]
+        if is_finished_soup(soups_dir / recipe.name) or not named:
+            lines.append(plan_line(recipe, is_finished_soup(soups_dir / recipe.name), "to cook"))
+        else:  # a recipe that cooks several soups under their own names (WiSE-FT's alphas)
+            lines.append(plan_line(recipe, False, f"{plural(len(named), 'soup')} cooked ({', '.join(named)}), "
+                                                  "any other to cook"))
     return {"data": dataset_lines(cfg, [HELD_OUT]), "soup": lines,
             "outputs": [f"soups: {cfg.soups_dir}", logger_line(cfg)]}
 
@@ -107,11 +114,17 @@ def run_soups(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
                          recipe.name, soups_dir / recipe.name)
                 made[recipe.name] = soups_dir / recipe.name
             else:
+                cooked = []
                 with CostMeter(ingredients[0].nbytes()) as meter:
                     for soup in meter.measured(functools.partial(cook, recipe, ctx)):
                         made[soup.name] = write(ctx, recipe, soup, experiment, meter.cost())
+                        cooked.append(soup.name)
                 ctx.store.clear_state()
-                log.info("recipe %s cooked: %s", recipe.name, describe_cost(meter.cost()))
+                if cooked:
+                    log.info("recipe %s cooked: %s", recipe.name, describe_cost(meter.cost()))
+                else:
+                    log.info("recipe %s: nothing to cook%s", recipe.name,
+                             f"; kept {', '.join(sorted(ctx.store.kept))}" if ctx.store.kept else "")
             kept |= ctx.store.kept
         made.update({name: soups_dir / name for name in sorted(kept - set(made))})
         retire_orphans(soups_dir, {r.name for r in recipes}, made)
@@ -122,29 +135,36 @@ def run_soups(cfg: DictConfig, run: Any = None) -> dict[str, Path]:
     return made
 
 
+def soups_by_recipe(soups_dir: Path) -> dict[str, list[str]]:
+    """Recipe -> the names of the finished soups in ``soups_dir`` that record it."""
+    found: dict[str, list[str]] = {}
+    for soup_file in sorted(Path(soups_dir).glob(f"*/{SOUP_FILE}")):
+        try:
+            recipe = read_json(soup_file).get("recipe")
+        except (OSError, ValueError, AttributeError):
+            continue
+        found.setdefault(str(recipe), []).append(soup_file.parent.name)
+    return found
+
+
 def retire_orphans(soups_dir: Path, recipes: set[str], made: dict[str, Path]) -> list[Path]:
     """Soups that a selected recipe no longer makes (a WiSE-FT alpha dropped from the grid)
     move to ``<soups_dir>/.stale/``, where nothing evaluates or tables them; soups of
     recipes not selected this time are left alone."""
     moved = []
-    for soup_file in sorted(Path(soups_dir).glob(f"*/{SOUP_FILE}")):
-        folder = soup_file.parent
-        if folder.name in made:
-            continue
-        try:
-            recipe = read_json(soup_file).get("recipe")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if recipe in recipes:
-            target = Path(soups_dir) / STALE_DIR / folder.name
+    for recipe, names in soups_by_recipe(soups_dir).items():
+        for name in names:
+            if recipe not in recipes or name in made:
+                continue
+            target = Path(soups_dir) / STALE_DIR / name
             if target.exists():
                 shutil.rmtree(target)
             target.parent.mkdir(exist_ok=True)
-            folder.rename(target)
+            (Path(soups_dir) / name).rename(target)
             log.info("soup '%s' is no longer made by recipe %s with these parameters: moved to %s",
-                     folder.name, recipe, target)
+                     name, recipe, target)
             moved.append(target)
-    return moved
+    return sorted(moved)
 
 
 def cook(recipe: Recipe, ctx: SoupContext) -> Iterator[Soup]:

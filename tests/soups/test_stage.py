@@ -606,3 +606,21 @@ def test_pruned_greedy_and_mehl_soup_are_cooked_by_the_stage_and_kept(pool, monk
     with caplog.at_level("INFO"):
         assert run_soups(_cfg(out, ["greedy", "pruned_greedy", "mehl_soup"], *overrides), run=FakeRun()) == made
     assert evaluator.passes == passes
+
+
+def test_a_cooked_wise_ft_grid_is_planned_and_logged_as_cooked(pool, monkeypatch, caplog):
+    from soup_exp.soup import plan_soups
+
+    out, evaluator = pool
+    _patch(monkeypatch, evaluator)
+    cfg = _cfg(out, ["uniform", "greedy", "wise_ft"], "recipes.wise_ft.alphas=[0.0,1.0]")
+    before = "\n".join(plan_soups(cfg)["soup"])
+    assert "wise_ft [to cook]" in before and "uniform [to cook]" in before
+    run_soups(cfg, run=FakeRun())
+    after = "\n".join(plan_soups(cfg)["soup"])
+    assert "uniform [done, skipped]" in after
+    assert "wise_ft [2 soups cooked (wise_ft_greedy_a0.00, wise_ft_greedy_a1.00), any other to cook]" in after
+    with caplog.at_level("INFO"):
+        run_soups(cfg, run=FakeRun())
+    assert "recipe wise_ft: nothing to cook; kept wise_ft_greedy_a0.00, wise_ft_greedy_a1.00" in caplog.text
+    assert "recipe wise_ft cooked" not in caplog.text
