@@ -51,6 +51,17 @@ def squeue(*args: str) -> list[list[str]]:
     return [line.split("|") for line in out.split()]
 
 
+def submitted_from(root: Path) -> list[str]:
+    """What a test submitted, told apart from the jobs of tests beside it on the shared queue.
+
+    submitit writes a job's submission script before it calls sbatch, and sbatch starts the job in
+    the caller's folder, so either one shows a submission, even of a job that has already ended.
+    """
+    scripts = [str(p) for p in root.rglob("*_submission.sh")]
+    queued = [job for job, folder in squeue("-o", "%i|%Z") if Path(folder).is_relative_to(root)]
+    return scripts + queued
+
+
 def wait_for(condition, timeout: float, what: str, poll: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

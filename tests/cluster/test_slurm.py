@@ -22,6 +22,7 @@ from slurm_helpers import (
     run_command,
     squeue,
     start_command,
+    submitted_from,
     wait_for,
 )
 
@@ -166,14 +167,13 @@ def test_the_smoke_pipeline_submits_with_the_launcher_settings_and_a_rerun_submi
 
 def test_a_request_the_partition_cannot_meet_is_one_line_before_submission(slurm, tiny_job_root: Path) -> None:
     _lp_init(tiny_job_root)
-    before = squeue("-o", "%i")
     done = run_command([*finetune_command(tiny_job_root, "launcher=slurm", "sweep=demo", "sweep.index=0,1"),
                         "--multirun"], cwd=tiny_job_root)
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()
     assert len(last) == 1 and last[0].startswith("soup-exp finetune: error: hydra.launcher.gpus_per_node=1: ")
     assert "set hydra.launcher.gpus_per_node=0" in last[0]
-    assert squeue("-o", "%i") == before
+    assert not submitted_from(tiny_job_root)
 
     env = {"SOUP_OUTPUT_DIR": str(tiny_job_root / "out"), "SOUP_CACHE_DIR": str(tiny_job_root / "cache")}
     pipeline = run_command([sys.executable, "-m", "soup_exp.cli", "pipeline", "experiment=smoke", "launcher=slurm",
@@ -181,6 +181,7 @@ def test_a_request_the_partition_cannot_meet_is_one_line_before_submission(slurm
     assert pipeline.returncode == 2
     assert pipeline.stderr.strip().splitlines()[-1].startswith("soup-exp pipeline: error: hydra.launcher.mem_gb=100000: ")
     assert not (tiny_job_root / "cache").exists(), "the pipeline started its first stage"
+    assert not submitted_from(tiny_job_root)
 
 
 def _cancelled_job_is_reported(root: Path) -> None:
