@@ -56,7 +56,7 @@ def slurm() -> Cluster:
     conf = Path("/etc/slurm/slurm.conf")
     ours = conf.is_file() and OURS in conf.read_text()
     default = next(line.split("|")[0].rstrip("*") for line in subprocess.run(
-        ["sinfo", "-h", "-o", "%P|"], capture_output=True, text=True).stdout.split() if "*" in line)
+        ["sinfo", "-h", "-o", "%P|"], capture_output=True, text=True, timeout=120).stdout.split() if "*" in line)
     return Cluster(partition=default, ours=ours)
 
 

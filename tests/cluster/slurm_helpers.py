@@ -47,7 +47,7 @@ def start_command(command: Sequence[str], cwd: Path, log: Path) -> subprocess.Po
 
 
 def squeue(*args: str) -> list[list[str]]:
-    out = subprocess.run(["squeue", "-h", "-r", *args], capture_output=True, text=True).stdout
+    out = subprocess.run(["squeue", "-h", "-r", *args], capture_output=True, text=True, timeout=120).stdout
     return [line.split("|") for line in out.split()]
 
 
@@ -75,4 +75,4 @@ def wait_for(condition, timeout: float, what: str, poll: float = 0.5):
 def release_held(job_ids: Sequence[str]) -> None:
     """A requeued job waits ~120 s (Reason=BeginTime) before it may start again; let it start now."""
     for job_id in job_ids:
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True, timeout=120)

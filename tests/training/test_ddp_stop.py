@@ -59,7 +59,7 @@ def _kill_with_its_ranks(torchrun: subprocess.Popen) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     torchrun.kill()
-    torchrun.wait()
+    torchrun.wait(timeout=60)
 
 
 def _wait_for(condition, timeout: float, what: str):
