@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,9 +39,14 @@ def kill_before_commit(n: int) -> None:
     os.replace = replace
 
 
-def run_in_child(fn: Callable[[], object], unprivileged: bool = False) -> tuple[int, str]:
+CHILD_TIMEOUT_S = 600
+
+
+def run_in_child(fn: Callable[[], object], unprivileged: bool = False,
+                 timeout: float = CHILD_TIMEOUT_S) -> tuple[int, str]:
     """``fn()`` in a forked child (without root's override when ``unprivileged``);
-    ``(exit status, or minus the signal that killed it; stderr)``."""
+    ``(exit status, or minus the signal that killed it; stderr)``. A child still running
+    after ``timeout`` seconds is killed and the test fails with what it wrote."""
     with tempfile.TemporaryFile() as err:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -48,6 +54,7 @@ def run_in_child(fn: Callable[[], object], unprivileged: bool = False) -> tuple[
         if pid == 0:  # the child never returns into pytest
             status = 1
             try:
+                _one_torch_thread()
                 os.dup2(err.fileno(), 2)
                 sys.stderr = os.fdopen(2, "w", buffering=1)
                 if unprivileged and os.geteuid() == 0:
@@ -62,9 +69,34 @@ def run_in_child(fn: Callable[[], object], unprivileged: bool = False) -> tuple[
             finally:
                 sys.stderr.flush()
                 os._exit(status)
-        _, wait_status = os.waitpid(pid, 0)
+        wait_status = _wait(pid, timeout)
         err.seek(0)
-        return os.waitstatus_to_exitcode(wait_status), err.read().decode(errors="replace")
+        shown = err.read().decode(errors="replace")
+        if wait_status is None:
+            raise AssertionError(f"the forked child was still running after {timeout:.0f} s and was killed; "
+                                 f"its stderr:\n{shown[-3000:]}")
+        return os.waitstatus_to_exitcode(wait_status), shown
+
+
+def _one_torch_thread() -> None:
+    """OpenMP's thread pool does not survive fork: a child whose parent ran torch on several
+    threads waits forever in its first parallel op for threads it does not have."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+def _wait(pid: int, timeout: float) -> int | None:
+    """The child's wait status, or None once it has run ``timeout`` seconds (it is then killed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, wait_status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return wait_status
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
 
 
 def interpreter_runs_as_nobody() -> bool:

@@ -43,6 +43,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Say so when xdist's grouping did not take: the cluster tests then wait on each other's
+    lock (tests/cluster/conftest.py) instead of running in a row on one worker."""
+    if os.environ.get("PYTEST_XDIST_WORKER") != "gw0" or not session.config.getoption("loadgroup", False):
+        return
+    grouped = [item.nodeid.endswith("@slurm") for item in session.items if item.get_closest_marker("xdist_group")]
+    if grouped and not all(grouped):
+        session.config.issue_config_time_warning(pytest.PytestWarning(
+            f"--dist loadgroup did not group the SLURM tests with pytest {pytest.__version__} "
+            "(pytest-xdist#1386); they run one at a time on a lock instead, and a worker may wait for one"), 2)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_paths(tmp_path_factory, monkeypatch):
     """Point every configured path at a per-session temp root unless a test overrides it."""

@@ -10,11 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -47,7 +49,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="session")
-def slurm() -> Cluster:
+def slurm_cluster() -> Cluster:
     reason = _start_cluster()
     if reason is not None:
         if os.environ.get("SOUP_REQUIRE_SLURM") == "1":
@@ -58,6 +60,19 @@ def slurm() -> Cluster:
     default = next(line.split("|")[0].rstrip("*") for line in subprocess.run(
         ["sinfo", "-h", "-o", "%P|"], capture_output=True, text=True, timeout=120).stdout.split() if "*" in line)
     return Cluster(partition=default, ours=ours)
+
+
+@pytest.fixture
+def slurm(slurm_cluster: Cluster) -> Iterator[Cluster]:
+    """The cluster, to this test alone while it runs.
+
+    The node is machine-wide and some tests restart it, so no two of its tests may overlap,
+    whichever pytest-xdist worker runs them. ``--dist loadgroup`` should already keep them on
+    one worker, but pytest 9.2 made that grouping a silent no-op (pytest-xdist#1386); this lock
+    holds either way, and the conftest above says when the grouping did not take.
+    """
+    with FileLock(str(Path(tempfile.gettempdir()) / "soup-exp-slurm-tests.lock")):
+        yield slurm_cluster
 
 
 @pytest.fixture
