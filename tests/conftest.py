@@ -29,6 +29,7 @@ THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
 if WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 torch.set_num_threads(THREADS)
+CLUSTER_GROUP = "slurm"  # the xdist group of the tests that share the one SLURM
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist turns the group marks into node ids
@@ -39,7 +40,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     for item in items:
         if "slurm" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+            item.add_marker(pytest.mark.xdist_group(CLUSTER_GROUP))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
@@ -48,7 +49,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     lock (tests/cluster/conftest.py) instead of running in a row on one worker."""
     if os.environ.get("PYTEST_XDIST_WORKER") != "gw0" or not session.config.getoption("loadgroup", False):
         return
-    grouped = [item.nodeid.endswith("@slurm") for item in session.items if item.get_closest_marker("xdist_group")]
+    grouped = [item.nodeid.endswith(f"@{CLUSTER_GROUP}") for item in session.items if item.get_closest_marker("xdist_group")]
     if grouped and not all(grouped):
         session.config.issue_config_time_warning(pytest.PytestWarning(
             f"--dist loadgroup did not group the SLURM tests with pytest {pytest.__version__} "
